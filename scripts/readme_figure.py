@@ -1,6 +1,7 @@
 """Draw the README figure: a real LIDC-IDRI-0001 slice beside the phantom slice of the same z.
 
-Usage: python scripts/readme_figure.py --real ../shared/data/lidc-slabs --out docs/real_vs_phantom.png
+Usage:
+    python scripts/readme_figure.py --real ../shared/data/lidc-slabs --out docs/real_vs_phantom.png
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def main() -> None:
         write_phantom_scan(scan, nodules, Path(tmp), seed=0, min_readers=3, margin_mm=34.0)
         phantom = read_series(index_lidc_root(tmp, progress=False).series[SERIES_0001].files)
     fig, axes = plt.subplots(1, 2, figsize=(12, 6.4))
-    for ax, vol, title in ((axes[0], real, "real LIDC-IDRI-0001"), (axes[1], phantom, "lungcad phantom")):
+    for ax, vol, title in (
+        (axes[0], real, "real LIDC-IDRI-0001"),
+        (axes[1], phantom, "lungcad phantom"),
+    ):
         k = int(np.argmin(np.abs(vol.z_positions_mm - args.z)))
         ax.imshow(vol.hu[k], cmap="gray", vmin=-1350, vmax=150)
         ax.set_title(f"{title}, z = {vol.z_positions_mm[k]:.1f} mm (window -600/1500 HU)")

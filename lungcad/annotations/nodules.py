@@ -150,7 +150,9 @@ def _merge(group: list[AnnotationMask]) -> tuple[tuple[int, int, int], np.ndarra
     hi = np.max([np.add(m.offset, m.mask.shape) for m in group], axis=0)
     count = np.zeros(tuple(hi - lo), dtype=np.int16)
     for m in group:
-        s = tuple(slice(m.offset[i] - lo[i], m.offset[i] - lo[i] + m.mask.shape[i]) for i in range(3))
+        s = tuple(
+            slice(m.offset[i] - lo[i], m.offset[i] - lo[i] + m.mask.shape[i]) for i in range(3)
+        )
         count[s] += m.mask
     return tuple(int(v) for v in lo), count
 
@@ -191,7 +193,12 @@ def cluster_nodules(
                 n_readers=len(group),
                 centroid_crz=(float(c.mean() + offset[2]), float(r.mean() + offset[1]), z_mm),
                 diameter_mm=float(
-                    np.mean([_max_inplane_diameter_mm(m.annotation, scan.pixel_spacing_mm) for m in group])
+                    np.mean(
+                        [
+                            _max_inplane_diameter_mm(m.annotation, scan.pixel_spacing_mm)
+                            for m in group
+                        ]
+                    )
                 ),
                 volume_mm3=float(consensus.sum() * scan.pixel_spacing_mm**2 * slice_gap_mm),
                 malignancy_mean=float(mal.mean()),

@@ -87,7 +87,18 @@ def _candidate_files(root: Path) -> list[Path]:
     return files
 
 
+def _has_dicom_marker(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def _read_header(path: Path) -> tuple[Path, dict[str, str] | None, str | None]:
+    if not _has_dicom_marker(path):
+        return path, None, "not a DICOM file (no 'DICM' marker at byte 128); ignored"
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as exc:

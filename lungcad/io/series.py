@@ -97,7 +97,9 @@ def read_series(files: list[Path], padding_hu_below: float = PADDING_HU_BELOW) -
 
     records = []
     for path, ds, pixels in slices:
-        if not np.allclose(_float_list(ds, "ImageOrientationPatient", path), orientation, atol=1e-4):
+        if not np.allclose(
+            _float_list(ds, "ImageOrientationPatient", path), orientation, atol=1e-4
+        ):
             raise SeriesError(f"{path}: ImageOrientationPatient differs from {first_path}")
         if not np.allclose(_float_list(ds, "PixelSpacing", path), spacing_rc, atol=1e-4):
             raise SeriesError(f"{path}: PixelSpacing differs from {first_path}")
@@ -134,12 +136,16 @@ def read_series(files: list[Path], padding_hu_below: float = PADDING_HU_BELOW) -
         )
 
     hu = np.empty((len(unique), *shape_rc), dtype=np.int16)
-    for k, (_, _, path, ds, pixels) in enumerate(unique):
+    for k, (_, _, _, ds, pixels) in enumerate(unique):
         slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
         values = pixels.astype(np.float32) * slope + intercept
         padding = values < padding_hu_below
         pad_value = ds.get("PixelPaddingValue")
-        if pad_value is not None and int(ds.get("PixelRepresentation", 0)) == 1 and pad_value > 32767:
+        if (
+            pad_value is not None
+            and int(ds.get("PixelRepresentation", 0)) == 1
+            and pad_value > 32767
+        ):
             pad_value -= 65536  # stored as US although pixels are signed
         if pad_value is not None:
             padding |= pixels == pad_value

@@ -33,8 +33,14 @@ class _Segment:
     radius_mm: float
 
 
-def _vessel_tree(rng: np.random.Generator, root: np.ndarray, direction: np.ndarray,
-                 length: float, radius: float, depth: int) -> list[_Segment]:
+def _vessel_tree(
+    rng: np.random.Generator,
+    root: np.ndarray,
+    direction: np.ndarray,
+    length: float,
+    radius: float,
+    depth: int,
+) -> list[_Segment]:
     direction = direction / np.linalg.norm(direction)
     end = root + direction * length
     n = max(2, int(length))
@@ -45,8 +51,14 @@ def _vessel_tree(rng: np.random.Generator, root: np.ndarray, direction: np.ndarr
     for _ in range(2):
         turn = rng.normal(0, 0.55, 3)
         child = direction + turn - direction * (turn @ direction)
-        out += _vessel_tree(rng, end, child, length * rng.uniform(0.65, 0.85),
-                            radius * rng.uniform(0.68, 0.8), depth - 1)
+        out += _vessel_tree(
+            rng,
+            end,
+            child,
+            length * rng.uniform(0.65, 0.85),
+            radius * rng.uniform(0.68, 0.8),
+            depth - 1,
+        )
     return out
 
 
@@ -67,8 +79,16 @@ class ThoraxPhantom:
         >>> hu = phantom.slice_hu(k=40)  # float32 (512, 512) HU of slice 40 of z_grid
     """
 
-    def __init__(self, shape_rc: tuple[int, int], pixel_spacing_mm: float, z_center_mm: float,
-                 nodules: list[Nodule], z_grid_mm: np.ndarray, contrast: bool, seed: int) -> None:
+    def __init__(
+        self,
+        shape_rc: tuple[int, int],
+        pixel_spacing_mm: float,
+        z_center_mm: float,
+        nodules: list[Nodule],
+        z_grid_mm: np.ndarray,
+        contrast: bool,
+        seed: int,
+    ) -> None:
         self.shape_rc = shape_rc
         self.ps = pixel_spacing_mm
         self.nodules = nodules
@@ -83,42 +103,61 @@ class ThoraxPhantom:
         self.x = ((np.arange(cols) - (cols - 1) / 2) * pixel_spacing_mm)[None, :].astype(np.float32)
         self.y = ((np.arange(rows) - (rows - 1) / 2) * pixel_spacing_mm)[:, None].astype(np.float32)
         r = self.rng
-        self.body_ab = np.array([0.46 * fov * r.uniform(0.94, 1.02), 0.33 * fov * r.uniform(0.95, 1.04)])
+        self.body_ab = np.array(
+            [0.46 * fov * r.uniform(0.94, 1.02), 0.33 * fov * r.uniform(0.95, 1.04)]
+        )
         self.body_y0 = 0.03 * fov
         self.fat_mm = r.uniform(8, 18)
         self.lung_centres = np.array([[-0.2 * fov, 0.0], [0.19 * fov, 0.005 * fov]])
-        self.lung_ab = np.array([[0.17 * fov, 0.25 * fov], [0.16 * fov, 0.245 * fov]]) * r.uniform(0.94, 1.04)
+        self.lung_ab = np.array([[0.17 * fov, 0.25 * fov], [0.16 * fov, 0.245 * fov]]) * r.uniform(
+            0.94, 1.04
+        )
         self.lung_phase = r.uniform(0, 2 * np.pi)
         self.rib_angles = np.linspace(0.15 * np.pi, 0.85 * np.pi, 8)
         self.rib_phase = r.uniform(0, 1)
         self.bubbles = self._nodule_bubbles()
-        # Grow each lung until the nodules on its side lie well inside it (up to 35%).
+        # Real patients are not centred in the FOV: widen the body (it may then be cropped
+        # by the FOV, as in real scans) until every nodule has lung space around it.
+        for bx, by, _, br in self.bubbles:
+            for _ in range(40):
+                a_in, b_in = self.body_ab - self.fat_mm - 17.0 - br
+                if min(a_in, b_in) > 0 and np.hypot(bx / a_in, (by - self.body_y0) / b_in) <= 1:
+                    break
+                self.body_ab = self.body_ab * 1.02
+        # Grow each lung until the nodules on its side lie well inside it (up to 80%).
         self.lung_scale = np.ones(2)
         for bx, by, _, br in self.bubbles:
             side = 0 if bx < 0 else 1
             (cx, cy), (la, lb) = self.lung_centres[side], self.lung_ab[side]
-            need = np.hypot((bx - cx) / la, (by - cy) / lb) + (br - 6.0) / min(la, lb)
-            self.lung_scale[side] = min(1.35, max(self.lung_scale[side], need))
+            need = np.hypot((bx - cx) / la, (by - cy) / lb) + (br + 7.0) / min(la, lb)
+            self.lung_scale[side] = min(1.8, max(self.lung_scale[side], need))
         self.vessels = []
         for side, dz in ((s_, d_) for s_ in (-1, 1) for d_ in (-30.0, 0.0, 30.0)):
             root = np.array([side * 0.07 * fov, -0.02 * fov, z_center_mm + dz])
-            for d in ([side, -0.7, 0.6], [side, 0.6, -0.6], [side, 0.1, 0.1], [side, -0.3, -0.7],
-                      [side, 0.4, 0.7]):
-                self.vessels += _vessel_tree(r, root, np.array(d, float) + r.normal(0, 0.2, 3),
-                                             0.06 * fov, 2.6, depth=6)
+            for d in (
+                [side, -0.7, 0.6],
+                [side, 0.6, -0.6],
+                [side, 0.1, 0.1],
+                [side, -0.3, -0.7],
+                [side, 0.4, 0.7],
+            ):
+                self.vessels += _vessel_tree(
+                    r, root, np.array(d, float) + r.normal(0, 0.2, 3), 0.06 * fov, 2.6, depth=6
+                )
         pts = np.concatenate([s.points_mm for s in self.vessels])
         rad = np.concatenate([np.full(len(s.points_mm), s.radius_mm) for s in self.vessels])
         self.vessel_points, self.vessel_radii = pts.astype(np.float32), rad.astype(np.float32)
 
     def _nodule_bubbles(self) -> list[tuple[float, float, float, float]]:
-        """(x_mm, y_mm, z_mm, radius_mm) of the lung kept aerated around each nodule."""
+        """(x_mm, y_mm, z_mm, radius_mm): lung kept aerated around each nodule (a thin rim, so
+        a nodule at the pleura looks juxtapleural rather than sitting in a round pocket)."""
         rows, cols = self.shape_rc
         out = []
         for n in self.nodules:
             c, r_, z = n.centroid_crz
             x = (c - (cols - 1) / 2) * self.ps
             y = (r_ - (rows - 1) / 2) * self.ps
-            out.append((x, y, z, n.diameter_mm / 2 + 10.0))
+            out.append((x, y, z, n.diameter_mm / 2 + 3.0))
         return out
 
     def _ellipse(self, cx: float, cy: float, a: float, b: float) -> np.ndarray:
@@ -131,7 +170,9 @@ class ThoraxPhantom:
             lungs |= self._ellipse(cx, cy, a * scale * grow, b * scale * grow)
         for bx, by, bz, br in self.bubbles:
             if abs(z - bz) < br:
-                lungs |= self._ellipse(bx, by, np.sqrt(br**2 - (z - bz) ** 2), np.sqrt(br**2 - (z - bz) ** 2))
+                lungs |= self._ellipse(
+                    bx, by, np.sqrt(br**2 - (z - bz) ** 2), np.sqrt(br**2 - (z - bz) ** 2)
+                )
         return lungs & inner_body
 
     def _draw_vessels(self, hu: np.ndarray, lungs: np.ndarray, z: float, value: float) -> None:
@@ -166,7 +207,7 @@ class ThoraxPhantom:
             rb = min(self.shape_rc[0], r0 + plane.shape[0] + pad)
             cb = min(self.shape_rc[1], c0 + plane.shape[1] + pad)
             local = np.zeros((rb - ra, cb - ca), dtype=np.float32)
-            local[r0 - ra:r0 - ra + plane.shape[0], c0 - ca:c0 - ca + plane.shape[1]] = plane
+            local[r0 - ra : r0 - ra + plane.shape[0], c0 - ca : c0 - ca + plane.shape[1]] = plane
             # Spiculation: thin radial strands leaving the boundary; lobulation: bumps on it.
             edge = np.argwhere(local > 0)
             centre = edge.mean(axis=0)
@@ -189,10 +230,14 @@ class ThoraxPhantom:
             alpha = np.clip(gaussian_filter(local, sigma_mm / self.ps), 0, 1)
             # Texture 1 (ground glass) .. 5 (solid) sets the density.
             solid_hu = -720.0 + (ch["texture"] - 1.0) / 4.0 * 760.0
-            inside = solid_hu + gaussian_filter(rng.normal(0, 60, local.shape), 1.0).astype(np.float32)
+            inside = solid_hu + gaussian_filter(rng.normal(0, 60, local.shape), 1.0).astype(
+                np.float32
+            )
             if ch["calcification"] < 5.5:  # any reader but "absent" (6): a dense core
                 core = binary_erosion(local > 0.5, iterations=2)
-                inside = np.where(gaussian_filter(core.astype(np.float32), 0.8) > 0.4, 600.0, inside)
+                inside = np.where(
+                    gaussian_filter(core.astype(np.float32), 0.8) > 0.4, 600.0, inside
+                )
             region = hu[ra:rb, ca:cb]
             region[:] = region * (1 - alpha) + inside * alpha
 

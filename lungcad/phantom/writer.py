@@ -81,8 +81,9 @@ def select_scans(db: LidcDatabase, n_scans: int, seed: int, min_readers: int) ->
     return chosen
 
 
-def _slice_dataset(scan: ScanRecord, k: int, z_mm: float, stored: np.ndarray,
-                   origin_xy: tuple[float, float]) -> pydicom.Dataset:
+def _slice_dataset(
+    scan: ScanRecord, k: int, z_mm: float, stored: np.ndarray, origin_xy: tuple[float, float]
+) -> pydicom.Dataset:
     sop_uid = generate_uid(entropy_srcs=[scan.series_uid, "slice", str(k)])
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -127,33 +128,51 @@ def _slice_dataset(scan: ScanRecord, k: int, z_mm: float, stored: np.ndarray,
     return ds
 
 
-def write_phantom_scan(scan: ScanRecord, nodules: list[Nodule], out_root: Path,
-                       seed: int, min_readers: int, margin_mm: float) -> PhantomScan:
+def write_phantom_scan(
+    scan: ScanRecord,
+    nodules: list[Nodule],
+    out_root: Path,
+    seed: int,
+    min_readers: int,
+    margin_mm: float,
+) -> PhantomScan:
     """Write one scan's slab as DICOM files; returns what was written."""
     z_lo, z_hi = choose_slab(nodules, min_readers, margin_mm)
     z_grid = scan.z_positions_mm
     ks = np.flatnonzero((z_grid >= z_lo) & (z_grid <= z_hi))
     centre = float(np.mean(z_grid[ks]))
-    phantom = ThoraxPhantom((IMAGE_SIZE, IMAGE_SIZE), scan.pixel_spacing_mm, centre, nodules,
-                            z_grid, scan.contrast_used, seed=seed * 100003 + scan.scan_id)
+    phantom = ThoraxPhantom(
+        (IMAGE_SIZE, IMAGE_SIZE),
+        scan.pixel_spacing_mm,
+        centre,
+        nodules,
+        z_grid,
+        scan.contrast_used,
+        seed=seed * 100003 + scan.scan_id,
+    )
     # The database holds no in-plane origin; centre the grid on the scanner axis.
     half = (IMAGE_SIZE - 1) / 2 * scan.pixel_spacing_mm
     origin_xy = (-half, -half)
     folder = out_root / scan.patient_id / scan.study_uid / scan.series_uid
     folder.mkdir(parents=True, exist_ok=True)
     yy, xx = np.mgrid[:IMAGE_SIZE, :IMAGE_SIZE]
-    outside_fov = (yy - (IMAGE_SIZE - 1) / 2) ** 2 + (xx - (IMAGE_SIZE - 1) / 2) ** 2 > (IMAGE_SIZE / 2) ** 2
+    outside_fov = (yy - (IMAGE_SIZE - 1) / 2) ** 2 + (xx - (IMAGE_SIZE - 1) / 2) ** 2 > (
+        IMAGE_SIZE / 2
+    ) ** 2
     for k in ks:
         hu = phantom.slice_hu(int(k))
         stored = np.clip(np.rint(hu - RESCALE_INTERCEPT), -1023, 4095 - 1024).astype(np.int16)
         stored[outside_fov] = PADDING_STORED
         ds = _slice_dataset(scan, int(k), float(z_grid[k]), stored, origin_xy)
         ds.save_as(folder / f"{scan.n_slices - k:06d}.dcm", enforce_file_format=True)
-    in_slab = tuple(
-        n.nodule_id for n in nodules if z_lo <= n.centroid_crz[2] <= z_hi
+    in_slab = tuple(n.nodule_id for n in nodules if z_lo <= n.centroid_crz[2] <= z_hi)
+    return PhantomScan(
+        scan.patient_id,
+        scan.series_uid,
+        (float(z_grid[ks[0]]), float(z_grid[ks[-1]])),
+        int(ks.size),
+        in_slab,
     )
-    return PhantomScan(scan.patient_id, scan.series_uid, (float(z_grid[ks[0]]), float(z_grid[ks[-1]])),
-                       int(ks.size), in_slab)
 
 
 def _write_job(args: tuple) -> PhantomScan:
@@ -164,9 +183,16 @@ def _write_job(args: tuple) -> PhantomScan:
     return write_phantom_scan(scan, nodules, Path(out_root), seed, min_readers, margin_mm)
 
 
-def write_phantom(out_root: str | Path, n_scans: int, seed: int = 0, min_readers: int = 3,
-                  margin_mm: float = 36.0, workers: int = 1, db: LidcDatabase | None = None,
-                  progress: bool = True) -> list[PhantomScan]:
+def write_phantom(
+    out_root: str | Path,
+    n_scans: int,
+    seed: int = 0,
+    min_readers: int = 3,
+    margin_mm: float = 36.0,
+    workers: int = 1,
+    db: LidcDatabase | None = None,
+    progress: bool = True,
+) -> list[PhantomScan]:
     """Write the phantom for ``n_scans`` LIDC scans chosen deterministically by ``seed``.
 
     Args:

@@ -1,0 +1,148 @@
+"""`lungcad data …`: phantom, build, split — the data stages of the pipeline."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from lungcad.cli.options import ParamsFile, Quiet, Seed, Workers
+
+app = typer.Typer(no_args_is_help=True, help="Make, preprocess and split the CT data.")
+log = logging.getLogger("lungcad")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def phantom(
+    out: Annotated[Path, typer.Option("--out", help="Root to write LIDC-IDRI-XXXX/… into.")] = Path(
+        "data/raw/LIDC-IDRI"
+    ),
+    scans: Annotated[
+        int, typer.Option("--scans", min=1, help="Number of real LIDC scans to mirror.")
+    ] = 60,
+    seed: Seed = 0,
+    min_readers: Annotated[
+        int,
+        typer.Option(
+            "--min-readers",
+            min=1,
+            max=4,
+            help="Chosen scans have a nodule outlined by this many readers.",
+        ),
+    ] = 3,
+    margin_mm: Annotated[
+        float,
+        typer.Option(
+            "--margin-mm",
+            min=0,
+            help="Slab margin around the nodules in z (>= 32 keeps 64 mm cubes whole).",
+        ),
+    ] = 34.0,
+    workers: Workers = 1,
+    quiet: Quiet = False,
+) -> None:
+    """Write the LIDC-grounded phantom: real LIDC geometry, UIDs and contours, synthetic CT."""
+    from lungcad.phantom.writer import write_phantom
+
+    written = write_phantom(out, scans, seed, min_readers, margin_mm, workers, progress=not quiet)
+    n_slices = sum(w.n_slices for w in written)
+    n_nodules = sum(len(w.nodule_ids) for w in written)
+    typer.echo(
+        f"wrote {len(written)} scans, {n_slices} slices, {n_nodules} annotated nodules "
+        f"in the slabs -> {out}"
+    )
+
+
+@app.command()
+def build(
+    raw: Annotated[
+        Path,
+        typer.Option("--raw", help="LIDC root: a TCIA download, the phantom or any DICOM folder."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Dataset folder to write.")] = Path(
+        "data/processed"
+    ),
+    params: ParamsFile = Path("params.yaml"),
+    workers: Workers = 1,
+    quiet: Quiet = False,
+) -> None:
+    """Preprocess every series under --raw into 64³ cubes, index.csv, skipped.csv, fingerprint."""
+    from lungcad.io.dicom_index import LidcRootError
+    from lungcad.preprocessing.build import build_dataset
+    from lungcad.preprocessing.config import PreprocessConfig
+
+    try:
+        config = PreprocessConfig.from_params(params) if params.exists() else PreprocessConfig()
+    except ValueError as exc:
+        _fail(f"{params}: {exc}")
+    if not params.exists():
+        log.info("%s not found: using the default preprocessing settings", params)
+    try:
+        table = build_dataset(raw, out, config, workers=workers, progress=not quiet)
+    except LidcRootError as exc:
+        _fail(str(exc))
+    skipped = pd.read_csv(out / "skipped.csv")
+    counts = table["kind"].value_counts().to_dict()
+    typer.echo(
+        f"{len(table)} cubes ({counts}) from {table['series_uid'].nunique()} series, "
+        f"{len(skipped)} skipped item(s) listed in {out / 'skipped.csv'}"
+    )
+
+
+@app.command()
+def split(
+    index: Annotated[Path, typer.Option("--index", help="index.csv of a built dataset.")] = Path(
+        "data/processed/index.csv"
+    ),
+    out: Annotated[Path, typer.Option("--out", help="splits.json to write.")] = Path(
+        "data/splits.json"
+    ),
+    val: Annotated[
+        float, typer.Option("--val", min=0, max=0.9, help="Share of patients for validation.")
+    ] = 0.15,
+    test: Annotated[
+        float, typer.Option("--test", min=0, max=0.9, help="Share of patients for test.")
+    ] = 0.2,
+    seed: Seed = 0,
+) -> None:
+    """Split patients into train/val/test (stratified; fails loudly on any overlap)."""
+    from lungcad.splits.patient_split import make_splits, write_splits
+
+    if not index.exists():
+        _fail(f"{index} does not exist: run `lungcad data build` (DVC stage `preprocess`) first")
+    table = pd.read_csv(index)
+    try:
+        splits = make_splits(table, val, test, seed)
+    except ValueError as exc:
+        _fail(f"{index}: {exc}")
+    doc = write_splits(splits, table, out, seed)
+    for name, s in doc["summary"].items():
+        typer.echo(
+            f"{name:5s}: {s['patients']:4d} patients, {s['cubes']:5d} cubes, "
+            f"{s['nodules']:4d} nodules"
+        )
+
+
+@app.command()
+def montage(
+    dataset: Annotated[
+        Path, typer.Option("--dataset", help="Folder with cubes.npy and index.csv.")
+    ] = Path("data/processed"),
+    out: Annotated[Path, typer.Option("--out", help="PNG to write.")] = Path("reports/cubes.png"),
+    per_kind: Annotated[int, typer.Option("--per-kind", min=1, help="Cubes shown per kind.")] = 8,
+    seed: Seed = 0,
+) -> None:
+    """Draw the central slice of sample nodule, hard and random cubes (a look at the data)."""
+    from lungcad.preprocessing.montage import cube_montage
+
+    if not (dataset / "index.csv").exists():
+        _fail(f"{dataset}/index.csv does not exist: run `lungcad data build` first")
+    typer.echo(f"wrote {cube_montage(dataset, out, per_kind, seed)}")

@@ -1,0 +1,42 @@
+"""The `lungcad` command: registration of the command groups, logging and --version."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from lungcad import __version__
+from lungcad.cli import data
+
+app = typer.Typer(
+    name="lungcad",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Lung nodule detection and malignancy CAD on LIDC-IDRI: data, training, tracking.",
+)
+app.add_typer(data.app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lungcad {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
+) -> None:
+    """lungcad: LIDC-IDRI CT -> cubes -> multi-task 3D CNN, tracked with DVC and MLflow."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

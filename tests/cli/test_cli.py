@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lungcad import __version__
+from lungcad.cli.main import app
+
+runner = CliRunner()
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["data"], ["data", "phantom"], ["data", "build"], ["data", "split"], ["data", "montage"]],
+)
+def test_every_command_has_help(command) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_wrong_root_is_a_clear_error_with_nonzero_exit(tmp_path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "build",
+            "--raw",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "does not exist" in result.output and "nope" in result.output
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "build",
+            "--raw",
+            str(tmp_path / "empty"),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 2 and "contains no files" in result.output
+
+
+def test_build_split_and_montage_on_the_real_slab(tmp_path, slab_root) -> None:
+    out = tmp_path / "processed"
+    params = tmp_path / "params.yaml"
+    params.write_text("preprocess:\n  min_readers: 3\n  negatives_per_positive: 2.0\n")
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "build",
+            "--raw",
+            str(slab_root),
+            "--out",
+            str(out),
+            "--params",
+            str(params),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 cubes" in result.output and "skipped" in result.output
+    # One patient cannot be split three ways: a clear error, not a traceback.
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "split",
+            "--index",
+            str(out / "index.csv"),
+            "--out",
+            str(tmp_path / "splits.json"),
+        ],
+    )
+    assert result.exit_code == 2 and "cannot fill" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "split",
+            "--index",
+            str(out / "index.csv"),
+            "--out",
+            str(tmp_path / "splits.json"),
+            "--val",
+            "0",
+            "--test",
+            "0",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "splits.json").read_text())["train"] == ["LIDC-IDRI-0001"]
+    result = runner.invoke(
+        app, ["data", "montage", "--dataset", str(out), "--out", str(tmp_path / "m.png")]
+    )
+    assert result.exit_code == 0 and (tmp_path / "m.png").stat().st_size > 5000
+
+
+def test_bad_params_file_names_the_parameter(tmp_path, slab_root) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("preprocess:\n  cube_sise: 64\n")
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "build",
+            "--raw",
+            str(slab_root),
+            "--out",
+            str(tmp_path / "o"),
+            "--params",
+            str(params),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 2 and "cube_sise" in result.output
+    assert not pd.io.common.file_exists(tmp_path / "o" / "index.csv")

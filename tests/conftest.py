@@ -1,0 +1,81 @@
+"""Shared fixtures: the real LIDC database, the real LIDC-IDRI-0001 slab, series writers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from lungcad.annotations.lidc_db import LidcDatabase
+
+REPO = Path(__file__).resolve().parents[1]
+SLAB_ROOT = REPO.parent / "shared" / "data" / "lidc-slabs"
+SERIES_0001 = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
+
+
+@pytest.fixture(scope="session")
+def db() -> LidcDatabase:
+    return LidcDatabase()
+
+
+@pytest.fixture(scope="session")
+def slab_root() -> Path:
+    if not (SLAB_ROOT / "LIDC-IDRI-0001").is_dir():
+        pytest.fail(f"the real LIDC slab is missing at {SLAB_ROOT}: clone lungcad beside shared/")
+    return SLAB_ROOT
+
+
+@pytest.fixture(scope="session")
+def slab_files(slab_root: Path) -> list[Path]:
+    return sorted(slab_root.glob("LIDC-IDRI-0001/*/*/*.dcm"))
+
+
+def write_series(
+    folder: Path,
+    hu: np.ndarray,
+    spacing_xyz: tuple[float, float, float],
+    origin_xyz: tuple[float, float, float],
+    series_uid: str | None = None,
+    patient_id: str = "TEST-0001",
+    modality: str = "CT",
+    z_positions: list[float] | None = None,
+) -> list[Path]:
+    """Write a (slice, row, col) HU volume as an axial DICOM series (stored = HU + 1024)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study_uid = generate_uid(entropy_srcs=[series_uid, "study"])
+    if z_positions is None:
+        z_positions = [origin_xyz[2] + k * spacing_xyz[2] for k in range(hu.shape[0])]
+    paths = []
+    for k, z in enumerate(z_positions):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.Modality = modality
+        ds.PatientID = patient_id
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.InstanceNumber = len(z_positions) - k
+        ds.ImagePositionPatient = [origin_xyz[0], origin_xyz[1], z]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [spacing_xyz[1], spacing_xyz[0]]
+        ds.SliceThickness = spacing_xyz[2]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = hu.shape[1:]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = (hu[k].astype(np.int32) + 1024).astype("<i2").tobytes()
+        path = folder / f"{k:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

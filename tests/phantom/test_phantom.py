@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from lungcad.annotations.nodules import cluster_nodules
+from lungcad.io.dicom_index import index_lidc_root
+from lungcad.io.series import read_series
+from lungcad.phantom.writer import choose_slab, select_scans, write_phantom, write_phantom_scan
+from lungcad.preprocessing.build import nodule_center_mm
+from lungcad.preprocessing.cubes import extract_cube
+from lungcad.preprocessing.lung_mask import lung_mask
+from tests.conftest import SERIES_0001
+
+
+@pytest.fixture(scope="module")
+def phantom_0001(db, tmp_path_factory) -> tuple[Path, object, list]:
+    scan = db.scan_by_series(SERIES_0001)
+    nodules = cluster_nodules(scan, db.annotations(scan.scan_id))
+    root = tmp_path_factory.mktemp("phantom")
+    write_phantom_scan(scan, nodules, root, seed=0, min_readers=3, margin_mm=34.0)
+    return root, scan, nodules
+
+
+def test_phantom_series_has_the_real_scan_geometry_and_uids(phantom_0001) -> None:
+    root, scan, nodules = phantom_0001
+    files = sorted(root.glob("LIDC-IDRI-0001/*/*/*.dcm"))
+    assert files[0].parent.name == scan.series_uid
+    assert files[0].parent.parent.name == scan.study_uid
+    z = []
+    for f in files:
+        ds = pydicom.dcmread(f)
+        assert (ds.Rows, ds.Columns) == (512, 512)
+        assert ds.SeriesInstanceUID == scan.series_uid and ds.StudyInstanceUID == scan.study_uid
+        assert ds.PatientID == "LIDC-IDRI-0001" and ds.Modality == "CT"
+        assert float(ds.PixelSpacing[0]) == pytest.approx(scan.pixel_spacing_mm)
+        assert float(ds.RescaleIntercept) == -1024
+        z.append(float(ds.ImagePositionPatient[2]))
+    # Contiguous run of the real slice grid covering the nodule with the margin.
+    grid = scan.z_positions_mm
+    assert np.isin(np.round(z, 3), np.round(grid, 3)).all()
+    z = np.sort(z)
+    np.testing.assert_allclose(np.diff(z), 2.5)
+    lo, hi = choose_slab(nodules, 3, 34.0)
+    assert z[0] >= lo and z[-1] <= hi
+    assert z[0] <= nodules[0].z_extent_mm[0] - 32 and z[-1] >= nodules[0].z_extent_mm[1] + 32
+
+
+def test_phantom_reads_with_simpleitk_and_pydicom_alike(phantom_0001) -> None:
+    root, scan, _ = phantom_0001
+    folder = next(root.glob("LIDC-IDRI-0001/*/*"))
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    image = reader.Execute()
+    vol = read_series(sorted(folder.glob("*.dcm")))
+    np.testing.assert_allclose(image.GetSpacing(), vol.geometry.spacing_mm, atol=1e-4)
+    np.testing.assert_allclose(image.GetOrigin(), vol.geometry.origin_mm, atol=1e-3)
+    sitk_hu = sitk.GetArrayFromImage(image)
+    inside = sitk_hu > -1500  # sitk leaves padding at -2048; lungcad turns it into air
+    np.testing.assert_array_equal(sitk_hu[inside], vol.hu[inside])
+    assert (vol.hu[~inside] == -1000).all() and (~inside).mean() > 0.15
+
+
+def test_phantom_draws_the_real_nodule_inside_aerated_lung(phantom_0001) -> None:
+    root, _, nodules = phantom_0001
+    vol = read_series(sorted(root.glob("LIDC-IDRI-0001/*/*/*.dcm")))
+    center = nodule_center_mm(nodules[0], vol)
+    cube = extract_cube(vol.geometry.to_sitk(vol.hu), center)
+    assert cube[28:36, 28:36, 28:36].mean() > -100  # solid (texture 4.75) nodule
+    lungs, region = lung_mask(vol.hu, vol.geometry)
+    assert lungs.mean() > 0.1
+    idx = np.rint(vol.geometry.mm_to_index(center)).astype(int)[::-1]
+    assert region[tuple(idx)], "the nodule must lie inside the lung region"
+    lung_hu = vol.hu[lungs & (vol.hu < -500)]
+    assert -900 < np.median(lung_hu) < -780
+
+
+def test_scan_choice_is_deterministic_and_has_qualifying_nodules(db) -> None:
+    a = [s.series_uid for s in select_scans(db, 5, seed=7, min_readers=3)]
+    b = [s.series_uid for s in select_scans(db, 5, seed=7, min_readers=3)]
+    c = [s.series_uid for s in select_scans(db, 5, seed=8, min_readers=3)]
+    assert a == b and a != c and len(set(a)) == 5
+    for uid in a:
+        scan = db.scan_by_series(uid)
+        assert any(n.n_readers >= 3 for n in cluster_nodules(scan, db.annotations(scan.scan_id)))
+
+
+def test_write_phantom_manifest_and_index(tmp_path, db) -> None:
+    written = write_phantom(tmp_path, n_scans=1, seed=3, progress=False, db=db)
+    manifest = json.loads((tmp_path / "phantom.json").read_text())
+    assert manifest["scans"][0]["series_uid"] == written[0].series_uid
+    index = index_lidc_root(tmp_path, progress=False)
+    assert list(index.series) == [written[0].series_uid]
+    assert len(index.series[written[0].series_uid].files) == written[0].n_slices
+    assert not index.unreadable
