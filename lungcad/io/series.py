@@ -53,6 +53,31 @@ def _float_list(ds: pydicom.Dataset, keyword: str, path: Path) -> np.ndarray:
     return np.asarray([float(v) for v in value], dtype=np.float64)
 
 
+def _slice_hu(ds: pydicom.Dataset, pixels: np.ndarray, padding_hu_below: float) -> np.ndarray:
+    """HU of one slice: rescale applied, padding (tag value or impossible HU) set to air."""
+    slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+    pad_value = ds.get("PixelPaddingValue")
+    if pad_value is not None and int(ds.get("PixelRepresentation", 0)) == 1 and pad_value > 32767:
+        pad_value -= 65536  # stored as US although the pixels are signed
+    lo, hi = int(pixels.min()), int(pixels.max())
+    if (
+        slope == 1.0
+        and intercept.is_integer()
+        and lo + intercept >= -32768
+        and hi + intercept <= 32767
+    ):
+        hu = pixels.astype(np.int16)  # the usual CT case: exact integer arithmetic
+        hu += np.int16(intercept)
+    else:
+        values = np.rint(pixels.astype(np.float32) * slope + intercept)
+        hu = np.clip(values, -32768, 32767).astype(np.int16)
+    padding = hu < padding_hu_below
+    if pad_value is not None and lo <= pad_value <= hi:
+        padding |= pixels == pad_value
+    np.putmask(hu, padding, AIR_HU)
+    return hu
+
+
 def read_series(files: list[Path], padding_hu_below: float = PADDING_HU_BELOW) -> CtVolume:
     """Read the files of one series into a HU volume.
 
@@ -97,11 +122,9 @@ def read_series(files: list[Path], padding_hu_below: float = PADDING_HU_BELOW) -
 
     records = []
     for path, ds, pixels in slices:
-        if not np.allclose(
-            _float_list(ds, "ImageOrientationPatient", path), orientation, atol=1e-4
-        ):
+        if np.abs(_float_list(ds, "ImageOrientationPatient", path) - orientation).max() > 1e-4:
             raise SeriesError(f"{path}: ImageOrientationPatient differs from {first_path}")
-        if not np.allclose(_float_list(ds, "PixelSpacing", path), spacing_rc, atol=1e-4):
+        if np.abs(_float_list(ds, "PixelSpacing", path) - spacing_rc).max() > 1e-4:
             raise SeriesError(f"{path}: PixelSpacing differs from {first_path}")
         if pixels.shape != shape_rc:
             raise SeriesError(f"{path}: image size {pixels.shape} differs from {shape_rc}")
@@ -137,20 +160,7 @@ def read_series(files: list[Path], padding_hu_below: float = PADDING_HU_BELOW) -
 
     hu = np.empty((len(unique), *shape_rc), dtype=np.int16)
     for k, (_, _, _, ds, pixels) in enumerate(unique):
-        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-        values = pixels.astype(np.float32) * slope + intercept
-        padding = values < padding_hu_below
-        pad_value = ds.get("PixelPaddingValue")
-        if (
-            pad_value is not None
-            and int(ds.get("PixelRepresentation", 0)) == 1
-            and pad_value > 32767
-        ):
-            pad_value -= 65536  # stored as US although pixels are signed
-        if pad_value is not None:
-            padding |= pixels == pad_value
-        values[padding] = AIR_HU
-        hu[k] = np.clip(np.rint(values), -32768, 32767).astype(np.int16)
+        hu[k] = _slice_hu(ds, pixels, padding_hu_below)
 
     geometry = VolumeGeometry(
         origin_mm=unique[0][1],

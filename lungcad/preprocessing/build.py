@@ -29,7 +29,7 @@ from lungcad.io.series import CtVolume, SeriesError, read_series
 from lungcad.preprocessing.config import PreprocessConfig
 from lungcad.preprocessing.cubes import extract_cube
 from lungcad.preprocessing.fingerprint import ScanStats, write_fingerprint
-from lungcad.preprocessing.lung_mask import lung_mask
+from lungcad.preprocessing.lung_mask import block_max, lung_mask
 from lungcad.preprocessing.negatives import sample_negatives
 
 log = logging.getLogger(__name__)
@@ -162,9 +162,7 @@ def process_scan(
 
     skipped = [_skip(scan.patient_id, series_uid, "scan", f"note: {note}") for note in volume.notes]
     image = volume.geometry.to_sitk(volume.hu)
-    lungs, lung_region = lung_mask(
-        volume.hu, volume.geometry, config.lung_dilation_mm, config.lung_closing_mm
-    )
+    lungs = lung_mask(volume.hu, volume.geometry, config.lung_dilation_mm, config.lung_closing_mm)
     nodules = cluster_nodules(scan, db.annotations(scan.scan_id))
     half_mm = config.cube_size * config.spacing_mm / 2
     all_centers, cubes, rows = [], [], []
@@ -203,8 +201,10 @@ def process_scan(
     n_hard = int(round(n_neg * config.hard_negative_fraction))
     rng = np.random.default_rng([config.seed, zlib.crc32(series_uid.encode())])
     candidates = {
-        "random": np.argwhere(lungs),
-        "hard": np.argwhere(lungs & (volume.hu > config.hard_min_hu)),
+        "random": lungs.block_centres(lungs.parenchyma),
+        "hard": lungs.block_centres(
+            lungs.parenchyma & (block_max(volume.hu, lungs.step) > config.hard_min_hu)
+        ),
     }
     negatives = sample_negatives(
         candidates,
@@ -253,11 +253,11 @@ def process_scan(
         row.update(
             patient_id=scan.patient_id,
             series_uid=series_uid,
-            in_lung_mask=bool(inside and lung_region[tuple(idx)]),
+            in_lung_mask=bool(inside and lungs.region[lungs.block_of(idx)]),
             pixel_spacing_mm=float(volume.geometry.spacing_mm[0]),
             slice_spacing_mm=float(volume.geometry.spacing_mm[2]),
         )
-    stats = ScanStats.from_volume(volume, lungs, [r for r in rows if r["label"] == 1], rng)
+    stats = ScanStats.from_volume(volume, lungs, rng)
     cube_array = np.stack(cubes) if cubes else empty
     return ScanResult(series_uid, cube_array, rows, skipped, stats)
 

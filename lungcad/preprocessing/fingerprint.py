@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lungcad.io.series import CtVolume
+from lungcad.preprocessing.lung_mask import LungMasks
 
 PERCENTILES = (0.5, 5.0, 50.0, 95.0, 99.5)
 
@@ -34,29 +35,21 @@ class ScanStats:
     def from_volume(
         cls,
         volume: CtVolume,
-        lungs: np.ndarray,
-        _nodule_rows: list[dict],
+        lungs: LungMasks,
         rng: np.random.Generator,
         n_sample: int = 2000,
     ) -> ScanStats:
-        body = volume.hu > -500
-
-        def sample(mask: np.ndarray) -> list[float]:
-            values = volume.hu[mask]
-            if values.size == 0:
-                return []
-            return (
-                values[rng.integers(0, values.size, min(n_sample, values.size))]
-                .astype(float)
-                .tolist()
-            )
-
+        """Sample HU in the lung parenchyma and in the body (HU > -500) of one volume."""
+        # Random voxels instead of boolean masks: no full-size temporary arrays.
+        idx = rng.integers(0, volume.hu.shape, size=(20 * n_sample, 3))
+        values = volume.hu[tuple(idx.T)].astype(float)
+        in_lung = lungs.parenchyma[lungs.block_of(idx)]
         return cls(
             volume.series_uid,
             tuple(float(v) for v in volume.geometry.spacing_mm),
             int(volume.hu.shape[0]),
-            sample(lungs),
-            sample(body),
+            values[in_lung][:n_sample].tolist(),
+            values[values > -500][:n_sample].tolist(),
         )
 
     def to_json(self) -> str:

@@ -72,11 +72,12 @@ def test_phantom_draws_the_real_nodule_inside_aerated_lung(phantom_0001) -> None
     center = nodule_center_mm(nodules[0], vol)
     cube = extract_cube(vol.geometry.to_sitk(vol.hu), center)
     assert cube[28:36, 28:36, 28:36].mean() > -100  # solid (texture 4.75) nodule
-    lungs, region = lung_mask(vol.hu, vol.geometry)
-    assert lungs.mean() > 0.1
+    lungs = lung_mask(vol.hu, vol.geometry)
+    assert lungs.parenchyma.mean() > 0.1
     idx = np.rint(vol.geometry.mm_to_index(center)).astype(int)[::-1]
-    assert region[tuple(idx)], "the nodule must lie inside the lung region"
-    lung_hu = vol.hu[lungs & (vol.hu < -500)]
+    assert lungs.region[lungs.block_of(idx)], "the nodule must lie inside the lung region"
+    lung_hu = vol.hu[tuple(lungs.block_centres(lungs.parenchyma).T)]
+    lung_hu = lung_hu[lung_hu < -500]
     assert -900 < np.median(lung_hu) < -780
 
 
