@@ -79,3 +79,95 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def make_tiny_dataset(
+    folder: Path, n_patients: int = 6, per_patient: int = 4, size: int = 32, seed: int = 0
+) -> tuple[Path, Path]:
+    """A small cube dataset (cubes.npy, index.csv, splits.json) in lungcad's contract.
+
+    Nodule cubes hold a soft-tissue sphere in noisy lung whose radius grows with the
+    malignancy label; negative cubes hold lung noise and a vessel-like tube.
+    """
+    import json
+
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    grid = np.indices((size,) * 3) - (size - 1) / 2
+    dist = np.sqrt((grid**2).sum(0))
+    cubes, rows = [], []
+    for p in range(n_patients):
+        pid = f"LIDC-IDRI-9{p:03d}"
+        for j in range(per_patient):
+            cube = -850 + rng.normal(0, 30, (size,) * 3)
+            label = j % 2 == 0
+            if label:
+                malignancy = float(rng.integers(1, 6))
+                cube[dist <= 2 + malignancy] = 40 + rng.normal(0, 20)
+            else:
+                malignancy = np.nan
+                tube = np.hypot(grid[1] - rng.integers(-6, 6), grid[2] - rng.integers(-6, 6)) <= 1.5
+                cube[tube] = 40
+            cubes.append(cube.astype(np.int16))
+            ratings = {
+                f"mean_{c}": (malignancy + rng.normal(0, 0.5) if label else np.nan)
+                for c in (
+                    "subtlety",
+                    "internalStructure",
+                    "calcification",
+                    "sphericity",
+                    "margin",
+                    "lobulation",
+                    "spiculation",
+                    "texture",
+                )
+            }
+            rows.append(
+                {
+                    **ratings,
+                    "cube_index": len(rows),
+                    "patient_id": pid,
+                    "series_uid": f"1.2.{p}",
+                    "nodule_id": f"{pid}:0:{j}",
+                    "label": int(label),
+                    "kind": "nodule" if label else "random",
+                    "malignancy_mean": malignancy,
+                    "malignancy_median": malignancy,
+                    "n_readers": 4 if label else 0,
+                    "diameter_mm": 2 * (2 + malignancy) if label else np.nan,
+                }
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "cubes.npy", np.stack(cubes))
+    pd.DataFrame(rows).to_csv(folder / "index.csv", index=False)
+    ids = sorted({r["patient_id"] for r in rows})
+    splits = {"train": ids[:-2], "val": [ids[-2]], "test": [ids[-1]]}
+    (folder / "splits.json").write_text(json.dumps(splits))
+    return folder, folder / "splits.json"
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> tuple[Path, Path]:
+    return make_tiny_dataset(tmp_path / "dataset")
+
+
+def tiny_train_config(**changes):
+    from lungcad.training.config import TrainConfig
+
+    return TrainConfig.from_mapping(
+        {
+            "epochs": 3,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "device": "cpu",
+            "model": {
+                "widths": [4, 8, 8, 16],
+                "blocks": [1, 1, 1, 1],
+                "feature_dim": 16,
+                "dropout": 0.0,
+            },
+            "augment": {"flip": True, "rot90": True, "shift_mm": 2, "hu_jitter": 10.0},
+            **changes,
+        }
+    )

@@ -9,15 +9,11 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from lungcad.cli.common import fail
 from lungcad.cli.options import ParamsFile, Quiet, Seed, Workers
 
 app = typer.Typer(no_args_is_help=True, help="Make, preprocess and split the CT data.")
 log = logging.getLogger("lungcad")
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -82,13 +78,13 @@ def build(
     try:
         config = PreprocessConfig.from_params(params) if params.exists() else PreprocessConfig()
     except ValueError as exc:
-        _fail(f"{params}: {exc}")
+        fail(f"{params}: {exc}")
     if not params.exists():
         log.info("%s not found: using the default preprocessing settings", params)
     try:
         table = build_dataset(raw, out, config, workers=workers, progress=not quiet)
     except LidcRootError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     skipped = pd.read_csv(out / "skipped.csv")
     counts = table["kind"].value_counts().to_dict()
     typer.echo(
@@ -117,12 +113,12 @@ def split(
     from lungcad.splits.patient_split import make_splits, write_splits
 
     if not index.exists():
-        _fail(f"{index} does not exist: run `lungcad data build` (DVC stage `preprocess`) first")
+        fail(f"{index} does not exist: run `lungcad data build` (DVC stage `preprocess`) first")
     table = pd.read_csv(index)
     try:
         splits = make_splits(table, val, test, seed)
     except ValueError as exc:
-        _fail(f"{index}: {exc}")
+        fail(f"{index}: {exc}")
     doc = write_splits(splits, table, out, seed)
     for name, s in doc["summary"].items():
         typer.echo(
@@ -144,5 +140,5 @@ def montage(
     from lungcad.preprocessing.montage import cube_montage
 
     if not (dataset / "index.csv").exists():
-        _fail(f"{dataset}/index.csv does not exist: run `lungcad data build` first")
+        fail(f"{dataset}/index.csv does not exist: run `lungcad data build` first")
     typer.echo(f"wrote {cube_montage(dataset, out, per_kind, seed)}")

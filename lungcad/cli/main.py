@@ -9,6 +9,8 @@ import typer
 
 from lungcad import __version__
 from lungcad.cli import data
+from lungcad.cli.evaluate import evaluate
+from lungcad.cli.train import train
 
 app = typer.Typer(
     name="lungcad",
@@ -17,6 +19,8 @@ app = typer.Typer(
     help="Lung nodule detection and malignancy CAD on LIDC-IDRI: data, training, tracking.",
 )
 app.add_typer(data.app, name="data")
+app.command()(train)
+app.command()(evaluate)
 
 
 def _version(value: bool) -> None:

@@ -29,3 +29,8 @@ ParamsFile = Annotated[
     typer.Option("--params", help="params.yaml whose section for this command gives the defaults."),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Dataset = Annotated[
+    Path,
+    typer.Option("--dataset", help="Folder with cubes.npy and index.csv (lungcad data build)."),
+]
+Splits = Annotated[Path, typer.Option("--splits", help="splits.json (lungcad data split).")]

@@ -61,13 +61,12 @@ def sample_negatives(
         cand = candidates_zyx.get(kind)
         if want <= 0 or cand is None or len(cand) == 0:
             continue
-        # Look at a random subset: candidate sets hold millions of voxels.
-        pick = cand[rng.permutation(len(cand))[: max(2000, 200 * want)]]
-        index_crs = pick[:, ::-1].astype(np.float64)
-        pick_mm = geometry.index_to_mm(index_crs)[_inside_volume(index_crs, geometry, cube_half_mm)]
-        if len(nodule_centers_mm):
-            d = np.linalg.norm(pick_mm[:, None, :] - nodule_centers_mm[None], axis=2).min(axis=1)
+        index_crs = cand[:, ::-1].astype(np.float64)
+        pick_mm = geometry.index_to_mm(index_crs[_inside_volume(index_crs, geometry, cube_half_mm)])
+        if len(nodule_centers_mm) and len(pick_mm):
+            d = np.min([np.linalg.norm(pick_mm - c, axis=1) for c in nodule_centers_mm], axis=0)
             pick_mm = pick_mm[d >= min_distance_mm]
+        pick_mm = pick_mm[rng.permutation(len(pick_mm))]
         n = 0
         for p in pick_mm:
             if n == want:

@@ -1,0 +1,56 @@
+"""`lungcad evaluate`: test-split report of a trained model, attached to its MLflow run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lungcad.cli.common import fail
+from lungcad.cli.options import Dataset, ParamsFile, Splits
+
+
+def evaluate(
+    dataset: Dataset = Path("data/processed"),
+    splits: Splits = Path("data/splits.json"),
+    model: Annotated[Path, typer.Option("--model", help="Checkpoint to evaluate.")] = Path(
+        "models/best.pt"
+    ),
+    out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("reports"),
+    params: ParamsFile = Path("params.yaml"),
+    run_info: Annotated[
+        Path,
+        typer.Option(
+            "--run-info", help="train_run.json naming the MLflow run to attach the report to."
+        ),
+    ] = Path("models/train_run.json"),
+) -> None:
+    """Detection and malignancy metrics with patient-bootstrap CIs, baselines, plots, report."""
+    import yaml
+
+    from lungcad.evaluation.evaluate import EvaluationConfig, evaluate_model
+    from lungcad.tracking.mlflow_run import log_evaluation
+    from lungcad.training.data import DatasetMissingError
+
+    section = (
+        (yaml.safe_load(params.read_text()) or {}).get("evaluate", {}) if params.exists() else {}
+    )
+    try:
+        config = EvaluationConfig(**(section or {}))
+    except TypeError as exc:
+        fail(f"{params}: evaluate section: {exc}")
+    try:
+        doc = evaluate_model(dataset, splits, model, out, config)
+    except (DatasetMissingError, FileNotFoundError) as exc:
+        fail(str(exc))
+    if run_info.exists():
+        run_id = json.loads(run_info.read_text())["run_id"]
+        log_evaluation(run_id, out, doc)
+        typer.echo(f"report attached to MLflow run {run_id}")
+    d, m = doc["detection"], doc["malignancy"]
+    typer.echo(
+        f"test: detection AUC {d['auc']:.3f} recall {d['recall']:.3f} F1 {d['f1']:.3f}; "
+        f"malignancy MAE {m['mae']:.3f} Pearson {m['pearson']:.3f} -> {out / 'report.md'}"
+    )

@@ -1,0 +1,121 @@
+"""One tracked training run: data -> Trainer -> MLflow run with its full context and model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from lungcad.tracking.mlflow_run import (
+    MlflowEpochLogger,
+    dvc_data_hash,
+    ensure_experiment,
+    git_commit,
+    log_params_flat,
+    runtime_tags,
+    tracking_uri,
+)
+from lungcad.tracking.pyfunc import log_pyfunc_model
+from lungcad.training.config import TrainConfig
+from lungcad.training.data import CubeData, load_cube_data
+from lungcad.training.trainer import Trainer, TrainResult
+
+log = logging.getLogger(__name__)
+
+RUN_INFO = "train_run.json"
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    run_id: str
+    experiment_id: str
+    result: TrainResult
+
+
+def _example_cube(data: CubeData) -> np.ndarray:
+    val = data.subset("val")
+    rows = val[val["label"] == 1] if (val["label"] == 1).any() else val
+    return np.asarray(data.cubes[int(rows.iloc[0]["cube_index"])], dtype=np.float32)[None, None]
+
+
+def train_tracked(
+    config: TrainConfig,
+    dataset_dir: str | Path,
+    splits_file: str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+    run_name: str | None = None,
+    callbacks: list | None = None,
+    nested: bool = False,
+    progress: bool = True,
+    log_model: bool = True,
+) -> TrackedRun:
+    """Train with ``config`` and log everything to MLflow; writes ``<out>/train_run.json``.
+
+    Args:
+        config: training settings.
+        dataset_dir, splits_file: the cube dataset and its patient splits.
+        out_dir: checkpoints, best.pt, history.json and train_run.json.
+        resume: continue from ``<out>/checkpoints/last.pt`` and its MLflow run.
+        run_name: MLflow run name.
+        callbacks: extra Trainer callbacks (e.g. Optuna pruning).
+        nested: start the run nested under the active run (tuning trials).
+        progress: progress bars.
+        log_model: log the pyfunc model (tuning trials skip it).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = load_cube_data(dataset_dir, splits_file)
+    experiment_id = ensure_experiment(config.experiment)
+    trainer = Trainer(config, data, out_dir, progress=progress)
+    previous = trainer.resumable_state() if resume else None
+    run_id = (previous or {}).get("mlflow_run_id")
+    with mlflow.start_run(
+        run_id=run_id, experiment_id=experiment_id, run_name=run_name, nested=nested
+    ) as run:
+        if run_id is None:
+            log_params_flat(config.to_dict(), prefix="train.")
+            fingerprint = Path(dataset_dir) / "fingerprint.json"
+            if fingerprint.exists():
+                log_params_flat(
+                    json.loads(fingerprint.read_text()).get("preprocess", {}), prefix="preprocess."
+                )
+            counts = data.index.groupby("split")["label"].agg(["count", "sum"])
+            mlflow.set_tags(
+                {
+                    "git_commit": git_commit(),
+                    "dvc_data_md5": dvc_data_hash(dataset_dir),
+                    "dataset_dir": str(dataset_dir),
+                    **{
+                        f"cubes_{s}": f"{int(r['count'])} ({int(r['sum'])} nodules)"
+                        for s, r in counts.iterrows()
+                    },
+                    **runtime_tags(trainer.device),
+                }
+            )
+        else:
+            log.info("resuming MLflow run %s", run_id)
+        trainer.extra_state["mlflow_run_id"] = run.info.run_id
+        trainer.callbacks += [MlflowEpochLogger(), *(callbacks or [])]
+        result = trainer.fit(resume=resume)
+        mlflow.log_artifact(str(result.best_checkpoint), artifact_path="checkpoint")
+        mlflow.log_artifact(str(out_dir / "history.json"))
+        if log_model:
+            log_pyfunc_model(result.best_checkpoint, _example_cube(data))
+        info = {
+            "run_id": run.info.run_id,
+            "experiment_id": experiment_id,
+            "tracking_uri": tracking_uri(),
+            "best_epoch": result.best_epoch,
+            "best_metric": result.best_metric,
+            "select_metric": config.select_metric,
+        }
+        tmp = out_dir / (RUN_INFO + ".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, out_dir / RUN_INFO)
+    return TrackedRun(run.info.run_id, experiment_id, result)

@@ -1,0 +1,339 @@
+"""The training loop: a plain template of hooks, with checkpoints every epoch and resume.
+
+``Trainer.fit`` runs ``on_train_start``, then per epoch ``on_epoch_start``, ``train_epoch``
+(``train_step`` per batch), ``validate`` and ``on_epoch_end``, and finally ``on_train_end``.
+Experiment tracking and hyper-parameter pruning plug in as callbacks at epoch end. All
+randomness of an epoch (shuffling, augmentation, dropout) is derived from (seed, epoch),
+so ``resume=True`` after an interruption ends with the same weights as an uninterrupted
+run on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from lungcad.evaluation.metrics import malignancy_metrics, safe_auc, validation_objective
+from lungcad.training.config import TrainConfig
+from lungcad.training.data import CubeData, CubeDataset, train_transform
+from lungcad.training.losses import MultiTaskLoss
+from lungcad.training.model import NoduleNet
+from lungcad.training.predict import predict_hu_cubes
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped, the last good checkpoint is kept."""
+
+
+class BatchTooLargeError(RuntimeError):
+    """CUDA ran out of memory at the configured batch size."""
+
+
+class Callback(Protocol):
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_metric: float
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for full fp32."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def build_model(config: TrainConfig, device: torch.device) -> NoduleNet:
+    model = NoduleNet(config.model).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model
+
+
+def load_model(
+    checkpoint: str | Path, device: torch.device | str = "cpu"
+) -> tuple[NoduleNet, TrainConfig]:
+    """Rebuild the network of a lungcad checkpoint with its weights."""
+    state = torch.load(checkpoint, map_location=device, weights_only=False)
+    config = TrainConfig.from_mapping(state["config"])
+    model = NoduleNet(config.model).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, config
+
+
+class Trainer:
+    """Trains a NoduleNet on the train split, selecting the best epoch on validation.
+
+    Args:
+        config: training settings.
+        data: the cube dataset with splits.
+        out_dir: receives ``checkpoints/last.pt`` (every epoch), ``best.pt`` and
+            ``history.json``.
+        callbacks: objects with ``on_epoch_end`` / ``on_train_end`` (tracking, pruning).
+        progress: show progress bars.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: CubeData,
+        out_dir: str | Path,
+        callbacks: list[Callback] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.data = data
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.callbacks = list(callbacks or [])
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        self.amp_dtype = resolve_amp(config.amp, self.device)
+        self.extra_state: dict[str, Any] = {}  # saved with checkpoints (e.g. MLflow run id)
+        train_rows, val_rows = data.subset("train"), data.subset("val")
+        if len(train_rows) == 0 or len(val_rows) == 0:
+            raise ValueError("the train and val splits must both hold cubes; re-run the split")
+        self.train_transform = train_transform(
+            config.window_hu, config.augment, data.cubes.shape[1]
+        )
+        self.train_set = CubeDataset(data.cubes, train_rows, self.train_transform)
+        self.val_rows = val_rows
+
+    # -- hooks ---------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        torch.manual_seed(self.config.seed)
+        if self.config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        self.model = build_model(self.config, self.device)
+        self.forward = torch.compile(self.model) if self.config.compile else self.model
+        self.loss_fn = MultiTaskLoss(self.config)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=self.config.epochs
+        )
+        use_scaler = self.device.type == "cuda" and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.start_epoch, self.best_metric, self.best_epoch = 0, -math.inf, -1
+        self.history: list[dict[str, float]] = []
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_epoch_start(self, epoch: int) -> DataLoader:
+        seed = self.config.seed * 100_003 + epoch
+        torch.manual_seed(seed)  # dropout
+        self.train_transform.set_random_state(seed=seed % 2**32)
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.config.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=self.config.num_workers,
+            drop_last=len(self.train_set) > self.config.batch_size,
+        )
+
+    def train_step(
+        self, batch: tuple[torch.Tensor, ...], epoch: int, step: int
+    ) -> dict[str, float]:
+        x, label, mal_target, has_mal = (t.to(self.device, non_blocking=True) for t in batch)
+        if self.config.channels_last:
+            x = x.to(memory_format=torch.channels_last_3d)
+        with torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        ):
+            logit, malignancy = self.forward(x)
+        loss, det, mal = self.loss_fn(logit, malignancy, label, mal_target, has_mal)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} (detection {det.item()}, malignancy {mal.item()}) at "
+                f"epoch {epoch + 1}, batch {step + 1}: training stopped; the last good "
+                f"checkpoint is {self.ckpt_dir / 'last.pt'}. Lower train.lr or check the data."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {"loss": loss.item(), "loss_det": det.item(), "loss_mal": mal.item()}
+
+    def train_epoch(self, epoch: int, loader: DataLoader) -> dict[str, float]:
+        self.model.train()
+        sums = {"loss": 0.0, "loss_det": 0.0, "loss_mal": 0.0}
+        n = 0
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{self.config.epochs}",
+            unit="batch",
+            leave=False,
+            disable=not self.progress,
+        )
+        for step, batch in enumerate(bar):
+            try:
+                parts = self.train_step(batch, epoch, step)
+            except torch.cuda.OutOfMemoryError as exc:
+                raise BatchTooLargeError(
+                    f"CUDA out of memory at batch size {self.config.batch_size}: lower "
+                    "train.batch_size (or enable train.amp)"
+                ) from exc
+            size = len(batch[0])
+            for k, v in parts.items():
+                sums[k] += v * size
+            n += size
+            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+        return {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
+
+    def validate(self) -> dict[str, float]:
+        rows = self.val_rows
+        cubes = self.data.cubes[np.sort(rows["cube_index"].to_numpy())]
+        order = np.argsort(rows["cube_index"].to_numpy())
+        prob, mal = predict_hu_cubes(
+            self.model,
+            cubes,
+            self.config.window_hu,
+            self.device,
+            batch_size=self.config.batch_size * 2,
+        )
+        rows = rows.iloc[order]
+        auc = safe_auc(rows["label"].to_numpy(), prob)
+        nodule = rows["label"].to_numpy() == 1
+        mm = malignancy_metrics(rows["malignancy_mean"].to_numpy()[nodule], mal[nodule])
+        return {
+            "val_auc": auc,
+            "val_mae": mm["mae"],
+            "val_pearson": mm["pearson"],
+            "val_objective": validation_objective(auc, mm["mae"]),
+        }
+
+    def selection_value(self, metrics: dict[str, float]) -> float:
+        name = self.config.select_metric
+        value = -metrics["val_mae"] if name == "neg_val_mae" else metrics[name]
+        return -math.inf if math.isnan(value) else value
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.history.append({"epoch": epoch + 1, **metrics})
+        value = self.selection_value(metrics)
+        improved = value > self.best_metric
+        if improved:
+            self.best_metric, self.best_epoch = value, epoch + 1
+        state = self.state_dict(epoch + 1)
+        save_atomic(state, self.ckpt_dir / "last.pt")
+        if improved:
+            save_atomic(state, self.out_dir / "best.pt")
+        (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=2))
+        summary = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        line = f"epoch {epoch + 1}/{self.config.epochs} {summary}{' *best' if improved else ''}"
+        log.info(line)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, epoch + 1, metrics)
+
+    # -- state -------------------------------------------------------------------------
+    def state_dict(self, epochs_done: int) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epochs_done": epochs_done,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "config": self.config.to_dict(),
+            "extra": self.extra_state,
+            "torch_version": torch.__version__,
+        }
+
+    def load_state(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["config"] != self.config.to_dict():
+            raise ValueError(
+                f"{path} was written with other train settings; remove it or drop --resume"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = state["epochs_done"]
+        self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
+        self.history = list(state["history"])
+        self.extra_state = dict(state.get("extra", {}))
+
+    def resumable_state(self) -> dict[str, Any] | None:
+        """The ``extra`` state of an existing last checkpoint (e.g. its MLflow run id)."""
+        path = self.ckpt_dir / "last.pt"
+        if not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=False).get("extra", {})
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        self.on_train_start()
+        last = self.ckpt_dir / "last.pt"
+        if resume and last.exists():
+            self.load_state(last)
+            log.info("resuming from %s after epoch %d", last, self.start_epoch)
+        started = time.perf_counter()
+        for epoch in range(self.start_epoch, self.config.epochs):
+            loader = self.on_epoch_start(epoch)
+            metrics = self.train_epoch(epoch, loader)
+            metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+            self.scheduler.step()
+            metrics.update(self.validate())
+            self.on_epoch_end(epoch, metrics)
+        result = TrainResult(
+            self.best_epoch, self.best_metric, self.out_dir / "best.pt", last, self.history
+        )
+        log.info(
+            "trained %d epochs in %.0f s; best epoch %d (%s=%.4f)",
+            self.config.epochs - self.start_epoch,
+            time.perf_counter() - started,
+            self.best_epoch,
+            self.config.select_metric,
+            self.best_metric,
+        )
+        for cb in self.callbacks:
+            cb.on_train_end(self, result)
+        return result

@@ -1,0 +1,76 @@
+"""Metric functions against sklearn/scipy on known arrays; bootstrap CIs by patient."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from lungcad.evaluation.metrics import (
+    bootstrap_ci,
+    detection_metrics,
+    malignancy_metrics,
+    validation_objective,
+    youden_threshold,
+)
+
+Y = np.array([0, 0, 1, 1, 0, 1, 0, 1, 1, 0])
+P = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9, 0.6, 0.7, 0.3, 0.05])
+
+
+def test_detection_metrics_match_sklearn() -> None:
+    m = detection_metrics(Y, P, threshold=0.5)
+    pred = P >= 0.5
+    assert m["auc"] == pytest.approx(roc_auc_score(Y, P))
+    assert m["accuracy"] == pytest.approx(accuracy_score(Y, pred))
+    assert m["precision"] == pytest.approx(precision_score(Y, pred))
+    assert m["recall"] == pytest.approx(recall_score(Y, pred))
+    assert m["f1"] == pytest.approx(f1_score(Y, pred))
+    assert m["specificity"] == pytest.approx(4 / 5)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (3, 1, 4, 2)
+
+
+def test_youden_threshold_maximises_sensitivity_plus_specificity() -> None:
+    t = youden_threshold(Y, P)
+    best = max(recall_score(Y, c <= P) + recall_score(1 - Y, c > P) for c in np.unique(P))
+    assert recall_score(Y, t <= P) + recall_score(1 - Y, t > P) == pytest.approx(best)
+
+
+def test_malignancy_metrics_match_scipy() -> None:
+    true = np.array([1.0, 2.0, 2.5, 3.0, 4.0, 4.5, 5.0, 1.5])
+    pred = np.array([1.5, 2.2, 3.0, 2.5, 3.5, 4.8, 4.1, 2.0])
+    m = malignancy_metrics(true, pred)
+    assert m["mae"] == pytest.approx(np.abs(true - pred).mean())
+    assert m["rmse"] == pytest.approx(np.sqrt(((true - pred) ** 2).mean()))
+    assert m["pearson"] == pytest.approx(stats.pearsonr(true, pred)[0])
+    assert m["spearman"] == pytest.approx(stats.spearmanr(true, pred)[0])
+    keep = (true <= 2) | (true >= 4)  # 2.5 and 3.0 are excluded
+    assert m["n_binary"] == 6
+    assert m["binary_auc"] == pytest.approx(roc_auc_score(true[keep] >= 4, pred[keep]))
+
+
+def test_validation_objective_formula() -> None:
+    assert validation_objective(0.9, 0.8) == pytest.approx(0.7)
+    assert validation_objective(float("nan"), 0.4) == pytest.approx(-0.1)
+
+
+def test_patient_bootstrap_brackets_the_point_estimate() -> None:
+    rng = np.random.default_rng(1)
+    patients = np.repeat(np.arange(40), 5)
+    y = rng.integers(0, 2, len(patients))
+    p = np.clip(y * 0.4 + rng.normal(0.3, 0.25, len(y)), 0, 1)
+    point = roc_auc_score(y, p)
+    ci = bootstrap_ci(patients, lambda i: {"auc": roc_auc_score(y[i], p[i])}, 300, seed=0)["auc"]
+    assert ci[0] < point < ci[1]
+    assert 0.02 < ci[1] - ci[0] < 0.3
+    # Resampling patients, not cubes: one patient's rows always travel together.
+    seen = []
+    bootstrap_ci(patients, lambda i: seen.append(np.bincount(patients[i], minlength=40)) or {}, 5)
+    assert all((counts % 5 == 0).all() for counts in seen)

@@ -1,0 +1,106 @@
+"""A tracked run holds its params, per-epoch metrics, report and a working pyfunc model."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from lungcad.evaluation.evaluate import EvaluationConfig, evaluate_model
+from lungcad.tracking.mlflow_run import log_evaluation
+from lungcad.training.predict import predict_hu_cubes
+from lungcad.training.run import train_tracked
+from lungcad.training.trainer import load_model
+from tests.conftest import make_tiny_dataset, tiny_train_config
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("tracked")
+    tiny_dataset = make_tiny_dataset(tmp_path / "dataset")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+        config = tiny_train_config(epochs=2, experiment="test-exp")
+        run = train_tracked(config, *tiny_dataset, tmp_path / "models", progress=False)
+        doc = evaluate_model(
+            *tiny_dataset,
+            tmp_path / "models" / "best.pt",
+            tmp_path / "reports",
+            EvaluationConfig(bootstrap=50),
+        )
+        log_evaluation(run.run_id, tmp_path / "reports", doc)
+        yield run, tmp_path, tiny_dataset
+
+
+def _artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    out = set()
+    for item in client.list_artifacts(run_id, path):
+        out.add(item.path)
+        if item.is_dir:
+            out |= _artifact_paths(client, run_id, item.path)
+    return out
+
+
+def test_run_has_params_tags_epoch_metrics_report_and_model(tracked, monkeypatch) -> None:
+    run, tmp_path, _ = tracked
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient()
+    data = client.get_run(run.run_id).data
+    assert (
+        data.params["train.lr"] == "0.003" and data.params["train.model.widths"] == "(4, 8, 8, 16)"
+    )
+    assert data.params["train.lambda_det"] == "1.0"
+    for tag in ("git_commit", "dvc_data_md5", "device", "torch_version", "cuda_version"):
+        assert tag in data.tags
+    assert data.tags["device"] == "cpu"
+    for metric in ("train_loss", "train_loss_det", "train_loss_mal", "val_auc", "val_mae", "lr"):
+        history = client.get_metric_history(run.run_id, metric)
+        assert [m.step for m in history] == [1, 2], metric
+    assert "test_detection_auc" in data.metrics and "test_malignancy_mae" in data.metrics
+    artifacts = _artifact_paths(client, run.run_id)
+    assert {
+        "evaluation/report.md",
+        "evaluation/metrics.json",
+        "evaluation/figures/confusion.png",
+        "checkpoint/best.pt",
+        "history.json",
+    } <= artifacts
+    assert (tmp_path / "mlruns").is_dir()  # artifacts live under ./mlruns
+    # No DICOM header field leaks into the run: patient ids appear nowhere in params/tags.
+    assert not any("LIDC-IDRI" in str(v) for v in {**data.params, **data.tags}.values())
+
+
+def test_pyfunc_model_gives_the_torch_model_outputs(tracked, monkeypatch) -> None:
+    run, tmp_path, (dataset_dir, _) = tracked
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run.run_id}/model")
+    spec = pyfunc.metadata.get_input_schema().inputs[0]
+    assert spec.type == np.dtype(np.float32) and spec.shape == (-1, 1, 32, 32, 32)
+    cubes = np.load(dataset_dir / "cubes.npy")[:6].astype(np.float32)[:, None]
+    out = pyfunc.predict(cubes)
+    assert list(out.columns) == ["nodule_prob", "malignancy"] and len(out) == 6
+    model, config = load_model(tmp_path / "models" / "best.pt")
+    prob, mal = predict_hu_cubes(model, cubes, config.window_hu, torch.device("cpu"))
+    np.testing.assert_allclose(out["nodule_prob"], prob, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["malignancy"], mal, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluation_outputs(tracked) -> None:
+    _, tmp_path, _ = tracked
+    reports = tmp_path / "reports"
+    import json
+
+    doc = json.loads((reports / "metrics.json").read_text())
+    for key in ("auc", "accuracy", "f1", "precision", "recall", "specificity"):
+        assert key in doc["detection"] and key in doc["detection"]["ci95"]
+    for key in ("mae", "rmse", "pearson", "spearman", "binary_auc"):
+        assert key in doc["malignancy"]
+    assert doc["reference_real_lidc"]["detection"]["auc"] == 0.906
+    for name in ("roc.csv", "pr.csv", "confusion.csv", "malignancy.csv", "calibration.csv"):
+        assert (reports / "plots" / name).exists(), name
+    report = (reports / "report.md").read_text()
+    assert "semantic oracle" in report and "figures/roc_pr.png" in report

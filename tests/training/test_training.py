@@ -1,0 +1,135 @@
+"""Training on real cubes flowing through the real loop: overfitting, AMP, resume, failures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lungcad.training.config import TrainConfig
+from lungcad.training.data import DatasetMissingError, load_cube_data
+from lungcad.training.losses import MultiTaskLoss
+from lungcad.training.model import NoduleNet
+from lungcad.training.trainer import NonFiniteLossError, Trainer, load_model
+from tests.conftest import make_tiny_dataset, tiny_train_config
+
+
+def test_network_outputs_and_256_d_feature() -> None:
+    net = NoduleNet(TrainConfig().model)
+    logit, malignancy = net(torch.zeros(2, 1, 64, 64, 64))
+    assert logit.shape == (2,) and malignancy.shape == (2,)
+    assert net.features(torch.zeros(1, 1, 64, 64, 64)).shape == (1, 256)
+
+
+def test_malignancy_loss_only_on_nodules_unless_asked() -> None:
+    logit = torch.tensor([2.0, -2.0])
+    mal = torch.tensor([3.0, 5.0])
+    label = torch.tensor([1.0, 0.0])
+    target = torch.tensor([4.0, 1.0])
+    has = torch.tensor([True, False])
+    total, det, m = MultiTaskLoss(TrainConfig(lambda_det=1, lambda_mal=2))(
+        logit, mal, label, target, has
+    )
+    assert m.item() == pytest.approx(0.5)  # smooth L1 of |3 - 4| = 1 -> 0.5; negative ignored
+    assert total.item() == pytest.approx(det.item() + 2 * 0.5)
+    _, _, m_all = MultiTaskLoss(TrainConfig(mal_on="all"))(logit, mal, label, target, has)
+    assert m_all.item() == pytest.approx((0.5 + 3.5) / 2)
+    _, focal, _ = MultiTaskLoss(TrainConfig(det_loss="focal"))(logit, mal, label, target, has)
+    assert 0 < focal.item() < det.item()  # focal down-weights the easy examples
+
+
+def test_tiny_model_overfits_a_handful_of_cubes(tmp_path) -> None:
+    data = load_cube_data(*make_tiny_dataset(tmp_path / "d", n_patients=4))  # 8 train cubes
+    assert len(data.subset("train")) == 8
+    config = tiny_train_config(
+        epochs=30,
+        lr=1e-2,
+        batch_size=8,
+        augment={"flip": False, "rot90": False, "shift_mm": 0, "hu_jitter": 0.0},
+    )
+    result = Trainer(config, data, tmp_path / "m", progress=False).fit()
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < 0.2 * losses[0], losses
+    assert result.history[-1]["val_auc"] == 1.0
+
+
+def test_one_training_step_under_cpu_autocast(tiny_dataset, tmp_path) -> None:
+    data = load_cube_data(*tiny_dataset)
+    trainer = Trainer(tiny_train_config(amp="bf16", epochs=1), data, tmp_path / "m", progress=False)
+    assert trainer.amp_dtype == torch.bfloat16 and trainer.device.type == "cpu"
+    trainer.on_train_start()
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    batch = next(iter(trainer.on_epoch_start(0)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert trainer.model(batch[0])[0].dtype == torch.bfloat16
+    parts = trainer.train_step(batch, 0, 0)
+    assert np.isfinite(parts["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAfter:
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, epoch, metrics) -> None:
+        if epoch == self.epoch:
+            raise _Interrupt
+
+    def on_train_end(self, trainer, result) -> None:
+        pass
+
+
+def test_resume_ends_with_the_same_model_as_an_uninterrupted_run(tiny_dataset, tmp_path) -> None:
+    data = load_cube_data(*tiny_dataset)
+    config = tiny_train_config(epochs=3)
+    straight = Trainer(config, data, tmp_path / "a", progress=False).fit()
+    with pytest.raises(_Interrupt):
+        Trainer(config, data, tmp_path / "b", callbacks=[_StopAfter(2)], progress=False).fit()
+    resumed = Trainer(config, data, tmp_path / "b", progress=False).fit(resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    a = torch.load(straight.last_checkpoint, weights_only=False)["model"]
+    b = torch.load(resumed.last_checkpoint, weights_only=False)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert straight.history[-1]["val_auc"] == resumed.history[-1]["val_auc"]
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tiny_dataset, tmp_path) -> None:
+    data = load_cube_data(*tiny_dataset)
+    Trainer(tiny_train_config(epochs=1), data, tmp_path / "m", progress=False).fit()
+    with pytest.raises(ValueError, match="other train settings"):
+        Trainer(tiny_train_config(epochs=2), data, tmp_path / "m", progress=False).fit(resume=True)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tiny_dataset, tmp_path) -> None:
+    data = load_cube_data(*tiny_dataset)
+    Trainer(tiny_train_config(epochs=1), data, tmp_path / "m", progress=False).fit()
+    good = torch.load(tmp_path / "m" / "checkpoints" / "last.pt", weights_only=False)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 1.*last good checkpoint"):
+        Trainer(
+            tiny_train_config(epochs=1, lambda_mal=float("inf")),
+            data,
+            tmp_path / "m",
+            progress=False,
+        ).fit()
+    kept = torch.load(tmp_path / "m" / "checkpoints" / "last.pt", weights_only=False)
+    assert kept["config"] == good["config"]  # the last good checkpoint is untouched
+
+
+def test_missing_dataset_names_the_stage_that_makes_it(tmp_path, tiny_dataset) -> None:
+    with pytest.raises(DatasetMissingError, match="dvc repro preprocess"):
+        load_cube_data(tmp_path / "nowhere", tiny_dataset[1])
+    with pytest.raises(DatasetMissingError, match="dvc repro split"):
+        load_cube_data(tiny_dataset[0], tmp_path / "splits.json")
+
+
+def test_checkpoint_round_trip(tiny_dataset, tmp_path) -> None:
+    data = load_cube_data(*tiny_dataset)
+    result = Trainer(tiny_train_config(epochs=1), data, tmp_path / "m", progress=False).fit()
+    model, config = load_model(result.best_checkpoint)
+    assert config == tiny_train_config(epochs=1)
+    assert model(torch.zeros(1, 1, 32, 32, 32))[0].shape == (1,)
