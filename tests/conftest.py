@@ -82,7 +82,13 @@ def write_series(
 
 
 def make_tiny_dataset(
-    folder: Path, n_patients: int = 6, per_patient: int = 4, size: int = 32, seed: int = 0
+    folder: Path,
+    n_patients: int = 6,
+    per_patient: int = 4,
+    size: int = 32,
+    seed: int = 0,
+    n_val: int = 1,
+    n_test: int = 1,
 ) -> tuple[Path, Path]:
     """A small cube dataset (cubes.npy, index.csv, splits.json) in lungcad's contract.
 
@@ -142,7 +148,12 @@ def make_tiny_dataset(
     np.save(folder / "cubes.npy", np.stack(cubes))
     pd.DataFrame(rows).to_csv(folder / "index.csv", index=False)
     ids = sorted({r["patient_id"] for r in rows})
-    splits = {"train": ids[:-2], "val": [ids[-2]], "test": [ids[-1]]}
+    n_train = len(ids) - n_val - n_test
+    splits = {
+        "train": ids[:n_train],
+        "val": ids[n_train : n_train + n_val],
+        "test": ids[n_train + n_val :],
+    }
     (folder / "splits.json").write_text(json.dumps(splits))
     return folder, folder / "splits.json"
 

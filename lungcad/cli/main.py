@@ -10,7 +10,10 @@ import typer
 from lungcad import __version__
 from lungcad.cli import data
 from lungcad.cli.evaluate import evaluate
+from lungcad.cli.promote import promote
+from lungcad.cli.serve import serve
 from lungcad.cli.train import train
+from lungcad.cli.tune import apply_params, tune
 
 app = typer.Typer(
     name="lungcad",
@@ -21,6 +24,10 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.command()(train)
 app.command()(evaluate)
+app.command()(tune)
+app.command(name="apply-params")(apply_params)
+app.command()(promote)
+app.command()(serve)
 
 
 def _version(value: bool) -> None:
@@ -44,3 +51,7 @@ def main(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+if __name__ == "__main__":
+    app()

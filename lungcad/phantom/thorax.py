@@ -116,21 +116,29 @@ class ThoraxPhantom:
         self.rib_angles = np.linspace(0.15 * np.pi, 0.85 * np.pi, 8)
         self.rib_phase = r.uniform(0, 1)
         self.bubbles = self._nodule_bubbles()
-        # Real patients are not centred in the FOV: widen the body (it may then be cropped
-        # by the FOV, as in real scans) until every nodule has lung space around it.
+        # Real patients are not centred in the FOV: widen the body along the axis a nodule
+        # needs until every nodule has lung space around it, but keep the body inside the
+        # reconstruction circle (lungs reaching the FOV edge would merge with outside air).
+        body_max = fov / 2 - 3.0
         for bx, by, _, br in self.bubbles:
             for _ in range(40):
                 a_in, b_in = self.body_ab - self.fat_mm - 17.0 - br
-                if min(a_in, b_in) > 0 and np.hypot(bx / a_in, (by - self.body_y0) / b_in) <= 1:
+                rx, ry = abs(bx) / max(a_in, 1.0), abs(by - self.body_y0) / max(b_in, 1.0)
+                if np.hypot(rx, ry) <= 1 or np.all(self.body_ab >= body_max):
                     break
-                self.body_ab = self.body_ab * 1.02
-        # Grow each lung until the nodules on its side lie well inside it (up to 80%).
+                axis = (
+                    0
+                    if (rx >= ry and self.body_ab[0] < body_max) or self.body_ab[1] >= body_max
+                    else 1
+                )
+                self.body_ab[axis] = min(body_max, self.body_ab[axis] * 1.02)
+        # Grow each lung until the nodules on its side lie well inside it (up to 45%).
         self.lung_scale = np.ones(2)
         for bx, by, _, br in self.bubbles:
             side = 0 if bx < 0 else 1
             (cx, cy), (la, lb) = self.lung_centres[side], self.lung_ab[side]
             need = np.hypot((bx - cx) / la, (by - cy) / lb) + (br + 7.0) / min(la, lb)
-            self.lung_scale[side] = min(1.8, max(self.lung_scale[side], need))
+            self.lung_scale[side] = min(1.45, max(self.lung_scale[side], need))
         self.vessels = []
         for side, dz in ((s_, d_) for s_ in (-1, 1) for d_ in (-30.0, 0.0, 30.0)):
             root = np.array([side * 0.07 * fov, -0.02 * fov, z_center_mm + dz])
@@ -173,7 +181,8 @@ class ThoraxPhantom:
                 lungs |= self._ellipse(
                     bx, by, np.sqrt(br**2 - (z - bz) ** 2), np.sqrt(br**2 - (z - bz) ** 2)
                 )
-        return lungs & inner_body
+        # The mediastinum always separates the two lungs.
+        return lungs & inner_body & (np.abs(self.x) > 0.035 * self.fov)
 
     def _draw_vessels(self, hu: np.ndarray, lungs: np.ndarray, z: float, value: float) -> None:
         dz = np.abs(self.vessel_points[:, 2] - z)

@@ -1,24 +1,62 @@
-"""The trained model as an MLflow pyfunc: HU cubes in, nodule probability and malignancy out."""
+"""The trained model as an MLflow pyfunc: HU cubes in, nodule probability and malignancy out.
+
+Input is validated before inference (shape, dtype, finiteness, non-empty batch); a bad
+request raises an MlflowException with INVALID_PARAMETER_VALUE, which MLflow's scoring
+server answers with HTTP 400 and the message, and keeps serving.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
-CUBE_SHAPE = (1, 64, 64, 64)
 
-
-def model_signature(cube_size: int = 64) -> ModelSignature:
-    """Input: float32 (N, 1, D, D, D) HU cubes; output: nodule_prob, malignancy per cube."""
+def model_signature(cube_size: int = 64, with_decision: bool = False) -> ModelSignature:
+    """Input: float32 (N, 1, D, D, D) HU cubes; output per cube: nodule_prob, malignancy
+    (and the 0/1 ``nodule`` decision when the model carries a threshold)."""
+    outputs = [ColSpec("double", "nodule_prob"), ColSpec("double", "malignancy")]
+    if with_decision:
+        outputs.append(ColSpec("long", "nodule"))
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, cube_size, cube_size, cube_size))]),
-        outputs=Schema([ColSpec("double", "nodule_prob"), ColSpec("double", "malignancy")]),
+        outputs=Schema(outputs),
     )
+
+
+def _bad_request(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def validate_cubes(model_input: Any, cube_size: int) -> np.ndarray:
+    """The request as a float32 (N, 1, D, D, D) array, or a 400-class MlflowException."""
+    if isinstance(model_input, dict):  # a named-tensor payload: {"name": array}
+        if len(model_input) != 1:
+            raise _bad_request("send one tensor of HU cubes, shape (N, 1, D, D, D)")
+        model_input = next(iter(model_input.values()))
+    if isinstance(model_input, pd.DataFrame):
+        raise _bad_request("send HU cubes as a tensor ('inputs'), not as a table")
+    try:
+        cubes = np.asarray(model_input, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise _bad_request(f"input is not a numeric array of HU cubes: {exc}") from exc
+    expected = (1, cube_size, cube_size, cube_size)
+    if cubes.ndim == 4 and cubes.shape[1:] == expected[1:]:
+        cubes = cubes[:, None]
+    if cubes.ndim != 5 or cubes.shape[1:] != expected:
+        raise _bad_request(f"input shape {cubes.shape} is not (N, {', '.join(map(str, expected))})")
+    if cubes.shape[0] == 0:
+        raise _bad_request("empty batch: send at least one cube")
+    if not np.isfinite(cubes).all():
+        raise _bad_request("input holds NaN or infinite values; send finite HU values")
+    return cubes
 
 
 class LungcadPyfunc(PythonModel):
@@ -31,32 +69,44 @@ class LungcadPyfunc(PythonModel):
 
         self.torch = torch
         self.model, self.config = load_model(context.artifacts["checkpoint"], "cpu")
+        config = context.model_config or {}
+        self.threshold = float(config["threshold"]) if "threshold" in config else None
+        self.cube_size = int(config.get("cube_size", 64))
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         from lungcad.training.predict import predict_hu_cubes
 
-        if isinstance(model_input, dict):  # a named-tensor payload: {"name": array}
-            model_input = next(iter(model_input.values()))
-        cubes = np.asarray(model_input, dtype=np.float32)
+        cubes = validate_cubes(model_input, self.cube_size)
         prob, mal = predict_hu_cubes(
             self.model, cubes, self.config.window_hu, self.torch.device("cpu")
         )
-        return pd.DataFrame({"nodule_prob": prob.astype(float), "malignancy": mal.astype(float)})
+        out = pd.DataFrame({"nodule_prob": prob.astype(float), "malignancy": mal.astype(float)})
+        if self.threshold is not None:
+            out["nodule"] = (prob >= self.threshold).astype(np.int64)
+        return out
 
 
-def log_pyfunc_model(checkpoint: str | Path, input_example: np.ndarray, name: str = "model"):
+def log_pyfunc_model(
+    checkpoint: str | Path,
+    input_example: np.ndarray,
+    name: str = "model",
+    model_config: dict[str, Any] | None = None,
+):
     """Log the checkpoint as a pyfunc model of the active run; returns its ModelInfo."""
     import mlflow
 
     import lungcad
 
+    cube_size = int(input_example.shape[-1])
+    config = {"cube_size": cube_size, **(model_config or {})}
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=LungcadPyfunc(),
         artifacts={"checkpoint": str(checkpoint)},
         code_paths=[str(Path(lungcad.__file__).parent)],
-        signature=model_signature(input_example.shape[-1]),
+        signature=model_signature(cube_size, with_decision="threshold" in config),
         input_example=input_example.astype(np.float32),
+        model_config=config,
         pip_requirements=_requirements(),
     )
 

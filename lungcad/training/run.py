@@ -52,6 +52,7 @@ def train_tracked(
     run_name: str | None = None,
     callbacks: list | None = None,
     nested: bool = False,
+    parent_run_id: str | None = None,
     progress: bool = True,
     log_model: bool = True,
 ) -> TrackedRun:
@@ -65,6 +66,7 @@ def train_tracked(
         run_name: MLflow run name.
         callbacks: extra Trainer callbacks (e.g. Optuna pruning).
         nested: start the run nested under the active run (tuning trials).
+        parent_run_id: the parent run when it is not active in this thread.
         progress: progress bars.
         log_model: log the pyfunc model (tuning trials skip it).
     """
@@ -76,7 +78,11 @@ def train_tracked(
     previous = trainer.resumable_state() if resume else None
     run_id = (previous or {}).get("mlflow_run_id")
     with mlflow.start_run(
-        run_id=run_id, experiment_id=experiment_id, run_name=run_name, nested=nested
+        run_id=run_id,
+        experiment_id=experiment_id,
+        run_name=run_name,
+        nested=nested,
+        parent_run_id=parent_run_id,
     ) as run:
         if run_id is None:
             log_params_flat(config.to_dict(), prefix="train.")
@@ -102,11 +108,17 @@ def train_tracked(
             log.info("resuming MLflow run %s", run_id)
         trainer.extra_state["mlflow_run_id"] = run.info.run_id
         trainer.callbacks += [MlflowEpochLogger(), *(callbacks or [])]
-        result = trainer.fit(resume=resume)
+        try:
+            result = trainer.fit(resume=resume)
+        except Exception as exc:  # say in the run why it ended (it is marked FAILED)
+            tag = "pruned" if type(exc).__name__ == "TrialPruned" else "error"
+            mlflow.set_tag(tag, f"{type(exc).__name__}: {exc}"[:5000])
+            raise
         mlflow.log_artifact(str(result.best_checkpoint), artifact_path="checkpoint")
         mlflow.log_artifact(str(out_dir / "history.json"))
         if log_model:
             log_pyfunc_model(result.best_checkpoint, _example_cube(data))
+            mlflow.set_tag("lungcad.has_model", "true")
         info = {
             "run_id": run.info.run_id,
             "experiment_id": experiment_id,

@@ -1,0 +1,57 @@
+"""`lungcad promote`: register the best run as the champion, unless it is worse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lungcad.cli.common import fail
+from lungcad.cli.options import Dataset, ParamsFile, Splits
+
+
+def promote(
+    dataset: Dataset = Path("data/processed"),
+    splits: Splits = Path("data/splits.json"),
+    params: ParamsFile = Path("params.yaml"),
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Promote this run instead of the best.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the champion even if the candidate is worse.")
+    ] = False,
+    out: Annotated[
+        Path, typer.Option("--out", help="Decision and candidate report folder.")
+    ] = Path("reports/promotion"),
+) -> None:
+    """Evaluate the candidate and the champion on the test split; register the better one."""
+    import yaml
+
+    from lungcad.evaluation.evaluate import EvaluationConfig
+    from lungcad.registry.promote import promote as run_promotion
+    from lungcad.registry.promote import write_decision
+    from lungcad.tracking.mlflow_run import setup_tracking
+
+    section = (yaml.safe_load(params.read_text()) or {}) if params.exists() else {}
+    settings = section.get("promote") or {}
+    experiment = (section.get("train") or {}).get("experiment", "lungcad")
+    setup_tracking()
+    try:
+        decision = run_promotion(
+            dataset,
+            splits,
+            experiment=experiment,
+            criterion=settings.get("criterion", "metrics.best_val_metric"),
+            run_id=run_id,
+            force=force,
+            report_dir=out,
+            eval_config=EvaluationConfig(bootstrap=int(settings.get("bootstrap", 200))),
+        )
+    except (LookupError, FileNotFoundError) as exc:
+        fail(str(exc))
+    write_decision(decision, out / "decision.json")
+    color = typer.colors.GREEN if decision.promoted else typer.colors.YELLOW
+    typer.secho(
+        ("promoted: " if decision.promoted else "not promoted: ") + decision.reason, fg=color
+    )

@@ -1,0 +1,354 @@
+"""Optuna sweep of the loss weights and learning rate, each trial a nested MLflow run.
+
+The objective is the validation objective of training (val AUC - val MAE / 4), reported
+every epoch so the pruner can stop poor trials early. The study lives in persistent
+storage: by default an Optuna JournalStorage file (safe for several processes on one
+machine; never one SQLite file shared by parallel workers), or any RDB URL so that workers
+on several machines share one study. Several ``lungcad tune`` processes on one storage run
+exactly ``n_trials`` trials together: a trial is only asked for under a lock while fewer
+than ``n_trials`` exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import yaml
+from filelock import FileLock
+
+from lungcad.tracking.mlflow_run import ensure_experiment, git_commit, log_params_flat
+from lungcad.training.config import TrainConfig
+from lungcad.training.run import train_tracked
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Log-uniform ranges; ``weight_decay`` and ``batch_size`` are searched when set."""
+
+    lambda_det: tuple[float, float] = (0.1, 10.0)
+    lambda_mal: tuple[float, float] = (0.05, 5.0)
+    lr: tuple[float, float] = (1e-4, 1e-2)
+    weight_decay: tuple[float, float] | None = None
+    batch_size: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The ``tune`` section of params.yaml.
+
+    Attributes:
+        trials: trials of the study in total (all processes together).
+        epochs: epochs per trial (short trials: the tuning profile).
+        pruner: "median", "hyperband" or "none".
+        startup_trials: trials run to completion before the median pruner prunes.
+        warmup_epochs: epochs of a trial before it may be pruned.
+        study_name: Optuna study (and MLflow parent run) name.
+        storage: "journal:<file>" or an RDB URL (postgresql://…, mysql://…).
+        seed: seeds the TPE sampler.
+        out_dir: trial checkpoints (deleted after each trial) and best_params.yaml.
+        space: the search space.
+    """
+
+    trials: int = 50
+    epochs: int = 4
+    pruner: str = "median"
+    startup_trials: int = 5
+    warmup_epochs: int = 1
+    study_name: str = "lungcad-tune"
+    storage: str = "journal:tune/optuna-journal.log"
+    seed: int = 0
+    out_dir: str = "tune"
+    space: SearchSpace = field(default_factory=SearchSpace)
+
+    def __post_init__(self) -> None:
+        if self.pruner not in ("median", "hyperband", "none"):
+            raise ValueError(f"tune.pruner={self.pruner!r}: choose median, hyperband or none")
+        if self.trials < 1 or self.epochs < 1:
+            raise ValueError("tune.trials and tune.epochs must be >= 1")
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> TuneConfig:
+        values = dict(values)
+        space = dict(values.pop("space", {}) or {})
+        for key, v in space.items():
+            if isinstance(v, list):
+                space[key] = tuple(v)
+        return cls(**values, space=SearchSpace(**space))
+
+    @classmethod
+    def from_params(cls, params_file: str | Path) -> TuneConfig:
+        data = yaml.safe_load(Path(params_file).read_text()) or {}
+        return cls.from_mapping(data.get("tune") or {})
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """Journal file storage for "journal:<path>", RDB storage for a database URL."""
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:"):
+        log.warning(
+            "an SQLite study must not be shared by parallel workers; use journal: or an RDB"
+        )
+    return optuna.storages.RDBStorage(url)
+
+
+def make_pruner(config: TuneConfig) -> optuna.pruners.BasePruner:
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=config.startup_trials, n_warmup_steps=config.warmup_epochs
+        )
+    if config.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """Draw one point of the search space."""
+    params: dict[str, Any] = {
+        "lambda_det": trial.suggest_float("lambda_det", *space.lambda_det, log=True),
+        "lambda_mal": trial.suggest_float("lambda_mal", *space.lambda_mal, log=True),
+        "lr": trial.suggest_float("lr", *space.lr, log=True),
+    }
+    if space.weight_decay is not None:
+        params["weight_decay"] = trial.suggest_float("weight_decay", *space.weight_decay, log=True)
+    if space.batch_size is not None:
+        params["batch_size"] = trial.suggest_categorical("batch_size", list(space.batch_size))
+    return params
+
+
+class PruningCallback:
+    """Trainer callback: report the validation objective each epoch; prune when told."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_epoch_end(self, trainer, epoch: int, metrics: dict[str, float]) -> None:
+        self.trial.report(metrics["val_objective"], step=epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+    def on_train_end(self, trainer, result) -> None:
+        pass
+
+
+@dataclass
+class TuneResult:
+    study_name: str
+    n_trials: int
+    states: dict[str, int]
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_params_file: Path | None
+    parent_run_id: str
+    seconds: float
+
+
+class _TrialBudget:
+    """Asks for a trial only while the study holds fewer than ``n`` (across processes).
+
+    The sampler is re-seeded from (seed, trial number) before each trial is drawn, so that
+    workers started with the same seed do not draw the same points, and one worker's study
+    is reproducible.
+    """
+
+    def __init__(self, study: optuna.Study, config: TuneConfig, lock_path: Path | None) -> None:
+        self.study, self.config = study, config
+        self.thread_lock = threading.Lock()
+        self.file_lock = FileLock(str(lock_path)) if lock_path else contextlib.nullcontext()
+
+    def ask(self) -> tuple[optuna.Trial, dict[str, Any]] | None:
+        with self.thread_lock, self.file_lock:
+            n_existing = len(self.study.get_trials(deepcopy=False))
+            if n_existing >= self.config.trials:
+                return None
+            self.study.sampler = optuna.samplers.TPESampler(
+                seed=self.config.seed * 100_003 + n_existing
+            )
+            trial = self.study.ask()
+            return trial, suggest(trial, self.config.space)
+
+
+def run_study(
+    tune: TuneConfig,
+    train: TrainConfig,
+    dataset_dir: str | Path,
+    splits_file: str | Path,
+    n_jobs: int = 1,
+    timeout_s: float | None = None,
+    progress: bool = True,
+) -> TuneResult:
+    """Run (or resume) the study until it holds ``tune.trials`` trials or time runs out."""
+    started = time.perf_counter()
+    storage = make_storage(tune.storage)
+    study = optuna.create_study(
+        study_name=tune.study_name,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=tune.seed),
+        pruner=make_pruner(tune),
+    )
+    out_dir = Path(tune.out_dir)
+    lock = (
+        Path(tune.storage.removeprefix("journal:") + ".ask.lock")
+        if tune.storage.startswith("journal:")
+        else None
+    )
+    budget = _TrialBudget(study, tune, lock)
+    experiment_id = ensure_experiment(train.experiment)
+    base = train.replace(epochs=tune.epochs)
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"tune {tune.study_name}"
+    ) as parent:
+        mlflow.set_tags(
+            {
+                "lungcad.kind": "tune",
+                "optuna_study": tune.study_name,
+                "git_commit": git_commit(),
+                "optuna_storage": _redact(tune.storage),
+            }
+        )
+        log_params_flat(asdict(tune), prefix="tune.")
+
+        def one_trial(trial: optuna.Trial, params: dict[str, Any]) -> None:
+            trial_dir = out_dir / "trials" / f"{tune.study_name}-{trial.number}"
+            try:
+                run = train_tracked(
+                    base.replace(**params),
+                    dataset_dir,
+                    splits_file,
+                    trial_dir,
+                    run_name=f"trial {trial.number}",
+                    callbacks=[PruningCallback(trial)],
+                    nested=True,
+                    parent_run_id=parent.info.run_id,
+                    progress=False,
+                    log_model=False,
+                )
+                value = max(h["val_objective"] for h in run.result.history)
+                study.tell(trial, value)
+                log.info("trial %d: %s -> %.4f", trial.number, params, value)
+            except optuna.TrialPruned as exc:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                log.info("trial %d pruned: %s", trial.number, exc)
+            except Exception as exc:  # a failed trial is recorded and the study goes on
+                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+            finally:
+                shutil.rmtree(trial_dir, ignore_errors=True)
+
+        def worker() -> None:
+            while timeout_s is None or time.perf_counter() - started < timeout_s:
+                drawn = budget.ask()
+                if drawn is None:
+                    return
+                one_trial(*drawn)
+
+        if n_jobs > 1:
+            with ThreadPoolExecutor(n_jobs) as pool:
+                for f in [pool.submit(worker) for _ in range(n_jobs)]:
+                    f.result()
+        else:
+            worker()
+        result = summarise(study, out_dir, parent.info.run_id, time.perf_counter() - started)
+    return result
+
+
+def _redact(url: str) -> str:
+    """Storage URL without a password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def summarise(study: optuna.Study, out_dir: Path, parent_run_id: str, seconds: float) -> TuneResult:
+    """Log the study summary to the active (parent) run and write best_params.yaml."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    completed = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best_file = None
+    best_value, best_params = None, {}
+    mlflow.log_metrics({f"trials_{k.lower()}": v for k, v in states.items()})
+    if completed:
+        best = study.best_trial
+        best_value, best_params = best.value, dict(best.params)
+        mlflow.log_metric("best_value", best_value)
+        mlflow.log_params({f"best.{k}": v for k, v in best_params.items()})
+        out_dir.mkdir(parents=True, exist_ok=True)
+        best_file = out_dir / "best_params.yaml"
+        best_file.write_text(yaml.safe_dump({"train": best_params}, sort_keys=True))
+        mlflow.log_artifact(str(best_file))
+        figures = out_dir / "figures"
+        figures.mkdir(exist_ok=True)
+        plots = {"optimization_history": optuna.visualization.matplotlib.plot_optimization_history}
+        if len(completed) >= 2:
+            plots["parallel_coordinate"] = optuna.visualization.matplotlib.plot_parallel_coordinate
+            try:
+                importances = optuna.importance.get_param_importances(study)
+                mlflow.log_dict(
+                    {k: float(v) for k, v in importances.items()}, "param_importances.json"
+                )
+                plots["param_importances"] = optuna.visualization.matplotlib.plot_param_importances
+            except (RuntimeError, ValueError) as exc:
+                log.warning("parameter importances unavailable: %s", exc)
+        for name, plot in plots.items():
+            ax = plot(study)
+            fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
+            fig.set_size_inches(8, 5)
+            fig.tight_layout()
+            fig.savefig(figures / f"{name}.png", dpi=90)
+            plt.close(fig)
+            mlflow.log_artifact(str(figures / f"{name}.png"), artifact_path="figures")
+    failed = {
+        t.number: t.user_attrs.get("error", "")
+        for t in trials
+        if t.state == optuna.trial.TrialState.FAIL
+    }
+    if failed:
+        mlflow.log_dict({str(k): v for k, v in failed.items()}, "failed_trials.json")
+    summary = {
+        "study": study.study_name,
+        "states": states,
+        "best_value": best_value,
+        "best_params": best_params,
+        "seconds": round(seconds, 1),
+    }
+    mlflow.log_dict(summary, "study_summary.json")
+    (out_dir / "study_summary.json").parent.mkdir(parents=True, exist_ok=True)
+    (out_dir / "study_summary.json").write_text(json.dumps(summary, indent=2))
+    return TuneResult(
+        study.study_name,
+        len(trials),
+        states,
+        best_value,
+        best_params,
+        best_file,
+        parent_run_id,
+        seconds,
+    )

@@ -1,0 +1,187 @@
+"""Promotion to the registry with aliases and a guard; the champion served over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lungcad.evaluation.evaluate import EvaluationConfig
+from lungcad.registry.promote import REGISTERED_MODEL, promote
+from lungcad.training.run import train_tracked
+from tests.conftest import make_tiny_dataset, tiny_train_config
+
+EVAL = EvaluationConfig(bootstrap=20)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("registry")
+    dataset = make_tiny_dataset(tmp / "dataset", n_patients=10, n_test=4)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
+        good = train_tracked(
+            tiny_train_config(epochs=20, lr=1e-2, batch_size=8, experiment="reg"),
+            *dataset,
+            tmp / "good",
+            progress=False,
+        )
+        weak = train_tracked(
+            tiny_train_config(epochs=1, lr=1e-7, experiment="reg"),
+            *dataset,
+            tmp / "weak",
+            progress=False,
+        )
+        first = promote(*dataset, experiment="reg", report_dir=tmp / "p1", eval_config=EVAL)
+        refused = promote(*dataset, run_id=weak.run_id, report_dir=tmp / "p2", eval_config=EVAL)
+        yield {
+            "tmp": tmp,
+            "dataset": dataset,
+            "good": good,
+            "weak": weak,
+            "first": first,
+            "refused": refused,
+            "mp": mp,
+        }
+
+
+def test_best_run_becomes_the_champion_with_metrics_and_card(registry) -> None:
+    first, good = registry["first"], registry["good"]
+    assert first.promoted and first.candidate_run_id == good.run_id and first.new_version == "1"
+    client = MlflowClient()
+    version = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
+    assert str(version.version) == "1" and version.run_id == good.run_id
+    for tag in (
+        "test_detection_auc",
+        "test_malignancy_mae",
+        "test_malignancy_pearson",
+        "threshold",
+    ):
+        assert tag in version.tags
+    assert "Not a medical device" in version.description and "HU window" in version.description
+    assert "evaluation/report.md" in {
+        a.path for a in client.list_artifacts(good.run_id, "evaluation")
+    }
+
+
+def test_a_worse_candidate_is_refused_unless_forced(registry) -> None:
+    refused = registry["refused"]
+    assert not refused.promoted and "below champion version 1" in refused.reason
+    assert refused.candidate_objective < refused.champion_objective
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version) == "1"
+    forced = promote(
+        *registry["dataset"],
+        run_id=registry["weak"].run_id,
+        force=True,
+        report_dir=registry["tmp"] / "p3",
+        eval_config=EVAL,
+    )
+    assert forced.promoted and "forced" in forced.reason
+    assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version) == "2"
+    assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "previous").version) == "1"
+    # Put the good model back as champion for the serving test.
+    promote(
+        *registry["dataset"],
+        run_id=registry["good"].run_id,
+        force=True,
+        report_dir=registry["tmp"] / "p4",
+        eval_config=EVAL,
+    )
+    assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version) == "3"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(port: int, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_champion_is_served_and_bad_input_gets_4xx(registry) -> None:
+    tmp = registry["tmp"]
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+        # mlflow starts uvicorn by name: it must find this environment's scripts.
+        "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{REGISTERED_MODEL}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
+        ],
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline and server.poll() is None, "server did not start"
+            time.sleep(1)
+        cubes = np.load(registry["dataset"][0] / "cubes.npy")[:3].astype(np.float32)[:, None]
+        status, body = _post(port, json.dumps({"inputs": cubes.tolist()}).encode())
+        assert status == 200, body
+        rows = body["predictions"]
+        assert len(rows) == 3 and set(rows[0]) == {"nodule_prob", "malignancy", "nodule"}
+        assert all(0 <= r["nodule_prob"] <= 1 and r["nodule"] in (0, 1) for r in rows)
+        bad = {
+            "wrong shape": json.dumps({"inputs": np.zeros((1, 1, 8, 8, 8)).tolist()}).encode(),
+            "wrong dtype": json.dumps({"inputs": [["a"] * 4]}).encode(),
+            "NaN": json.dumps({"inputs": np.full((1, 1, 32, 32, 32), np.nan).tolist()}).encode(),
+            "empty batch": json.dumps({"inputs": []}).encode(),
+            "malformed JSON": b'{"inputs": [[1, 2',
+        }
+        for name, payload in bad.items():
+            status, body = _post(port, payload)
+            assert 400 <= status < 500, (name, status, body)
+            assert "Traceback" not in json.dumps(body), name
+        status, _ = _post(port, json.dumps({"inputs": cubes[:1].tolist()}).encode())
+        assert status == 200  # still serving
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
