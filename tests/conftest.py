@@ -10,7 +10,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from lungcad.annotations.lidc_db import LidcDatabase
+from lungcad.annotations.lidc_db import CHARACTERISTICS, LidcDatabase
 
 REPO = Path(__file__).resolve().parents[1]
 SLAB_ROOT = REPO.parent / "shared" / "data" / "lidc-slabs"
@@ -118,16 +118,8 @@ def make_tiny_dataset(
             cubes.append(cube.astype(np.int16))
             ratings = {
                 f"mean_{c}": (malignancy + rng.normal(0, 0.5) if label else np.nan)
-                for c in (
-                    "subtlety",
-                    "internalStructure",
-                    "calcification",
-                    "sphericity",
-                    "margin",
-                    "lobulation",
-                    "spiculation",
-                    "texture",
-                )
+                for c in CHARACTERISTICS
+                if c != "malignancy"
             }
             rows.append(
                 {

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import pydicom
 from pydicom.errors import InvalidDicomError
-from tqdm.auto import tqdm
+
+from lungcad.parallel import progress_map
 
 _HEADER_TAGS = ["SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Modality"]
 #: Files that are part of an LIDC download but are not images.
@@ -144,18 +144,9 @@ def index_lidc_root(root: str | Path, workers: int = 1, progress: bool = True) -
             "`lungcad data phantom --out {root}` to write the phantom there."
         )
     chunk = max(1, len(files) // (workers * 8) if workers > 1 else len(files))
-    bar = tqdm(total=len(files), desc="index DICOM headers", unit="file", disable=not progress)
-    results = []
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for res in pool.map(_read_header, files, chunksize=chunk):
-                results.append(res)
-                bar.update()
-    else:
-        for f in files:
-            results.append(_read_header(f))
-            bar.update()
-    bar.close()
+    results = progress_map(
+        _read_header, files, workers, "index DICOM headers", "file", progress, chunksize=chunk
+    )
 
     series: dict[str, SeriesEntry] = {}
     unreadable: list[tuple[Path, str]] = []

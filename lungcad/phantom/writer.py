@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,10 +19,10 @@ import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from tqdm.auto import tqdm
 
 from lungcad.annotations.lidc_db import LidcDatabase, ScanRecord
 from lungcad.annotations.nodules import Nodule, cluster_nodules
+from lungcad.parallel import progress_map
 from lungcad.phantom.thorax import ThoraxPhantom
 
 log = logging.getLogger(__name__)
@@ -210,18 +209,7 @@ def write_phantom(
     out_root.mkdir(parents=True, exist_ok=True)
     scans = select_scans(db, n_scans, seed, min_readers)
     jobs = [(db.path, s.series_uid, out_root, seed, min_readers, margin_mm) for s in scans]
-    written: list[PhantomScan] = []
-    bar = tqdm(total=len(jobs), desc="write phantom scans", unit="scan", disable=not progress)
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for res in pool.map(_write_job, jobs):
-                written.append(res)
-                bar.update()
-    else:
-        for job in jobs:
-            written.append(_write_job(job))
-            bar.update()
-    bar.close()
+    written = progress_map(_write_job, jobs, workers, "write phantom scans", "scan", progress)
     manifest = {
         "description": "LIDC-grounded phantom: real LIDC geometry, UIDs and reader contours; "
         "synthetic pixels. Labels come from the real LIDC reader ratings.",

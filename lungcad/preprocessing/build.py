@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import zlib
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
@@ -20,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from tqdm.auto import tqdm
 
 from lungcad.annotations.lidc_db import CHARACTERISTICS, LidcDatabase
 from lungcad.annotations.nodules import Nodule, cluster_nodules
 from lungcad.io.dicom_index import DicomIndex, index_lidc_root
 from lungcad.io.series import CtVolume, SeriesError, read_series
+from lungcad.parallel import progress_map
 from lungcad.preprocessing.config import PreprocessConfig
 from lungcad.preprocessing.cubes import extract_cube
 from lungcad.preprocessing.fingerprint import ScanStats, write_fingerprint
@@ -364,23 +363,16 @@ def build_dataset(
     ]
     if len(jobs) < len(todo):
         log.info("resuming: %d of %d scans already done", len(todo) - len(jobs), len(todo))
-    bar = tqdm(
+    progress_map(
+        _scan_job,
+        jobs,
+        workers,
+        "preprocess scans",
+        "scan",
+        progress,
         total=len(todo),
         initial=len(todo) - len(jobs),
-        desc="preprocess scans",
-        unit="scan",
-        disable=not progress,
     )
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for fut in as_completed([pool.submit(_scan_job, j) for j in jobs]):
-                fut.result()
-                bar.update()
-    else:
-        for job in jobs:
-            _scan_job(job)
-            bar.update()
-    bar.close()
 
     results = [_load_part(_part_path(parts, uid), uid) for uid in todo]
     n_total = sum(len(r.cubes) for r in results)
