@@ -102,3 +102,19 @@ def test_tune_config_rejects_unknown_pruner() -> None:
     with pytest.raises(ValueError, match="pruner"):
         TuneConfig(pruner="asha")
     assert TrainConfig().replace(epochs=2).epochs == 2
+
+
+def test_threads_in_one_process_share_the_study_and_nest_under_one_parent(env, tmp_path) -> None:
+    result = run_study(
+        _tune(tmp_path, 3, epochs=1, pruner="none"),
+        tiny_train_config(experiment="tune-threads"),
+        *env,
+        n_jobs=2,
+    )
+    assert result.n_trials == 3 and result.states == {"COMPLETE": 3}
+    client = MlflowClient()
+    children = client.search_runs(
+        [client.get_experiment_by_name("tune-threads").experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
+    )
+    assert len(children) == 3
