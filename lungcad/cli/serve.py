@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from typing import Annotated
 
 import typer
@@ -19,30 +17,8 @@ def serve(
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Server processes.")] = 1,
 ) -> None:
     """Run `mlflow models serve -m MODEL --env-manager local` (no internet needed)."""
-    from lungcad.tracking.mlflow_run import tracking_uri
+    from lungcad.registry.serving import serve_command
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        model_uri,
-        "--env-manager",
-        "local",
-        "-h",
-        host,
-        "-p",
-        str(port),
-        "-w",
-        str(workers),
-    ]
+    cmd, env = serve_command(model_uri, host, port, workers)
     typer.echo(" ".join(cmd))
-    bin_dir = os.path.dirname(sys.executable)  # mlflow starts uvicorn by name from PATH
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri(),
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
     raise typer.Exit(subprocess.call(cmd, env=env))

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from lungcad.evaluation.evaluate import EvaluationConfig
 from lungcad.registry.promote import REGISTERED_MODEL, promote
+from lungcad.registry.serving import serve_command
 from lungcad.training.run import train_tracked
 from tests.conftest import make_tiny_dataset, tiny_train_config
 
@@ -123,34 +122,11 @@ def _post(port: int, body: bytes) -> tuple[int, dict]:
 def test_champion_is_served_and_bad_input_gets_4xx(registry) -> None:
     tmp = registry["tmp"]
     port = _free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
-        # mlflow starts uvicorn by name: it must find this environment's scripts.
-        "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
-    }
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
+        cmd, env = serve_command(f"models:/{REGISTERED_MODEL}@champion", port=port)
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            f"models:/{REGISTERED_MODEL}@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            "1",
-        ],
-        cwd=tmp,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         deadline = time.time() + 120
