@@ -10,7 +10,6 @@ bootstrap that resamples patients, not cubes. Outputs: ``metrics.json`` (DVC met
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,6 @@ from lungcad.evaluation.plots import write_plots
 from lungcad.training.data import load_cube_data
 from lungcad.training.predict import predict_hu_cubes
 from lungcad.training.trainer import load_model
-
-log = logging.getLogger(__name__)
 
 DETECTION_CI = ("auc", "accuracy", "precision", "recall", "specificity", "f1")
 MALIGNANCY_CI = ("mae", "rmse", "pearson", "spearman", "binary_auc")

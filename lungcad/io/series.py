@@ -9,7 +9,6 @@ decode through pydicom's pylibjpeg plugins.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +16,6 @@ import numpy as np
 import pydicom
 
 from lungcad.io.geometry import VolumeGeometry
-
-log = logging.getLogger(__name__)
 
 AIR_HU = -1000
 #: HU below this cannot be tissue or air: it is padding outside the field of view.

@@ -11,7 +11,6 @@ slab are absent from the series, just as in any partial download.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,8 +23,6 @@ from lungcad.annotations.lidc_db import LidcDatabase, ScanRecord
 from lungcad.annotations.nodules import Nodule, cluster_nodules
 from lungcad.parallel import progress_map
 from lungcad.phantom.thorax import ThoraxPhantom
-
-log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 512
 RESCALE_INTERCEPT = -1024.0

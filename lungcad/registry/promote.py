@@ -13,7 +13,6 @@ the old champion keeps the alias ``previous``. Registry stages are not used (dep
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,6 @@ from lungcad.evaluation.evaluate import EvaluationConfig, evaluate_model
 from lungcad.evaluation.metrics import validation_objective
 from lungcad.tracking.mlflow_run import ensure_experiment, log_evaluation
 from lungcad.tracking.pyfunc import log_pyfunc_model
-
-log = logging.getLogger(__name__)
 
 REGISTERED_MODEL = "lungcad"
 CHAMPION, PREVIOUS = "champion", "previous"

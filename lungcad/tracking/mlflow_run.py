@@ -8,7 +8,6 @@ lungcad's own settings, versions and metrics are logged: no DICOM header field i
 
 from __future__ import annotations
 
-import logging
 import os
 import platform
 import subprocess
@@ -19,8 +18,6 @@ import mlflow
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
-
-log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ARTIFACT_ROOT = "mlruns"
