@@ -28,17 +28,14 @@ def evaluate(
     ] = Path("models/train_run.json"),
 ) -> None:
     """Detection and malignancy metrics with patient-bootstrap CIs, baselines, plots, report."""
-    import yaml
 
     from lungcad.evaluation.evaluate import EvaluationConfig, evaluate_model
+    from lungcad.params import read_section
     from lungcad.tracking.mlflow_run import log_evaluation
     from lungcad.training.data import DatasetMissingError
 
-    section = (
-        (yaml.safe_load(params.read_text()) or {}).get("evaluate", {}) if params.exists() else {}
-    )
     try:
-        config = EvaluationConfig(**(section or {}))
+        config = EvaluationConfig(**read_section(params, "evaluate", required=False))
     except TypeError as exc:
         fail(f"{params}: evaluate section: {exc}")
     try:

@@ -26,16 +26,15 @@ def promote(
     ] = Path("reports/promotion"),
 ) -> None:
     """Evaluate the candidate and the champion on the test split; register the better one."""
-    import yaml
 
     from lungcad.evaluation.evaluate import EvaluationConfig
+    from lungcad.params import read_section
     from lungcad.registry.promote import promote as run_promotion
     from lungcad.registry.promote import write_decision
     from lungcad.tracking.mlflow_run import setup_tracking
 
-    section = (yaml.safe_load(params.read_text()) or {}) if params.exists() else {}
-    settings = section.get("promote") or {}
-    experiment = (section.get("train") or {}).get("experiment", "lungcad")
+    settings = read_section(params, "promote", required=False)
+    experiment = read_section(params, "train", required=False).get("experiment", "lungcad")
     setup_tracking()
     try:
         decision = run_promotion(

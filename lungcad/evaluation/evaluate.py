@@ -28,7 +28,7 @@ from lungcad.evaluation.metrics import (
 )
 from lungcad.evaluation.plots import write_plots
 from lungcad.training.data import load_cube_data
-from lungcad.training.predict import predict_hu_cubes
+from lungcad.training.predict import predict_rows
 from lungcad.training.trainer import load_model
 
 DETECTION_CI = ("auc", "accuracy", "precision", "recall", "specificity", "f1")
@@ -46,15 +46,6 @@ class EvaluationConfig:
 
     bootstrap: int = 1000
     seed: int = 0
-
-
-def predict_split(model, config, cubes: np.ndarray, rows: pd.DataFrame, device) -> pd.DataFrame:
-    order = np.argsort(rows["cube_index"].to_numpy())
-    rows = rows.iloc[order]
-    prob, mal = predict_hu_cubes(
-        model, cubes[rows["cube_index"].to_numpy()], config.window_hu, device
-    )
-    return rows.assign(nodule_prob=prob, malignancy_pred=mal)
 
 
 def _with_ci(
@@ -116,7 +107,7 @@ def evaluate_model(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, train_config = load_model(checkpoint, device)
     preds = {
-        s: predict_split(model, train_config, data.cubes, data.subset(s), device)
+        s: predict_rows(model, data.cubes, data.subset(s), train_config.window_hu, device)
         for s in ("val", "test")
     }
     threshold = youden_threshold(

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
+from lungcad.params import read_section
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_params(cls, params_file: str | Path, section: str = "preprocess") -> PreprocessConfig:
-        data = yaml.safe_load(Path(params_file).read_text()) or {}
-        if section not in data:
-            raise ValueError(f"{params_file} has no '{section}' section")
-        return cls.from_mapping(data[section] or {})
+        return cls.from_mapping(read_section(params_file, section))
 
     def digest(self) -> str:
         """Short hash of the settings (invalidates per-scan results cached by an older run)."""

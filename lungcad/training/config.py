@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
+from lungcad.params import read_section
 
 
 @dataclass(frozen=True)
@@ -135,10 +135,7 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, params_file: str | Path, section: str = "train") -> TrainConfig:
-        data = yaml.safe_load(Path(params_file).read_text()) or {}
-        if section not in data:
-            raise ValueError(f"{params_file} has no '{section}' section")
-        return cls.from_mapping(data[section] or {})
+        return cls.from_mapping(read_section(params_file, section))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

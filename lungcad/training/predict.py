@@ -34,3 +34,20 @@ def predict_hu_cubes(
     if not probs:
         return np.zeros(0, np.float32), np.zeros(0, np.float32)
     return np.concatenate(probs), np.concatenate(mals)
+
+
+def predict_rows(
+    model: NoduleNet,
+    cubes: np.ndarray,
+    rows,
+    window_hu: tuple[float, float],
+    device: torch.device,
+    batch_size: int = 32,
+):
+    """``rows`` of the cube index (sorted by cube_index, for sequential memory-mapped reads)
+    with ``nodule_prob`` and ``malignancy_pred`` columns added."""
+    rows = rows.sort_values("cube_index")
+    prob, mal = predict_hu_cubes(
+        model, cubes[rows["cube_index"].to_numpy()], window_hu, device, batch_size
+    )
+    return rows.assign(nodule_prob=prob, malignancy_pred=mal)

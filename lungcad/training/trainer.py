@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -29,7 +28,7 @@ from lungcad.training.config import TrainConfig
 from lungcad.training.data import CubeData, CubeDataset, train_transform
 from lungcad.training.losses import MultiTaskLoss
 from lungcad.training.model import NoduleNet
-from lungcad.training.predict import predict_hu_cubes
+from lungcad.training.predict import predict_rows
 
 log = logging.getLogger(__name__)
 
@@ -228,20 +227,19 @@ class Trainer:
         return {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
 
     def validate(self) -> dict[str, float]:
-        rows = self.val_rows
-        cubes = self.data.cubes[np.sort(rows["cube_index"].to_numpy())]
-        order = np.argsort(rows["cube_index"].to_numpy())
-        prob, mal = predict_hu_cubes(
+        rows = predict_rows(
             self.model,
-            cubes,
+            self.data.cubes,
+            self.val_rows,
             self.config.window_hu,
             self.device,
             batch_size=self.config.batch_size * 2,
         )
-        rows = rows.iloc[order]
-        auc = safe_auc(rows["label"].to_numpy(), prob)
-        nodule = rows["label"].to_numpy() == 1
-        mm = malignancy_metrics(rows["malignancy_mean"].to_numpy()[nodule], mal[nodule])
+        auc = safe_auc(rows["label"].to_numpy(), rows["nodule_prob"].to_numpy())
+        nodules = rows[rows["label"] == 1]
+        mm = malignancy_metrics(
+            nodules["malignancy_mean"].to_numpy(), nodules["malignancy_pred"].to_numpy()
+        )
         return {
             "val_auc": auc,
             "val_mae": mm["mae"],

@@ -27,6 +27,7 @@ import optuna
 import yaml
 from filelock import FileLock
 
+from lungcad.params import read_section
 from lungcad.tracking.mlflow_run import ensure_experiment, git_commit, log_params_flat
 from lungcad.training.config import TrainConfig
 from lungcad.training.run import train_tracked
@@ -90,8 +91,7 @@ class TuneConfig:
 
     @classmethod
     def from_params(cls, params_file: str | Path) -> TuneConfig:
-        data = yaml.safe_load(Path(params_file).read_text()) or {}
-        return cls.from_mapping(data.get("tune") or {})
+        return cls.from_mapping(read_section(params_file, "tune", required=False))
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
