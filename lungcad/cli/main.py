@@ -11,7 +11,7 @@ from lungcad import __version__
 from lungcad.cli import data
 from lungcad.cli.evaluate import evaluate
 from lungcad.cli.promote import promote
-from lungcad.cli.serve import serve
+from lungcad.cli.serve import query, serve
 from lungcad.cli.train import train
 from lungcad.cli.tune import apply_params, tune
 
@@ -28,6 +28,7 @@ app.command()(tune)
 app.command(name="apply-params")(apply_params)
 app.command()(promote)
 app.command()(serve)
+app.command()(query)
 
 
 def _version(value: bool) -> None:
