@@ -43,7 +43,7 @@ def tune(
     """Sweep loss weights and learning rate; each trial is a nested MLflow run."""
     from lungcad.training.config import TrainConfig
     from lungcad.training.data import DatasetMissingError, load_cube_data
-    from lungcad.tuning.study import TuneConfig, run_study
+    from lungcad.tuning.study import StorageError, TuneConfig, run_study
 
     try:
         tune_config = TuneConfig.from_params(params) if params.exists() else TuneConfig()
@@ -63,7 +63,12 @@ def tune(
         load_cube_data(dataset, splits)  # fail before the study starts
     except (ValueError, TypeError, DatasetMissingError) as exc:
         fail(str(exc))
-    result = run_study(tune_config, train_config, dataset, splits, n_jobs=n_jobs, timeout_s=timeout)
+    try:
+        result = run_study(
+            tune_config, train_config, dataset, splits, n_jobs=n_jobs, timeout_s=timeout
+        )
+    except StorageError as exc:
+        fail(str(exc))
     typer.echo(
         f"study {result.study_name}: {result.n_trials} trials {result.states} in "
         f"{result.seconds:.0f} s; parent MLflow run {result.parent_run_id}"

@@ -6,12 +6,14 @@ storage: by default an Optuna JournalStorage file (safe for several processes on
 machine; never one SQLite file shared by parallel workers), or any RDB URL so that workers
 on several machines share one study. Several ``lungcad tune`` processes on one storage run
 exactly ``n_trials`` trials together: a trial is only asked for under a lock while fewer
-than ``n_trials`` exist.
+than ``n_trials`` exist (a file lock next to a journal or SQLite file; a PostgreSQL
+advisory lock or a MySQL named lock in the study's own database, which every machine sees).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import shutil
@@ -94,6 +96,10 @@ class TuneConfig:
         return cls.from_mapping(read_section(params_file, "tune", required=False))
 
 
+class StorageError(RuntimeError):
+    """The study storage cannot be opened (bad URL, server down, driver missing)."""
+
+
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     """Journal file storage for "journal:<path>", RDB storage for a database URL."""
     if url.startswith("journal:"):
@@ -107,6 +113,107 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
             "an SQLite study must not be shared by parallel workers; use journal: or an RDB"
         )
     return optuna.storages.RDBStorage(url)
+
+
+@contextlib.contextmanager
+def storage_errors(url: str):
+    """Turn a missing driver or an unreachable/bad database into a StorageError that says so."""
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        raise StorageError(
+            f"study storage {redact_url(url)}: its database driver ({exc.name}) is not "
+            "installed; for PostgreSQL: pip install 'lungcad[postgres]'"
+        ) from exc
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
+        raise StorageError(
+            f"cannot open the study storage {redact_url(url)}: {exc}. Check the URL "
+            "(journal:<file> or dialect://user:password@host/database), that the server "
+            "is up and that the user may create tables"
+        ) from exc
+
+
+def open_study(tune: TuneConfig) -> tuple[optuna.Study, Any]:
+    """Create or load the study, and the lock its workers share.
+
+    The storage's tables and the study are created under that lock too, so workers started
+    at the same moment on an empty database do not race on the schema.
+    """
+    with storage_errors(tune.storage):
+        lock = storage_lock(tune.storage, tune.study_name)
+        with lock:
+            study = optuna.create_study(
+                study_name=tune.study_name,
+                storage=make_storage(tune.storage),
+                direction="maximize",
+                load_if_exists=True,
+                sampler=optuna.samplers.TPESampler(seed=tune.seed),
+                pruner=make_pruner(tune),
+            )
+    return study, lock
+
+
+class DatabaseLock:
+    """A lock held in the study's database, so workers on several machines exclude each other.
+
+    PostgreSQL: a session advisory lock (``pg_advisory_lock``); MySQL/MariaDB: ``GET_LOCK``.
+    Each acquisition opens its own connection and releases the lock before closing it.
+    """
+
+    def __init__(self, url: str, name: str) -> None:
+        import sqlalchemy
+
+        self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        self.dialect = self.engine.dialect.name
+        if self.dialect not in ("postgresql", "mysql", "mariadb"):
+            raise ValueError(f"no database lock for {self.dialect}")
+        self.name = f"lungcad-tune:{name}"[:64]
+        # A stable signed 64-bit key for pg_advisory_lock.
+        digest = hashlib.sha256(self.name.encode()).digest()[:8]
+        self.key = int.from_bytes(digest, "big", signed=True)
+        self.connection = None
+
+    def __enter__(self) -> DatabaseLock:
+        from sqlalchemy import text
+
+        self.connection = self.engine.connect()
+        if self.dialect == "postgresql":
+            self.connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+        else:
+            self.connection.execute(text("SELECT GET_LOCK(:n, -1)"), {"n": self.name})
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from sqlalchemy import text
+
+        try:
+            if self.dialect == "postgresql":
+                self.connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            else:
+                self.connection.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self.name})
+        finally:
+            self.connection.close()
+            self.connection = None
+
+
+def storage_lock(url: str, study_name: str) -> Any:
+    """The lock that serialises asking for trials among all workers of ``url``."""
+    for prefix in ("journal:", "sqlite:///"):
+        if url.startswith(prefix):
+            path = Path(url.removeprefix(prefix) + ".ask.lock")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return FileLock(str(path))
+    try:
+        return DatabaseLock(url, study_name)
+    except ValueError:
+        log.warning(
+            "%s: no cross-machine lock for this database; parallel workers may run a few "
+            "trials more than requested",
+            redact_url(url),
+        )
+        return contextlib.nullcontext()
 
 
 def make_pruner(config: TuneConfig) -> optuna.pruners.BasePruner:
@@ -168,13 +275,13 @@ class _TrialBudget:
     is reproducible.
     """
 
-    def __init__(self, study: optuna.Study, config: TuneConfig, lock_path: Path | None) -> None:
+    def __init__(self, study: optuna.Study, config: TuneConfig, lock: Any) -> None:
         self.study, self.config = study, config
         self.thread_lock = threading.Lock()
-        self.file_lock = FileLock(str(lock_path)) if lock_path else contextlib.nullcontext()
+        self.process_lock = lock
 
     def ask(self) -> tuple[optuna.Trial, dict[str, Any]] | None:
-        with self.thread_lock, self.file_lock:
+        with self.thread_lock, self.process_lock:
             n_existing = len(self.study.get_trials(deepcopy=False))
             if n_existing >= self.config.trials:
                 return None
@@ -196,21 +303,8 @@ def run_study(
 ) -> TuneResult:
     """Run (or resume) the study until it holds ``tune.trials`` trials or time runs out."""
     started = time.perf_counter()
-    storage = make_storage(tune.storage)
-    study = optuna.create_study(
-        study_name=tune.study_name,
-        storage=storage,
-        direction="maximize",
-        load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=tune.seed),
-        pruner=make_pruner(tune),
-    )
+    study, lock = open_study(tune)
     out_dir = Path(tune.out_dir)
-    lock = (
-        Path(tune.storage.removeprefix("journal:") + ".ask.lock")
-        if tune.storage.startswith("journal:")
-        else None
-    )
     budget = _TrialBudget(study, tune, lock)
     experiment_id = ensure_experiment(train.experiment)
     base = train.replace(epochs=tune.epochs)
@@ -222,10 +316,10 @@ def run_study(
                 "lungcad.kind": "tune",
                 "optuna_study": tune.study_name,
                 "git_commit": git_commit(),
-                "optuna_storage": _redact(tune.storage),
+                "optuna_storage": redact_url(tune.storage),
             }
         )
-        log_params_flat(asdict(tune), prefix="tune.")
+        log_params_flat({**asdict(tune), "storage": redact_url(tune.storage)}, prefix="tune.")
 
         def one_trial(trial: optuna.Trial, params: dict[str, Any]) -> None:
             trial_dir = out_dir / "trials" / f"{tune.study_name}-{trial.number}"
@@ -272,12 +366,17 @@ def run_study(
     return result
 
 
-def _redact(url: str) -> str:
-    """Storage URL without a password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+def redact_url(url: str) -> str:
+    """A storage URL without its password, fit for logs and MLflow."""
+    if url.startswith("journal:"):
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("://", 1)[0] + "://***" if "://" in url else url
 
 
 def summarise(study: optuna.Study, out_dir: Path, parent_run_id: str, seconds: float) -> TuneResult:

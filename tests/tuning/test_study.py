@@ -10,10 +10,12 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
 
+from lungcad.cli.main import app
 from lungcad.tracking.mlflow_run import ensure_experiment
 from lungcad.training.config import TrainConfig
-from lungcad.tuning.study import SearchSpace, TuneConfig, make_storage, run_study
+from lungcad.tuning.study import SearchSpace, TuneConfig, make_storage, redact_url, run_study
 from tests.conftest import make_tiny_dataset, tiny_train_config
 
 
@@ -75,12 +77,23 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(env, tmp_path) -> Non
     assert all(t.params["batch_size"] == 0 for t in failed)
 
 
-def test_two_processes_share_one_study_without_extra_trials(env, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A throwaway PostgreSQL server (pgserver ships its binaries); its database URL."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+def _two_workers(storage: str, env, tmp_path: Path, trials: int = 4) -> optuna.Study:
+    """Start two `run_study` processes on ``storage`` at the same moment; the shared study."""
     code = (
         "import sys; from tests.conftest import tiny_train_config;"
         "from lungcad.tuning.study import TuneConfig, run_study;"
-        f"t = TuneConfig.from_mapping(dict(trials=4, epochs=1, pruner='none', study_name='t',"
-        f" storage='journal:{tmp_path}/study.log', out_dir='{tmp_path}/tune'));"
+        f"t = TuneConfig.from_mapping(dict(trials={trials}, epochs=1, pruner='none',"
+        f" study_name='t', storage={storage!r}, out_dir='{tmp_path}/tune'));"
         f"run_study(t, tiny_train_config(experiment='tune-par'), '{env[0]}', '{env[1]}')"
     )
     ensure_experiment("tune-par")  # create the MLflow database once, before the workers
@@ -90,12 +103,60 @@ def test_two_processes_share_one_study_without_extra_trials(env, tmp_path) -> No
         subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=environ) for _ in range(2)
     ]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    study = optuna.load_study(study_name="t", storage=make_storage(f"journal:{tmp_path}/study.log"))
-    numbers = [t.number for t in study.trials]
-    assert sorted(numbers) == [0, 1, 2, 3]
+    return optuna.load_study(study_name="t", storage=make_storage(storage))
+
+
+def _assert_exactly_once(study: optuna.Study, trials: int = 4) -> None:
+    assert sorted(t.number for t in study.trials) == list(range(trials))
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     params = [tuple(sorted(t.params.items())) for t in study.trials]
-    assert len(set(params)) == 4  # no trial ran twice
+    assert len(set(params)) == trials  # no trial ran twice
+
+
+def test_two_processes_share_one_study_without_extra_trials(env, tmp_path) -> None:
+    _assert_exactly_once(_two_workers(f"journal:{tmp_path}/study.log", env, tmp_path))
+
+
+def test_two_processes_share_a_postgresql_study(env, tmp_path, postgres) -> None:
+    # The multi-machine path: both workers start on an empty database (schema creation and
+    # the trial budget are serialised by a PostgreSQL advisory lock, not a local file).
+    study = _two_workers(postgres, env, tmp_path)
+    _assert_exactly_once(study)
+    parents = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("tune-par").experiment_id],
+        filter_string="tags.`lungcad.kind` = 'tune'",
+    )
+    assert len(parents) == 2
+    assert all(p.data.params["tune.storage"].startswith("postgresql://") for p in parents)
+
+
+def test_storage_urls_are_logged_without_password() -> None:
+    assert redact_url("postgresql://tuner:s3cret@db.lab:5432/optuna") == (
+        "postgresql://tuner:***@db.lab:5432/optuna"
+    )
+    assert redact_url("journal:tune/optuna-journal.log") == "journal:tune/optuna-journal.log"
+
+
+def test_an_unreachable_study_database_is_a_clear_cli_error(env) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            "--trials",
+            "1",
+            "--dataset",
+            str(env[0]),
+            "--splits",
+            str(env[1]),
+            "--storage",
+            "postgresql://tuner:s3cret@127.0.0.1:9/optuna",
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "cannot open the study storage postgresql://tuner:***@127.0.0.1:9/optuna" in (
+        result.output
+    )
+    assert "s3cret" not in result.output
 
 
 def test_tune_config_rejects_unknown_pruner() -> None:
