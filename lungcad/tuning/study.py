@@ -7,7 +7,7 @@ machine; never one SQLite file shared by parallel workers), or any RDB URL so th
 on several machines share one study. Several ``lungcad tune`` processes on one storage run
 exactly ``n_trials`` trials together: a trial is only asked for under a lock while fewer
 than ``n_trials`` exist (a file lock next to a journal or SQLite file; a PostgreSQL
-advisory lock or a MySQL named lock in the study's own database, which every machine sees).
+advisory lock in the study's own database, which every machine sees).
 """
 
 from __future__ import annotations
@@ -156,22 +156,20 @@ def open_study(tune: TuneConfig) -> tuple[optuna.Study, Any]:
 
 
 class DatabaseLock:
-    """A lock held in the study's database, so workers on several machines exclude each other.
+    """A PostgreSQL session advisory lock, so workers on several machines exclude each other.
 
-    PostgreSQL: a session advisory lock (``pg_advisory_lock``); MySQL/MariaDB: ``GET_LOCK``.
-    Each acquisition opens its own connection and releases the lock before closing it.
+    Each acquisition opens its own connection and releases the lock before closing it; a
+    worker that dies while holding it loses its session, and with it the lock.
     """
 
     def __init__(self, url: str, name: str) -> None:
         import sqlalchemy
 
         self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        self.dialect = self.engine.dialect.name
-        if self.dialect not in ("postgresql", "mysql", "mariadb"):
-            raise ValueError(f"no database lock for {self.dialect}")
-        self.name = f"lungcad-tune:{name}"[:64]
+        if self.engine.dialect.name != "postgresql":
+            raise ValueError(f"no database lock for {self.engine.dialect.name}")
         # A stable signed 64-bit key for pg_advisory_lock.
-        digest = hashlib.sha256(self.name.encode()).digest()[:8]
+        digest = hashlib.sha256(f"lungcad-tune:{name}".encode()).digest()[:8]
         self.key = int.from_bytes(digest, "big", signed=True)
         self.connection = None
 
@@ -179,20 +177,14 @@ class DatabaseLock:
         from sqlalchemy import text
 
         self.connection = self.engine.connect()
-        if self.dialect == "postgresql":
-            self.connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
-        else:
-            self.connection.execute(text("SELECT GET_LOCK(:n, -1)"), {"n": self.name})
+        self.connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
         return self
 
     def __exit__(self, *exc: object) -> None:
         from sqlalchemy import text
 
         try:
-            if self.dialect == "postgresql":
-                self.connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
-            else:
-                self.connection.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self.name})
+            self.connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
         finally:
             self.connection.close()
             self.connection = None
@@ -209,8 +201,8 @@ def storage_lock(url: str, study_name: str) -> Any:
         return DatabaseLock(url, study_name)
     except ValueError:
         log.warning(
-            "%s: no cross-machine lock for this database; parallel workers may run a few "
-            "trials more than requested",
+            "%s: no cross-machine lock for this database (PostgreSQL has one); parallel "
+            "workers may run a few trials more than requested",
             redact_url(url),
         )
         return contextlib.nullcontext()
