@@ -58,7 +58,7 @@ def query(
     if limit is not None:
         array = array[:limit]
     try:
-        table = predict_remote(url, array, encoding, batch_size)  # type: ignore[arg-type]
+        table = predict_remote(url, array, encoding, batch_size, progress=True)  # type: ignore[arg-type]
     except ValueError as exc:
         fail(f"{cubes}: {exc}")
     except ServingError as exc:

@@ -33,7 +33,8 @@ class ServingError(RuntimeError):
 
 
 def as_cube_batch(cubes: np.ndarray) -> np.ndarray:
-    """``cubes`` as float32 (N, D, D, D); accepts (N, 1, D, D, D) and (D, D, D) too.
+    """``cubes`` viewed as (N, D, D, D), without a copy (a memory map stays one); accepts
+    (N, 1, D, D, D) and (D, D, D) too.
 
     Any cube edge D is encoded; the server checks it against the model's (64 by default).
     """
@@ -47,12 +48,12 @@ def as_cube_batch(cubes: np.ndarray) -> np.ndarray:
             f"cubes of shape {array.shape} are not (N, D, D, D) cubes:"
             " send 1 mm HU cubes as written by `lungcad data build` (D = 64)"
         )
-    return array.astype(np.float32, copy=False)
+    return array
 
 
 def encode_cubes(cubes: np.ndarray, encoding: Encoding = "parquet") -> tuple[bytes, str]:
     """The request body and its Content-Type for a batch of HU cubes."""
-    batch = as_cube_batch(cubes)
+    batch = np.asarray(as_cube_batch(cubes), dtype=np.float32)
     if encoding == "json":
         return json.dumps({"inputs": batch[:, None].tolist()}).encode(), CONTENT_TYPES["json"]
     if encoding == "parquet":
@@ -93,13 +94,17 @@ def predict_remote(
     encoding: Encoding = "parquet",
     batch_size: int = 16,
     timeout: float = 300.0,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Predictions of the model served at ``url`` for every cube, ``batch_size`` per request."""
+    from tqdm.auto import tqdm
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batch = as_cube_batch(cubes)
     frames = []
-    for start in range(0, len(batch), batch_size):
+    starts = range(0, len(batch), batch_size)
+    for start in tqdm(starts, desc="requests", unit="req", disable=not progress):
         body, content_type = encode_cubes(batch[start : start + batch_size], encoding)
         frames.append(post(url, body, content_type, timeout))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -37,8 +37,13 @@ def test_json_body_is_the_signature_tensor() -> None:
     np.testing.assert_array_equal(inputs[:, 0], cubes)
 
 
-def test_one_cube_is_a_batch_of_one_and_non_cubes_are_refused() -> None:
+def test_one_cube_is_a_batch_of_one_and_non_cubes_are_refused(tmp_path) -> None:
     assert as_cube_batch(np.zeros((8, 8, 8))).shape == (1, 8, 8, 8)
+    np.save(tmp_path / "cubes.npy", _cubes(3)[:, None])
+    mapped = np.load(tmp_path / "cubes.npy", mmap_mode="r")
+    view = as_cube_batch(mapped)  # batches are read and converted one request at a time
+    assert view.shape == (3, 8, 8, 8) and view.dtype == np.int16
+    assert np.shares_memory(view, mapped)
     with pytest.raises(ValueError, match=r"\(2, 8, 8, 4\) are not \(N, D, D, D\)"):
         encode_cubes(np.zeros((2, 8, 8, 4)))
     with pytest.raises(ValueError, match="unknown encoding 'npz'"):
