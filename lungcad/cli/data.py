@@ -142,3 +142,54 @@ def montage(
     if not (dataset / "index.csv").exists():
         fail(f"{dataset}/index.csv does not exist: run `lungcad data build` first")
     typer.echo(f"wrote {cube_montage(dataset, out, per_kind, seed)}")
+
+
+@app.command()
+def realism(
+    real: Annotated[
+        Path, typer.Option("--real", help="Folder of real CT series (the shared LIDC slab).")
+    ] = Path("../shared/data/lidc-slabs"),
+    phantom: Annotated[
+        Path, typer.Option("--phantom", help="Folder of phantom series (lungcad data phantom).")
+    ] = Path("data/raw/LIDC-IDRI"),
+    out: Annotated[Path, typer.Option("--out", help="Report folder to write.")] = Path(
+        "reports/realism"
+    ),
+    max_scans: Annotated[
+        int, typer.Option("--max-scans", min=1, help="Phantom series measured (first by UID).")
+    ] = 20,
+    patches: Annotated[
+        int, typer.Option("--patches", min=20, help="Lung patches per side for the classifier.")
+    ] = 400,
+    seed: Seed = 0,
+    mlflow_log: Annotated[
+        bool, typer.Option("--mlflow/--no-mlflow", help="Log the report as an MLflow run.")
+    ] = True,
+    workers: Workers = 1,
+    quiet: Quiet = False,
+) -> None:
+    """Measure how real the phantom's lungs look against real CT: statistics, HU histogram
+    distance, a domain classifier's AUC and a side-by-side picture."""
+    from lungcad.io.dicom_index import LidcRootError
+    from lungcad.realism.report import realism_report
+
+    try:
+        metrics = realism_report(
+            real, phantom, out, max_scans, patches, seed, workers=workers, progress=not quiet
+        )
+    except (LidcRootError, ValueError) as exc:
+        fail(str(exc))
+    if "skipped" in metrics:
+        typer.secho(f"warning: {metrics['skipped']}; wrote an empty report to {out}", err=True)
+        return
+    if mlflow_log:
+        from lungcad.realism.tracking import log_realism
+
+        log_realism(out, metrics)
+    for name, row in (metrics["targets"]["paired"] or metrics["targets"]["all"]).items():
+        flag = "ok" if row["within_tolerance"] else "off"
+        typer.echo(f"{name:26s} real {row['real']:9.3f}  phantom {row['phantom']:9.3f}  {flag}")
+    typer.echo(
+        f"domain classifier AUC {metrics['domain_classifier']['auc']:.3f}, "
+        f"lung HU Wasserstein {metrics['wasserstein_hu']['all']:.1f} HU -> {out}"
+    )

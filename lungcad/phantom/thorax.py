@@ -1,65 +1,65 @@
-"""A synthetic thorax drawn slice by slice on a real LIDC scan's pixel grid.
+"""A synthetic thorax drawn on a real LIDC scan's pixel grid, one slab at a time.
 
 The anatomy (body wall, fat, two lungs, mediastinum with heart, aorta and trachea, spine,
-ribs, branching pulmonary vessels, CT noise) is parametric and seeded per scan; it is
-scaled to the scan's field of view, as a scanner's reconstruction FOV is set to the
-patient. Lungs are widened around every annotated nodule so that each real nodule lies in
-aerated lung, and the nodules themselves are drawn from the readers' real contours with an
-appearance set by their real ratings.
+ribs) is parametric and seeded per scan; it is scaled to the scan's field of view, as a
+scanner's reconstruction FOV is set to the patient. Inside the lungs: pulmonary artery and
+vein trees and the bronchi beside the arteries, grown to fill each lung
+(``phantom.trees``) and rendered with partial volume and the scan's slice profile
+(``phantom.render``); fissures; parenchyma whose density has a gravity gradient, lobular
+and fine texture; then the scanner's blur and noise with a real scan's power spectrum
+(``phantom.scanner``). Lungs are widened around every annotated nodule so that each real
+nodule lies in aerated lung, and the nodules themselves are drawn from the readers' real
+contours with an appearance set by their real ratings.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import binary_erosion, gaussian_filter
 
 from lungcad.annotations.nodules import Nodule
+from lungcad.phantom.render import SlabGrid, render_sheet, render_tubes
+from lungcad.phantom.scanner import nps_noise
+from lungcad.phantom.trees import airway_beside, sample_inside, vessel_tree
 
-LUNG_HU = -860.0
+LUNG_HU = -890.0
 FAT_HU = -100.0
 SOFT_TISSUE_HU = 40.0
 BLOOD_HU = 45.0
 CONTRAST_BLOOD_HU = 160.0
 CORTICAL_BONE_HU = 850.0
 CANCELLOUS_BONE_HU = 250.0
-NOISE_HU = 18.0
+AIR_HU = -1000.0
+#: Parenchyma: gravity gradient over the lung's height (posterior denser), lobular
+#: (5 mm) and fine (sub-millimetre, skewed: unresolved vessels and septa) texture.
+GRAVITY_HU = 45.0
+LOBULAR_HU = 14.0
+FINE_TEXTURE_HU = 27.0
+#: Vessel trees: attractor spacing (sets how finely a tree fills the lung) and leaf radius.
+ATTRACTOR_SPACING_MM = 10.0
+LEAF_RADIUS_MM = 0.42
+#: Attractors pull tree nodes this many attractor spacings away (more: straighter trees).
+INFLUENCE_SPACINGS = 1.2
+#: Trees grow this far beyond the slab so vessels enter and leave it as in a real scan...
+TREE_MARGIN_MM = 12.0
+#: ...and, among attractors this much sparser, far enough to stand for the lung above and
+#: below the slab, whose blood the vessels crossing the slab carry (Murray weights).
+OUTER_MARGIN_MM = 60.0
+OUTER_SPACING_FACTOR = 2.0
+FISSURE_MM = 0.3
+#: In-plane point spread of the scanner (Gaussian sigma).
+PSF_SIGMA_MM = 0.5
 
 
-@dataclass(frozen=True)
-class _Segment:
-    points_mm: np.ndarray  # (P, 3) samples along the vessel, 1 mm apart
-    radius_mm: float
-
-
-def _vessel_tree(
-    rng: np.random.Generator,
-    root: np.ndarray,
-    direction: np.ndarray,
-    length: float,
-    radius: float,
-    depth: int,
-) -> list[_Segment]:
-    direction = direction / np.linalg.norm(direction)
-    end = root + direction * length
-    n = max(2, int(length))
-    seg = _Segment(np.linspace(root, end, n), radius)
-    if depth == 0 or radius < 0.7:
-        return [seg]
-    out = [seg]
-    for _ in range(2):
-        turn = rng.normal(0, 0.55, 3)
-        child = direction + turn - direction * (turn @ direction)
-        out += _vessel_tree(
-            rng,
-            end,
-            child,
-            length * rng.uniform(0.65, 0.85),
-            radius * rng.uniform(0.68, 0.8),
-            depth - 1,
-        )
-    return out
+def _linear_weights(n_out: int, step: float, n_in: int) -> np.ndarray:
+    """(n_out, n_in) matrix of linear interpolation at positions 0, step, 2·step, ..."""
+    pos = np.arange(n_out) * step
+    lo = np.minimum(pos.astype(int), n_in - 2)
+    frac = (pos - lo).astype(np.float32)
+    weights = np.zeros((n_out, n_in), dtype=np.float32)
+    weights[np.arange(n_out), lo] = 1 - frac
+    weights[np.arange(n_out), lo + 1] = frac
+    return weights
 
 
 class ThoraxPhantom:
@@ -68,22 +68,22 @@ class ThoraxPhantom:
     Args:
         shape_rc: (rows, columns) of each slice.
         pixel_spacing_mm: in-plane pixel size.
-        z_center_mm: centre of the slab that will be drawn (anchors the vessel trees).
+        slice_thickness_mm: reconstructed slice thickness (slice profile and noise level).
         nodules: every clustered nodule of the scan (all reader counts), on the DB grid.
         z_grid_mm: the scan's slice z positions (the nodules' mask grid).
         contrast: whether the scan used IV contrast (brighter blood).
         seed: seeds the anatomy and the noise.
 
     Example:
-        >>> phantom = ThoraxPhantom((512, 512), 0.7, -110.0, nodules, z_grid, True, seed=0)
-        >>> hu = phantom.slice_hu(k=40)  # float32 (512, 512) HU of slice 40 of z_grid
+        >>> phantom = ThoraxPhantom((512, 512), 0.7, 2.5, nodules, z_grid, True, seed=0)
+        >>> hu = phantom.slab_hu(np.arange(30, 60))  # float32 (30, 512, 512) HU
     """
 
     def __init__(
         self,
         shape_rc: tuple[int, int],
         pixel_spacing_mm: float,
-        z_center_mm: float,
+        slice_thickness_mm: float,
         nodules: list[Nodule],
         z_grid_mm: np.ndarray,
         contrast: bool,
@@ -139,22 +139,8 @@ class ThoraxPhantom:
             (cx, cy), (la, lb) = self.lung_centres[side], self.lung_ab[side]
             need = np.hypot((bx - cx) / la, (by - cy) / lb) + (br + 7.0) / min(la, lb)
             self.lung_scale[side] = min(1.45, max(self.lung_scale[side], need))
-        self.vessels = []
-        for side, dz in ((s_, d_) for s_ in (-1, 1) for d_ in (-30.0, 0.0, 30.0)):
-            root = np.array([side * 0.07 * fov, -0.02 * fov, z_center_mm + dz])
-            for d in (
-                [side, -0.7, 0.6],
-                [side, 0.6, -0.6],
-                [side, 0.1, 0.1],
-                [side, -0.3, -0.7],
-                [side, 0.4, 0.7],
-            ):
-                self.vessels += _vessel_tree(
-                    r, root, np.array(d, float) + r.normal(0, 0.2, 3), 0.06 * fov, 2.6, depth=6
-                )
-        pts = np.concatenate([s.points_mm for s in self.vessels])
-        rad = np.concatenate([np.full(len(s.points_mm), s.radius_mm) for s in self.vessels])
-        self.vessel_points, self.vessel_radii = pts.astype(np.float32), rad.astype(np.float32)
+        self.thickness_mm = slice_thickness_mm
+        self.dose_factor = float(np.exp(r.normal(0.0, 0.15)))
 
     def _nodule_bubbles(self) -> list[tuple[float, float, float, float]]:
         """(x_mm, y_mm, z_mm, radius_mm): lung kept aerated around each nodule (a thin rim, so
@@ -168,39 +154,126 @@ class ThoraxPhantom:
             out.append((x, y, z, n.diameter_mm / 2 + 3.0))
         return out
 
-    def _ellipse(self, cx: float, cy: float, a: float, b: float) -> np.ndarray:
-        return ((self.x - cx) / a) ** 2 + ((self.y - cy) / b) ** 2 <= 1.0
-
-    def _lungs(self, z: float, inner_body: np.ndarray) -> np.ndarray:
-        scale = 1.0 + 0.07 * np.sin(2 * np.pi * z / 220.0 + self.lung_phase)
-        lungs = np.zeros(self.shape_rc, dtype=bool)
-        for (cx, cy), (a, b), grow in zip(self.lung_centres, self.lung_ab, self.lung_scale):
-            lungs |= self._ellipse(cx, cy, a * scale * grow, b * scale * grow)
-        for bx, by, bz, br in self.bubbles:
-            if abs(z - bz) < br:
-                lungs |= self._ellipse(
-                    bx, by, np.sqrt(br**2 - (z - bz) ** 2), np.sqrt(br**2 - (z - bz) ** 2)
-                )
-        # The mediastinum always separates the two lungs.
-        return lungs & inner_body & (np.abs(self.x) > 0.035 * self.fov)
-
-    def _draw_vessels(self, hu: np.ndarray, lungs: np.ndarray, z: float, value: float) -> None:
-        dz = np.abs(self.vessel_points[:, 2] - z)
-        hit = dz < self.vessel_radii
+    def _fill(self, hu: np.ndarray, cx: float, cy: float, a: float, b: float, value: float) -> None:
+        """Set ``value`` inside an ellipse, touching only its bounding box."""
         rows, cols = self.shape_rc
-        for (px, py, _), r, d in zip(self.vessel_points[hit], self.vessel_radii[hit], dz[hit]):
-            rr = np.sqrt(r * r - d * d)
-            c0 = (px / self.ps) + (cols - 1) / 2
-            r0 = (py / self.ps) + (rows - 1) / 2
-            w = int(np.ceil(rr / self.ps)) + 1
-            ra, rb = max(0, int(r0) - w), min(rows, int(r0) + w + 2)
-            ca, cb = max(0, int(c0) - w), min(cols, int(c0) + w + 2)
-            if ra >= rb or ca >= cb:
-                continue
-            yy = (np.arange(ra, rb)[:, None] - r0) * self.ps
-            xx = (np.arange(ca, cb)[None, :] - c0) * self.ps
-            disk = (xx * xx + yy * yy <= rr * rr) & lungs[ra:rb, ca:cb]
-            hu[ra:rb, ca:cb][disk] = value
+        c0, r0 = cx / self.ps + (cols - 1) / 2, cy / self.ps + (rows - 1) / 2
+        ca, cb = max(0, int(c0 - a / self.ps) - 1), min(cols, int(c0 + a / self.ps) + 2)
+        ra, rb = max(0, int(r0 - b / self.ps) - 1), min(rows, int(r0 + b / self.ps) + 2)
+        if ca >= cb or ra >= rb:
+            return
+        x, y = self.x[:, ca:cb], self.y[ra:rb]
+        hu[ra:rb, ca:cb][((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 <= 1.0] = value
+
+    def lung_contains(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Whether points (mm, broadcasting arrays) lie in the lungs."""
+        scale = 1.0 + 0.07 * np.sin(2 * np.pi * z / 220.0 + self.lung_phase)
+        inside = np.zeros(np.broadcast(x, y, z).shape, dtype=bool)
+        for (cx, cy), (a, b), grow in zip(self.lung_centres, self.lung_ab, self.lung_scale):
+            inside |= ((x - cx) / (a * scale * grow)) ** 2 + (
+                (y - cy) / (b * scale * grow)
+            ) ** 2 <= 1
+        for bx, by, bz, br in self.bubbles:
+            inside |= (x - bx) ** 2 + (y - by) ** 2 + (z - bz) ** 2 <= br * br
+        a, b = self.body_ab - self.fat_mm - 10
+        inside &= (x / a) ** 2 + ((y - self.body_y0) / b) ** 2 <= 1
+        # The mediastinum always separates the two lungs.
+        return inside & (np.abs(x) > 0.035 * self.fov)
+
+    def _trees(self, z_lo: float, z_hi: float) -> dict[str, tuple]:
+        """Artery, vein and airway tubes (start, end, radius) of both lungs around [z_lo, z_hi].
+
+        Attractors fill the slab (plus ``TREE_MARGIN_MM``) at ``ATTRACTOR_SPACING_MM`` and the
+        lung up to ``OUTER_MARGIN_MM`` beyond it more sparsely; a leaf out there stands for
+        ``OUTER_SPACING_FACTOR``³ leaves, so vessels that cross the slab towards the rest of
+        the lung are as thick as the lung they supply.
+        """
+        rng = np.random.default_rng([self.seed, 1])
+        fov = self.fov
+        near = (z_lo - TREE_MARGIN_MM, z_hi + TREE_MARGIN_MM)
+        far = (z_lo - OUTER_MARGIN_MM, z_hi + OUTER_MARGIN_MM)
+
+        def leaf_weight(p: np.ndarray) -> np.ndarray:
+            outside = (p[:, 2] < near[0]) | (p[:, 2] > near[1])
+            return np.where(outside, OUTER_SPACING_FACTOR**3, 1.0)
+
+        tubes: dict[str, list] = {"vessel": [], "wall": [], "lumen": []}
+        z_mid = (z_lo + z_hi) / 2
+        for side in (-1, 1):
+
+            def half(p: np.ndarray, s: int = side) -> np.ndarray:
+                return self.lung_contains(p[:, 0], p[:, 1], p[:, 2]) & (np.sign(p[:, 0]) == s)
+
+            for kind, dy in (("artery", -0.03), ("vein", 0.05)):
+                # Roots at the hilum and where vessels come in from the rest of the lung.
+                roots = []
+                for z in (far[0], z_mid + rng.uniform(-10, 10), far[1]):
+                    x = side * 0.035 * fov
+                    for _ in range(200):
+                        x += side * 1.0
+                        if half(np.array([[x, dy * fov, z]]))[0]:
+                            break
+                    roots.append([x + side * 2.0, dy * fov, z])
+                attractors = []
+                for (za, zb), spacing in (
+                    (near, ATTRACTOR_SPACING_MM),
+                    ((far[0], near[0]), ATTRACTOR_SPACING_MM * OUTER_SPACING_FACTOR),
+                    ((near[1], far[1]), ATTRACTOR_SPACING_MM * OUTER_SPACING_FACTOR),
+                ):
+                    lo = np.array([-fov / 2, -fov / 2, za])
+                    hi = np.array([fov / 2, fov / 2, zb])
+                    share = half(rng.uniform(lo, hi, (4000, 3))).mean()
+                    n = int(np.prod(hi - lo) * share / spacing**3)
+                    if n:
+                        attractors.append(sample_inside(rng, half, lo, hi, n))
+                tree = vessel_tree(
+                    rng,
+                    np.array(roots),
+                    np.concatenate(attractors),
+                    LEAF_RADIUS_MM,
+                    influence_mm=INFLUENCE_SPACINGS * ATTRACTOR_SPACING_MM,
+                    leaf_weight=leaf_weight,
+                )
+                tubes["vessel"].append(tree.segments())
+                if kind == "artery":
+                    lumen, outer = airway_beside(rng, tree)
+                    start, end, lumen_r = lumen.segments()
+                    child = np.flatnonzero(lumen.parent >= 0)
+                    tubes["wall"].append((start, end, outer[child]))
+                    tubes["lumen"].append((start, end, lumen_r))
+        return {
+            k: tuple(np.concatenate([t[i] for t in v]) for i in range(3)) for k, v in tubes.items()
+        }
+
+    def _fissures(self, grid: SlabGrid) -> np.ndarray:
+        """Occupancy of the oblique fissures of both lungs and the right lung's horizontal one.
+
+        An oblique fissure crosses an axial slice as a line from the hilum's front towards the
+        back of the chest wall; the horizontal one lies almost in the slice plane, so a thick
+        slice shows it as a faint band.
+        """
+        rng = np.random.default_rng([self.seed, 2])
+        z0 = float(np.mean(grid.z_mm))
+        out = np.zeros(grid.shape, dtype=np.float32)
+        for side, (cx, cy) in zip((-1, 1), self.lung_centres):
+            heading = np.deg2rad(rng.uniform(35, 55))  # in-plane course, from the x axis
+            tilt = np.deg2rad(rng.uniform(30, 50))  # the plane's slope out of the slice
+            normal = np.array(
+                [
+                    -side * np.sin(heading) * np.cos(tilt),
+                    np.cos(heading) * np.cos(tilt),
+                    np.sin(tilt),
+                ]
+            )
+            point = np.array([cx, cy + rng.uniform(-10, 10), z0 + rng.uniform(-20, 20)])
+            out = np.maximum(
+                out, render_sheet(grid, point, normal, rng.uniform(-4e-3, 4e-3), FISSURE_MM)
+            )
+        # Patient's right lung is on the image left (x < 0): its horizontal fissure.
+        cx, cy = self.lung_centres[0]
+        point = np.array([cx, cy - 20, z0 + rng.uniform(0, 40)])
+        normal = np.array([rng.normal(0, 0.1), rng.normal(0.25, 0.05), 1.0])
+        return np.maximum(out, render_sheet(grid, point, normal, 2e-3, FISSURE_MM / 2))
 
     def _draw_nodules(self, hu: np.ndarray, k: int, rng: np.random.Generator) -> None:
         for n in self.nodules:
@@ -250,32 +323,27 @@ class ThoraxPhantom:
             region = hu[ra:rb, ca:cb]
             region[:] = region * (1 - alpha) + inside * alpha
 
-    def slice_hu(self, k: int) -> np.ndarray:
-        """HU of slice ``k`` of ``z_grid_mm`` (float32, noise included)."""
-        z = float(self.z_grid[k])
-        rng = np.random.default_rng([self.seed, k])  # per-slice noise, independent of order
+    def _base_slice(self) -> np.ndarray:
+        """Body wall, fat, heart and aorta: the same on every slice."""
         a, b = self.body_ab
-        hu = np.full(self.shape_rc, -1000.0, dtype=np.float32)
-        body = self._ellipse(0, self.body_y0, a, b)
-        inner = self._ellipse(0, self.body_y0, a - self.fat_mm, b - self.fat_mm)
-        hu[body] = FAT_HU
-        hu[inner] = SOFT_TISSUE_HU
+        hu = np.full(self.shape_rc, AIR_HU, dtype=np.float32)
+        self._fill(hu, 0, self.body_y0, a, b, FAT_HU)
+        self._fill(hu, 0, self.body_y0, a - self.fat_mm, b - self.fat_mm, SOFT_TISSUE_HU)
         blood = CONTRAST_BLOOD_HU if self.contrast else BLOOD_HU
         fov = self.fov
-        hu[self._ellipse(0.02 * fov, -0.12 * fov, 0.08 * fov, 0.07 * fov)] = blood  # heart
-        hu[self._ellipse(0.05 * fov, 0.09 * fov, 0.03 * fov, 0.03 * fov)] = blood  # aorta
-        lung_space = self._ellipse(0, self.body_y0, a - self.fat_mm - 10, b - self.fat_mm - 10)
-        lungs = self._lungs(z, lung_space)
-        gradient = 60.0 * (self.y / (0.3 * fov))  # dependent (posterior) lung is denser
-        parenchyma = LUNG_HU + gradient + gaussian_filter(rng.normal(0, 50, self.shape_rc), 2.0)
-        hu = np.where(lungs, parenchyma.astype(np.float32), hu)
-        hu[self._ellipse(0, -0.02 * fov, 0.025 * fov, 0.025 * fov)] = -1000.0  # trachea
-        self._draw_vessels(hu, lungs, z, blood)
+        self._fill(hu, 0.02 * fov, -0.12 * fov, 0.08 * fov, 0.07 * fov, blood)  # heart
+        self._fill(hu, 0.05 * fov, 0.09 * fov, 0.03 * fov, 0.03 * fov, blood)  # aorta
+        return hu
+
+    def _bones_and_trachea(self, hu: np.ndarray, z: float) -> None:
+        a, b = self.body_ab
+        fov = self.fov
+        self._fill(hu, 0, -0.02 * fov, 0.025 * fov, 0.025 * fov, AIR_HU)  # trachea
         # Spine: vertebral body with cortex, canal behind it.
         sy = self.body_y0 + b - 0.11 * fov
-        hu[self._ellipse(0, sy, 0.05 * fov, 0.045 * fov)] = CORTICAL_BONE_HU
-        hu[self._ellipse(0, sy, 0.04 * fov, 0.035 * fov)] = CANCELLOUS_BONE_HU
-        hu[self._ellipse(0, sy + 0.07 * fov, 0.018 * fov, 0.018 * fov)] = SOFT_TISSUE_HU - 20
+        self._fill(hu, 0, sy, 0.05 * fov, 0.045 * fov, CORTICAL_BONE_HU)
+        self._fill(hu, 0, sy, 0.04 * fov, 0.035 * fov, CANCELLOUS_BONE_HU)
+        self._fill(hu, 0, sy + 0.07 * fov, 0.018 * fov, 0.018 * fov, SOFT_TISSUE_HU - 20)
         # Ribs: bone cross-sections along the chest wall that appear and move with z.
         for side in (-1, 1):
             for i, theta in enumerate(self.rib_angles):
@@ -284,10 +352,68 @@ class ThoraxPhantom:
                 t = theta + 0.004 * z
                 cx = side * np.cos(np.pi / 2 - t) * (a - self.fat_mm - 6) * 0.98
                 cy = self.body_y0 - np.cos(t) * (b - self.fat_mm - 6) * 0.98
-                hu[self._ellipse(cx, cy, 5.5, 4.0)] = CORTICAL_BONE_HU
-                hu[self._ellipse(cx, cy, 3.5, 2.2)] = CANCELLOUS_BONE_HU + 100
-        self._draw_nodules(hu, k, rng)
-        hu = gaussian_filter(hu, 0.6 / self.ps * 0.7)  # scanner point spread
-        noise = gaussian_filter(rng.normal(0, 1, self.shape_rc).astype(np.float32), 0.8)
-        hu += noise * (NOISE_HU / noise.std())
+                self._fill(hu, cx, cy, 5.5, 4.0, CORTICAL_BONE_HU)
+                self._fill(hu, cx, cy, 3.5, 2.2, CANCELLOUS_BONE_HU + 100)
+
+    def _parenchyma(self, grid: SlabGrid, rng: np.random.Generator) -> np.ndarray:
+        """Lung density on ``grid``: gravity gradient, lobular and fine texture (float32 HU)."""
+        fov = self.fov
+        spacing = np.diff(grid.z_mm).mean() if len(grid.z_mm) > 1 else grid.thickness_mm
+        vox = np.array([spacing, grid.pixel_mm, grid.pixel_mm])
+        y = grid.y_mm.astype(np.float32)[None, :, None]
+        hu = LUNG_HU + GRAVITY_HU * (y - self.body_y0) / (0.5 * fov)
+        # Lobular texture: smooth at 5 mm, so drawn on a 2.5 mm grid and interpolated.
+        coarse_shape = tuple(int(np.ceil(n * v / 2.5)) + 2 for n, v in zip(grid.shape, vox))
+        lobular = gaussian_filter(rng.standard_normal(coarse_shape, dtype=np.float32), 2.0)
+        lobular *= LOBULAR_HU / max(float(lobular.std()), 1e-6)
+        for axis, (n, v) in enumerate(zip(grid.shape, vox)):
+            lobular = np.moveaxis(
+                np.tensordot(
+                    lobular, _linear_weights(n, v / 2.5, lobular.shape[axis]), ([axis], [1])
+                ),
+                -1,
+                axis,
+            )
+        # Fine texture, skewed towards density: unresolved small vessels and septa.
+        sigma = np.maximum(np.array([grid.thickness_mm / 2.0, 0.7, 0.7]) / vox, 0.3)
+        fine = gaussian_filter(rng.standard_normal(grid.shape, dtype=np.float32), sigma)
+        fine = np.exp(fine * np.float32(1.0 / max(float(fine.std()), 1e-6)))
+        fine = (fine - fine.mean()) * (FINE_TEXTURE_HU / max(float(fine.std()), 1e-6))
+        return (hu + lobular + fine).astype(np.float32)
+
+    def slab_hu(self, ks: np.ndarray) -> np.ndarray:
+        """HU of the slices ``ks`` (ascending indices into ``z_grid_mm``), float32, noisy."""
+        ks = np.asarray(ks)
+        z = self.z_grid[ks].astype(np.float64)
+        rows, cols = self.shape_rc
+        hu = np.empty((len(ks), rows, cols), dtype=np.float32)
+        hu[:] = self._base_slice()
+        lungs = np.empty(hu.shape, dtype=bool)
+        for i, zi in enumerate(z):
+            lungs[i] = self.lung_contains(self.x, self.y, np.float32(zi))
+        # Everything inside the lungs is drawn on the lungs' bounding box only.
+        any_lung = lungs.any(axis=0)
+        r_idx, c_idx = np.flatnonzero(any_lung.any(axis=1)), np.flatnonzero(any_lung.any(axis=0))
+        if len(r_idx):
+            box = (slice(None), slice(r_idx[0], r_idx[-1] + 1), slice(c_idx[0], c_idx[-1] + 1))
+            grid = SlabGrid(self.x[0, box[2]], self.y[box[1], 0], z, self.thickness_mm, self.ps)
+            rng = np.random.default_rng([self.seed, 3])
+            lung = self._parenchyma(grid, rng)
+            trees = self._trees(float(z.min()), float(z.max()))
+            vessel = render_tubes(grid, *trees["vessel"])
+            wall = render_tubes(grid, *trees["wall"])
+            lumen = render_tubes(grid, *trees["lumen"])
+            fissure = self._fissures(grid)
+            blood = CONTRAST_BLOOD_HU if self.contrast else BLOOD_HU
+            lung += (SOFT_TISSUE_HU - lung) * np.maximum(fissure, wall)
+            lung += (blood - lung) * vessel
+            lung += (AIR_HU - lung) * lumen
+            inside = lungs[box]
+            hu[box] = np.where(inside, lung, hu[box])
+        noise_rng = np.random.default_rng([self.seed, 4, int(ks[0])])
+        for i, k in enumerate(ks):
+            self._bones_and_trachea(hu[i], float(z[i]))
+            self._draw_nodules(hu[i], int(k), np.random.default_rng([self.seed, int(k)]))
+            hu[i] = gaussian_filter(hu[i], PSF_SIGMA_MM / self.ps)  # scanner point spread
+        hu += nps_noise(noise_rng, hu.shape, self.ps, self.thickness_mm, self.dose_factor)
         return hu

@@ -136,11 +136,10 @@ def write_phantom_scan(
     z_lo, z_hi = choose_slab(nodules, min_readers, margin_mm)
     z_grid = scan.z_positions_mm
     ks = np.flatnonzero((z_grid >= z_lo) & (z_grid <= z_hi))
-    centre = float(np.mean(z_grid[ks]))
     phantom = ThoraxPhantom(
         (IMAGE_SIZE, IMAGE_SIZE),
         scan.pixel_spacing_mm,
-        centre,
+        scan.slice_thickness_mm,
         nodules,
         z_grid,
         scan.contrast_used,
@@ -155,8 +154,8 @@ def write_phantom_scan(
     outside_fov = (yy - (IMAGE_SIZE - 1) / 2) ** 2 + (xx - (IMAGE_SIZE - 1) / 2) ** 2 > (
         IMAGE_SIZE / 2
     ) ** 2
-    for k in ks:
-        hu = phantom.slice_hu(int(k))
+    slab = phantom.slab_hu(ks)
+    for k, hu in zip(ks, slab):
         stored = np.clip(np.rint(hu - RESCALE_INTERCEPT), -1023, 4095 - 1024).astype(np.int16)
         stored[outside_fov] = PADDING_STORED
         ds = _slice_dataset(scan, int(k), float(z_grid[k]), stored, origin_xy)

@@ -1,0 +1,151 @@
+"""Partial-volume rendering of tubes and sheets on a CT slab grid.
+
+A voxel's value is the share of it that a structure fills, as a scanner measures it: in
+the plane, a tube's edge ramps over one pixel (the box filter of the pixel, for a locally
+straight edge); along z, the value is averaged over sub-samples across the slice thickness
+(a rectangular slice sensitivity profile), so a thin vessel crossing a 2.5 mm slice
+obliquely is as faint and as smeared as in a real scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Sub-samples along z are at most this far apart.
+SUBSAMPLE_MM = 0.5
+#: Segments rendered together (bounds the memory of one batch to ~100 MB).
+BATCH_VOXELS = 12_000_000
+
+
+@dataclass(frozen=True)
+class SlabGrid:
+    """Voxel centres of a slab (slice, row, col) in the phantom's mm frame.
+
+    Attributes:
+        x_mm: (cols,) column centres; y_mm: (rows,) row centres; z_mm: (slices,) slice
+            centres (ascending); thickness_mm: reconstructed slice thickness; pixel_mm:
+            in-plane pixel size.
+    """
+
+    x_mm: np.ndarray
+    y_mm: np.ndarray
+    z_mm: np.ndarray
+    thickness_mm: float
+    pixel_mm: float
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return len(self.z_mm), len(self.y_mm), len(self.x_mm)
+
+    def z_offsets(self) -> np.ndarray:
+        """Sub-sample offsets across the slice thickness (rectangular profile)."""
+        n = max(1, int(np.ceil(self.thickness_mm / SUBSAMPLE_MM)))
+        return (np.arange(n) + 0.5) / n * self.thickness_mm - self.thickness_mm / 2
+
+
+def render_tubes(
+    grid: SlabGrid, starts_mm: np.ndarray, ends_mm: np.ndarray, radii_mm: np.ndarray
+) -> np.ndarray:
+    """Occupancy (0..1, float32, grid shape) of the union of capsules (segment + radius).
+
+    Overlapping capsules (a tree's consecutive segments, a bifurcation) take the maximum, not
+    the sum, so joints are not brighter than the tube.
+    """
+    occupancy = np.zeros(grid.shape, dtype=np.float32)
+    if len(radii_mm) == 0:
+        return occupancy
+    ps = grid.pixel_mm
+    x0, y0 = grid.x_mm[0], grid.y_mm[0]
+    offsets = grid.z_offsets().astype(np.float32)
+    half_t = grid.thickness_mm / 2
+    lo = np.minimum(starts_mm, ends_mm) - radii_mm[:, None]
+    hi = np.maximum(starts_mm, ends_mm) + radii_mm[:, None]
+    c_lo = np.floor((lo[:, 0] - x0) / ps).astype(int) - 1
+    c_hi = np.ceil((hi[:, 0] - x0) / ps).astype(int) + 1
+    r_lo = np.floor((lo[:, 1] - y0) / ps).astype(int) - 1
+    r_hi = np.ceil((hi[:, 1] - y0) / ps).astype(int) + 1
+    k_lo = np.searchsorted(grid.z_mm, lo[:, 2] - half_t, side="left")
+    k_hi = np.searchsorted(grid.z_mm, hi[:, 2] + half_t, side="right")
+    nz, ny, nx = grid.shape
+    visible = (k_hi > k_lo) & (c_hi >= 0) & (c_lo < nx) & (r_hi >= 0) & (r_lo < ny)
+    size_k = k_hi - k_lo
+    size_in = np.maximum(c_hi - c_lo, r_hi - r_lo) + 1
+    # Batch segments of one stencil size: (size_k, size_in) rounded up.
+    size_in = (size_in + 3) // 4 * 4
+    flat = occupancy.reshape(-1)
+    keys = np.stack([size_k, size_in], axis=1)[visible]
+    order = np.flatnonzero(visible)
+    for sk, sin in np.unique(keys, axis=0):
+        members = order[(keys[:, 0] == sk) & (keys[:, 1] == sin)]
+        per_segment = sk * sin * sin * len(offsets)
+        chunk = max(1, BATCH_VOXELS // per_segment)
+        dk, dr, dc = np.meshgrid(np.arange(sk), np.arange(sin), np.arange(sin), indexing="ij")
+        for i in range(0, len(members), chunk):
+            m = members[i : i + chunk]
+            kk = k_lo[m, None, None, None] + dk
+            rr = r_lo[m, None, None, None] + dr
+            cc = c_lo[m, None, None, None] + dc
+            valid = (kk < nz) & (rr >= 0) & (rr < ny) & (cc >= 0) & (cc < nx)
+            kk, rr, cc = np.minimum(kk, nz - 1), np.clip(rr, 0, ny - 1), np.clip(cc, 0, nx - 1)
+            a = starts_mm[m].astype(np.float32)[:, None, None, None, :]
+            ab = (ends_mm[m] - starts_mm[m]).astype(np.float32)[:, None, None, None, :]
+            ab2 = np.maximum((ab * ab).sum(-1), 1e-6)
+            px = grid.x_mm[cc].astype(np.float32) - a[..., 0]
+            py = grid.y_mm[rr].astype(np.float32) - a[..., 1]
+            pz0 = grid.z_mm[kk].astype(np.float32) - a[..., 2]
+            radius = radii_mm[m].astype(np.float32)[:, None, None, None]
+            value = np.zeros(kk.shape, dtype=np.float32)
+            for dz in offsets:
+                pz = pz0 + dz
+                t = np.clip((px * ab[..., 0] + py * ab[..., 1] + pz * ab[..., 2]) / ab2, 0, 1)
+                ex, ey, ez = px - t * ab[..., 0], py - t * ab[..., 1], pz - t * ab[..., 2]
+                d = np.sqrt(ex * ex + ey * ey + ez * ez)
+                value += np.clip(0.5 + (radius - d) / ps, 0, 1)
+            value *= valid / len(offsets)
+            index = (kk * ny + rr) * nx + cc
+            np.maximum.at(flat, index.ravel(), value.ravel())
+    return occupancy
+
+
+def render_sheet(
+    grid: SlabGrid,
+    point_mm: np.ndarray,
+    normal: np.ndarray,
+    curvature_per_mm: float,
+    thickness_mm: float,
+) -> np.ndarray:
+    """Occupancy of a thin curved sheet (a fissure's two pleural layers).
+
+    The sheet is {p : n·(p − p0) = κ·|p − p0 projected on the sheet|²}, a paraboloid cap;
+    across it, a Gaussian of FWHM ``thickness_mm`` (at least a pixel) whose peak is the
+    share of a pixel the sheet fills. Along z the profile is averaged over the slice
+    thickness in closed form: the signed distance changes by n_z·dz across the slice, and
+    the mean of a Gaussian over that window is a difference of error functions.
+    """
+    from scipy.special import erf
+
+    normal = np.asarray(normal, dtype=np.float64)
+    normal /= np.linalg.norm(normal)
+    x = (grid.x_mm - point_mm[0]).astype(np.float32)[None, None, :]
+    y = (grid.y_mm - point_mm[1]).astype(np.float32)[None, :, None]
+    z = (grid.z_mm - point_mm[2]).astype(np.float32)[:, None, None]
+    along = x * np.float32(normal[0]) + y * np.float32(normal[1]) + z * np.float32(normal[2])
+    across2 = (x * x + y * y) + z * z - along * along
+    d = along - np.float32(curvature_per_mm) * across2
+    sigma = max(thickness_mm, grid.pixel_mm) / 2.355
+    peak = min(1.0, thickness_mm / grid.pixel_mm)
+    half = abs(normal[2]) * grid.thickness_mm / 2  # half the distance swept across a slice
+    band = np.abs(d) < half + 5 * sigma
+    dd = d[band].astype(np.float64)
+    if half < 1e-3 * sigma:
+        value = np.exp(-0.5 * (dd / sigma) ** 2)
+    else:
+        s2 = sigma * np.sqrt(2.0)
+        value = (erf((dd + half) / s2) - erf((dd - half) / s2)) * (
+            sigma * np.sqrt(np.pi / 2) / (2 * half)
+        )
+    out = np.zeros(grid.shape, dtype=np.float32)
+    out[band] = (value * peak).astype(np.float32)
+    return out
