@@ -45,6 +45,25 @@ class SlabGrid:
         return (np.arange(n) + 0.5) / n * self.thickness_mm - self.thickness_mm / 2
 
 
+def ramp_radius_and_gain(radius_mm: np.ndarray, width_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Radius and gain of the one-pixel edge ramp that give a tube its true cross-section.
+
+    The occupancy clip(0.5 + (r − d) / w, 0, 1) of a disc integrates to π r² + π w² / 12
+    (r ≥ w / 2) or π (r + w / 2)³ / (3 w) (r < w / 2). A tube of radius ≥ w / √3 is drawn
+    with r' = √(r² − w² / 12), which keeps its centre solid; a thinner one keeps r and is
+    scaled down, as a vessel thinner than a pixel only partly fills it.
+    """
+    r = np.asarray(radius_mm, dtype=np.float64)
+    w = float(width_mm)
+    wide = r >= w / np.sqrt(3)
+    ramp_r = np.where(wide, np.sqrt(np.maximum(r * r - w * w / 12, 0)), r)
+    area = np.where(
+        r >= w / 2, np.pi * r * r + np.pi * w * w / 12, np.pi * (r + w / 2) ** 3 / (3 * w)
+    )
+    gain = np.where(wide, 1.0, np.pi * r * r / area)
+    return ramp_r, gain
+
+
 def render_tubes(
     grid: SlabGrid, starts_mm: np.ndarray, ends_mm: np.ndarray, radii_mm: np.ndarray
 ) -> np.ndarray:
@@ -95,7 +114,8 @@ def render_tubes(
             px = grid.x_mm[cc].astype(np.float32) - a[..., 0]
             py = grid.y_mm[rr].astype(np.float32) - a[..., 1]
             pz0 = grid.z_mm[kk].astype(np.float32) - a[..., 2]
-            radius = radii_mm[m].astype(np.float32)[:, None, None, None]
+            ramp_r, gain = ramp_radius_and_gain(radii_mm[m], ps)
+            radius = ramp_r.astype(np.float32)[:, None, None, None]
             value = np.zeros(kk.shape, dtype=np.float32)
             for dz in offsets:
                 pz = pz0 + dz
@@ -103,7 +123,7 @@ def render_tubes(
                 ex, ey, ez = px - t * ab[..., 0], py - t * ab[..., 1], pz - t * ab[..., 2]
                 d = np.sqrt(ex * ex + ey * ey + ez * ez)
                 value += np.clip(0.5 + (radius - d) / ps, 0, 1)
-            value *= valid / len(offsets)
+            value *= valid * (gain.astype(np.float32)[:, None, None, None] / len(offsets))
             index = (kk * ny + rr) * nx + cc
             np.maximum.at(flat, index.ravel(), value.ravel())
     return occupancy

@@ -22,7 +22,7 @@ from lungcad.phantom.render import SlabGrid, render_sheet, render_tubes
 from lungcad.phantom.scanner import nps_noise
 from lungcad.phantom.trees import airway_beside, sample_inside, vessel_tree
 
-LUNG_HU = -890.0
+LUNG_HU = -905.0
 FAT_HU = -100.0
 SOFT_TISSUE_HU = 40.0
 BLOOD_HU = 45.0
@@ -34,12 +34,17 @@ AIR_HU = -1000.0
 #: (5 mm) and fine (sub-millimetre, skewed: unresolved vessels and septa) texture.
 GRAVITY_HU = 45.0
 LOBULAR_HU = 14.0
-FINE_TEXTURE_HU = 27.0
+FINE_TEXTURE_HU = 12.0
 #: Vessel trees: attractor spacing (sets how finely a tree fills the lung) and leaf radius.
 ATTRACTOR_SPACING_MM = 10.0
 LEAF_RADIUS_MM = 0.42
 #: Attractors pull tree nodes this many attractor spacings away (more: straighter trees).
 INFLUENCE_SPACINGS = 1.2
+#: Terminal twigs below the trees' resolution: one per TWIG_SPACING_MM³ of lung, each a
+#: short straight tube of TWIG_RADIUS_MM and TWIG_LENGTH_MM (ranges), randomly oriented.
+TWIG_SPACING_MM = 4.5
+TWIG_RADIUS_MM = (0.2, 0.35)
+TWIG_LENGTH_MM = (3.0, 9.0)
 #: Trees grow this far beyond the slab so vessels enter and leave it as in a real scan...
 TREE_MARGIN_MM = 12.0
 #: ...and, among attractors this much sparser, far enough to stand for the lung above and
@@ -47,6 +52,12 @@ TREE_MARGIN_MM = 12.0
 OUTER_MARGIN_MM = 60.0
 OUTER_SPACING_FACTOR = 2.0
 FISSURE_MM = 0.3
+#: Noise variance relative to the real slab's soft-tissue NPS (per scan also x lognormal
+#: dose, sd 0.15). Below 1 because that NPS, measured on 32-pixel ROIs of a patient, still
+#: holds some anatomy, and because the lung's fine texture (twigs above) carries most of the
+#: real lung's high-pass signal: with the full amplitude the phantom's lung is speckled where
+#: the real one is streaky (more local extrema in its local binary patterns).
+NOISE_VARIANCE_SCALE = 0.6
 #: In-plane point spread of the scanner (Gaussian sigma).
 PSF_SIGMA_MM = 0.5
 
@@ -140,7 +151,7 @@ class ThoraxPhantom:
             need = np.hypot((bx - cx) / la, (by - cy) / lb) + (br + 7.0) / min(la, lb)
             self.lung_scale[side] = min(1.45, max(self.lung_scale[side], need))
         self.thickness_mm = slice_thickness_mm
-        self.dose_factor = float(np.exp(r.normal(0.0, 0.15)))
+        self.dose_factor = NOISE_VARIANCE_SCALE * float(np.exp(r.normal(0.0, 0.15)))
 
     def _nodule_bubbles(self) -> list[tuple[float, float, float, float]]:
         """(x_mm, y_mm, z_mm, radius_mm): lung kept aerated around each nodule (a thin rim, so
@@ -241,9 +252,27 @@ class ThoraxPhantom:
                     child = np.flatnonzero(lumen.parent >= 0)
                     tubes["wall"].append((start, end, outer[child]))
                     tubes["lumen"].append((start, end, lumen_r))
+        tubes["vessel"].append(self._twigs(rng, near))
         return {
             k: tuple(np.concatenate([t[i] for t in v]) for i in range(3)) for k, v in tubes.items()
         }
+
+    def _twigs(self, rng: np.random.Generator, z_range: tuple[float, float]) -> tuple:
+        """Randomly placed and oriented sub-millimetre vessel pieces filling the lungs."""
+        fov = self.fov
+        lo = np.array([-fov / 2, -fov / 2, z_range[0]])
+        hi = np.array([fov / 2, fov / 2, z_range[1]])
+
+        def inside(p: np.ndarray) -> np.ndarray:
+            return self.lung_contains(p[:, 0], p[:, 1], p[:, 2])
+
+        share = inside(rng.uniform(lo, hi, (4000, 3))).mean()
+        n = int(np.prod(hi - lo) * share / TWIG_SPACING_MM**3)
+        start = sample_inside(rng, inside, lo, hi, n)
+        direction = rng.normal(size=(len(start), 3))
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+        length = rng.uniform(*TWIG_LENGTH_MM, size=(len(start), 1))
+        return start, start + direction * length, rng.uniform(*TWIG_RADIUS_MM, size=len(start))
 
     def _fissures(self, grid: SlabGrid) -> np.ndarray:
         """Occupancy of the oblique fissures of both lungs and the right lung's horizontal one.

@@ -52,10 +52,13 @@ def _block_reduce(hu: np.ndarray, step: tuple[int, int, int], ufunc: np.ufunc) -
     """Reduce blocks of ``step`` voxels with ``ufunc``.
 
     One axis at a time, each reduction over a middle axis of a C-contiguous array, which is
-    several times faster than reducing a 6-D block view over three axes at once.
+    several times faster than reducing a 6-D block view over three axes at once. A volume
+    whose size is not a multiple of the block is padded by repeating its last slice, row or
+    column: padding with air would turn the last block slice of the body into "air" and join
+    the lungs to the air outside the patient.
     """
     pad = [(0, (-n) % s) for n, s in zip(hu.shape, step)]
-    out = np.pad(hu, pad, constant_values=-1000) if any(p for _, p in pad) else hu
+    out = np.pad(hu, pad, mode="edge") if any(p for _, p in pad) else hu
     if ufunc is np.add:
         out = out.astype(np.int32)
     (nz, ny, nx), (sz, sy, sx) = (n // s for n, s in zip(out.shape, step)), step

@@ -178,8 +178,8 @@ def realism_report(
         raise ValueError(f"no real series under {real_root} could be measured: {problems}")
     phantom_series = list(phantom_index.series.values())[:max_phantom_scans]
     spacing = {r.slice_mm for r in real}
-    per_scan = max(1, 2 * patches // max(1, len(phantom_series)))
-    phantom_items = [("phantom", s.files, per_scan, seed) for s in phantom_series]
+    # Every scan offers as many patches as the classifier uses; the pool is subsampled below.
+    phantom_items = [("phantom", s.files, patches, seed) for s in phantom_series]
     phantom = [
         m
         for m in progress_map(

@@ -99,3 +99,29 @@ def test_write_phantom_manifest_and_index(tmp_path, db) -> None:
     assert list(index.series) == [written[0].series_uid]
     assert len(index.series[written[0].series_uid].files) == written[0].n_slices
     assert not index.unreadable
+
+
+def test_same_seed_writes_the_same_bytes_and_another_seed_does_not(phantom_0001, db, tmp_path):
+    root, scan, nodules = phantom_0001
+    write_phantom_scan(scan, nodules, tmp_path / "a", seed=0, min_readers=3, margin_mm=34.0)
+    first = sorted(root.glob("LIDC-IDRI-0001/*/*/*.dcm"))
+    again = sorted((tmp_path / "a").glob("LIDC-IDRI-0001/*/*/*.dcm"))
+    assert [f.name for f in first] == [f.name for f in again]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, again))
+    write_phantom_scan(scan, nodules, tmp_path / "b", seed=1, min_readers=3, margin_mm=34.0)
+    other = sorted((tmp_path / "b").glob("LIDC-IDRI-0001/*/*/*.dcm"))
+    assert pydicom.dcmread(other[10]).PixelData != pydicom.dcmread(first[10]).PixelData
+
+
+def test_phantom_lungs_hold_vessels_airways_and_fissures(phantom_0001) -> None:
+    root, _, _ = phantom_0001
+    vol = read_series(sorted(root.glob("LIDC-IDRI-0001/*/*/*.dcm")))
+    from lungcad.realism.stats import core_parenchyma
+
+    core = core_parenchyma(vol.hu, vol.geometry)
+    lung = vol.hu[core]
+    # Vessels: a few percent of the lung is blood-dense, and some of it fully so.
+    assert 0.015 < (lung > -500).mean() < 0.06
+    assert (lung > 0).mean() > 0.002
+    # Airway lumens: air below the parenchyma's noise floor inside the lungs.
+    assert (lung < -990).sum() > 50
