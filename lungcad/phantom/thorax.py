@@ -33,11 +33,11 @@ AIR_HU = -1000.0
 #: Parenchyma: gravity gradient over the lung's height (posterior denser), lobular
 #: (5 mm) and fine (sub-millimetre, skewed: unresolved vessels and septa) texture.
 GRAVITY_HU = 45.0
-LOBULAR_HU = 14.0
-FINE_TEXTURE_HU = 12.0
+LOBULAR_HU = 20.0
+FINE_TEXTURE_HU = 16.0
 #: Vessel trees: attractor spacing (sets how finely a tree fills the lung) and leaf radius.
 ATTRACTOR_SPACING_MM = 10.0
-LEAF_RADIUS_MM = 0.42
+LEAF_RADIUS_MM = 0.45
 #: Attractors pull tree nodes this many attractor spacings away (more: straighter trees).
 INFLUENCE_SPACINGS = 1.2
 #: Terminal twigs below the trees' resolution: one per TWIG_SPACING_MM³ of lung, each a
@@ -51,13 +51,13 @@ TREE_MARGIN_MM = 12.0
 #: below the slab, whose blood the vessels crossing the slab carry (Murray weights).
 OUTER_MARGIN_MM = 60.0
 OUTER_SPACING_FACTOR = 2.0
-FISSURE_MM = 0.3
+FISSURE_MM = 0.15
 #: Noise variance relative to the real slab's soft-tissue NPS (per scan also x lognormal
 #: dose, sd 0.15). Below 1 because that NPS, measured on 32-pixel ROIs of a patient, still
 #: holds some anatomy, and because the lung's fine texture (twigs above) carries most of the
 #: real lung's high-pass signal: with the full amplitude the phantom's lung is speckled where
 #: the real one is streaky (more local extrema in its local binary patterns).
-NOISE_VARIANCE_SCALE = 0.6
+NOISE_VARIANCE_SCALE = 0.75
 #: In-plane point spread of the scanner (Gaussian sigma).
 PSF_SIGMA_MM = 0.5
 

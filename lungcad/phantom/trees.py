@@ -79,7 +79,7 @@ def grow_tree(
     step_mm: float = 1.5,
     influence_mm: float = 14.0,
     kill_mm: float = 3.0,
-    tortuosity: float = 0.25,
+    tortuosity: float = 0.18,
     max_steps: int = 400,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Space colonisation from ``roots_mm`` towards ``attractors_mm``.
@@ -87,21 +87,22 @@ def grow_tree(
     Returns:
         (points (N, 3), parent (N,)): the nodes, roots first with parent -1.
     """
-    points = [np.asarray(roots_mm, dtype=np.float64)]
-    parents = [np.full(len(roots_mm), -1, dtype=np.int64)]
-    n_nodes = len(roots_mm)
-    all_points = points[0]
+    roots = np.asarray(roots_mm, dtype=np.float64)
+    chunks, parents = [roots], [np.full(len(roots), -1, dtype=np.int64)]
+    n_nodes = len(roots)
     live = np.asarray(attractors_mm, dtype=np.float64)
+    # Each attractor's nearest node so far, kept up to date with every step's new nodes
+    # (a k-d tree of the new nodes only, instead of rebuilding one of the whole tree).
+    best_d, best_i = cKDTree(roots).query(live)
+    keep = best_d > kill_mm
+    live, best_d, best_i = live[keep], best_d[keep], best_i[keep]
+    all_points = roots
     for _ in range(max_steps):
-        if len(live) == 0:
-            break
-        tree = cKDTree(all_points)
-        dist, nearest = tree.query(live, distance_upper_bound=influence_mm)
-        pulled = np.isfinite(dist)
+        pulled = best_d <= influence_mm
         if not pulled.any():
             break  # what is left is out of every node's reach
-        nodes, inverse = np.unique(nearest[pulled], return_inverse=True)
-        pull = live[pulled] - all_points[nearest[pulled]]
+        nodes, inverse = np.unique(best_i[pulled], return_inverse=True)
+        pull = live[pulled] - all_points[best_i[pulled]]
         pull /= np.linalg.norm(pull, axis=1, keepdims=True) + 1e-9
         direction = np.zeros((len(nodes), 3))
         np.add.at(direction, inverse, pull)
@@ -109,16 +110,22 @@ def grow_tree(
         direction += rng.normal(0.0, tortuosity, direction.shape)
         direction /= np.linalg.norm(direction, axis=1, keepdims=True) + 1e-9
         new = all_points[nodes] + step_mm * direction
-        points.append(new)
+        chunks.append(new)
         parents.append(nodes.astype(np.int64))
         all_points = np.concatenate([all_points, new])
+        d_new, i_new = cKDTree(new).query(live, distance_upper_bound=influence_mm)
+        closer = d_new < best_d
+        best_d = np.where(closer, d_new, best_d)
+        best_i = np.where(closer, n_nodes + np.minimum(i_new, len(new) - 1), best_i)
         n_nodes += len(new)
-        reached = cKDTree(new).query(live, distance_upper_bound=kill_mm)[0]
-        live = live[~np.isfinite(reached)]
+        keep = d_new > kill_mm
+        live, best_d, best_i = live[keep], best_d[keep], best_i[keep]
+        if len(live) == 0:
+            break
     return all_points, np.concatenate(parents)
 
 
-def smooth_tree(points: np.ndarray, parent: np.ndarray, passes: int = 2) -> np.ndarray:
+def smooth_tree(points: np.ndarray, parent: np.ndarray, passes: int = 4) -> np.ndarray:
     """Laplacian smoothing of every node with one child (keeps roots, branch points, leaves)."""
     n_children = np.bincount(parent[parent >= 0], minlength=len(parent))
     child_of = np.full(len(parent), -1, dtype=np.int64)
@@ -180,7 +187,7 @@ def vessel_tree(
 def airway_beside(
     rng: np.random.Generator,
     artery: Tree,
-    min_artery_radius_mm: float = 1.3,
+    min_artery_radius_mm: float = 2.0,
     lumen_ratio: float = 0.75,
     wall_ratio: float = 0.18,
     gap_mm: float = 0.3,

@@ -25,6 +25,7 @@ def log_realism(report_dir: Path, metrics: dict) -> str:
     for key in ("real", "phantom_all", "phantom_same_spacing", "phantom_paired", "wasserstein_hu"):
         _flat(key, metrics.get(key, {}), flat)
     _flat("domain", metrics["domain_classifier"], flat)
+    _flat("domain_population", metrics["domain_classifier_population"], flat)
     with mlflow.start_run(experiment_id=ensure_experiment(EXPERIMENT), run_name="realism") as run:
         mlflow.log_metrics(flat)
         mlflow.log_artifacts(str(report_dir), artifact_path="realism")

@@ -107,15 +107,20 @@ def test_tube_across_the_slices_has_its_true_cross_section(radius) -> None:
 def test_thin_tube_in_the_slice_plane_is_smeared_by_the_slice_profile() -> None:
     grid = _grid(thickness=2.5, slices=9)
     radius, length = 0.4, 20.0
-    occ = render_tubes(
-        grid, np.array([[-10.0, 0.0, 0.0]]), np.array([[10.0, 0.0, 0.0]]), np.array([radius])
-    )
     voxel_mm3 = grid.pixel_mm**2 * grid.thickness_mm
-    volume = occ.sum() * voxel_mm3
     expected = np.pi * radius**2 * length + 4 / 3 * np.pi * radius**3
-    assert volume == pytest.approx(expected, rel=0.05)
-    # A 0.8 mm vessel fills at most a third of a 2.5 mm slice: it cannot look solid.
-    assert 0.2 < occ.max() < 0.4
+    volumes, peaks = [], []
+    for z in np.linspace(0, 2.5, 8, endpoint=False):  # anywhere relative to the slices
+        occ = render_tubes(
+            grid, np.array([[-10.0, 0.0, z]]), np.array([[10.0, 0.0, z]]), np.array([radius])
+        )
+        volumes.append(occ.sum() * voxel_mm3)
+        peaks.append(occ.max())
+    # The z sub-samples alias a tube thinner than their pitch, but not on average.
+    assert np.mean(volumes) == pytest.approx(expected, rel=0.05)
+    assert np.allclose(volumes, expected, rtol=0.2)
+    # A 0.8 mm vessel fills at most ~40 % of a 2.5 mm slice: it cannot look solid.
+    assert 0.08 < min(peaks) and max(peaks) < 0.45
 
 
 def test_sheet_parallel_and_oblique_keep_their_thickness() -> None:
