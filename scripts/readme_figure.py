@@ -39,18 +39,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_phantom_scan(scan, nodules, Path(tmp), seed=0, min_readers=3, margin_mm=34.0)
         phantom = read_series(index_lidc_root(tmp, progress=False).series[SERIES_0001].files)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 6.4))
-    for ax, vol, title in (
-        (axes[0], real, "real LIDC-IDRI-0001"),
-        (axes[1], phantom, "lungcad phantom"),
-    ):
+    fig, axes = plt.subplots(2, 2, figsize=(12, 12.4))
+    c, r, _ = nodules[0].centroid_crz
+    for j, (vol, title) in enumerate(((real, "real LIDC-IDRI-0001"), (phantom, "lungcad phantom"))):
         k = int(np.argmin(np.abs(vol.z_positions_mm - args.z)))
+        ax = axes[0, j]
         ax.imshow(vol.hu[k], cmap="gray", vmin=-1350, vmax=150)
-        ax.set_title(f"{title}, z = {vol.z_positions_mm[k]:.1f} mm (window -600/1500 HU)")
-        c, r, _ = nodules[0].centroid_crz
+        ax.set_title(f"{title}, z = {vol.z_positions_mm[k]:.1f} mm")
         ax.add_patch(plt.Circle((c, r), 25, fill=False, color="tab:red", lw=1.2))
+        ax.add_patch(plt.Rectangle((60, 150), 180, 180, fill=False, color="tab:cyan", lw=1))
         ax.axis("off")
-    fig.suptitle("Same scan, same z: malignancy-5 nodule (red circle, DB consensus centroid)")
+        zoom = axes[1, j]
+        zoom.imshow(vol.hu[k][150:330, 60:240], cmap="gray", vmin=-1100, vmax=-300)
+        zoom.set_title("right lung, the 127 mm cyan square")
+        zoom.axis("off")
+    fig.suptitle(
+        "Same scan, same z: malignancy-5 nodule (red circle, DB consensus centroid). "
+        "Window -600/1500 HU; zoomed -700/800 HU"
+    )
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=80)

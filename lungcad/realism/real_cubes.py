@@ -27,6 +27,9 @@ from lungcad.realism.stats import core_parenchyma
 MIN_DISTANCE_MM = 30.0
 #: Lung negatives on a grid of this pitch; vessel negatives at least this far apart.
 GRID_MM = 12.0
+#: Vessel negatives are centred at least this far inside the slab's first and last slice,
+#: so the mirror planes do not cut through the centre of their cube.
+EDGE_MM = 10.0
 VESSEL_MIN_HU = -300.0
 
 
@@ -61,7 +64,7 @@ def real_cubes(volume: CtVolume, db: LidcDatabase | None = None, seed: int = 0) 
 
     Negatives are of two kinds: ``lung`` (a GRID_MM grid over the core parenchyma of the
     slab's middle slice) and ``vessel`` (the densest vessel voxels, HU > VESSEL_MIN_HU, of
-    the core parenchyma, at least GRID_MM apart, any slice).
+    the core parenchyma, at least GRID_MM apart, ≥ EDGE_MM inside the slab's end slices).
     """
     db = db or LidcDatabase()
     scan = db.scan_by_series(volume.series_uid)
@@ -94,6 +97,8 @@ def real_cubes(volume: CtVolume, db: LidcDatabase | None = None, seed: int = 0) 
     lung_mm = lung_mm[far(lung_mm)]
     # Vessels: local maxima of the densest voxels, greedily kept GRID_MM apart.
     dense = core & (volume.hu > VESSEL_MIN_HU)
+    z = volume.z_positions_mm
+    dense[(z < z.min() + EDGE_MM) | (z > z.max() - EDGE_MM)] = False
     peaks = dense & (volume.hu == ndimage.maximum_filter(volume.hu, size=(1, 5, 5)))
     kji = np.argwhere(peaks)
     order = np.argsort(-volume.hu[tuple(kji.T)], kind="stable")
