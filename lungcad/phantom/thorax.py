@@ -20,7 +20,7 @@ from scipy.ndimage import binary_erosion, gaussian_filter
 from lungcad.annotations.nodules import Nodule
 from lungcad.phantom.render import SlabGrid, render_sheet, render_tubes
 from lungcad.phantom.scanner import nps_noise
-from lungcad.phantom.trees import airway_beside, sample_inside, vessel_tree
+from lungcad.phantom.trees import airway_beside, scatter, vessel_tree
 
 LUNG_HU = -905.0
 FAT_HU = -100.0
@@ -74,7 +74,7 @@ def _linear_weights(n_out: int, step: float, n_in: int) -> np.ndarray:
 
 
 class ThoraxPhantom:
-    """Draws axial slices of a synthetic thorax on one scan's grid.
+    """Draws a synthetic thorax on one scan's grid, a slab of slices at a time.
 
     Args:
         shape_rc: (rows, columns) of each slice.
@@ -233,10 +233,7 @@ class ThoraxPhantom:
                 ):
                     lo = np.array([-fov / 2, -fov / 2, za])
                     hi = np.array([fov / 2, fov / 2, zb])
-                    share = half(rng.uniform(lo, hi, (4000, 3))).mean()
-                    n = int(np.prod(hi - lo) * share / spacing**3)
-                    if n:
-                        attractors.append(sample_inside(rng, half, lo, hi, n))
+                    attractors.append(scatter(rng, half, lo, hi, spacing))
                 tree = vessel_tree(
                     rng,
                     np.array(roots),
@@ -266,9 +263,7 @@ class ThoraxPhantom:
         def inside(p: np.ndarray) -> np.ndarray:
             return self.lung_contains(p[:, 0], p[:, 1], p[:, 2])
 
-        share = inside(rng.uniform(lo, hi, (4000, 3))).mean()
-        n = int(np.prod(hi - lo) * share / TWIG_SPACING_MM**3)
-        start = sample_inside(rng, inside, lo, hi, n)
+        start = scatter(rng, inside, lo, hi, TWIG_SPACING_MM)
         direction = rng.normal(size=(len(start), 3))
         direction /= np.linalg.norm(direction, axis=1, keepdims=True)
         length = rng.uniform(*TWIG_LENGTH_MM, size=(len(start), 1))

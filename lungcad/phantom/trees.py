@@ -72,6 +72,20 @@ def sample_inside(
     return points
 
 
+def scatter(
+    rng: np.random.Generator,
+    inside: Callable[[np.ndarray], np.ndarray],
+    lo_mm: np.ndarray,
+    hi_mm: np.ndarray,
+    spacing_mm: float,
+) -> np.ndarray:
+    """Uniform points in the region, one per ``spacing_mm``³ of it (its volume estimated
+    from 4000 random points of the box)."""
+    share = inside(rng.uniform(lo_mm, hi_mm, (4000, 3))).mean()
+    n = int(np.prod(hi_mm - lo_mm) * share / spacing_mm**3)
+    return sample_inside(rng, inside, lo_mm, hi_mm, n) if n else np.zeros((0, 3))
+
+
 def grow_tree(
     rng: np.random.Generator,
     roots_mm: np.ndarray,

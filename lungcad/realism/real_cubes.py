@@ -59,7 +59,7 @@ def mirrored(volume: CtVolume, size_mm: float = 64.0) -> tuple[np.ndarray, Volum
     return hu, geometry
 
 
-def real_cubes(volume: CtVolume, db: LidcDatabase | None = None, seed: int = 0) -> RealCubes:
+def real_cubes(volume: CtVolume, db: LidcDatabase | None = None) -> RealCubes:
     """Cubes of a real series: each DB nodule (≥ 1 reader) and negatives ≥ MIN_DISTANCE_MM away.
 
     Negatives are of two kinds: ``lung`` (a GRID_MM grid over the core parenchyma of the

@@ -80,6 +80,12 @@ def _measure(args: tuple) -> ScanMeasure | str:
     )
 
 
+def _measured(results: list[ScanMeasure | str], problems: list[str]) -> list[ScanMeasure]:
+    """The scans that could be measured; the reasons of the others go to ``problems``."""
+    problems.extend(r for r in results if isinstance(r, str))
+    return [r for r in results if isinstance(r, ScanMeasure)]
+
+
 def _paired_phantom(real: ScanMeasure, folder: Path, seed: int, margin_mm: float) -> list[Path]:
     """Write the phantom of the real scan's own LIDC series (same grid, UIDs, nodules)."""
     from lungcad.annotations.lidc_db import LidcDatabase
@@ -169,24 +175,20 @@ def realism_report(
         for s in real_index.series.values()
     ]
     problems: list[str] = []
-    real = [
-        m
-        for m in progress_map(_measure, real_items, workers, "measure real scans", "scan", progress)
-        if isinstance(m, ScanMeasure) or problems.append(m)
-    ]
+    real = _measured(
+        progress_map(_measure, real_items, workers, "measure real scans", "scan", progress),
+        problems,
+    )
     if not real:
         raise ValueError(f"no real series under {real_root} could be measured: {problems}")
     phantom_series = list(phantom_index.series.values())[:max_phantom_scans]
     spacing = {r.slice_mm for r in real}
     # Every scan offers as many patches as the classifier uses; the pool is subsampled below.
     phantom_items = [("phantom", s.files, patches, seed) for s in phantom_series]
-    phantom = [
-        m
-        for m in progress_map(
-            _measure, phantom_items, workers, "measure phantom scans", "scan", progress
-        )
-        if isinstance(m, ScanMeasure) or problems.append(m)
-    ]
+    phantom = _measured(
+        progress_map(_measure, phantom_items, workers, "measure phantom scans", "scan", progress),
+        problems,
+    )
     if not phantom:
         raise ValueError(f"no phantom series under {phantom_root} could be measured: {problems}")
     same = [p for p in phantom if any(abs(p.slice_mm - s) < SAME_SPACING_MM for s in spacing)]
