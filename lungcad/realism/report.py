@@ -86,6 +86,14 @@ def _measured(results: list[ScanMeasure | str], problems: list[str]) -> list[Sca
     return [r for r in results if isinstance(r, ScanMeasure)]
 
 
+def _pooled(scans: list[ScanMeasure]) -> Patches:
+    """The lung patches of several scans together."""
+    return Patches(
+        np.concatenate([s.patches.images for s in scans]),
+        np.concatenate([s.patches.groups for s in scans]),
+    )
+
+
 def _paired_phantom(real: ScanMeasure, folder: Path, seed: int, margin_mm: float) -> list[Path]:
     """Write the phantom of the real scan's own LIDC series (same grid, UIDs, nodules)."""
     from lungcad.annotations.lidc_db import LidcDatabase
@@ -214,26 +222,17 @@ def realism_report(
     # The classifier sees phantom patches of the real's slice spacing where there are any.
     pool = same or phantom
     rng = np.random.default_rng(seed)
-    phantom_patches = Patches(
-        np.concatenate([p.patches.images for p in pool]),
-        np.concatenate([p.patches.groups for p in pool]),
-    )
+    phantom_patches = _pooled(pool)
     keep = rng.permutation(len(phantom_patches.images))[:patches]
     phantom_patches = Patches(phantom_patches.images[keep], phantom_patches.groups[keep])
-    real_patches = Patches(
-        np.concatenate([r.patches.images for r in real]),
-        np.concatenate([r.patches.groups for r in real]),
-    )
+    real_patches = _pooled(real)
     # Headline: against the phantom of the same real scans (same grid, pixel size, slices),
     # so that only what the phantom draws differs. The population pool mixes pixel sizes,
     # which resampling to one grid cannot fully hide (interpolation smooths the noise).
     population = domain_auc(real_patches, phantom_patches, seed)
     population["phantom_pool"] = "same slice spacing as the real" if same else "all measured"
     if paired:
-        paired_patches = Patches(
-            np.concatenate([p.patches.images for p in paired.values()]),
-            np.concatenate([p.patches.groups for p in paired.values()]),
-        )
+        paired_patches = _pooled(list(paired.values()))
         domain = domain_auc(real_patches, paired_patches, seed)
         domain["phantom_pool"] = "phantom of the same scans"
     else:

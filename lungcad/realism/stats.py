@@ -55,8 +55,8 @@ def core_parenchyma(hu: np.ndarray, geometry: VolumeGeometry) -> np.ndarray:
     for axis, step in enumerate(masks.step):
         full = np.repeat(full, step, axis=axis)
     full = full[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
-    # Blocks are coarse: keep only voxels that are themselves aerated or vessel-like tissue
-    # enclosed by lung, then move ERODE_VOXELS away from every non-lung voxel in-plane.
+    # The blocks' staircase edge and the pleura fall away with an in-plane erosion of
+    # ERODE_VOXELS; vessels inside the lung stay in (the mask's holes are filled).
     inside = np.zeros_like(full)
     structure = ndimage.generate_binary_structure(2, 1)
     for k in range(hu.shape[0]):
