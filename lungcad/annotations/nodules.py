@@ -115,17 +115,20 @@ def cluster_masks(masks: list[AnnotationMask], max_readers: int = 4) -> list[lis
     pending = [list(range(n))]
     while pending:
         members = pending.pop()
-        if len(members) <= max_readers:
+        sub = iou[np.ix_(members, members)]
+        # Outlines that share no voxel are different lesions, however few they are.
+        n_comp, labels = connected_components(sub > 0.0, directed=False)
+        if n_comp == 1 and len(members) <= max_readers:
             groups.append(members)
             continue
-        sub = iou[np.ix_(members, members)]
-        # Raise the overlap needed to stay linked until the oversized group splits.
-        for threshold in (0.0, *np.linspace(0.05, 0.95, 19)):
-            n_comp, labels = connected_components(sub > threshold, directed=False)
-            if n_comp > 1:
-                break
-        else:  # identical outlines cannot be told apart: split in database order
-            labels = np.arange(len(members)) // max_readers
+        if n_comp == 1:
+            # Raise the overlap needed to stay linked until the oversized group splits.
+            for threshold in np.linspace(0.05, 0.95, 19):
+                n_comp, labels = connected_components(sub > threshold, directed=False)
+                if n_comp > 1:
+                    break
+            else:  # identical outlines cannot be told apart: split in database order
+                labels = np.arange(len(members)) // max_readers
         pending.extend(
             [members[i] for i in np.flatnonzero(labels == lab)] for lab in np.unique(labels)
         )
