@@ -9,6 +9,7 @@ import typer
 
 from lungcad import __version__
 from lungcad.cli import data
+from lungcad.cli.detect import detect, evaluate_detection
 from lungcad.cli.evaluate import evaluate
 from lungcad.cli.promote import promote
 from lungcad.cli.serve import query, serve
@@ -24,6 +25,8 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.command()(train)
 app.command()(evaluate)
+app.command()(detect)
+app.command(name="evaluate-detection")(evaluate_detection)
 app.command()(tune)
 app.command(name="apply-params")(apply_params)
 app.command()(promote)

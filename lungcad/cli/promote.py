@@ -24,6 +24,17 @@ def promote(
     out: Annotated[
         Path, typer.Option("--out", help="Decision and candidate report folder.")
     ] = Path("reports/promotion"),
+    detection_metrics: Annotated[
+        Path | None,
+        typer.Option(
+            "--detection-metrics",
+            help="metrics.json of `lungcad evaluate-detection` on models/best.pt: its CPM "
+            "becomes a tag of the new version when that model's run is the one promoted.",
+        ),
+    ] = None,
+    run_info: Annotated[
+        Path, typer.Option("--run-info", help="train_run.json of the detection's model.")
+    ] = Path("models/train_run.json"),
 ) -> None:
     """Evaluate the candidate and the champion on the test split; register the better one."""
 
@@ -36,6 +47,16 @@ def promote(
     settings = read_section(params, "promote", required=False)
     experiment = read_section(params, "train", required=False).get("experiment", "lungcad")
     setup_tracking()
+    detection = None
+    if detection_metrics is not None:
+        import json
+
+        if not detection_metrics.is_file() or not run_info.is_file():
+            fail(f"--detection-metrics {detection_metrics} or --run-info {run_info}: no such file")
+        detection = (
+            json.loads(run_info.read_text())["run_id"],
+            json.loads(detection_metrics.read_text()),
+        )
     try:
         decision = run_promotion(
             dataset,
@@ -46,6 +67,7 @@ def promote(
             force=force,
             report_dir=out,
             eval_config=EvaluationConfig(bootstrap=int(settings.get("bootstrap", 200))),
+            detection=detection,
         )
     except (LookupError, FileNotFoundError) as exc:
         fail(str(exc))

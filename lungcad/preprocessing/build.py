@@ -22,11 +22,12 @@ import SimpleITK as sitk
 
 from lungcad.annotations.lidc_db import CHARACTERISTICS, LidcDatabase
 from lungcad.annotations.nodules import Nodule, cluster_nodules
+from lungcad.detection.candidates import CandidateConfig, generate_candidates
 from lungcad.io.dicom_index import DicomIndex, index_lidc_root
 from lungcad.io.series import CtVolume, SeriesError, read_series
 from lungcad.parallel import progress_map
 from lungcad.preprocessing.config import PreprocessConfig
-from lungcad.preprocessing.cubes import extract_cube
+from lungcad.preprocessing.cubes import extract_cube, mirror_pad_z
 from lungcad.preprocessing.fingerprint import ScanStats, write_fingerprint
 from lungcad.preprocessing.lung_mask import block_max, lung_mask
 from lungcad.preprocessing.negatives import sample_negatives
@@ -164,7 +165,7 @@ def process_scan(
     lungs = lung_mask(volume.hu, volume.geometry, config.lung_dilation_mm, config.lung_closing_mm)
     nodules = cluster_nodules(scan, db.annotations(scan.scan_id))
     half_mm = config.cube_size * config.spacing_mm / 2
-    all_centers, cubes, rows = [], [], []
+    all_centers, all_radii, cubes, rows = [], [], [], []
     for n in nodules:
         center = nodule_center_mm(n, volume)
         if center is None:
@@ -181,6 +182,7 @@ def process_scan(
             )
             continue
         all_centers.append(center)
+        all_radii.append(n.diameter_mm / 2)
         if n.n_readers < config.min_readers:
             skipped.append(
                 _skip(
@@ -197,8 +199,36 @@ def process_scan(
 
     n_pos = len(cubes)
     n_neg = max(config.min_negatives_per_scan, int(round(config.negatives_per_positive * n_pos)))
-    n_hard = int(round(n_neg * config.hard_negative_fraction))
+    n_cand = int(round(n_neg * config.candidate_negative_fraction))
     rng = np.random.default_rng([config.seed, zlib.crc32(series_uid.encode())])
+    if n_cand:
+        rows_c, cubes_c = _candidate_negatives(
+            volume,
+            image,
+            lungs,
+            np.reshape(all_centers, (-1, 3)),
+            np.array(all_radii),
+            config,
+            n_cand,
+            rng,
+            scan.patient_id,
+            scan.scan_id,
+        )
+        if len(rows_c) < n_cand:
+            skipped.append(
+                _skip(
+                    scan.patient_id,
+                    series_uid,
+                    "negatives",
+                    f"only {len(rows_c)} of {n_cand} candidate negatives: the candidate "
+                    "generator found too few false positives; the rest are hard/random",
+                )
+            )
+        rows.extend(rows_c)
+        cubes.extend(cubes_c)
+        n_cand = len(rows_c)
+    n_neg -= n_cand
+    n_hard = int(round(n_neg * config.hard_negative_fraction))
     candidates = {
         "random": lungs.block_centres(lungs.parenchyma),
         "hard": lungs.block_centres(
@@ -259,6 +289,57 @@ def process_scan(
     stats = ScanStats.from_volume(volume, lungs, rng)
     cube_array = np.stack(cubes) if cubes else empty
     return ScanResult(series_uid, cube_array, rows, skipped, stats)
+
+
+def _candidate_negatives(
+    volume: CtVolume,
+    image: sitk.Image,
+    lungs,
+    nodule_centers_mm: np.ndarray,
+    nodule_radii_mm: np.ndarray,
+    config: PreprocessConfig,
+    n: int,
+    rng: np.random.Generator,
+    patient_id: str,
+    scan_id: int,
+) -> tuple[list[dict], list[np.ndarray]]:
+    """Up to ``n`` false positives of the whole-scan candidate generator, drawn with
+    probability proportional to their blob score (the strong look-alikes the detector meets
+    most), cut like ``lungcad detect`` cuts them (z-mirrored volume)."""
+    cands = generate_candidates(
+        image,
+        lungs,
+        volume.geometry,
+        CandidateConfig(
+            min_response=config.candidate_min_response, max_candidates=config.candidate_max
+        ),
+    )
+    pts = cands[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float)
+    if len(nodule_centers_mm) and len(pts):
+        d = np.linalg.norm(pts[:, None] - nodule_centers_mm[None], axis=2)
+        far = np.all(d >= nodule_radii_mm[None] + config.candidate_min_distance_mm, axis=1)
+        pts, cands = pts[far], cands[far]
+    if len(pts) == 0:
+        return [], []
+    weight = np.maximum(cands["score"].to_numpy(dtype=float), 1e-9)
+    pick = rng.choice(len(pts), size=min(n, len(pts)), replace=False, p=weight / weight.sum())
+    hu, geometry = mirror_pad_z(volume, config.cube_size * config.spacing_mm)
+    mirrored_image = geometry.to_sitk(hu)
+    rows, cubes = [], []
+    for i, j in enumerate(sorted(pick)):
+        cubes.append(extract_cube(mirrored_image, pts[j], config.cube_size, config.spacing_mm))
+        rows.append(
+            {
+                "nodule_id": f"{patient_id}:{scan_id}:cand{i}",
+                "label": 0,
+                "kind": "candidate",
+                "n_readers": 0,
+                "center_x_mm": pts[j][0],
+                "center_y_mm": pts[j][1],
+                "center_z_mm": pts[j][2],
+            }
+        )
+    return rows, cubes
 
 
 def _part_path(parts: Path, series_uid: str) -> Path:

@@ -24,7 +24,15 @@ class PreprocessConfig:
         spacing_mm: isotropic voxel size of the cubes.
         negatives_per_positive: negative cubes per nodule cube, per scan.
         min_negatives_per_scan: negatives taken from every scan, nodule-free scans included.
-        hard_negative_fraction: share of negatives that are dense in-lung structures.
+        hard_negative_fraction: share of the other negatives (not candidates) that are dense
+            in-lung structures.
+        candidate_negative_fraction: share of negatives that are false positives of the
+            whole-scan candidate generator (``kind=candidate``): what the detector's
+            second stage must reject.
+        candidate_min_distance_mm: a candidate negative is at least this far beyond the
+            radius of every annotated nodule (closer ones are neither label).
+        candidate_min_response, candidate_max: the candidate generator's settings (the
+            ``candidates`` section of params.yaml, shared with ``lungcad detect``).
         hard_min_hu: HU a hard-negative centre must exceed.
         negative_min_distance_mm: least distance of a negative centre to any nodule centre.
         negative_min_spacing_mm: least distance between two negative centres.
@@ -39,6 +47,10 @@ class PreprocessConfig:
     negatives_per_positive: float = 2.0
     min_negatives_per_scan: int = 2
     hard_negative_fraction: float = 0.5
+    candidate_negative_fraction: float = 0.0
+    candidate_min_distance_mm: float = 5.0
+    candidate_min_response: float = 40.0
+    candidate_max: int = 300
     hard_min_hu: float = -300.0
     negative_min_distance_mm: float = 40.0
     negative_min_spacing_mm: float = 20.0
@@ -54,6 +66,8 @@ class PreprocessConfig:
             "negatives_per_positive": self.negatives_per_positive >= 0,
             "min_negatives_per_scan": self.min_negatives_per_scan >= 0,
             "hard_negative_fraction": 0 <= self.hard_negative_fraction <= 1,
+            "candidate_negative_fraction": 0 <= self.candidate_negative_fraction <= 1,
+            "candidate_max": self.candidate_max >= 1,
             "negative_min_distance_mm": self.negative_min_distance_mm >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
@@ -73,7 +87,15 @@ class PreprocessConfig:
 
     @classmethod
     def from_params(cls, params_file: str | Path, section: str = "preprocess") -> PreprocessConfig:
-        return cls.from_mapping(read_section(params_file, section))
+        values = read_section(params_file, section)
+        shared = read_section(params_file, "candidates", required=False)
+        for key, field_name in (
+            ("min_response", "candidate_min_response"),
+            ("max_candidates", "candidate_max"),
+        ):
+            if key in shared:
+                values.setdefault(field_name, shared[key])
+        return cls.from_mapping(values)
 
     def digest(self) -> str:
         """Short hash of the settings (invalidates per-scan results cached by an older run)."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from lungcad.io.series import AIR_HU
+from lungcad.io.geometry import VolumeGeometry
+from lungcad.io.series import AIR_HU, CtVolume
 
 
 def cube_grid_origin(center_mm: np.ndarray, size: int, spacing_mm: float) -> np.ndarray:
@@ -49,3 +50,24 @@ def extract_cube(
     resampler.SetOutputPixelType(sitk.sitkFloat32)
     cube = sitk.GetArrayFromImage(resampler.Execute(image))
     return np.clip(np.rint(cube), -32768, 32767).astype(np.int16)
+
+
+def mirror_pad_z(volume: CtVolume, size_mm: float = 64.0) -> tuple[np.ndarray, VolumeGeometry]:
+    """The volume extended in z by mirroring, so a cube of ``size_mm`` fits at any slice.
+
+    Anatomy continues smoothly across the mirror plane, whereas air padding would be a cue
+    no training cube shows (a thin slab or a candidate near a scan's first slice)."""
+    spacing = volume.geometry.spacing_mm
+    need = int(np.ceil(size_mm / 2 / spacing[2])) + 1
+    hu, grown = volume.hu, 0
+    while grown < need:  # one reflect pass adds at most (slices - 1) at each end
+        add = min(need - grown, hu.shape[0] - 1)
+        hu = np.pad(hu, ((add, add), (0, 0), (0, 0)), mode="reflect")
+        grown += add
+    geometry = VolumeGeometry(
+        volume.geometry.index_to_mm(np.array([0.0, 0.0, -grown])),
+        spacing,
+        volume.geometry.direction,
+        hu.shape,
+    )
+    return hu, geometry

@@ -17,10 +17,9 @@ from scipy import ndimage
 
 from lungcad.annotations.lidc_db import LidcDatabase
 from lungcad.annotations.nodules import cluster_nodules
-from lungcad.io.geometry import VolumeGeometry
 from lungcad.io.series import CtVolume
 from lungcad.preprocessing.build import nodule_center_mm
-from lungcad.preprocessing.cubes import extract_cube
+from lungcad.preprocessing.cubes import extract_cube, mirror_pad_z
 from lungcad.realism.stats import core_parenchyma
 
 #: Negatives are at least this far from every annotated nodule centre.
@@ -39,24 +38,6 @@ class RealCubes:
 
     cubes: np.ndarray
     rows: pd.DataFrame
-
-
-def mirrored(volume: CtVolume, size_mm: float = 64.0) -> tuple[np.ndarray, VolumeGeometry]:
-    """The volume extended in z by mirroring, so a cube of ``size_mm`` fits at any slice."""
-    spacing = volume.geometry.spacing_mm
-    need = int(np.ceil(size_mm / 2 / spacing[2])) + 1
-    hu, grown = volume.hu, 0
-    while grown < need:  # one reflect pass adds at most (slices - 1) at each end
-        add = min(need - grown, hu.shape[0] - 1)
-        hu = np.pad(hu, ((add, add), (0, 0), (0, 0)), mode="reflect")
-        grown += add
-    geometry = VolumeGeometry(
-        volume.geometry.index_to_mm(np.array([0.0, 0.0, -grown])),
-        spacing,
-        volume.geometry.direction,
-        hu.shape,
-    )
-    return hu, geometry
 
 
 def real_cubes(volume: CtVolume, db: LidcDatabase | None = None) -> RealCubes:
@@ -113,7 +94,7 @@ def real_cubes(volume: CtVolume, db: LidcDatabase | None = None) -> RealCubes:
         for p in points:
             centres.append(np.asarray(p))
             rows.append({"kind": kind, "nodule_id": "", "n_readers": 0})
-    hu, geometry = mirrored(volume)
+    hu, geometry = mirror_pad_z(volume)
     image = geometry.to_sitk(hu)
     cubes = np.stack([extract_cube(image, c) for c in centres]).astype(np.int16)
     frame = pd.DataFrame(rows)

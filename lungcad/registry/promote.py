@@ -105,6 +105,7 @@ def promote(
     force: bool = False,
     report_dir: str | Path = "reports/promotion",
     eval_config: EvaluationConfig | None = None,
+    detection: tuple[str, dict[str, Any]] | None = None,
 ) -> PromotionDecision:
     """Evaluate the candidate (and champion) on test, then register it or refuse.
 
@@ -115,6 +116,9 @@ def promote(
         run_id: a specific candidate run instead.
         force: promote even when the candidate is worse than the champion.
         report_dir: the candidate's evaluation report is written here.
+        detection: (run id, metrics) of a whole-scan detection evaluation
+            (``lungcad evaluate-detection``); when that run is the one promoted, its CPM
+            and sensitivities become tags of the registered version.
     """
     eval_config = eval_config or EvaluationConfig(bootstrap=200)
     client = MlflowClient()
@@ -190,6 +194,17 @@ def promote(
         for key, value in doc[section].items():
             if isinstance(value, (int, float)):
                 tags[f"test_{section}_{key}"] = f"{value:.4f}"
+    if detection is not None and detection[0] == run_id:
+        for key in (
+            "cpm",
+            "candidate_sensitivity",
+            "seconds_per_scan",
+            "cpm_ci_low",
+            "cpm_ci_high",
+        ):
+            value = detection[1].get(key)
+            if isinstance(value, (int, float)):
+                tags[f"test_scan_{key}"] = f"{value:.4f}"
     for key, value in tags.items():
         client.set_model_version_tag(REGISTERED_MODEL, new_version, key, value)
     client.update_model_version(

@@ -131,3 +131,16 @@ def log_evaluation(run_id: str, report_dir: str | Path, doc: dict[str, Any]) -> 
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(report_dir), artifact_path="evaluation")
+
+
+def log_detection(run_id: str, report_dir: str | Path, metrics: dict[str, Any]) -> None:
+    """Attach a whole-scan detection evaluation (FROC / CPM) to a finished run."""
+    setup_tracking()
+    values = {
+        f"test_scan_{k}": float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+    }
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(values)
+        mlflow.log_artifacts(str(report_dir), artifact_path="detection")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from lungcad.io.series import read_series
-from lungcad.realism.real_cubes import MIN_DISTANCE_MM, mirrored, real_cubes
+from lungcad.preprocessing.cubes import mirror_pad_z
+from lungcad.realism.real_cubes import MIN_DISTANCE_MM, real_cubes
 
 
 def test_mirroring_keeps_the_slab_in_place_and_extends_it(slab_files) -> None:
     volume = read_series(slab_files)
-    hu, geometry = mirrored(volume)
+    hu, geometry = mirror_pad_z(volume)
     grown = (hu.shape[0] - volume.hu.shape[0]) // 2
     assert grown * 2.5 >= 33 and hu.shape[0] > 16
     np.testing.assert_array_equal(hu[grown : grown + 16], volume.hu)

@@ -1,0 +1,159 @@
+"""`lungcad detect` and `lungcad evaluate-detection`: whole-scan nodule detection and its
+LUNA16 FROC / CPM."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lungcad.cli.common import fail
+from lungcad.cli.options import ParamsFile, Quiet, Workers
+
+
+def _settings(params: Path, threshold: float | None, figures: bool):
+    from lungcad.detection.candidates import CandidateConfig
+    from lungcad.detection.detector import DetectConfig
+    from lungcad.detection.run import DetectSettings
+    from lungcad.params import read_section
+
+    p = read_section(params, "detect", required=False)
+    c = read_section(params, "candidates", required=False)
+    try:
+        config = DetectConfig(
+            candidates=CandidateConfig(
+                min_response=float(c.get("min_response", 40.0)),
+                max_candidates=int(c.get("max_candidates", 300)),
+            ),
+            batch_size=int(p.get("batch_size", 16)),
+            nms_iou=float(p.get("nms_iou", 0.1)),
+        )
+    except ValueError as exc:
+        fail(f"{params}: detect section: {exc}")
+    return DetectSettings(
+        config,
+        threshold if threshold is not None else float(p.get("threshold", 0.5)),
+        figures=figures,
+    ), p
+
+
+def detect(
+    input_path: Annotated[
+        Path,
+        typer.Argument(
+            help="A DICOM series folder, an LIDC root (every series in it), a LUNA16 .mhd "
+            "file or a folder of .mhd files."
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="A lungcad checkpoint (.pt) or a registry URI such as models:/lungcad@champion "
+            "(default: the registry's champion if there is a registry, else models/best.pt).",
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("detections"),
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Findings at or above this probability are reported."),
+    ] = None,
+    splits: Annotated[
+        Path | None,
+        typer.Option("--splits", help="splits.json: detect only the patients of --split."),
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="train | val | test")] = "test",
+    figures: Annotated[
+        bool, typer.Option("--figures/--no-figures", help="A picture per scan.")
+    ] = True,
+    params: ParamsFile = Path("params.yaml"),
+    workers: Workers = 1,
+    quiet: Quiet = False,
+) -> None:
+    """Find the nodules in CT scans: candidates, network scores, NMS; CSVs, pictures, report."""
+    from lungcad.detection.model_ref import ModelReferenceError, resolve_checkpoint
+    from lungcad.detection.run import detect_scans, top_findings
+    from lungcad.io.dicom_index import LidcRootError
+
+    settings, _ = _settings(params, threshold, figures)
+    patients = None
+    if splits is not None:
+        from lungcad.splits.patient_split import load_splits
+
+        try:
+            patients = set(load_splits(splits)[split])
+        except (OSError, KeyError, ValueError) as exc:
+            fail(f"--splits {splits} --split {split}: {exc}")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            checkpoint, label = resolve_checkpoint(model, tmp)
+        except ModelReferenceError as exc:
+            fail(str(exc))
+        try:
+            scans = detect_scans(
+                input_path, out, checkpoint, settings, workers, not quiet, patients, label
+            )
+        except LidcRootError as exc:
+            fail(str(exc))
+    for line in top_findings(out, settings.threshold):
+        typer.echo(line)
+    bad = int((scans["status"] != "ok").sum())
+    typer.echo(f"{len(scans) - bad} scan(s) done, {bad} not usable -> {out / 'report.md'}")
+
+
+def evaluate_detection(
+    detections: Annotated[
+        Path, typer.Option("--detections", help="Folder written by `lungcad detect`.")
+    ] = Path("detections"),
+    out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("reports/detection"),
+    annotations: Annotated[
+        Path | None,
+        typer.Option(
+            "--annotations",
+            help="LUNA16 annotations.csv (default: the detection folder's, from the LIDC DB).",
+        ),
+    ] = None,
+    excluded: Annotated[
+        Path | None,
+        typer.Option("--excluded", help="LUNA16 annotations_excluded.csv (with --annotations)."),
+    ] = None,
+    params: ParamsFile = Path("params.yaml"),
+    run_info: Annotated[
+        Path | None,
+        typer.Option("--run-info", help="train_run.json: log the metrics to that MLflow run."),
+    ] = None,
+) -> None:
+    """LUNA16 FROC / CPM with bootstrap CIs, candidate sensitivity, seconds per scan."""
+    from lungcad.detection.evaluate import evaluate_detection as run
+    from lungcad.params import read_section
+
+    if (annotations is None) != (excluded is None) and excluded is not None:
+        fail("--excluded needs --annotations")
+    p = read_section(params, "detect", required=False)
+    try:
+        m = run(
+            detections,
+            out,
+            annotations,
+            excluded,
+            int(p.get("bootstrap", 1000)),
+            int(p.get("seed", 0)),
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    if run_info is not None and run_info.exists():
+        from lungcad.tracking.mlflow_run import log_detection
+
+        run_id = json.loads(run_info.read_text())["run_id"]
+        log_detection(run_id, out, m)
+        typer.echo(f"detection report attached to MLflow run {run_id}")
+    cpm = "n/a" if m["cpm"] is None else f"{m['cpm']:.3f}"
+    cs = m["candidate_sensitivity"]
+    typer.echo(
+        f"CPM {cpm} on {m['n_scans']} scans / {m['n_nodules']} nodules; candidate sensitivity "
+        f"{'n/a' if cs is None else f'{cs:.3f}'} at {m['candidates_per_scan']:.0f} per scan -> "
+        f"{out / 'report.md'}"
+    )

@@ -1,0 +1,147 @@
+"""`lungcad evaluate-detection`: FROC / CPM of a detection run, candidate-stage sensitivity,
+seconds per scan; metrics.json (DVC metrics), froc.csv (DVC plot), froc.png, report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lungcad.detection.figures import froc_figure
+from lungcad.detection.froc import FP_RATES, bootstrap_cpm, froc, label_findings
+from lungcad.detection.reference import read_luna_csv
+
+
+def candidate_sensitivity(
+    candidates: pd.DataFrame, annotations: pd.DataFrame, excluded: pd.DataFrame
+) -> tuple[float, int]:
+    """Share of the reference nodules within the radius of at least one candidate, and
+    how many nodules that is (LUNA16's candidate-detection track)."""
+    if len(annotations) == 0:
+        return float("nan"), 0
+    labelled = label_findings(candidates.assign(probability=0.0), annotations, excluded)
+    hit = labelled.loc[labelled["label"] == "hit", "nodule"].nunique()
+    return hit / len(annotations), int(hit)
+
+
+def evaluate_detection(
+    detection_dir: str | Path,
+    out_dir: str | Path,
+    annotations: str | Path | None = None,
+    excluded: str | Path | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Score the run in ``detection_dir`` (``lungcad detect``'s output) against reference
+    nodules: its own ``annotations.csv`` / ``annotations_excluded.csv`` (from the LIDC
+    database) unless LUNA16's files are given.
+
+    Scans that could not be read are listed and left out of the scan count (their nodules
+    cannot be attributed to a series the detector saw).
+
+    Raises:
+        ValueError: missing files or columns, with the path and what to do.
+    """
+    detection_dir, out_dir = Path(detection_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scans_file = detection_dir / "scans.csv"
+    if not scans_file.is_file():
+        raise ValueError(
+            f"{scans_file}: no such file; run `lungcad detect ... --out {detection_dir}`"
+        )
+    scans = pd.read_csv(scans_file, dtype={"seriesuid": str})
+    ok = scans[scans["status"] == "ok"]
+    series = ok["seriesuid"].astype(str).tolist()
+    findings = read_findings(detection_dir / "detections.csv", "detections")
+    candidates = read_findings(detection_dir / "candidates.csv", "candidates")
+    ref = read_luna_csv(annotations or detection_dir / "annotations.csv", "annotations")
+    exc = read_luna_csv(
+        excluded or detection_dir / "annotations_excluded.csv", "excluded annotations"
+    )
+    result = froc(findings, ref, exc, series)
+    ci = bootstrap_cpm(findings, ref[ref.seriesuid.isin(series)], exc, series, bootstrap, seed)
+    cand_sens, cand_hits = candidate_sensitivity(
+        candidates[candidates.seriesuid.isin(series)], ref[ref.seriesuid.isin(series)], exc
+    )
+    metrics = {
+        **result.as_dict(),
+        **ci,
+        "candidate_sensitivity": cand_sens,
+        "candidate_hits": cand_hits,
+        "candidates_per_scan": len(candidates[candidates.seriesuid.isin(series)])
+        / max(len(series), 1),
+        "seconds_per_scan": float(ok["seconds_total"].mean()) if len(ok) else float("nan"),
+        "scans_not_usable": int(len(scans) - len(ok)),
+    }
+    for step in ("read", "lung_mask", "candidates", "scoring"):
+        if f"seconds_{step}" in ok:
+            metrics[f"seconds_{step}"] = float(ok[f"seconds_{step}"].mean())
+    metrics = {
+        k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    order = np.argsort(result.fps_per_scan, kind="stable")
+    pd.DataFrame(
+        {"fps_per_scan": result.fps_per_scan[order], "sensitivity": result.sensitivity[order]}
+    ).to_csv(out_dir / "froc.csv", index=False)
+    froc_figure(
+        result.fps_per_scan,
+        result.sensitivity,
+        result.sensitivities,
+        result.cpm,
+        out_dir / "froc.png",
+    )
+    (out_dir / "report.md").write_text(_report(metrics, scans, detection_dir))
+    return metrics
+
+
+def read_findings(path: Path, what: str) -> pd.DataFrame:
+    """A findings table (``seriesuid, coordX, coordY, coordZ, probability``); empty if the
+    run found nothing."""
+    if not path.is_file():
+        raise ValueError(f"{what} {path}: no such file; run `lungcad detect` first")
+    table = pd.read_csv(path, dtype={"seriesuid": str})
+    missing = [c for c in ("seriesuid", "coordX", "coordY", "coordZ") if c not in table]
+    if missing:
+        raise ValueError(f"{what} {path}: missing column(s) {', '.join(missing)}")
+    if "probability" not in table:
+        table["probability"] = 0.0
+    return table
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def _report(m: dict, scans: pd.DataFrame, detection_dir: Path) -> str:
+    ci = ""
+    if "cpm_ci_low" in m:
+        ci = f" (95 % CI {m['cpm_ci_low']:.3f}–{m['cpm_ci_high']:.3f}, bootstrap over scans)"
+    lines = []
+    for r in FP_RATES:
+        key = f"sensitivity_at_{r:g}_fp"
+        low, high = _fmt(m.get(f"{key}_ci_low")), _fmt(m.get(f"{key}_ci_high"))
+        lines.append(f"| {r:g} | {_fmt(m[key])} | {low}–{high} |")
+    rows = "\n".join(lines)
+    return f"""# Whole-scan detection: FROC (LUNA16 rules)
+
+Detections: `{detection_dir}` ({m["n_scans"]} scans, {m["n_nodules"]} reference nodules:
+≥ 3 readers and ≥ 3 mm; findings on other outlined lesions ignored: {m["ignored_findings"]}).
+
+**CPM {_fmt(m["cpm"])}**{ci}. Highest sensitivity reached: {_fmt(m["max_sensitivity"])}.
+
+| FP per scan | sensitivity | 95 % CI |
+|---|---|---|
+{rows}
+
+Candidate stage: sensitivity {_fmt(m["candidate_sensitivity"])} ({m["candidate_hits"]} of
+{m["n_nodules"]} nodules) with {_fmt(m["candidates_per_scan"])} candidates per scan.
+
+Seconds per scan: {_fmt(m["seconds_per_scan"])} (read {_fmt(m.get("seconds_read"))}, lung mask
+{_fmt(m.get("seconds_lung_mask"))}, candidates {_fmt(m.get("seconds_candidates"))}, scoring
+{_fmt(m.get("seconds_scoring"))}). Scans not usable: {m["scans_not_usable"]}.
+
+![FROC](froc.png)
+"""

@@ -1,0 +1,121 @@
+"""The picture a reader looks at: an overview of the scan with its findings, and the axial
+slice through each top finding with the finding circled and its scores written beside it;
+and the FROC curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.patches import Circle  # noqa: E402
+
+from lungcad.io.series import CtVolume  # noqa: E402
+
+LUNG_WINDOW = (-1350.0, 150.0)  # level -600, width 1500
+
+
+def scan_figure(
+    volume: CtVolume,
+    findings: pd.DataFrame,
+    path: str | Path,
+    top: int = 4,
+    threshold: float = 0.5,
+    reference: pd.DataFrame | None = None,
+) -> None:
+    """Coronal overview (minimum-to-maximum projection of the lungs) with every finding above
+    ``threshold``, then the axial slice through each of the ``top`` most probable findings.
+    Reference nodules, when given, are drawn dashed in green."""
+    geometry = volume.geometry
+    shown = findings.head(top)
+    n = 1 + max(len(shown), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.6))
+    axes = np.atleast_1d(axes)
+    sx, sy, sz = geometry.spacing_mm
+    # Overview: coronal maximum intensity projection over the middle half of the body depth.
+    rows = volume.hu.shape[1]
+    mip = volume.hu[:, rows // 4 : 3 * rows // 4, :].max(axis=1)
+    ax = axes[0]
+    ax.imshow(
+        mip,
+        cmap="gray",
+        vmin=-1000,
+        vmax=300,
+        origin="lower" if geometry.direction[2, 2] > 0 else "upper",
+        aspect=sz / sx,
+    )
+    ax.set_title(
+        f"{volume.patient_id}: coronal MIP\n{(findings.probability >= threshold).sum()} "
+        f"finding(s) ≥ {threshold:.2f}",
+        fontsize=9,
+    )
+    above = findings[findings["probability"] >= threshold]
+    for i, f in enumerate(above.itertuples()):
+        c, _, k = geometry.mm_to_index([f.coordX, f.coordY, f.coordZ])
+        ax.add_patch(Circle((c, k), max(f.diameter_mm, 6) / sx, fill=False, color="red", lw=1))
+        if i < top:
+            ax.text(c + 8 / sx, k, str(i + 1), color="red", fontsize=8)
+    ax.axis("off")
+    for j, f in enumerate(shown.itertuples(), start=1):
+        ax = axes[j]
+        c, r, k = geometry.mm_to_index([f.coordX, f.coordY, f.coordZ])
+        k_int = int(np.clip(np.rint(k), 0, volume.hu.shape[0] - 1))
+        half = int(round(40 / sx))  # an 80 mm field around the finding
+        c0 = int(np.clip(round(c) - half, 0, volume.hu.shape[2] - 1))
+        r0 = int(np.clip(round(r) - half, 0, volume.hu.shape[1] - 1))
+        crop = volume.hu[k_int, r0 : r0 + 2 * half, c0 : c0 + 2 * half]
+        ax.imshow(crop, cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1])
+        radius = max(f.diameter_mm / 2 + 3, 5) / sx
+        ax.add_patch(Circle((c - c0, r - r0), radius, fill=False, color="red", lw=1.5))
+        if reference is not None:
+            for ref in reference.itertuples():
+                rc, rr, rk = geometry.mm_to_index([ref.coordX, ref.coordY, ref.coordZ])
+                if abs(rk - k) * sz <= ref.diameter_mm / 2:
+                    ax.add_patch(
+                        Circle(
+                            (rc - c0, rr - r0),
+                            ref.diameter_mm / 2 / sx,
+                            fill=False,
+                            color="lime",
+                            lw=1,
+                            ls="--",
+                        )
+                    )
+        ax.set_title(
+            f"#{j}  p = {f.probability:.2f}  malignancy {f.malignancy:.1f}\n"
+            f"~{f.diameter_mm:.0f} mm at ({f.coordX:.0f}, {f.coordY:.0f}, {f.coordZ:.0f}) mm",
+            fontsize=9,
+        )
+        ax.axis("off")
+    if len(shown) == 0:
+        axes[1].text(0.5, 0.5, "no findings", ha="center", va="center")
+        axes[1].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def froc_figure(
+    fps: np.ndarray, sens: np.ndarray, sensitivities: dict[float, float], cpm: float, path
+) -> None:
+    """The FROC curve on a log FP axis with the seven LUNA16 operating points."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    order = np.argsort(fps, kind="stable")
+    x = np.clip(fps[order], 1e-3, None)
+    ax.plot(x, sens[order], color="C0", lw=1.5)
+    rates = np.array(list(sensitivities))
+    ax.plot(rates, list(sensitivities.values()), "o", color="C3", ms=4)
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(1 / 16, 16)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positives per scan")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(f"FROC (LUNA16 rules): CPM = {cpm:.3f}")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,117 @@
+"""`lungcad detect` end to end on written series: the same findings from DICOM and from a
+LUNA16-style .mhd of the same volume, bad input reported, the output contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+from typer.testing import CliRunner
+
+from lungcad.cli.main import app
+from lungcad.training.config import TrainConfig
+from lungcad.training.model import NoduleNet
+from tests.conftest import write_series
+from tests.detection.test_candidates import ORIGIN, SPACING, synthetic_chest
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A small seeded network: these tests are about geometry and I/O, not accuracy."""
+    torch.manual_seed(0)
+    config = TrainConfig.from_mapping(
+        {"model": {"widths": [4, 8, 8, 16], "blocks": [1, 1, 1, 1], "feature_dim": 16}}
+    )
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    torch.save({"model": NoduleNet(config.model).state_dict(), "config": config.to_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory) -> dict[str, Path]:
+    """The synthetic chest as a DICOM series and as a .mhd/.raw pair, one broken series,
+    and a series with no lung."""
+    root = tmp_path_factory.mktemp("scans")
+    hu, _ = synthetic_chest()
+    uid = "1.2.826.0.1.3680043.8.498.1"
+    write_series(root / "dicom" / "P1", hu, tuple(SPACING), tuple(ORIGIN), series_uid=uid)
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing(tuple(float(v) for v in SPACING))
+    image.SetOrigin(tuple(float(v) for v in ORIGIN))
+    (root / "luna").mkdir()
+    sitk.WriteImage(image, str(root / "luna" / f"{uid}.mhd"))
+    broken = write_series(root / "dicom" / "P2", hu[:4], tuple(SPACING), tuple(ORIGIN))
+    broken[1].write_bytes(broken[1].read_bytes()[:-5000])  # pixel data cut short
+    write_series(
+        root / "dicom" / "P3", np.full((6, 64, 64), 40, np.int16), (1.0, 1.0, 2.0), (0, 0, 0)
+    )
+    return {"dicom": root / "dicom", "mhd": root / "luna" / f"{uid}.mhd", "uid": uid}
+
+
+def _detect(source: Path, out: Path, checkpoint: Path):
+    result = runner.invoke(
+        app,
+        [
+            "detect",
+            str(source),
+            "--model",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--quiet",
+            "--threshold",
+            "0.0",
+            "--params",
+            str(out / "none.yaml"),
+        ],
+    )
+    return result
+
+
+def test_mhd_gives_the_same_findings_as_its_dicom(scans, checkpoint, tmp_path) -> None:
+    a = _detect(scans["dicom"] / "P1", tmp_path / "dicom", checkpoint)
+    b = _detect(scans["mhd"], tmp_path / "mhd", checkpoint)
+    assert a.exit_code == 0, a.output
+    assert b.exit_code == 0, b.output
+    da = pd.read_csv(tmp_path / "dicom" / "detections.csv")
+    db = pd.read_csv(tmp_path / "mhd" / "detections.csv")
+    assert len(da) > 0 and len(da) == len(db)
+    assert set(da["seriesuid"].astype(str)) == set(db["seriesuid"].astype(str)) == {scans["uid"]}
+    cols = ["coordX", "coordY", "coordZ", "probability", "malignancy", "diameter_mm"]
+    np.testing.assert_allclose(da[cols].to_numpy(), db[cols].to_numpy(), atol=1e-4)
+    # LUNA16's submission columns first, then lungcad's.
+    assert list(da.columns[:5]) == ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
+    assert {"patient_id", "malignancy", "diameter_mm"} <= set(da.columns)
+    assert (tmp_path / "dicom" / "candidates.csv").is_file()
+    assert (tmp_path / "dicom" / "report.md").is_file()
+    assert len(list((tmp_path / "dicom" / "figures").glob("*.png"))) == 1
+
+
+def test_a_root_with_a_broken_series_and_a_lungless_one_goes_on(scans, checkpoint, tmp_path):
+    result = _detect(scans["dicom"], tmp_path / "all", checkpoint)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "all" / "scans.csv")
+    bad = table[table["status"] == "error"]
+    assert len(bad) == 1 and "truncated" in bad["reason"].iloc[0]
+    ok = table[table["status"] == "ok"]
+    assert len(ok) == 2
+    lungless = ok[ok["candidates"] == 0]
+    assert len(lungless) == 1 and "no lung found" in lungless["reason"].iloc[0]
+    assert "not usable" in result.output and "truncated" in result.output
+
+
+def test_missing_raw_and_wrong_model_are_clear_errors(scans, checkpoint, tmp_path) -> None:
+    lonely = tmp_path / "x.mhd"
+    lonely.write_text(scans["mhd"].read_text())  # the header without its .raw
+    result = _detect(lonely, tmp_path / "out1", checkpoint)
+    table = pd.read_csv(tmp_path / "out1" / "scans.csv")
+    assert table["status"].tolist() == ["error"]
+    assert ".raw" in table["reason"].iloc[0] and "x.mhd" in table["reason"].iloc[0]
+    wrong = _detect(scans["mhd"], tmp_path / "out2", tmp_path / "nope.pt")
+    assert wrong.exit_code != 0 and "nope.pt" in wrong.output

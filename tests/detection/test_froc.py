@@ -1,0 +1,84 @@
+"""FROC / CPM under the LUNA16 rules, against cases computed by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lungcad.detection.froc import FP_RATES, bootstrap_cpm, froc, label_findings
+
+COLS = ["seriesuid", "coordX", "coordY", "coordZ"]
+
+
+def _table(rows, extra):
+    return pd.DataFrame(rows, columns=[*COLS, extra])
+
+
+@pytest.fixture
+def case():
+    # Scan s1: nodules A (10 mm at the origin) and B (6 mm at x = 50); scan s2: nodule C
+    # (8 mm) and an excluded lesion E (6 mm, < 3 readers).
+    annotations = _table(
+        [("s1", 0, 0, 0, 10.0), ("s1", 50, 0, 0, 6.0), ("s2", 10, 10, 10, 8.0)], "diameter_mm"
+    )
+    excluded = _table([("s2", 30, 30, 30, 6.0)], "diameter_mm")
+    findings = _table(
+        [
+            ("s1", 1, 1, 1, 0.9),  # hits A
+            ("s1", 2, 0, 0, 0.5),  # hits A again: counts once, with A's best probability
+            ("s1", 100, 0, 0, 0.8),  # false positive
+            ("s1", 50, 2, 0, 0.3),  # hits B (2 mm < 3 mm radius)
+            ("s1", 50, 3.5, 0, 0.99),  # 3.5 mm from B: outside its radius, a false positive
+            ("s2", 30, 31, 30, 0.95),  # on the excluded lesion: ignored
+            ("s2", 0, 100, 0, 0.6),  # false positive
+            ("s2", 10, 10, 13, 0.4),  # hits C (3 mm < 4 mm)
+        ],
+        "probability",
+    )
+    return findings, annotations, excluded
+
+
+def test_findings_are_labelled_by_the_luna16_rules(case) -> None:
+    findings, annotations, excluded = case
+    labels = label_findings(findings, annotations, excluded)["label"].tolist()
+    assert labels == ["hit", "hit", "fp", "hit", "fp", "ignored", "fp", "hit"]
+
+
+def test_froc_matches_the_hand_computed_curve(case) -> None:
+    findings, annotations, excluded = case
+    r = froc(findings, annotations, excluded, ["s1", "s2"])
+    assert (r.n_nodules, r.n_scans, r.n_hits, r.n_false_positives, r.n_ignored) == (3, 2, 3, 3, 1)
+    # Thresholds from the top: 0.99 FP (0.5 FP/scan, sens 0), 0.9 A (0.5, 1/3), 0.8 FP
+    # (1.0, 1/3), 0.6 FP (1.5, 1/3), 0.4 C (1.5, 2/3), 0.3 B (1.5, 1).
+    expected = {0.125: 0.0, 0.25: 0.0, 0.5: 1 / 3, 1.0: 1 / 3, 2.0: 1.0, 4.0: 1.0, 8.0: 1.0}
+    for rate in FP_RATES:
+        assert r.sensitivities[rate] == pytest.approx(expected[rate]), rate
+    assert r.cpm == pytest.approx(np.mean(list(expected.values())))
+
+
+def test_a_scan_without_findings_still_counts_in_the_false_positive_rate(case) -> None:
+    findings, annotations, excluded = case
+    extra = pd.concat([annotations, _table([("s3", 0, 0, 0, 5.0)], "diameter_mm")])
+    r = froc(findings, extra, excluded, ["s1", "s2", "s3"])
+    assert r.n_scans == 3 and r.n_nodules == 4 and r.n_hits == 3
+    # Three false positives over three scans reach 1 FP/scan; s3's nodule is never found.
+    assert r.fps_per_scan.max() == pytest.approx(1.0)
+    assert r.sensitivities[8.0] == pytest.approx(3 / 4)
+
+
+def test_findings_of_scans_outside_the_set_are_left_out(case) -> None:
+    findings, annotations, excluded = case
+    r = froc(findings, annotations, excluded, ["s2"])
+    assert (r.n_nodules, r.n_hits, r.n_false_positives, r.n_ignored) == (1, 1, 1, 1)
+    # 0.6 FP first (1 FP/scan, sens 0), then 0.4 hits C: sensitivity 1 at 1 FP/scan.
+    assert r.sensitivities[0.5] == pytest.approx(0.0)
+    assert r.sensitivities[1.0] == pytest.approx(1.0)
+
+
+def test_bootstrap_interval_brackets_the_estimate(case) -> None:
+    findings, annotations, excluded = case
+    point = froc(findings, annotations, excluded, ["s1", "s2"]).cpm
+    ci = bootstrap_cpm(findings, annotations, excluded, ["s1", "s2"], n=200, seed=0)
+    assert ci["cpm_ci_low"] <= point <= ci["cpm_ci_high"]
+    assert ci["cpm_ci_low"] < ci["cpm_ci_high"]  # two different scans: the CPM varies
