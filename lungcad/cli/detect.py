@@ -102,6 +102,8 @@ def detect(
         typer.echo(line)
     bad = int((scans["status"] != "ok").sum())
     typer.echo(f"{len(scans) - bad} scan(s) done, {bad} not usable -> {out / 'report.md'}")
+    if bad == len(scans):
+        fail("no scan could be read (reasons above)")
 
 
 def evaluate_detection(

@@ -110,6 +110,8 @@ def test_missing_raw_and_wrong_model_are_clear_errors(scans, checkpoint, tmp_pat
     lonely = tmp_path / "x.mhd"
     lonely.write_text(scans["mhd"].read_text())  # the header without its .raw
     result = _detect(lonely, tmp_path / "out1", checkpoint)
+    assert result.exit_code != 0  # nothing could be read: a failed run
+    assert ".raw" in result.output
     table = pd.read_csv(tmp_path / "out1" / "scans.csv")
     assert table["status"].tolist() == ["error"]
     assert ".raw" in table["reason"].iloc[0] and "x.mhd" in table["reason"].iloc[0]
