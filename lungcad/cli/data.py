@@ -42,13 +42,19 @@ def phantom(
             help="Slab margin around the nodules in z (>= 32 keeps 64 mm cubes whole).",
         ),
     ] = 34.0,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Write every slice of each real scan (real size), not a slab."),
+    ] = False,
     workers: Workers = 1,
     quiet: Quiet = False,
 ) -> None:
     """Write the LIDC-grounded phantom: real LIDC geometry, UIDs and contours, synthetic CT."""
     from lungcad.phantom.writer import write_phantom
 
-    written = write_phantom(out, scans, seed, min_readers, margin_mm, workers, progress=not quiet)
+    written = write_phantom(
+        out, scans, seed, min_readers, margin_mm, workers, progress=not quiet, full=full
+    )
     n_slices = sum(w.n_slices for w in written)
     n_nodules = sum(len(w.nodule_ids) for w in written)
     typer.echo(

@@ -131,10 +131,15 @@ def write_phantom_scan(
     seed: int,
     min_readers: int,
     margin_mm: float,
+    full: bool = False,
 ) -> PhantomScan:
-    """Write one scan's slab as DICOM files; returns what was written."""
-    z_lo, z_hi = choose_slab(nodules, min_readers, margin_mm)
+    """Write one scan's slab (or, ``full``, every slice of the real scan) as DICOM files;
+    returns what was written."""
     z_grid = scan.z_positions_mm
+    if full:
+        z_lo, z_hi = float(z_grid.min()), float(z_grid.max())
+    else:
+        z_lo, z_hi = choose_slab(nodules, min_readers, margin_mm)
     ks = np.flatnonzero((z_grid >= z_lo) & (z_grid <= z_hi))
     phantom = ThoraxPhantom(
         (IMAGE_SIZE, IMAGE_SIZE),
@@ -171,11 +176,11 @@ def write_phantom_scan(
 
 
 def _write_job(args: tuple) -> PhantomScan:
-    db_path, series_uid, out_root, seed, min_readers, margin_mm = args
+    db_path, series_uid, out_root, seed, min_readers, margin_mm, full = args
     db = LidcDatabase(db_path)
     scan = db.scan_by_series(series_uid)
     nodules = cluster_nodules(scan, db.annotations(scan.scan_id))
-    return write_phantom_scan(scan, nodules, Path(out_root), seed, min_readers, margin_mm)
+    return write_phantom_scan(scan, nodules, Path(out_root), seed, min_readers, margin_mm, full)
 
 
 def write_phantom(
@@ -187,6 +192,7 @@ def write_phantom(
     workers: int = 1,
     db: LidcDatabase | None = None,
     progress: bool = True,
+    full: bool = False,
 ) -> list[PhantomScan]:
     """Write the phantom for ``n_scans`` LIDC scans chosen deterministically by ``seed``.
 
@@ -197,6 +203,8 @@ def write_phantom(
         min_readers: a chosen scan has at least one nodule marked by this many readers.
         margin_mm: slab half-margin around the nodules (>= 32 so 64 mm cubes fit).
         workers: processes writing scans in parallel.
+        full: write every slice of each real scan (512 x 512 x 100-700), not a slab: for
+            measuring whole-scan cost at real size.
     """
     if n_scans < 1:
         raise ValueError(f"--scans must be >= 1 (got {n_scans})")
@@ -204,7 +212,7 @@ def write_phantom(
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     scans = select_scans(db, n_scans, seed, min_readers)
-    jobs = [(db.path, s.series_uid, out_root, seed, min_readers, margin_mm) for s in scans]
+    jobs = [(db.path, s.series_uid, out_root, seed, min_readers, margin_mm, full) for s in scans]
     written = progress_map(_write_job, jobs, workers, "write phantom scans", "scan", progress)
     manifest = {
         "description": "LIDC-grounded phantom: real LIDC geometry, UIDs and reader contours; "
@@ -212,6 +220,7 @@ def write_phantom(
         "seed": seed,
         "min_readers": min_readers,
         "margin_mm": margin_mm,
+        "full": full,
         "scans": [asdict(w) for w in written],
     }
     (out_root / "phantom.json").write_text(json.dumps(manifest, indent=2))

@@ -1,0 +1,113 @@
+"""Benchmark: seconds per full-size scan of `lungcad detect`, split into its steps.
+
+Writes N phantom scans at their real size (every slice of the real LIDC scan, 512 x 512 x
+100-700: `lungcad data phantom --full`) into a scratch folder, then runs the detection of
+`lungcad detect` (the same `detect_volume` with the default candidate and NMS settings) on
+each, timing reading, lung mask, candidates and scoring. The model is a trained checkpoint
+(default models/best.pt); on a machine without one, ``--random-model`` uses an untrained
+network of the default architecture (same cost, meaningless scores).
+
+Usage:
+    python bench/detect_speed.py --scans 3 [--device cuda] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lungcad.detection.detector import DetectConfig, detect_volume
+from lungcad.detection.sources import find_scans
+from lungcad.phantom.writer import write_phantom
+from lungcad.training.config import TrainConfig
+from lungcad.training.model import NoduleNet
+from lungcad.training.trainer import load_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scans", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="models/best.pt")
+    parser.add_argument("--random-model", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--root", default="", help="reuse/keep the full-size phantom here")
+    parser.add_argument("--json", default="", help="write the figures here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.random_model:
+        torch.manual_seed(0)
+        config = TrainConfig()
+        model = NoduleNet(config.model).to(device).eval()
+    else:
+        model, config = load_model(args.model, device)
+    window = tuple(config.window_hu)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.root or tmp)
+        if not any(root.glob("LIDC-IDRI-*")):
+            start = time.perf_counter()
+            write_phantom(root, args.scans, args.seed, workers=1, progress=True, full=True)
+            print(
+                f"wrote {args.scans} full-size phantom scans in {time.perf_counter() - start:.0f} s"
+            )
+        sources, _ = find_scans(root, progress=False)
+        detect_volume(  # warm-up: library imports, first-call allocations
+            sources[0].read(), model, window, DetectConfig(), device
+        )
+        rows = []
+        for source in sources:
+            t = time.perf_counter()
+            volume = source.read()
+            read_s = time.perf_counter() - t
+            det = detect_volume(volume, model, window, DetectConfig(), device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            row = {
+                "patient": source.patient_id,
+                "shape": list(volume.hu.shape),
+                "read": read_s,
+                **det.seconds,
+                "candidates_n": len(det.candidates),
+            }
+            row["total"] = read_s + sum(det.seconds.values())
+            rows.append(row)
+            print(
+                f"{row['patient']} {row['shape']}: total {row['total']:.1f} s (read {read_s:.1f}, "
+                + ", ".join(f"{k} {v:.1f}" for k, v in det.seconds.items())
+                + f"), {len(det.candidates)} candidates"
+            )
+    steps = ["read", "lung_mask", "candidates", "scoring", "total"]
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in steps}
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    summary = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"device {device}"
+        + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
+        "torch": torch.__version__,
+        "scans": rows,
+        "mean_seconds": mean,
+        "peak_rss_mb": peak_mb,
+    }
+    print(
+        "mean per scan: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in mean.items())
+        + f"; peak RSS {peak_mb:.0f} MB"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
