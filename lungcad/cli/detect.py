@@ -29,7 +29,7 @@ def _settings(params: Path, threshold: float | None, figures: bool):
                 max_candidates=int(c.get("max_candidates", 300)),
             ),
             batch_size=int(p.get("batch_size", 16)),
-            nms_iou=float(p.get("nms_iou", 0.1)),
+            nms_overlap=float(p.get("nms_overlap", 0.5)),
         )
     except ValueError as exc:
         fail(f"{params}: detect section: {exc}")

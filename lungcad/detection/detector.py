@@ -6,7 +6,8 @@ cubes (``extract_cube``: a 1 mm grid centred on the candidate's patient-mm posit
 the volume mirrored in z (``mirror_pad_z``), so a candidate near the first or last slice
 gets anatomy rather than air around it, as the candidate negatives of the training set do.
 Duplicates (two candidates on one nodule) are merged by MONAI's box NMS on mm boxes of the
-candidate's blob size.
+candidate's blob size, overlap measured on the smaller box (a blob inside a bigger
+nodule's box is the same finding).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+from scipy import ndimage
 
 from lungcad.detection.candidates import CandidateConfig, generate_candidates
 from lungcad.io.series import CtVolume
@@ -24,6 +26,9 @@ from lungcad.preprocessing.cubes import extract_cube, mirror_pad_z
 from lungcad.preprocessing.lung_mask import lung_mask
 from lungcad.training.model import NoduleNet
 from lungcad.training.predict import predict_hu_cubes
+
+#: Aerated lung (HU), the background a ground-glass nodule is measured against.
+LUNG_HU = -850.0
 
 FINDING_COLUMNS = [
     "coordX",
@@ -44,7 +49,8 @@ class DetectConfig:
         candidates: the candidate generator.
         cube_size, spacing_mm: the network's input cube (as in training).
         batch_size: cubes per forward pass.
-        nms_iou: boxes overlapping more than this (IoU) with a better finding are dropped.
+        nms_overlap: a finding is dropped when more than this share of the smaller of its
+            box and a better finding's box is shared by both (``box_iomin``).
         min_box_mm: smallest box edge used for NMS (tiny blobs still merge when they
             sit on the same nodule).
         lung_dilation_mm, lung_closing_mm: the lung mask (as in preprocessing).
@@ -54,7 +60,7 @@ class DetectConfig:
     cube_size: int = 64
     spacing_mm: float = 1.0
     batch_size: int = 16
-    nms_iou: float = 0.1
+    nms_overlap: float = 0.5
     min_box_mm: float = 5.0
     lung_dilation_mm: float = 5.0
     lung_closing_mm: float = 20.0
@@ -72,18 +78,70 @@ class ScanDetections:
     notes: list[str] = field(default_factory=list)
 
 
+def box_iomin(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Intersection over the *smaller* box's volume of (x0, y0, z0, x1, y1, z1) boxes, (N, M).
+
+    Unlike IoU it is 1 for a small box inside a big one: a second, smaller blob found
+    inside a large nodule (a lobulation, a calcification) is the same finding."""
+    lo = torch.maximum(boxes1[:, None, :3], boxes2[None, :, :3])
+    hi = torch.minimum(boxes1[:, None, 3:], boxes2[None, :, 3:])
+    inter = (hi - lo).clamp(min=0).prod(dim=2)
+    vol1 = (boxes1[:, 3:] - boxes1[:, :3]).prod(dim=1)
+    vol2 = (boxes2[:, 3:] - boxes2[:, :3]).prod(dim=1)
+    return inter / torch.minimum(vol1[:, None], vol2[None, :]).clamp(min=1e-9)
+
+
 def nms_mm(
-    centres_mm: np.ndarray, diameters_mm: np.ndarray, scores: np.ndarray, iou: float, min_mm: float
+    centres_mm: np.ndarray,
+    diameters_mm: np.ndarray,
+    scores: np.ndarray,
+    overlap: float,
+    min_mm: float,
 ) -> np.ndarray:
-    """Indices kept by 3-D box NMS (MONAI) on boxes of edge max(diameter, min_mm), best first."""
+    """Indices kept by MONAI's 3-D box NMS, best first, on boxes of edge max(diameter,
+    min_mm) around each centre, a box being dropped when more than ``overlap`` of it (or of
+    the better box, if smaller) lies inside a better one (``box_iomin``)."""
     from monai.data.box_utils import non_max_suppression
 
     if len(scores) == 0:
         return np.zeros(0, dtype=int)
     half = np.maximum(np.asarray(diameters_mm, float), min_mm)[:, None] / 2
-    boxes = np.concatenate([centres_mm - half, centres_mm + half], axis=1)
-    keep = non_max_suppression(boxes, np.asarray(scores, float), nms_thresh=iou)
+    boxes = torch.from_numpy(np.concatenate([centres_mm - half, centres_mm + half], axis=1))
+    keep = non_max_suppression(
+        boxes, torch.from_numpy(np.asarray(scores, float)), overlap, box_overlap_metric=box_iomin
+    )
     return np.asarray(keep, dtype=int)
+
+
+def cube_diameter_mm(cube: np.ndarray, spacing_mm: float, fallback_mm: float) -> float:
+    """Equivalent-sphere diameter of the dense object at the centre of a HU cube.
+
+    Voxels above a threshold (−500 HU for a solid centre; half-way between the centre and
+    aerated lung for a ground-glass one) are opened by one voxel to cut thin vessels off,
+    and the connected part that holds the centre (or lies within 2 voxels of it) is
+    measured inside a ball of twice its inscribed radius at the centre (plus 2 voxels).
+    ``fallback_mm`` (the blob size) when nothing dense is at the centre."""
+    c = np.asarray(cube, dtype=np.float32)
+    mid = np.array(c.shape) // 2
+    core = float(c[tuple(slice(m - 1, m + 1) for m in mid)].mean())
+    if core <= LUNG_HU + 50:
+        return fallback_mm
+    threshold = -500.0 if core > -500.0 else (core + LUNG_HU) / 2
+    structure = ndimage.generate_binary_structure(3, 1)
+    labels, n = ndimage.label(ndimage.binary_opening(c > threshold, structure=structure))
+    near = labels[tuple(slice(m - 2, m + 2) for m in mid)]
+    ids = near[near > 0]
+    if n == 0 or len(ids) == 0:
+        return fallback_mm
+    part = labels == np.bincount(ids).argmax()
+    # Only what lies within twice the largest sphere inscribed at the centre counts: a
+    # nodule touching the chest wall or a vessel trunk must not take their volume.
+    depth = ndimage.distance_transform_edt(part)
+    inscribed = float(depth[tuple(slice(m - 2, m + 2) for m in mid)].max())
+    zz, yy, xx = np.indices(c.shape)
+    r2 = (zz - mid[0] + 0.5) ** 2 + (yy - mid[1] + 0.5) ** 2 + (xx - mid[2] + 0.5) ** 2
+    volume = np.count_nonzero(part & (r2 <= (2 * inscribed + 2) ** 2)) * spacing_mm**3
+    return float((6 * volume / np.pi) ** (1 / 3))
 
 
 def score_cubes(
@@ -93,13 +151,15 @@ def score_cubes(
     window_hu: tuple[float, float],
     config: DetectConfig,
     device: torch.device,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Nodule probability and malignancy of the cube centred on each point, in batches."""
+    blob_diameters_mm: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nodule probability, malignancy and diameter (``cube_diameter_mm``) of the cube
+    centred on each point, in batches."""
     if len(centres_mm) == 0:
-        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0)
     hu, geometry = mirror_pad_z(volume, config.cube_size * config.spacing_mm)
     image = geometry.to_sitk(hu)
-    probs, mals = [], []
+    probs, mals, sizes = [], [], []
     for start in range(0, len(centres_mm), config.batch_size):
         chunk = centres_mm[start : start + config.batch_size]
         cubes = np.stack(
@@ -108,7 +168,9 @@ def score_cubes(
         p, m = predict_hu_cubes(model, cubes, window_hu, device, config.batch_size)
         probs.append(p)
         mals.append(m)
-    return np.concatenate(probs), np.concatenate(mals)
+        fallback = blob_diameters_mm[start : start + config.batch_size]
+        sizes.extend(cube_diameter_mm(c, config.spacing_mm, f) for c, f in zip(cubes, fallback))
+    return np.concatenate(probs), np.concatenate(mals), np.array(sizes)
 
 
 def detect_volume(
@@ -144,9 +206,14 @@ def detect_volume(
     seconds["candidates"] = time.perf_counter() - t
     t = time.perf_counter()
     centres = cands[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float)
-    prob, mal = score_cubes(volume, centres, model, window_hu, config, device)
-    cands = cands.assign(probability=prob, malignancy=mal)
-    keep = nms_mm(centres, cands["diameter_mm"].to_numpy(), prob, config.nms_iou, config.min_box_mm)
+    prob, mal, size = score_cubes(
+        volume, centres, model, window_hu, config, device, cands["diameter_mm"].to_numpy(float)
+    )
+    cands = cands.assign(probability=prob, malignancy=mal, blob_diameter_mm=cands["diameter_mm"])
+    cands["diameter_mm"] = size
+    keep = nms_mm(
+        centres, cands["diameter_mm"].to_numpy(), prob, config.nms_overlap, config.min_box_mm
+    )
     findings = (
         cands.iloc[keep]
         .rename(columns={"score": "candidate_score"})

@@ -265,6 +265,7 @@ def _assemble(
         "response",
         "sigma_mm",
         "diameter_mm",
+        "blob_diameter_mm",
         "blobness",
         "score",
         "probability",

@@ -63,3 +63,16 @@ def test_no_lung_gives_no_candidates() -> None:
     geometry = VolumeGeometry(np.zeros(3), np.ones(3), np.eye(3), hu.shape)
     lungs = lung_mask(hu, geometry)
     assert len(generate_candidates(geometry.to_sitk(hu), lungs, geometry)) == 0
+
+
+def test_finding_diameter_is_measured_from_the_cube(chest) -> None:
+    from lungcad.detection.detector import cube_diameter_mm
+    from lungcad.preprocessing.cubes import extract_cube
+
+    hu, geometry = chest
+    image = geometry.to_sitk(hu)
+    for centre, diameter in SPHERES:
+        cube = extract_cube(image, np.array(centre) + 0.7)  # the centre found is never exact
+        assert cube_diameter_mm(cube, 1.0, fallback_mm=-1) == pytest.approx(diameter, rel=0.15)
+    lung = extract_cube(image, np.array([-45.0, -5.0, 40.0]))  # aerated lung only
+    assert cube_diameter_mm(lung, 1.0, fallback_mm=-1) == -1
