@@ -29,6 +29,9 @@ from lungcad.training.predict import predict_hu_cubes
 
 #: Aerated lung (HU), the background a ground-glass nodule is measured against.
 LUNG_HU = -850.0
+#: Diameters are measured in the central 40 voxels (40 mm) of the cube: LIDC nodules are
+#: at most 30 mm; bigger masses are reported as about 40 mm.
+MEASURE_HALF_VOXELS = 20
 
 FINDING_COLUMNS = [
     "coordX",
@@ -114,15 +117,18 @@ def nms_mm(
 
 
 def cube_diameter_mm(cube: np.ndarray, spacing_mm: float, fallback_mm: float) -> float:
-    """Equivalent-sphere diameter of the dense object at the centre of a HU cube.
+    """Equivalent-sphere diameter of the dense object at the centre of a HU cube (its
+    central 40³ voxels).
 
     Voxels above a threshold (−500 HU for a solid centre; half-way between the centre and
     aerated lung for a ground-glass one) are opened by one voxel to cut thin vessels off,
     and the connected part that holds the centre (or lies within 2 voxels of it) is
     measured inside a ball of twice its inscribed radius at the centre (plus 2 voxels).
     ``fallback_mm`` (the blob size) when nothing dense is at the centre."""
-    c = np.asarray(cube, dtype=np.float32)
-    mid = np.array(c.shape) // 2
+    full = np.asarray(cube)
+    lo = [max(0, n // 2 - MEASURE_HALF_VOXELS) for n in full.shape]
+    c = full[tuple(slice(a, a + 2 * MEASURE_HALF_VOXELS) for a in lo)].astype(np.float32)
+    mid = np.array(full.shape) // 2 - np.array(lo)
     core = float(c[tuple(slice(m - 1, m + 1) for m in mid)].mean())
     if core <= LUNG_HU + 50:
         return fallback_mm
