@@ -17,6 +17,8 @@ from matplotlib.patches import Circle  # noqa: E402
 from lungcad.io.series import CtVolume  # noqa: E402
 
 LUNG_WINDOW = (-1350.0, 150.0)  # level -600, width 1500
+#: A volume shorter than this in z (a slab) gets an axial overview instead of a coronal one.
+AXIAL_OVERVIEW_BELOW_MM = 120.0
 
 
 def scan_figure(
@@ -27,38 +29,37 @@ def scan_figure(
     threshold: float = 0.5,
     reference: pd.DataFrame | None = None,
 ) -> None:
-    """Coronal overview (minimum-to-maximum projection of the lungs) with every finding above
-    ``threshold``, then the axial slice through each of the ``top`` most probable findings.
-    Reference nodules, when given, are drawn dashed in green."""
+    """An overview (maximum intensity projection: coronal, or axial for a volume shorter
+    than ``AXIAL_OVERVIEW_BELOW_MM`` in z) with the ``top`` most probable findings numbered,
+    then the axial slice through each of them. Reference nodules, when given, are drawn
+    dashed in green; findings below ``threshold`` are marked as such in their title."""
     geometry = volume.geometry
     shown = findings.head(top)
     n = 1 + max(len(shown), 1)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.6))
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.8))
     axes = np.atleast_1d(axes)
     sx, sy, sz = geometry.spacing_mm
-    # Overview: coronal maximum intensity projection over the middle half of the body depth.
-    rows = volume.hu.shape[1]
-    mip = volume.hu[:, rows // 4 : 3 * rows // 4, :].max(axis=1)
     ax = axes[0]
-    ax.imshow(
-        mip,
-        cmap="gray",
-        vmin=-1000,
-        vmax=300,
-        origin="lower" if geometry.direction[2, 2] > 0 else "upper",
-        aspect=sz / sx,
-    )
+    axial = volume.hu.shape[0] * sz < AXIAL_OVERVIEW_BELOW_MM
+    if axial:
+        ax.imshow(volume.hu.max(axis=0), cmap="gray", vmin=-1000, vmax=300, aspect=sy / sx)
+        view = "axial MIP"
+    else:  # coronal, over the middle half of the body depth (not the table or the spine)
+        rows = volume.hu.shape[1]
+        mip = volume.hu[:, rows // 4 : 3 * rows // 4, :].max(axis=1)
+        origin = "lower" if geometry.direction[2, 2] > 0 else "upper"
+        ax.imshow(mip, cmap="gray", vmin=-1000, vmax=300, origin=origin, aspect=sz / sx)
+        view = "coronal MIP"
+    n_above = int((findings["probability"] >= threshold).sum())
     ax.set_title(
-        f"{volume.patient_id}: coronal MIP\n{(findings.probability >= threshold).sum()} "
-        f"finding(s) ≥ {threshold:.2f}",
+        f"{volume.patient_id}: {view}\n{n_above} finding(s) ≥ {threshold:.2f}; top {len(shown)}",
         fontsize=9,
     )
-    above = findings[findings["probability"] >= threshold]
-    for i, f in enumerate(above.itertuples()):
-        c, _, k = geometry.mm_to_index([f.coordX, f.coordY, f.coordZ])
-        ax.add_patch(Circle((c, k), max(f.diameter_mm, 6) / sx, fill=False, color="red", lw=1))
-        if i < top:
-            ax.text(c + 8 / sx, k, str(i + 1), color="red", fontsize=8)
+    for i, f in enumerate(shown.itertuples(), start=1):
+        c, r, k = geometry.mm_to_index([f.coordX, f.coordY, f.coordZ])
+        xy = (c, r) if axial else (c, k)
+        ax.add_patch(Circle(xy, max(f.diameter_mm, 8) / sx, fill=False, color="red", lw=1))
+        ax.text(xy[0] + max(f.diameter_mm, 8) / sx, xy[1], str(i), color="yellow", fontsize=9)
     ax.axis("off")
     for j, f in enumerate(shown.itertuples(), start=1):
         ax = axes[j]
@@ -85,8 +86,9 @@ def scan_figure(
                             ls="--",
                         )
                     )
+        below = "" if f.probability >= threshold else " (below threshold)"
         ax.set_title(
-            f"#{j}  p = {f.probability:.2f}  malignancy {f.malignancy:.1f}\n"
+            f"#{j}  p = {f.probability:.3f}{below}  malignancy {f.malignancy:.1f}\n"
             f"~{f.diameter_mm:.0f} mm at ({f.coordX:.0f}, {f.coordY:.0f}, {f.coordZ:.0f}) mm",
             fontsize=9,
         )
@@ -95,7 +97,7 @@ def scan_figure(
         axes[1].text(0.5, 0.5, "no findings", ha="center", va="center")
         axes[1].axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
 
 
