@@ -3,7 +3,8 @@
 The LUNA16 rules: a finding whose centre lies within the radius (diameter / 2) of a
 reference nodule hits it; a nodule hit by several findings counts once, with the highest
 probability among them; a finding that hits no reference nodule but lies within the radius
-of an *excluded* annotation (outlined by fewer than 3 readers, or under 3 mm) is ignored;
+of an *excluded* annotation (outlined by fewer than 3 readers, or under 3 mm; 10 mm across
+when its size is unknown, -1) is ignored;
 every other finding is a false positive. Sweeping the probability threshold gives the FROC
 curve (sensitivity against false positives per scan); the CPM is the mean sensitivity at
 1/8, 1/4, 1/2, 1, 2, 4 and 8 false positives per scan, read off the curve by linear
@@ -27,6 +28,8 @@ from sklearn.metrics import roc_curve
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 COORDS = ["coordX", "coordY", "coordZ"]
+#: Diameter LUNA16's evaluation gives an excluded annotation listed with diameter -1.
+EXCLUDED_UNKNOWN_DIAMETER_MM = 10.0
 
 
 @dataclass
@@ -75,7 +78,10 @@ def label_findings(
         which = np.full(len(group), -1)
         if len(exc):
             d = np.linalg.norm(pts[:, None] - exc[COORDS].to_numpy(float)[None], axis=2)
-            near = d < np.maximum(exc["diameter_mm"].to_numpy(float), 0)[None] / 2
+            diameter = exc["diameter_mm"].to_numpy(float)
+            # LUNA16 lists some excluded findings without a size (-1): it takes 10 mm.
+            diameter = np.where(diameter < 0, EXCLUDED_UNKNOWN_DIAMETER_MM, diameter)
+            near = d < diameter[None] / 2
             labels[near.any(axis=1)] = "ignored"
         if len(nod):
             d = np.linalg.norm(pts[:, None] - nod[COORDS].to_numpy(float)[None], axis=2)
@@ -106,9 +112,8 @@ def froc(
     annotations = annotations[annotations["seriesuid"].isin(series)].reset_index(drop=True)
     excluded = excluded[excluded["seriesuid"].isin(series)]
     labelled = label_findings(findings, annotations, excluded)
-    hits = labelled[labelled["label"] == "hit"].groupby("nodule")["probability"].max()
+    tp_probs = _best_hit_per_nodule(findings, annotations)
     fp_probs = labelled.loc[labelled["label"] == "fp", "probability"].to_numpy(float)
-    tp_probs = hits.to_numpy(float)
     n_nodules, n_scans = len(annotations), len(series)
     fps, sens = froc_curve(tp_probs, fp_probs, n_nodules, n_scans)
     # The curve runs from many false positives down to none, as compute_froc_score expects.
@@ -125,6 +130,23 @@ def froc(
         len(fp_probs),
         int((labelled["label"] == "ignored").sum()),
     )
+
+
+def _best_hit_per_nodule(findings: pd.DataFrame, annotations: pd.DataFrame) -> np.ndarray:
+    """For each nodule hit by a finding, the highest probability among the findings inside
+    its radius (a finding inside two overlapping nodules hits both, as in LUNA16)."""
+    best = []
+    for uid, nod in annotations.groupby("seriesuid", sort=False):
+        group = findings[findings["seriesuid"] == uid]
+        if len(group) == 0:
+            continue
+        pts = group[COORDS].to_numpy(float)
+        prob = group["probability"].to_numpy(float)
+        d = np.linalg.norm(pts[:, None] - nod[COORDS].to_numpy(float)[None], axis=2)
+        inside = d < nod["diameter_mm"].to_numpy(float)[None] / 2
+        for j in np.flatnonzero(inside.any(axis=0)):
+            best.append(prob[inside[:, j]].max())
+    return np.array(best, dtype=float)
 
 
 def froc_curve(

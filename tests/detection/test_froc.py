@@ -82,3 +82,16 @@ def test_bootstrap_interval_brackets_the_estimate(case) -> None:
     ci = bootstrap_cpm(findings, annotations, excluded, ["s1", "s2"], n=200, seed=0)
     assert ci["cpm_ci_low"] <= point <= ci["cpm_ci_high"]
     assert ci["cpm_ci_low"] < ci["cpm_ci_high"]  # two different scans: the CPM varies
+
+
+def test_luna16_conventions_unknown_excluded_size_and_overlapping_nodules() -> None:
+    # An excluded annotation of unknown size (-1) ignores findings within 5 mm, like
+    # LUNA16's script; a finding inside two overlapping nodules hits both.
+    annotations = _table([("s", 0, 0, 0, 10.0), ("s", 6, 0, 0, 10.0)], "diameter_mm")
+    excluded = _table([("s", 50, 0, 0, -1.0)], "diameter_mm")
+    findings = _table(
+        [("s", 3, 0, 0, 0.9), ("s", 54, 0, 0, 0.8), ("s", 56, 0, 0, 0.7)], "probability"
+    )
+    r = froc(findings, annotations, excluded, ["s"])
+    assert (r.n_hits, r.n_ignored, r.n_false_positives) == (2, 1, 1)
+    assert r.sensitivities[0.125] == pytest.approx(1.0)
