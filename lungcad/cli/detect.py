@@ -30,6 +30,7 @@ def _settings(params: Path, threshold: float | None, figures: bool):
             ),
             batch_size=int(p.get("batch_size", 16)),
             nms_overlap=float(p.get("nms_overlap", 0.5)),
+            tta_flips=tuple(int(a) for a in p.get("tta_flips", ())),
         )
     except ValueError as exc:
         fail(f"{params}: detect section: {exc}")

@@ -57,6 +57,8 @@ class DetectConfig:
         min_box_mm: smallest box edge used for NMS (tiny blobs still merge when they
             sit on the same nodule).
         lung_dilation_mm, lung_closing_mm: the lung mask (as in preprocessing).
+        tta_flips: test-time augmentation: the cube is also scored flipped along each of
+            these axes (0 z, 1 y, 2 x; training flips all three) and the scores averaged.
     """
 
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
@@ -67,6 +69,7 @@ class DetectConfig:
     min_box_mm: float = 5.0
     lung_dilation_mm: float = 5.0
     lung_closing_mm: float = 20.0
+    tta_flips: tuple[int, ...] = ()
 
 
 @dataclass
@@ -172,6 +175,12 @@ def score_cubes(
             [extract_cube(image, c, config.cube_size, config.spacing_mm) for c in chunk]
         )
         p, m = predict_hu_cubes(model, cubes, window_hu, device, config.batch_size)
+        for flip in config.tta_flips:  # flipped copies along these cube axes (z, y, x)
+            pf, mf = predict_hu_cubes(
+                model, np.flip(cubes, axis=1 + flip).copy(), window_hu, device, config.batch_size
+            )
+            p, m = p + pf, m + mf
+        p, m = p / (1 + len(config.tta_flips)), m / (1 + len(config.tta_flips))
         probs.append(p)
         mals.append(m)
         fallback = blob_diameters_mm[start : start + config.batch_size]

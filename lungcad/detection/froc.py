@@ -180,22 +180,27 @@ def bootstrap_cpm(
     series = np.asarray(pd.unique(np.asarray(series_uids, dtype=object)))
     if n <= 0 or len(series) == 0:
         return {}
-    by_scan_f = {u: g for u, g in findings.groupby("seriesuid")}
-    by_scan_a = {u: g for u, g in annotations.groupby("seriesuid")}
-    by_scan_e = {u: g for u, g in excluded.groupby("seriesuid")}
-    empty_f, empty_a = findings.iloc[:0], annotations.iloc[:0]
+    # Each scan's contribution is fixed (its nodules' best hits, its false positives), so
+    # it is computed once; a bootstrap sample only concatenates scans.
+    per_scan = []
+    for u in series:
+        f = findings[findings["seriesuid"] == u]
+        a = annotations[annotations["seriesuid"] == u]
+        e = excluded[excluded["seriesuid"] == u]
+        labels = label_findings(f, a, e)["label"].to_numpy()
+        fp = f["probability"].to_numpy(float)[labels == "fp"]
+        per_scan.append((_best_hit_per_nodule(f, a), fp, len(a)))
     samples = []
     for _ in range(n):
-        draw = rng.choice(series, size=len(series), replace=True)
-        f, a, e = [], [], []
-        for i, u in enumerate(draw):
-            key = f"{u}#{i}"  # each draw is its own scan
-            f.append(by_scan_f.get(u, empty_f).assign(seriesuid=key))
-            a.append(by_scan_a.get(u, empty_a).assign(seriesuid=key))
-            e.append(by_scan_e.get(u, excluded.iloc[:0]).assign(seriesuid=key))
-        keys = [f"{u}#{i}" for i, u in enumerate(draw)]
-        r = froc(pd.concat(f), pd.concat(a), pd.concat(e), keys)
-        samples.append([r.cpm, *r.sensitivities.values()])
+        draw = rng.integers(len(series), size=len(series))
+        tp = np.concatenate([per_scan[i][0] for i in draw])
+        fp = np.concatenate([per_scan[i][1] for i in draw])
+        n_nodules = sum(per_scan[i][2] for i in draw)
+        if n_nodules == 0:
+            continue
+        fps, sens = froc_curve(tp, fp, n_nodules, len(draw))
+        at = [float(np.interp(r, fps[::-1], sens[::-1])) for r in FP_RATES]
+        samples.append([float(np.mean(at)), *at])
     arr = np.array(samples, dtype=float)
     names = ["cpm", *[f"sensitivity_at_{r:g}_fp" for r in FP_RATES]]
     out = {}

@@ -117,3 +117,34 @@ def test_missing_raw_and_wrong_model_are_clear_errors(scans, checkpoint, tmp_pat
     assert ".raw" in table["reason"].iloc[0] and "x.mhd" in table["reason"].iloc[0]
     wrong = _detect(scans["mhd"], tmp_path / "out2", tmp_path / "nope.pt")
     assert wrong.exit_code != 0 and "nope.pt" in wrong.output
+
+
+def test_test_time_flips_average_the_flipped_cubes_scores(checkpoint) -> None:
+    from lungcad.detection.detector import DetectConfig, score_cubes
+    from lungcad.io.series import CtVolume
+    from lungcad.preprocessing.cubes import extract_cube, mirror_pad_z
+    from lungcad.training.predict import predict_hu_cubes
+    from lungcad.training.trainer import load_model
+
+    hu, geometry = synthetic_chest()
+    volume = CtVolume(
+        hu,
+        geometry,
+        "1.2.3",
+        "",
+        "P",
+        geometry.index_to_mm(
+            np.c_[np.zeros(hu.shape[0]), np.zeros(hu.shape[0]), np.arange(hu.shape[0])]
+        )[:, 2],
+    )
+    model, config = load_model(checkpoint)
+    centre = np.array([[40.0, 10.0, -10.0]])
+    window = tuple(config.window_hu)
+    plain, _, _ = score_cubes(volume, centre, model, window, DetectConfig(), "cpu", np.ones(1))
+    flipped, _, _ = score_cubes(
+        volume, centre, model, window, DetectConfig(tta_flips=(2,)), "cpu", np.ones(1)
+    )
+    padded, g = mirror_pad_z(volume)
+    cube = extract_cube(g.to_sitk(padded), centre[0])[None]
+    mirror, _ = predict_hu_cubes(model, cube[:, :, :, ::-1].copy(), window, "cpu")
+    assert flipped[0] == pytest.approx((plain[0] + mirror[0]) / 2, abs=1e-5)
