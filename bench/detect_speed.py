@@ -2,10 +2,11 @@
 
 Writes N phantom scans at their real size (every slice of the real LIDC scan, 512 x 512 x
 100-700: `lungcad data phantom --full`) into a scratch folder, then runs the detection of
-`lungcad detect` (the same `detect_volume` with the default candidate and NMS settings) on
-each, timing reading, lung mask, candidates and scoring. The model is a trained checkpoint
-(default models/best.pt); on a machine without one, ``--random-model`` uses an untrained
-network of the default architecture (same cost, meaningless scores).
+`lungcad detect` (the same `detect_volume`, with the settings `lungcad detect` takes from
+params.yaml: candidates, NMS, test-time flips) on each, timing reading, lung mask,
+candidates and scoring. The model is a trained checkpoint (default models/best.pt); on a
+machine without one, ``--random-model`` uses an untrained network of the default
+architecture (same cost, meaningless scores).
 
 Usage:
     python bench/detect_speed.py --scans 3 [--device cuda] [--threads 2]
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungcad.detection.detector import DetectConfig, detect_volume
+from lungcad.detection.detector import detect_volume
+from lungcad.detection.run import settings_from_params
 from lungcad.detection.sources import find_scans
 from lungcad.phantom.writer import write_phantom
 from lungcad.training.config import TrainConfig
@@ -39,6 +41,7 @@ def main() -> None:
     parser.add_argument("--model", default="models/best.pt")
     parser.add_argument("--random-model", action="store_true")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--params", default="params.yaml", help="detect/candidates settings")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--root", default="", help="reuse/keep the full-size phantom here")
     parser.add_argument("--json", default="", help="write the figures here")
@@ -53,6 +56,8 @@ def main() -> None:
     else:
         model, config = load_model(args.model, device)
     window = tuple(config.window_hu)
+    detect_config = settings_from_params(args.params).config
+    print(f"settings: {detect_config}")
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.root or tmp)
@@ -64,14 +69,14 @@ def main() -> None:
             )
         sources, _ = find_scans(root, progress=False)
         detect_volume(  # warm-up: library imports, first-call allocations
-            sources[0].read(), model, window, DetectConfig(), device
+            sources[0].read(), model, window, detect_config, device
         )
         rows = []
         for source in sources:
             t = time.perf_counter()
             volume = source.read()
             read_s = time.perf_counter() - t
-            det = detect_volume(volume, model, window, DetectConfig(), device)
+            det = detect_volume(volume, model, window, detect_config, device)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             row = {

@@ -15,30 +15,12 @@ from lungcad.cli.options import ParamsFile, Quiet, Workers
 
 
 def _settings(params: Path, threshold: float | None, figures: bool):
-    from lungcad.detection.candidates import CandidateConfig
-    from lungcad.detection.detector import DetectConfig
-    from lungcad.detection.run import DetectSettings
-    from lungcad.params import read_section
+    from lungcad.detection.run import settings_from_params
 
-    p = read_section(params, "detect", required=False)
-    c = read_section(params, "candidates", required=False)
     try:
-        config = DetectConfig(
-            candidates=CandidateConfig(
-                min_response=float(c.get("min_response", 40.0)),
-                max_candidates=int(c.get("max_candidates", 300)),
-            ),
-            batch_size=int(p.get("batch_size", 16)),
-            nms_overlap=float(p.get("nms_overlap", 0.5)),
-            tta_flips=tuple(int(a) for a in p.get("tta_flips", ())),
-        )
+        return settings_from_params(params, threshold, figures)
     except ValueError as exc:
-        fail(f"{params}: detect section: {exc}")
-    return DetectSettings(
-        config,
-        threshold if threshold is not None else float(p.get("threshold", 0.5)),
-        figures=figures,
-    ), p
+        fail(f"{params}: detect/candidates section: {exc}")
 
 
 def detect(
@@ -79,7 +61,7 @@ def detect(
     from lungcad.detection.run import detect_scans, top_findings
     from lungcad.io.dicom_index import LidcRootError
 
-    settings, _ = _settings(params, threshold, figures)
+    settings = _settings(params, threshold, figures)
     patients = None
     if splits is not None:
         from lungcad.splits.patient_split import load_splits

@@ -60,6 +60,38 @@ class DetectSettings:
     figures: bool = True
 
 
+def settings_from_params(
+    params_file: str | Path, threshold: float | None = None, figures: bool = True
+) -> DetectSettings:
+    """Detection settings from params.yaml's ``detect`` and ``candidates`` sections (the
+    defaults where the file or a key is absent), as `lungcad detect` and the benchmark use.
+
+    Raises:
+        ValueError: a value out of range, naming it.
+    """
+    from lungcad.detection.candidates import CandidateConfig
+    from lungcad.params import read_section
+
+    p = read_section(params_file, "detect", required=False)
+    c = read_section(params_file, "candidates", required=False)
+    config = DetectConfig(
+        candidates=CandidateConfig(
+            min_response=float(c.get("min_response", 40.0)),
+            max_candidates=int(c.get("max_candidates", 300)),
+        ),
+        batch_size=int(p.get("batch_size", 16)),
+        nms_overlap=float(p.get("nms_overlap", 0.5)),
+        tta_flips=tuple(int(a) for a in p.get("tta_flips", ())),
+    )
+    if any(a not in (0, 1, 2) for a in config.tta_flips):
+        raise ValueError(f"detect.tta_flips {list(config.tta_flips)}: axes are 0 (z), 1 (y), 2 (x)")
+    return DetectSettings(
+        config,
+        threshold if threshold is not None else float(p.get("threshold", 0.5)),
+        figures=figures,
+    )
+
+
 _MODEL_CACHE: dict[str, tuple] = {}
 
 
