@@ -82,9 +82,8 @@ def evaluate_detection(
         k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    order = np.argsort(result.fps_per_scan, kind="stable")
-    pd.DataFrame(
-        {"fps_per_scan": result.fps_per_scan[order], "sensitivity": result.sensitivity[order]}
+    pd.DataFrame(  # from no false positives up (the curve is stored from many down)
+        {"fps_per_scan": result.fps_per_scan[::-1], "sensitivity": result.sensitivity[::-1]}
     ).to_csv(out_dir / "froc.csv", index=False)
     froc_figure(
         result.fps_per_scan,

@@ -106,9 +106,9 @@ def froc_figure(
 ) -> None:
     """The FROC curve on a log FP axis with the seven LUNA16 operating points."""
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    order = np.argsort(fps, kind="stable")
-    x = np.clip(fps[order], 1e-3, None)
-    ax.plot(x, sens[order], color="C0", lw=1.5)
+    # The curve comes from many false positives down to none; drawn from none up.
+    x = np.clip(fps[::-1], 1e-3, None)
+    ax.plot(x, sens[::-1], color="C0", lw=1.5, drawstyle="default")
     rates = np.array(list(sensitivities))
     ax.plot(rates, list(sensitivities.values()), "o", color="C3", ms=4)
     ax.set_xscale("log", base=2)

@@ -138,6 +138,9 @@ def promote(
         champion_score = None
         if champion is not None:
             if champion.run_id == run_id:
+                # Same model: its whole-scan detection figures may be new (a new detect run).
+                for key, value in _detection_tags(detection, run_id).items():
+                    client.set_model_version_tag(REGISTERED_MODEL, champion.version, key, value)
                 return PromotionDecision(
                     False,
                     f"run {run_id} is already the champion (version {champion.version})",
@@ -194,17 +197,7 @@ def promote(
         for key, value in doc[section].items():
             if isinstance(value, (int, float)):
                 tags[f"test_{section}_{key}"] = f"{value:.4f}"
-    if detection is not None and detection[0] == run_id:
-        for key in (
-            "cpm",
-            "candidate_sensitivity",
-            "seconds_per_scan",
-            "cpm_ci_low",
-            "cpm_ci_high",
-        ):
-            value = detection[1].get(key)
-            if isinstance(value, (int, float)):
-                tags[f"test_scan_{key}"] = f"{value:.4f}"
+    tags.update(_detection_tags(detection, run_id))
     for key, value in tags.items():
         client.set_model_version_tag(REGISTERED_MODEL, new_version, key, value)
     client.update_model_version(
@@ -231,6 +224,18 @@ def promote(
         new_version,
         doc,
     )
+
+
+def _detection_tags(detection: tuple[str, dict[str, Any]] | None, run_id: str) -> dict[str, str]:
+    """Registry tags of a whole-scan detection evaluation of this run's model."""
+    if detection is None or detection[0] != run_id:
+        return {}
+    keys = ("cpm", "cpm_ci_low", "cpm_ci_high", "candidate_sensitivity", "seconds_per_scan")
+    return {
+        f"test_scan_{k}": f"{detection[1][k]:.4f}"
+        for k in keys
+        if isinstance(detection[1].get(k), (int, float))
+    }
 
 
 def _alias_version(client: MlflowClient, alias: str):

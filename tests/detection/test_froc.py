@@ -95,3 +95,15 @@ def test_luna16_conventions_unknown_excluded_size_and_overlapping_nodules() -> N
     r = froc(findings, annotations, excluded, ["s"])
     assert (r.n_hits, r.n_ignored, r.n_false_positives) == (2, 1, 1)
     assert r.sensitivities[0.125] == pytest.approx(1.0)
+
+
+def test_the_curve_is_monotone_with_tied_probabilities() -> None:
+    from lungcad.detection.froc import froc_curve
+
+    tp = np.array([0.9, 0.5, 0.5, 0.2])
+    fp = np.array([0.5, 0.5, 0.3, 0.1, 0.9])
+    fps, sens = froc_curve(tp, fp, n_nodules=5, n_scans=2)
+    # From all findings (5 FP over 2 scans, 4 of 5 nodules) down to none.
+    assert (fps[0], sens[0]) == pytest.approx((2.5, 0.8))
+    assert (fps[-1], sens[-1]) == pytest.approx((0.0, 0.0))
+    assert np.all(np.diff(fps) <= 0) and np.all(np.diff(sens) <= 0)
