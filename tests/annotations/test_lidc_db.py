@@ -44,8 +44,8 @@ def test_0001_has_one_malignant_nodule_outlined_by_four_readers(db: LidcDatabase
     [
         ("LIDC-IDRI-0078", [4, 4, 4, 1]),  # the example in pylidc's documentation
         ("LIDC-IDRI-0001", [4]),
-        # Four annotations in all, two on each of two lesions ~100 mm apart: two nodules,
-        # not one "4-reader" nodule centred in the empty lung between them.
+        # Four annotations in all, two on each of two lesions (105 mm apart in 0842, 19 mm
+        # in 0457): two nodules, not one "4-reader" nodule centred in the lung between them.
         ("LIDC-IDRI-0842", [2, 2]),
         ("LIDC-IDRI-0457", [2, 2]),
     ],
