@@ -81,6 +81,8 @@ def detect(
             )
         except LidcRootError as exc:
             fail(str(exc))
+    if len(scans) == 0:
+        fail(f"{input_path}: no scan to detect (check the path, and --splits/--split if given)")
     for line in top_findings(out, settings.threshold):
         typer.echo(line)
     bad = int((scans["status"] != "ok").sum())

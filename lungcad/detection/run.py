@@ -308,6 +308,8 @@ def _assemble(
     _write_atomic(cat("reference"), out_dir / "annotations.csv", ref_cols)
     _write_atomic(cat("excluded"), out_dir / "annotations_excluded.csv", ref_cols)
     scans = pd.DataFrame(metas)
+    first = ["seriesuid", "patient_id", "status", "reason"]  # present even with no scan
+    scans = scans.reindex(columns=[*first, *(c for c in scans.columns if c not in first)])
     _write_atomic(scans, out_dir / "scans.csv")
     (out_dir / "report.md").write_text(_report(scans, findings, settings, model_label))
     shutil.rmtree(out_dir / ".parts")

@@ -148,3 +148,25 @@ def test_test_time_flips_average_the_flipped_cubes_scores(checkpoint) -> None:
     cube = extract_cube(g.to_sitk(padded), centre[0])[None]
     mirror, _ = predict_hu_cubes(model, cube[:, :, :, ::-1].copy(), window, "cpu")
     assert flipped[0] == pytest.approx((plain[0] + mirror[0]) / 2, abs=1e-5)
+
+
+def test_a_split_with_none_of_the_scans_is_a_clear_error(scans, checkpoint, tmp_path) -> None:
+    splits = tmp_path / "splits.json"
+    splits.write_text('{"seed": 0, "unit": "patient", "train": ["A"], "val": ["B"], "test": ["C"]}')
+    result = runner.invoke(
+        app,
+        [
+            "detect",
+            str(scans["dicom"] / "P1"),
+            "--model",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+            "--splits",
+            str(splits),
+            "--params",
+            "none.yaml",
+        ],
+    )
+    assert result.exit_code != 0 and "no scan to detect" in result.output
