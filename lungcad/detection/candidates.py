@@ -38,6 +38,17 @@ OUTSIDE_FILL_HU = 0.0
 #: HU window of the filtered image: bone and contrast above soft tissue add nothing to a
 #: blob, and a calcified nodule is still brighter than the lung around it.
 CLIP_HU = (-1000.0, 100.0)
+#: What ``generate_candidates`` returns for each candidate.
+CANDIDATE_COLUMNS = [
+    "coordX",
+    "coordY",
+    "coordZ",
+    "response",
+    "sigma_mm",
+    "diameter_mm",
+    "blobness",
+    "score",
+]
 #: Radius of a sphere whose normalised DoG response peaks at scale σ (3-D): r = √3 σ.
 RADIUS_PER_SIGMA = float(np.sqrt(3.0))
 
@@ -168,16 +179,7 @@ def generate_candidates(
         Empty when no lung is found.
     """
     config = config or CandidateConfig()
-    columns = [
-        "coordX",
-        "coordY",
-        "coordZ",
-        "response",
-        "sigma_mm",
-        "diameter_mm",
-        "blobness",
-        "score",
-    ]
+    columns = CANDIDATE_COLUMNS
     sigmas = np.asarray(config.sigmas_mm, dtype=float)
     pad = 3.0 * sigmas[-1]
     grid = _iso_grid(lungs, geometry, config.spacing_mm, pad)

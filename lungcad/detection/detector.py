@@ -213,11 +213,9 @@ def detect_volume(
     t = time.perf_counter()
     if not lungs.region.any():
         notes.append("no lung found (no air region inside the body): no candidates")
-        cands = generate_candidates(volume.geometry.to_sitk(volume.hu), lungs, volume.geometry)
-    else:
-        cands = generate_candidates(
-            volume.geometry.to_sitk(volume.hu), lungs, volume.geometry, config.candidates
-        )
+    cands = generate_candidates(
+        volume.geometry.to_sitk(volume.hu), lungs, volume.geometry, config.candidates
+    )
     seconds["candidates"] = time.perf_counter() - t
     t = time.perf_counter()
     centres = cands[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float)

@@ -28,12 +28,14 @@ from pathlib import Path
 import pandas as pd
 
 from lungcad.annotations.lidc_db import LidcDatabase
+from lungcad.detection.candidates import CANDIDATE_COLUMNS
 from lungcad.detection.detector import DetectConfig, detect_volume
 from lungcad.detection.figures import scan_figure
 from lungcad.detection.reference import REFERENCE_COLUMNS, lidc_reference
 from lungcad.detection.sources import ScanSource, find_scans
 from lungcad.io.series import SeriesError
 from lungcad.parallel import progress_map
+from lungcad.preprocessing.build import write_csv_atomic
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +196,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def _write_atomic(frame: pd.DataFrame, path: Path, columns: list[str] | None = None) -> None:
-    if columns is not None:
-        frame = frame.reindex(columns=columns)
-    tmp = path.with_suffix(".tmp.csv")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_csv_atomic(frame if columns is None else frame.reindex(columns=columns), path)
 
 
 def detect_scans(
@@ -291,15 +289,8 @@ def _assemble(
     cand_cols = [
         "seriesuid",
         "patient_id",
-        "coordX",
-        "coordY",
-        "coordZ",
-        "response",
-        "sigma_mm",
-        "diameter_mm",
+        *CANDIDATE_COLUMNS,
         "blob_diameter_mm",
-        "blobness",
-        "score",
         "probability",
         "malignancy",
     ]

@@ -473,8 +473,8 @@ def build_dataset(
     cubes.flush()
     del cubes
     table = pd.DataFrame(rows, columns=INDEX_COLUMNS)
-    _write_csv_atomic(table, out_dir / "index.csv")
-    _write_csv_atomic(pd.DataFrame(skipped, columns=SKIPPED_COLUMNS), out_dir / "skipped.csv")
+    write_csv_atomic(table, out_dir / "index.csv")
+    write_csv_atomic(pd.DataFrame(skipped, columns=SKIPPED_COLUMNS), out_dir / "skipped.csv")
     write_fingerprint(
         out_dir / "fingerprint.json", [r.stats for r in results if r.stats], table, config
     )
@@ -483,7 +483,8 @@ def build_dataset(
     return table
 
 
-def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
+def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """Write a CSV next to ``path`` and rename it into place: whole or absent."""
     tmp = path.with_suffix(".tmp.csv")
     frame.to_csv(tmp, index=False)
     os.replace(tmp, path)
