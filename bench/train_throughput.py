@@ -1,117 +1,142 @@
-"""Benchmark: training throughput (cubes/s) of the default network.
+"""Benchmark: training throughput (cubes/s) of the network a params file trains.
 
-Variants: fp32 vs AMP (bf16 autocast; fp16 + GradScaler on CUDA), channels_last_3d and
-torch.compile where asked, each fed either by the real input pipeline (memory-mapped
-cubes.npy -> MONAI augmentation -> DataLoader) or by a synthetic batch already in memory on
-the device. If the real-data rate is close to the synthetic one, the input pipeline is not
-the bottleneck.
+The network, batch, AMP, channels_last, compile and input path are those of the params
+file's ``train`` section (default ``params.yaml``; ``--params configs/real-lidc-gpu.yaml``
+for the GPU profiles), so the figures are those of the configuration users run. Per
+variant it reports:
+
+- in-memory: one batch already on the device, stepped again and again (the ceiling);
+- pipeline: the trainer's own batches (resident or streamed cubes, windowing and
+  augmentation on the device) feeding the same steps;
+- epoch: whole epochs of ``Trainer.train_epoch`` + ``validate`` as ``lungcad train`` runs
+  them: the training phase's rate ("epoch"), and training cubes over the whole epoch's
+  time, validation included ("e2e"), with the GPU utilisation NVML saw during training
+  (when ``nvidia-ml-py`` is installed) and the peak GPU memory.
 
 Usage:
-    python bench/train_throughput.py --dataset data/processed --splits data/splits.json \
-        [--steps 8] [--batch-size 16] [--compile] [--channels-last]
+    python bench/train_throughput.py [--params params.yaml] [--dataset data/processed \
+        --splits data/splits.json] [--batch-size N] [--steps 20] [--epochs 2] [--matrix]
+
+``--matrix`` adds variants around the profile: AMP off, channels_last flipped,
+torch.compile on, cubes streamed instead of resident. For a dataset the size of the real
+LIDC cube set without running the phantom, see ``bench/make_synthetic_dataset.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import torch
 
 from lungcad.training.config import TrainConfig
 from lungcad.training.data import load_cube_data
-from lungcad.training.trainer import Trainer, resolve_amp
+from lungcad.training.telemetry import amp_dtype_name
+from lungcad.training.trainer import Trainer
 
 
-def _run(trainer: Trainer, batches, steps: int, warmup: int) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _step_rate(trainer: Trainer, batches, steps: int, warmup: int) -> float:
     trainer.model.train()
-    done, start = 0, None
-    for i, batch in enumerate(batches):
+    done, start = 0, 0.0
+    for i, batch in enumerate(itertools.islice(batches, warmup + steps)):
         if i == warmup:
-            if trainer.device.type == "cuda":
-                torch.cuda.synchronize()
+            _sync(trainer.device)
             start = time.perf_counter()
-        trainer.train_step(batch, 0, i)
-        if i >= warmup:
-            done += len(batch[0])
-        if i + 1 >= warmup + steps:
-            break
-    if trainer.device.type == "cuda":
-        torch.cuda.synchronize()
+        trainer.train_step(batch)
+        done += len(batch[0]) if i >= warmup else 0
+    _sync(trainer.device)
     return done / (time.perf_counter() - start)
+
+
+def _pipeline(trainer: Trainer):
+    for epoch in itertools.count():
+        yield from trainer.batches(trainer.on_epoch_start(epoch))
+
+
+def _variants(config: TrainConfig, matrix: bool) -> list[tuple[str, TrainConfig]]:
+    out = [("profile", config)]
+    if matrix:
+        out += [
+            ("amp off", config.replace(amp="off")),
+            (
+                f"channels_last {not config.channels_last}".lower(),
+                config.replace(channels_last=not config.channels_last),
+            ),
+            ("streamed cubes", config.replace(data_on_device="false")),
+        ]
+        if not config.compile:
+            out.append(("torch.compile", config.replace(compile=True)))
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--dataset", default="data/processed")
     parser.add_argument("--splits", default="data/splits.json")
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument(
-        "--skip-amp", action="store_true", help="skip the AMP variant (slow on CPUs without bf16)"
-    )
+    parser.add_argument("--batch-size", type=int, help="override train.batch_size")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2, help="whole epochs timed per variant")
+    parser.add_argument("--matrix", action="store_true", help="variants around the profile")
     args = parser.parse_args()
 
+    config = TrainConfig.from_params(args.params)
+    if args.batch_size:
+        config = config.replace(batch_size=args.batch_size)
+    if config.device == "cuda" and not torch.cuda.is_available():
+        config = config.replace(device="cpu")
+        print("no CUDA device: running the profile on the CPU")
     data = load_cube_data(args.dataset, args.splits)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    name = (
-        torch.cuda.get_device_name()
-        if device == "cuda"
-        else f"CPU ({torch.get_num_threads()} threads)"
-    )
+    m = config.model
     print(
-        f"device: {name}; torch {torch.__version__}; batch {args.batch_size}; "
-        f"{args.steps} timed steps after {args.warmup} warm-up"
+        f"params {args.params}: widths {list(m.widths)} blocks {list(m.blocks)}, batch "
+        f"{config.batch_size}, amp {config.amp}, channels_last {config.channels_last}, "
+        f"compile {config.compile}, data_on_device {config.data_on_device}; "
+        f"{len(data.subset('train'))} train / {len(data.subset('val'))} val cubes"
     )
-    amp = "auto" if device == "cuda" else "bf16"
-    fastest = amp if device == "cuda" else "off"  # CPU autocast is only a fallback
-    variants = [("fp32", "off", False, False), ("amp", amp, False, False)]
-    if args.skip_amp:
-        variants.pop(1)
-    if args.channels_last:
-        variants.append(("channels_last_3d", fastest, True, False))
-    if args.compile:
-        variants.append(("torch.compile", fastest, False, True))
-    print(f"{'variant':24s} {'amp dtype':10s} {'real data':>10s} {'synthetic':>10s}  cubes/s")
-    for label, amp, channels_last, compile_ in variants:
-        config = TrainConfig(
-            batch_size=args.batch_size,
-            amp=amp,
-            device=device,
-            channels_last=channels_last,
-            compile=compile_,
-            num_workers=args.workers,
-            deterministic=False,
-        )
-        trainer = Trainer(config, data, "/tmp/lungcad-bench", progress=False)
+    header = (
+        f"{'variant':22s} {'dtype':5s} {'resident':8s} {'in-memory':>9s} {'pipeline':>9s} "
+        f"{'epoch':>7s} {'e2e':>7s} {'epoch s':>8s} {'val s':>6s} {'GPU %':>6s} {'peak GB':>7s}"
+    )
+    for label, variant in _variants(config, args.matrix):
+        trainer = Trainer(variant, data, "/tmp/lungcad-bench", progress=False)
+        if label == "profile":
+            device = trainer.device
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+            print(f"device: {name} ({torch.get_num_threads()} threads); torch {torch.__version__}")
+            print(
+                f"{header}\n{'':37s}{'cubes/s':>9s} {'cubes/s':>9s} {'cubes/s':>7s} "
+                f"{'cubes/s':>7s}"
+            )
         trainer.on_train_start()
-        real = _run(trainer, _cycle(trainer), args.steps, args.warmup)
-        batch = next(iter(trainer.on_epoch_start(0)))
-        synthetic_batch = tuple(t.to(device) for t in batch)
-        synthetic = _run(trainer, _repeat(synthetic_batch), args.steps, args.warmup)
-        dtype = resolve_amp(amp, trainer.device)
+        pipeline = _step_rate(trainer, _pipeline(trainer), args.steps, args.warmup)
+        batch = next(trainer.batches(trainer.on_epoch_start(0)))
+        in_memory = _step_rate(trainer, itertools.repeat(batch), args.steps, args.warmup)
+        epochs = []
+        for epoch in range(args.epochs):
+            metrics = trainer.train_epoch(epoch, trainer.on_epoch_start(epoch))
+            metrics.update(trainer.validate())
+            epochs.append(metrics)
+        last = epochs[-1]  # the first may hold compilation / cuDNN autotuning
+        epoch_s = last["epoch_train_s"] + last["epoch_val_s"]
         print(
-            f"{label:24s} {str(dtype).replace('torch.', '') if dtype else 'fp32':10s} "
-            f"{real:10.1f} {synthetic:10.1f}"
+            f"{label:22s} {amp_dtype_name(trainer.amp_dtype):5s} "
+            f"{str(trainer.data_on_device).lower():8s} {in_memory:9.1f} {pipeline:9.1f} "
+            f"{last['train_cubes_per_s']:7.1f} {len(data.subset('train')) / epoch_s:7.1f} "
+            f"{epoch_s:8.2f} {last['epoch_val_s']:6.2f} "
+            f"{last.get('gpu_util_mean_pct', float('nan')):6.1f} "
+            f"{last.get('gpu_peak_mem_gb', float('nan')):7.2f}"
         )
-
-
-def _cycle(trainer: Trainer):
-    epoch = 0
-    while True:
-        yield from trainer.on_epoch_start(epoch)
-        epoch += 1
-
-
-def _repeat(batch):
-    while True:
-        yield batch
+        del trainer
 
 
 if __name__ == "__main__":

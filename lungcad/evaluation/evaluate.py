@@ -29,7 +29,7 @@ from lungcad.evaluation.metrics import (
 from lungcad.evaluation.plots import write_plots
 from lungcad.training.data import load_cube_data
 from lungcad.training.predict import predict_rows
-from lungcad.training.trainer import load_model
+from lungcad.training.trainer import load_model, resolve_amp
 
 DETECTION_CI = ("auc", "accuracy", "precision", "recall", "specificity", "f1")
 MALIGNANCY_CI = ("mae", "rmse", "pearson", "spearman", "binary_auc")
@@ -106,8 +106,17 @@ def evaluate_model(
     data = load_cube_data(dataset_dir, splits_file)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, train_config = load_model(checkpoint, device)
+    amp_dtype = resolve_amp(train_config.amp, device)
     preds = {
-        s: predict_rows(model, data.cubes, data.subset(s), train_config.window_hu, device)
+        s: predict_rows(
+            model,
+            data.cubes,
+            data.subset(s),
+            train_config.window_hu,
+            device,
+            train_config.eval_batch_size,
+            amp_dtype,
+        )
         for s in ("val", "test")
     }
     threshold = youden_threshold(

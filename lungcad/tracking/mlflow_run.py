@@ -87,7 +87,9 @@ def runtime_tags(device: torch.device) -> dict[str, str]:
         "python_version": platform.python_version(),
     }
     if device.type == "cuda":
-        tags["gpu_name"] = torch.cuda.get_device_name(device)
+        props = torch.cuda.get_device_properties(device)
+        tags["gpu_name"] = props.name
+        tags["gpu_memory_gb"] = f"{props.total_memory / 2**30:.1f}"
     return tags
 
 

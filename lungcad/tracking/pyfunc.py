@@ -65,10 +65,11 @@ class LungcadPyfunc(PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from lungcad.training.trainer import load_model
+        from lungcad.training.trainer import load_model, resolve_amp
 
-        self.torch = torch
-        self.model, self.config = load_model(context.artifacts["checkpoint"], "cpu")
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.config = load_model(context.artifacts["checkpoint"], self.device)
+        self.amp_dtype = resolve_amp(self.config.amp, self.device)
         config = context.model_config or {}
         self.threshold = float(config["threshold"]) if "threshold" in config else None
         self.cube_size = int(config.get("cube_size", 64))
@@ -78,7 +79,12 @@ class LungcadPyfunc(PythonModel):
 
         cubes = validate_cubes(model_input, self.cube_size)
         prob, mal = predict_hu_cubes(
-            self.model, cubes, self.config.window_hu, self.torch.device("cpu")
+            self.model,
+            cubes,
+            self.config.window_hu,
+            self.device,
+            self.config.eval_batch_size,
+            self.amp_dtype,
         )
         out = pd.DataFrame({"nodule_prob": prob.astype(float), "malignancy": mal.astype(float)})
         if self.threshold is not None:

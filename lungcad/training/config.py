@@ -61,10 +61,17 @@ class TrainConfig:
         device: "auto", "cpu" or "cuda".
         select_metric: validation metric that picks the best epoch (higher is better):
             "val_objective" = val_auc - val_mae / 4, "val_auc", or "neg_val_mae".
-        num_workers: DataLoader worker processes.
-        deterministic: use deterministic algorithms (reproducible, slower on GPU).
+        num_workers: DataLoader worker processes of the streaming input path (cubes not
+            resident on the device); persistent across epochs.
+        deterministic: use deterministic algorithms (reproducible, slower on GPU); when
+            off, cuDNN picks its fastest kernels (``cudnn.benchmark``).
         channels_last: channels_last_3d memory format.
         compile: torch.compile the model.
+        data_on_device: "auto" (the train and val cubes go to the device when they take
+            under 40 % of its free memory; RAM on the CPU), "true" or "false".
+        sync_every: training steps between host syncs (NaN/inf check, progress bar);
+            every step still records the first non-finite loss on the device.
+        eval_batch_size: cubes per forward pass in validation.
     """
 
     experiment: str = "lungcad"
@@ -87,6 +94,9 @@ class TrainConfig:
     deterministic: bool = True
     channels_last: bool = False
     compile: bool = False
+    data_on_device: str = "auto"
+    sync_every: int = 50
+    eval_batch_size: int = 64
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -97,11 +107,12 @@ class TrainConfig:
             "amp": ("auto", "fp16", "bf16", "off"),
             "device": ("auto", "cpu", "cuda"),
             "select_metric": ("val_objective", "val_auc", "neg_val_mae"),
+            "data_on_device": ("auto", "true", "false"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name}={getattr(self, name)!r}: choose one of {allowed}")
-        positive = ("epochs", "batch_size", "lr")
+        positive = ("epochs", "batch_size", "lr", "sync_every", "eval_batch_size")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"train.{name} must be > 0 (got {getattr(self, name)})")
@@ -129,6 +140,8 @@ class TrainConfig:
             values[key] = kind(
                 **{k: tuple(v) if isinstance(v, list) else v for k, v in sub.items()}
             )
+        if isinstance(values.get("data_on_device"), bool):  # YAML true/false
+            values["data_on_device"] = str(values["data_on_device"]).lower()
         if "window_hu" in values:
             values["window_hu"] = tuple(float(v) for v in values["window_hu"])
         return cls(**values)

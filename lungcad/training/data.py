@@ -1,31 +1,34 @@
-"""Cube dataset for training: memory-mapped cubes, split by patient, windowed and augmented.
+"""Cube dataset for training: memory-mapped cubes split by patient, served to the device.
 
-Augmentations are MONAI array transforms with their own seeded random state; the trainer
-re-seeds them from (seed, epoch) at the start of every epoch, so a resumed run draws the
-same augmentations as an uninterrupted one.
+A :class:`CubeStore` holds the int16 cubes of some index rows either resident on the
+training device (GPU memory, or RAM on the CPU: batches are gathered by index there) or
+read from the memory-mapped array per batch by a persistent DataLoader with pinned memory.
+Either way int16 crosses to the device and windowing and augmentation
+(:mod:`lungcad.training.augment`) run there, batch-wise. Every random draw is made in the
+main process from (seed, epoch), so DataLoader workers only read and a resumed run sees
+exactly what an uninterrupted one saw.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from monai.transforms import (
-    BorderPad,
-    Compose,
-    RandFlip,
-    RandRotate90,
-    RandShiftIntensity,
-    RandSpatialCrop,
-    ScaleIntensityRange,
-)
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lungcad.splits.patient_split import load_splits
-from lungcad.training.config import AugmentConfig
+
+log = logging.getLogger(__name__)
+
+#: Share of the free memory (GPU, or RAM on the CPU) the resident cubes may take under
+#: ``data_on_device: auto``; the rest is for activations, the optimizer and the OS.
+RESIDENT_MEMORY_SHARE = 0.4
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -76,60 +79,151 @@ def load_cube_data(dataset_dir: str | Path, splits_file: str | Path) -> CubeData
     return CubeData(cubes, index)
 
 
-def window_transform(window_hu: tuple[float, float]) -> ScaleIntensityRange:
-    """HU -> [0, 1] over the window, clipped (the model's input normalisation)."""
-    return ScaleIntensityRange(
-        a_min=window_hu[0], a_max=window_hu[1], b_min=0.0, b_max=1.0, clip=True
-    )
+def read_cube_rows(cubes: np.ndarray, cube_index: np.ndarray) -> np.ndarray:
+    """``cubes[cube_index]`` as one in-memory array, read in ascending order (sequential
+    reads from a memory-mapped file) and returned in the order asked."""
+    order = np.argsort(cube_index, kind="stable")
+    out = np.empty((len(cube_index), *cubes.shape[1:]), dtype=cubes.dtype)
+    out[order] = cubes[cube_index[order]]
+    return out
 
 
-def train_transform(
-    window_hu: tuple[float, float], augment: AugmentConfig, cube_size: int = 64
-) -> Compose:
-    """Windowing plus flips, axial 90-degree rotations, small shifts and HU jitter."""
-    steps = [window_transform(window_hu)]
-    if augment.shift_mm > 0:  # pad with air (0 after windowing), crop back at a random place
-        steps += [
-            BorderPad(spatial_border=augment.shift_mm, mode="constant"),
-            RandSpatialCrop(roi_size=(cube_size,) * 3, random_size=False),
-        ]
-    if augment.flip:
-        steps += [RandFlip(prob=0.5, spatial_axis=a) for a in range(3)]
-    if augment.rot90:
-        steps += [RandRotate90(prob=0.75, max_k=3, spatial_axes=(1, 2))]
-    if augment.hu_jitter > 0:
-        scale = augment.hu_jitter / (window_hu[1] - window_hu[0])
-        steps += [RandShiftIntensity(offsets=scale, prob=0.8)]
-    return Compose(steps)
+def available_memory_bytes(device: torch.device) -> int:
+    """Free memory where the resident cubes would live: the GPU's, or the machine's RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
-class CubeDataset(Dataset):
-    """(cube, detection label, malignancy target, malignancy mask) for rows of the index.
+def resolve_data_on_device(setting: str | bool, device: torch.device, nbytes: int) -> bool:
+    """Whether cubes of ``nbytes`` go to the device (``train.data_on_device``)."""
+    if setting in (True, "true"):
+        return True
+    if setting in (False, "false"):
+        return False
+    budget = RESIDENT_MEMORY_SHARE * available_memory_bytes(device)
+    fits = nbytes <= budget
+    if not fits:
+        log.info(
+            "cubes (%.1f GB) exceed %.0f%% of the free %s memory: streaming them with a "
+            "pinned-memory DataLoader instead",
+            nbytes / 1e9,
+            100 * RESIDENT_MEMORY_SHARE,
+            device.type,
+        )
+    return fits
 
-    Args:
-        cubes: (N, D, H, W) int16 HU array (memory-mapped is fine).
-        rows: the index rows to serve.
-        transform: callable on a (1, D, H, W) float32 array.
-    """
 
-    def __init__(self, cubes: np.ndarray, rows: pd.DataFrame, transform) -> None:
-        self.cubes = cubes
-        self.cube_index = rows["cube_index"].to_numpy()
-        self.label = rows["label"].to_numpy(dtype=np.float32)
-        mal = rows["malignancy_mean"].to_numpy(dtype=np.float32)
-        self.has_mal = ~np.isnan(mal)
-        self.malignancy = np.where(self.has_mal, mal, 1.0).astype(np.float32)
-        self.transform = transform
+class _EpochBatches(Sampler):
+    """The positions of each batch of the current epoch (set by :meth:`CubeStore.batches`
+    before iterating, so a persistent DataLoader can follow a new order every epoch)."""
+
+    def __init__(self) -> None:
+        self.positions: list[np.ndarray] = []
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.positions)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+class _CubeReader(Dataset):
+    """Reads the cubes of a batch of positions (what streaming DataLoader workers do)."""
+
+    def __init__(self, cubes: np.ndarray, cube_index: np.ndarray) -> None:
+        self.cubes, self.cube_index = cubes, cube_index
 
     def __len__(self) -> int:
         return len(self.cube_index)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        cube = np.asarray(self.cubes[self.cube_index[i]], dtype=np.float32)[None]
-        x = torch.as_tensor(np.ascontiguousarray(self.transform(cube)), dtype=torch.float32)
-        return (
-            x,
-            torch.tensor(self.label[i]),
-            torch.tensor(self.malignancy[i]),
-            torch.tensor(self.has_mal[i]),
-        )
+    def __getitem__(self, positions: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(read_cube_rows(self.cubes, self.cube_index[positions]))
+
+
+class CubeStore:
+    """The int16 cubes of some index rows, served to ``device`` in batches.
+
+    Args:
+        cubes: (N, D, H, W) int16 HU array (memory-mapped is fine).
+        cube_index: rows of ``cubes`` this store serves, in its own order.
+        device: where batches are needed.
+        resident: copy the cubes to ``device`` once and gather batches there; otherwise
+            read each batch from ``cubes`` (DataLoader workers, pinned memory on CUDA).
+        num_workers: DataLoader workers of the streaming path (persistent across epochs).
+
+    Example:
+        >>> store = CubeStore(np.zeros((4, 8, 8, 8), np.int16), np.array([3, 1]), "cpu", True)
+        >>> [tuple(x.shape) for _, x in store.batches(torch.tensor([1, 0]), batch_size=2)]
+        [(2, 8, 8, 8)]
+    """
+
+    def __init__(
+        self,
+        cubes: np.ndarray,
+        cube_index: np.ndarray,
+        device: torch.device | str,
+        resident: bool,
+        num_workers: int = 0,
+    ) -> None:
+        self.cubes = cubes
+        self.cube_index = np.asarray(cube_index, dtype=np.int64)
+        self.device = torch.device(device)
+        self.resident: torch.Tensor | None = None
+        self.loader: DataLoader | None = None
+        if resident:
+            self.resident = torch.from_numpy(read_cube_rows(cubes, self.cube_index)).to(self.device)
+        else:
+            self.sampler = _EpochBatches()
+            self.loader = DataLoader(
+                _CubeReader(cubes, self.cube_index),
+                batch_size=None,
+                sampler=self.sampler,
+                num_workers=num_workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=num_workers > 0,
+            )
+
+    def __len__(self) -> int:
+        return len(self.cube_index)
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, drop_last: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(positions on the device, int16 cubes on the device) per batch of ``order``.
+
+        ``order`` (CPU) is copied to the device once, so no step waits on a host copy.
+        """
+        count = len(order) // batch_size if drop_last else -(-len(order) // batch_size)
+        order_dev = order.to(self.device)
+        chunks = [slice(i * batch_size, (i + 1) * batch_size) for i in range(count)]
+        if self.resident is not None:
+            for chunk in chunks:
+                positions = order_dev[chunk]
+                yield positions, self.resident.index_select(0, positions)
+            return
+        self.sampler.positions = [order[chunk].numpy() for chunk in chunks]
+        for chunk, cubes in zip(chunks, self.loader):
+            yield order_dev[chunk], cubes.to(self.device, non_blocking=True)
+
+
+class TrainTargets:
+    """Detection label, malignancy target and its mask per row, as tensors on the device."""
+
+    def __init__(self, rows: pd.DataFrame, device: torch.device | str) -> None:
+        mal = rows["malignancy_mean"].to_numpy(dtype=np.float32)
+        has_mal = ~np.isnan(mal)
+        self.label = torch.as_tensor(rows["label"].to_numpy(dtype=np.float32), device=device)
+        self.malignancy = torch.as_tensor(np.where(has_mal, mal, 1.0), device=device)
+        self.has_mal = torch.as_tensor(has_mal, device=device)
+
+    def take(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.label[positions], self.malignancy[positions], self.has_mal[positions]

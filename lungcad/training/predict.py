@@ -1,53 +1,96 @@
-"""Batched inference of a NoduleNet on cubes (validation, evaluation and serving)."""
+"""Batched inference of a NoduleNet on cubes: the one path for validation, evaluation,
+promotion, serving and whole-scan detection.
+
+Cubes cross to the device in their own dtype (int16 from the cube array: half the bytes of
+float32) and are windowed there; the forward runs under ``torch.inference_mode`` and, when
+asked, autocast; results stay on the device until the end, so a batch never waits on a copy
+back to the host.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 
+from lungcad.training.augment import window_hu
 from lungcad.training.model import NoduleNet
 
+#: Cubes per forward pass when the caller does not say (64 cubes of 64^3 in fp32 are
+#: 64 MB of input; activations of the default network stay well under 1 GB).
+PREDICT_BATCH_SIZE = 64
 
-@torch.no_grad()
-def predict_hu_cubes(
+
+@torch.inference_mode()
+def predict_batches(
     model: NoduleNet,
-    cubes_hu: np.ndarray,
-    window_hu: tuple[float, float],
-    device: torch.device,
-    batch_size: int = 32,
+    batches: Iterable[torch.Tensor],
+    window: tuple[float, float],
+    device: torch.device | str,
+    amp_dtype: torch.dtype | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Nodule probability and malignancy for (N, 64, 64, 64) or (N, 1, 64, 64, 64) HU cubes.
-
-    The HU window is applied here (clipped to [0, 1]), exactly as in training.
-    """
+    """Nodule probability and malignancy for HU batches of shape (B, S, S, S) or
+    (B, 1, S, S, S), any dtype, on any device; the HU window is applied on ``device``
+    exactly as in training."""
+    device = torch.device(device)
     model.eval()
+    channels_last = next(model.parameters()).is_contiguous(memory_format=torch.channels_last_3d)
     probs, mals = [], []
-    low, high = window_hu
-    for start in range(0, len(cubes_hu), batch_size):
-        chunk = np.asarray(cubes_hu[start : start + batch_size], dtype=np.float32)
-        if chunk.ndim == 4:
-            chunk = chunk[:, None]
-        x = torch.from_numpy(np.clip((chunk - low) / (high - low), 0.0, 1.0)).to(device)
-        logit, mal = model(x)
-        probs.append(torch.sigmoid(logit.float()).cpu().numpy())
-        mals.append(mal.float().cpu().numpy())
+    for x in batches:
+        x = x.to(device, non_blocking=True)
+        if x.ndim == 4:
+            x = x[:, None]
+        x = window_hu(x, window)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
+            logit, mal = model(x)
+        probs.append(torch.sigmoid(logit.float()))
+        mals.append(mal.float())
     if not probs:
         return np.zeros(0, np.float32), np.zeros(0, np.float32)
-    return np.concatenate(probs), np.concatenate(mals)
+    return torch.cat(probs).cpu().numpy(), torch.cat(mals).cpu().numpy()
+
+
+def predict_hu_cubes(
+    model: NoduleNet,
+    cubes_hu: np.ndarray | torch.Tensor,
+    window: tuple[float, float],
+    device: torch.device | str,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nodule probability and malignancy for (N, S, S, S) or (N, 1, S, S, S) HU cubes
+    (a numpy array, memory-mapped or not, or a tensor already on the device)."""
+
+    def chunks():
+        for start in range(0, len(cubes_hu), batch_size):
+            chunk = cubes_hu[start : start + batch_size]
+            yield (
+                chunk
+                if isinstance(chunk, torch.Tensor)
+                else torch.from_numpy(np.ascontiguousarray(chunk))
+            )
+
+    return predict_batches(model, chunks(), window, device, amp_dtype)
 
 
 def predict_rows(
     model: NoduleNet,
     cubes: np.ndarray,
     rows,
-    window_hu: tuple[float, float],
-    device: torch.device,
-    batch_size: int = 32,
+    window: tuple[float, float],
+    device: torch.device | str,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    amp_dtype: torch.dtype | None = None,
 ):
     """``rows`` of the cube index (sorted by cube_index, for sequential memory-mapped reads)
     with ``nodule_prob`` and ``malignancy_pred`` columns added."""
     rows = rows.sort_values("cube_index")
     prob, mal = predict_hu_cubes(
-        model, cubes[rows["cube_index"].to_numpy()], window_hu, device, batch_size
+        model, cubes[rows["cube_index"].to_numpy()], window, device, batch_size, amp_dtype
     )
     return rows.assign(nodule_prob=prob, malignancy_pred=mal)

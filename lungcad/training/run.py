@@ -23,6 +23,7 @@ from lungcad.tracking.mlflow_run import (
 from lungcad.tracking.pyfunc import log_pyfunc_model
 from lungcad.training.config import TrainConfig
 from lungcad.training.data import CubeData, load_cube_data
+from lungcad.training.telemetry import amp_dtype_name
 from lungcad.training.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ def train_tracked(
                         for s, r in counts.iterrows()
                     },
                     **runtime_tags(trainer.device),
+                    "amp_dtype": amp_dtype_name(trainer.amp_dtype),
+                    "data_on_device": str(trainer.data_on_device).lower(),
                 }
             )
         else:

@@ -6,6 +6,10 @@ Experiment tracking and hyper-parameter pruning plug in as callbacks at epoch en
 randomness of an epoch (shuffling, augmentation, dropout) is derived from (seed, epoch),
 so ``resume=True`` after an interruption ends with the same weights as an uninterrupted
 run on the CPU.
+
+A training step never waits for the device: losses are summed on it and the first
+non-finite loss of an epoch is recorded there; the host looks every ``sync_every`` steps
+and at the end of the epoch.
 """
 
 from __future__ import annotations
@@ -19,16 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lungcad.evaluation.metrics import malignancy_metrics, safe_auc, validation_objective
+from lungcad.training.augment import AugmentDraws, augment_batch, draw_augmentation, window_hu
 from lungcad.training.config import TrainConfig
-from lungcad.training.data import CubeData, CubeDataset, train_transform
+from lungcad.training.data import CubeData, CubeStore, TrainTargets, resolve_data_on_device
 from lungcad.training.losses import MultiTaskLoss
 from lungcad.training.model import NoduleNet
-from lungcad.training.predict import predict_rows
+from lungcad.training.predict import predict_batches
+from lungcad.training.telemetry import EpochTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,20 @@ class Callback(Protocol):
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None: ...
 
     def on_train_end(self, trainer: Trainer, result: TrainResult) -> None: ...
+
+
+@dataclass
+class EpochPlan:
+    """An epoch's order of the training rows and their augmentation (drawn on the CPU)."""
+
+    order: torch.Tensor
+    draws: AugmentDraws
+    batch_size: int
+    drop_last: bool
+
+    def __len__(self) -> int:
+        n = len(self.order)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
 @dataclass
@@ -132,23 +152,41 @@ class Trainer:
         train_rows, val_rows = data.subset("train"), data.subset("val")
         if len(train_rows) == 0 or len(val_rows) == 0:
             raise ValueError("the train and val splits must both hold cubes; re-run the split")
-        self.train_transform = train_transform(
-            config.window_hu, config.augment, data.cubes.shape[1]
+        self.train_rows, self.val_rows = train_rows, val_rows
+        index = np.concatenate([train_rows["cube_index"], val_rows["cube_index"]])
+        nbytes = len(index) * int(np.prod(data.cubes.shape[1:])) * data.cubes.dtype.itemsize
+        self.data_on_device = resolve_data_on_device(config.data_on_device, self.device, nbytes)
+        self.train_store = CubeStore(
+            data.cubes,
+            train_rows["cube_index"].to_numpy(),
+            self.device,
+            self.data_on_device,
+            config.num_workers,
         )
-        self.train_set = CubeDataset(data.cubes, train_rows, self.train_transform)
-        self.val_rows = val_rows
+        self.val_store = CubeStore(
+            data.cubes,
+            np.sort(val_rows["cube_index"].to_numpy()),
+            self.device,
+            self.data_on_device,
+            config.num_workers,
+        )
+        self.train_targets = TrainTargets(train_rows, self.device)
+        self.telemetry = EpochTelemetry(self.device)
 
     # -- hooks ---------------------------------------------------------------------------
     def on_train_start(self) -> None:
         torch.manual_seed(self.config.seed)
         if self.config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.benchmark = not self.config.deterministic
         self.model = build_model(self.config, self.device)
         self.forward = torch.compile(self.model) if self.config.compile else self.model
         self.loss_fn = MultiTaskLoss(self.config)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+            self.model.parameters(),
+            lr=self.config.lr,
+            weight_decay=self.config.weight_decay,
+            fused=True if self.device.type == "cuda" else None,  # one kernel for all params
         )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=self.config.epochs
@@ -159,26 +197,36 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
 
-    def on_epoch_start(self, epoch: int) -> DataLoader:
+    def on_epoch_start(self, epoch: int) -> EpochPlan:
         seed = self.config.seed * 100_003 + epoch
         torch.manual_seed(seed)  # dropout
-        self.train_transform.set_random_state(seed=seed % 2**32)
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(
-            self.train_set,
-            batch_size=self.config.batch_size,
-            shuffle=True,
-            generator=generator,
-            num_workers=self.config.num_workers,
-            drop_last=len(self.train_set) > self.config.batch_size,
-        )
+        n = len(self.train_rows)
+        order = torch.randperm(n, generator=generator)
+        draws = draw_augmentation(n, self.config.augment, self.config.window_hu, generator)
+        return EpochPlan(order, draws, self.config.batch_size, n > self.config.batch_size)
+
+    def batches(self, plan: EpochPlan):
+        """(windowed, augmented cubes, label, malignancy target, malignancy mask) per batch
+        of ``plan``, all on the device."""
+        draws = plan.draws.to(self.device)
+        size = plan.batch_size
+        stream = self.train_store.batches(plan.order, size, plan.drop_last)
+        for i, (positions, cubes) in enumerate(stream):
+            x = augment_batch(
+                window_hu(cubes[:, None], self.config.window_hu),
+                draws.take(slice(i * size, i * size + len(positions))),
+            )
+            yield (x, *self.train_targets.take(positions))
 
     def train_step(
-        self, batch: tuple[torch.Tensor, ...], epoch: int, step: int
-    ) -> dict[str, float]:
-        x, label, mal_target, has_mal = (t.to(self.device, non_blocking=True) for t in batch)
+        self, batch: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimiser step on a batch already on the device; returns the (total,
+        detection, malignancy) losses as device tensors (no host sync)."""
+        x, label, mal_target, has_mal = batch
         if self.config.channels_last:
-            x = x.to(memory_format=torch.channels_last_3d)
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(
             self.device.type,
             dtype=self.amp_dtype or torch.float32,
@@ -186,55 +234,75 @@ class Trainer:
         ):
             logit, malignancy = self.forward(x)
         loss, det, mal = self.loss_fn(logit, malignancy, label, mal_target, has_mal)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} (detection {det.item()}, malignancy {mal.item()}) at "
-                f"epoch {epoch + 1}, batch {step + 1}: training stopped; the last good "
-                f"checkpoint is {self.ckpt_dir / 'last.pt'}. Lower train.lr or check the data."
-            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {"loss": loss.item(), "loss_det": det.item(), "loss_mal": mal.item()}
+        return loss.detach(), det.detach(), mal.detach()
 
-    def train_epoch(self, epoch: int, loader: DataLoader) -> dict[str, float]:
+    def _raise_if_non_finite(self, first_bad: torch.Tensor, bad_parts: torch.Tensor, epoch: int):
+        step = int(first_bad.item())  # the host sync
+        if step < 0:
+            return
+        loss, det, mal = bad_parts.tolist()
+        raise NonFiniteLossError(
+            f"loss is {loss} (detection {det}, malignancy {mal}) at epoch {epoch + 1}, "
+            f"batch {step + 1}: training stopped; the last good checkpoint is "
+            f"{self.ckpt_dir / 'last.pt'}. Lower train.lr or check the data."
+        )
+
+    def train_epoch(self, epoch: int, plan: EpochPlan) -> dict[str, float]:
         self.model.train()
-        sums = {"loss": 0.0, "loss_det": 0.0, "loss_mal": 0.0}
+        sums = torch.zeros(3, device=self.device)  # loss, detection, malignancy x cubes
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        bad_parts = torch.zeros(3, device=self.device)
         n = 0
         bar = tqdm(
-            loader,
+            total=len(plan),
             desc=f"epoch {epoch + 1}/{self.config.epochs}",
             unit="batch",
             leave=False,
             disable=not self.progress,
         )
-        for step, batch in enumerate(bar):
+        self.telemetry.start()
+        for step, batch in enumerate(self.batches(plan)):
             try:
-                parts = self.train_step(batch, epoch, step)
+                parts = torch.stack(self.train_step(batch))
             except torch.cuda.OutOfMemoryError as exc:
                 raise BatchTooLargeError(
                     f"CUDA out of memory at batch size {self.config.batch_size}: lower "
                     "train.batch_size (or enable train.amp)"
                 ) from exc
             size = len(batch[0])
-            for k, v in parts.items():
-                sums[k] += v * size
             n += size
-            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
-        return {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
+            sums += parts * size
+            newly_bad = (first_bad < 0) & ~torch.isfinite(parts[0])
+            first_bad = torch.where(newly_bad, step, first_bad)
+            bad_parts = torch.where(newly_bad, parts, bad_parts)
+            if (step + 1) % self.config.sync_every == 0:
+                self._raise_if_non_finite(first_bad, bad_parts, epoch)
+                bar.set_postfix(loss=f"{sums[0].item() / n:.4f}")
+            bar.update()
+        bar.close()
+        self._raise_if_non_finite(first_bad, bad_parts, epoch)
+        metrics = dict(
+            zip(("train_loss", "train_loss_det", "train_loss_mal"), (sums / max(n, 1)).tolist())
+        )
+        return {**metrics, **self.telemetry.stop(n)}
 
     def validate(self) -> dict[str, float]:
-        rows = predict_rows(
+        started = time.perf_counter()
+        order = torch.arange(len(self.val_store))
+        prob, mal = predict_batches(
             self.model,
-            self.data.cubes,
-            self.val_rows,
+            (x for _, x in self.val_store.batches(order, self.config.eval_batch_size)),
             self.config.window_hu,
             self.device,
-            batch_size=self.config.batch_size * 2,
+            self.amp_dtype,
         )
+        rows = self.val_rows.sort_values("cube_index").assign(nodule_prob=prob, malignancy_pred=mal)
         auc = safe_auc(rows["label"].to_numpy(), rows["nodule_prob"].to_numpy())
         nodules = rows[rows["label"] == 1]
         mm = malignancy_metrics(
@@ -245,6 +313,7 @@ class Trainer:
             "val_mae": mm["mae"],
             "val_pearson": mm["pearson"],
             "val_objective": validation_objective(auc, mm["mae"]),
+            "epoch_val_s": time.perf_counter() - started,
         }
 
     def selection_value(self, metrics: dict[str, float]) -> float:
@@ -315,8 +384,8 @@ class Trainer:
             log.info("resuming from %s after epoch %d", last, self.start_epoch)
         started = time.perf_counter()
         for epoch in range(self.start_epoch, self.config.epochs):
-            loader = self.on_epoch_start(epoch)
-            metrics = self.train_epoch(epoch, loader)
+            plan = self.on_epoch_start(epoch)
+            metrics = self.train_epoch(epoch, plan)
             metrics["lr"] = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
             metrics.update(self.validate())

@@ -56,9 +56,13 @@ def test_run_has_params_tags_epoch_metrics_report_and_model(tracked, monkeypatch
     for tag in ("git_commit", "dvc_data_md5", "device", "torch_version", "cuda_version"):
         assert tag in data.tags
     assert data.tags["device"] == "cpu"
-    for metric in ("train_loss", "train_loss_det", "train_loss_mal", "val_auc", "val_mae", "lr"):
+    assert data.tags["amp_dtype"] == "fp32"  # the resolved dtype: amp=auto is fp32 on a CPU
+    assert data.tags["data_on_device"] == "true"  # the tiny cube set fits in RAM
+    metrics = ("train_loss", "train_loss_det", "train_loss_mal", "val_auc", "val_mae", "lr")
+    for metric in (*metrics, "train_cubes_per_s", "epoch_train_s", "epoch_val_s"):
         history = client.get_metric_history(run.run_id, metric)
         assert [m.step for m in history] == [1, 2], metric
+    assert data.metrics["train_cubes_per_s"] > 0
     assert "test_detection_auc" in data.metrics and "test_malignancy_mae" in data.metrics
     artifacts = _artifact_paths(client, run.run_id)
     assert {

@@ -59,11 +59,11 @@ def test_one_training_step_under_cpu_autocast(tiny_dataset, tmp_path) -> None:
     assert trainer.amp_dtype == torch.bfloat16 and trainer.device.type == "cpu"
     trainer.on_train_start()
     before = [p.detach().clone() for p in trainer.model.parameters()]
-    batch = next(iter(trainer.on_epoch_start(0)))
+    batch = next(trainer.batches(trainer.on_epoch_start(0)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert trainer.model(batch[0])[0].dtype == torch.bfloat16
-    parts = trainer.train_step(batch, 0, 0)
-    assert np.isfinite(parts["loss"])
+    loss, _, _ = trainer.train_step(batch)
+    assert np.isfinite(loss.item())
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
 
 
@@ -83,14 +83,22 @@ class _StopAfter:
         pass
 
 
-def test_resume_ends_with_the_same_model_as_an_uninterrupted_run(tiny_dataset, tmp_path) -> None:
+@pytest.mark.parametrize("data_on_device,num_workers", [("true", 0), ("false", 0), ("false", 2)])
+def test_resume_ends_with_the_same_model_as_an_uninterrupted_run(
+    tiny_dataset, tmp_path, data_on_device, num_workers
+) -> None:
     data = load_cube_data(*tiny_dataset)
-    config = tiny_train_config(epochs=3)
-    straight = Trainer(config, data, tmp_path / "a", progress=False).fit()
+    resident = tiny_train_config(epochs=3, data_on_device="true")
+    config = resident.replace(data_on_device=data_on_device, num_workers=num_workers)
+    straight = Trainer(resident, data, tmp_path / "a", progress=False).fit()
+    interrupted = Trainer(config, data, tmp_path / "b", callbacks=[_StopAfter(2)], progress=False)
+    assert interrupted.data_on_device == (data_on_device == "true")
     with pytest.raises(_Interrupt):
-        Trainer(config, data, tmp_path / "b", callbacks=[_StopAfter(2)], progress=False).fit()
+        interrupted.fit()
     resumed = Trainer(config, data, tmp_path / "b", progress=False).fit(resume=True)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    # Bit-identical to the uninterrupted run, whether the cubes were resident or streamed
+    # by (persistent) DataLoader workers: every random draw is made from (seed, epoch).
     a = torch.load(straight.last_checkpoint, weights_only=False)["model"]
     b = torch.load(resumed.last_checkpoint, weights_only=False)["model"]
     for key in a:
@@ -120,6 +128,37 @@ def test_non_finite_loss_stops_with_a_clear_message(tiny_dataset, tmp_path) -> N
     assert kept["config"] == good["config"]  # the last good checkpoint is untouched
 
 
+class _PoisonTarget:
+    """After epoch ``epoch``, one training row's malignancy target becomes NaN."""
+
+    def __init__(self, epoch: int, position: int) -> None:
+        self.epoch, self.position = epoch, position
+
+    def on_epoch_end(self, trainer, epoch, metrics) -> None:
+        if epoch == self.epoch:
+            trainer.train_targets.malignancy[self.position] = float("nan")
+            trainer.train_targets.has_mal[self.position] = True
+
+    def on_train_end(self, trainer, result) -> None:
+        pass
+
+
+def test_nan_in_the_middle_of_an_epoch_names_its_batch(tiny_dataset, tmp_path) -> None:
+    data = load_cube_data(*tiny_dataset)
+    # Host syncs only at the end of the epoch: the batch is still the first bad one.
+    config = tiny_train_config(epochs=3, sync_every=1000)
+    trainer = Trainer(config, data, tmp_path / "m", progress=False)
+    plan = trainer.on_epoch_start(1)  # epoch 2's order: put the bad row in its third batch
+    position = int(plan.order[2 * config.batch_size + 1])
+    assert len(plan) == 4
+    trainer.callbacks.append(_PoisonTarget(1, position))
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan .* at epoch 2, batch 3: "):
+        trainer.fit()
+    kept = torch.load(tmp_path / "m" / "checkpoints" / "last.pt", weights_only=False)
+    assert kept["epochs_done"] == 1  # the last good checkpoint, finite weights
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
 def test_missing_dataset_names_the_stage_that_makes_it(tmp_path, tiny_dataset) -> None:
     with pytest.raises(DatasetMissingError, match="dvc repro preprocess"):
         load_cube_data(tmp_path / "nowhere", tiny_dataset[1])
@@ -133,3 +172,12 @@ def test_checkpoint_round_trip(tiny_dataset, tmp_path) -> None:
     model, config = load_model(result.best_checkpoint)
     assert config == tiny_train_config(epochs=1)
     assert model(torch.zeros(1, 1, 32, 32, 32))[0].shape == (1,)
+
+
+@pytest.mark.parametrize("profile", ["real-lidc-gpu.yaml", "real-lidc-gpu-fast.yaml"])
+def test_gpu_profiles_are_valid_train_settings(profile) -> None:
+    from pathlib import Path
+
+    config = TrainConfig.from_params(Path(__file__).parents[2] / "configs" / profile)
+    assert config.device == "cuda" and config.model.blocks == (2, 2, 2, 2)
+    assert config.data_on_device == "auto" and not config.deterministic

@@ -1,0 +1,127 @@
+"""Batched windowing and augmentation of training cubes as torch ops, on whatever device
+holds the batch.
+
+The random draws of a whole epoch are made up front on the CPU from one generator seeded
+with (seed, epoch), so the same cube gets the same augmentation on the CPU and on a GPU,
+at any batch size, and a resumed run draws exactly what an uninterrupted one drew.
+Shift, flips and the axial 90-degree rotation are folded into one gather per batch.
+
+The distributions are those of the per-sample MONAI chain lungcad used before
+(``BorderPad`` + ``RandSpatialCrop``, ``RandFlip`` per axis with p 0.5, ``RandRotate90``
+with p 0.75 and k in 1..3 on the axial axes, ``RandShiftIntensity`` with p 0.8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lungcad.training.config import AugmentConfig
+
+
+def window_hu(x: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
+    """HU (any dtype, e.g. int16 straight from the cube array) -> float32 in [0, 1]."""
+    low, high = window
+    return ((x.float() - low) / (high - low)).clamp_(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class AugmentDraws:
+    """What the augmentation does to each of N cubes.
+
+    Attributes:
+        start: (N, 3) int64 crop start per axis (z, y, x) in the air-padded cube; the
+            content moves by ``shift_mm - start`` voxels.
+        flip: (N, 3) bool, flip along z, y, x (applied after the shift).
+        rot90: (N,) int64 in 0..3, quarter turns in the axial (y, x) plane, as
+            ``torch.rot90(cube, k, dims=(y, x))`` (applied after the flips).
+        offset: (N,) float32 added to the windowed cube (HU jitter / window width).
+        shift_mm: the padding on each side (voxels are 1 mm).
+    """
+
+    start: torch.Tensor
+    flip: torch.Tensor
+    rot90: torch.Tensor
+    offset: torch.Tensor
+    shift_mm: int
+
+    def __len__(self) -> int:
+        return len(self.rot90)
+
+    def take(self, positions: slice | torch.Tensor) -> AugmentDraws:
+        return AugmentDraws(
+            self.start[positions],
+            self.flip[positions],
+            self.rot90[positions],
+            self.offset[positions],
+            self.shift_mm,
+        )
+
+    def to(self, device: torch.device | str) -> AugmentDraws:
+        return AugmentDraws(
+            self.start.to(device),
+            self.flip.to(device),
+            self.rot90.to(device),
+            self.offset.to(device),
+            self.shift_mm,
+        )
+
+
+def draw_augmentation(
+    n: int,
+    config: AugmentConfig,
+    window: tuple[float, float],
+    generator: torch.Generator,
+) -> AugmentDraws:
+    """Draw the augmentation of ``n`` cubes (always the same number of draws, so the
+    generator's stream does not depend on which augmentations are switched on)."""
+    shift = int(config.shift_mm)
+    start = torch.randint(0, 2 * shift + 1, (n, 3), generator=generator)
+    flip = torch.rand((n, 3), generator=generator) < 0.5
+    rot90 = torch.randint(0, 4, (n,), generator=generator)  # p 0.75 of k in 1..3 = uniform 0..3
+    applied = torch.rand(n, generator=generator) < 0.8
+    scale = config.hu_jitter / (window[1] - window[0])
+    offset = (torch.rand(n, generator=generator) * 2 - 1) * scale
+    if shift <= 0:
+        start = torch.zeros_like(start)
+    if not config.flip:
+        flip = torch.zeros_like(flip)
+    if not config.rot90:
+        rot90 = torch.zeros_like(rot90)
+    offset = torch.where(applied, offset, 0.0) if config.hu_jitter > 0 else torch.zeros(n)
+    return AugmentDraws(start, flip, rot90, offset.float(), max(shift, 0))
+
+
+def augment_batch(x: torch.Tensor, draws: AugmentDraws) -> torch.Tensor:
+    """Shift (air padding), flip, rotate and offset a windowed (B, 1, S, S, S) batch.
+
+    Air is 0 after windowing, so the padding is 0 before the HU offset is added (as the
+    MONAI chain did). ``draws`` must be on ``x``'s device.
+    """
+    b, _, depth, height, width = x.shape
+    if height != width:
+        raise ValueError(f"axial rotation needs square axial slices, got {height}x{width}")
+    s = draws.shift_mm
+    if s > 0:
+        x = torch.nn.functional.pad(x, (s,) * 6)
+    size = height
+    ar = torch.arange(size, device=x.device)
+    z = torch.arange(depth, device=x.device)
+    # Source of output (y, x) in the flipped cube, for k quarter turns (torch.rot90 rule):
+    # k=1: (x, S-1-y); k=2: (S-1-y, S-1-x); k=3: (S-1-x, y).
+    yy, xx = ar[:, None].expand(size, size), ar[None, :].expand(size, size)
+    ryy, rxx = size - 1 - yy, size - 1 - xx
+    src_y = torch.stack([yy, xx, ryy, rxx])[draws.rot90]  # (B, S, S)
+    src_x = torch.stack([xx, ryy, rxx, yy])[draws.rot90]
+    flip = draws.flip
+    src_z = torch.where(flip[:, 0:1], depth - 1 - z, z) + draws.start[:, 0:1]  # (B, D)
+    src_y = (
+        torch.where(flip[:, 1, None, None], size - 1 - src_y, src_y) + draws.start[:, 1, None, None]
+    )
+    src_x = (
+        torch.where(flip[:, 2, None, None], size - 1 - src_x, src_x) + draws.start[:, 2, None, None]
+    )
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    out = x[batch, 0, src_z[:, :, None, None], src_y[:, None], src_x[:, None]]
+    return (out + draws.offset[:, None, None, None]).unsqueeze(1)
