@@ -11,7 +11,8 @@ variant it reports:
 - epoch: whole epochs of ``Trainer.train_epoch`` + ``validate`` as ``lungcad train`` runs
   them: the training phase's rate ("epoch"), and training cubes over the whole epoch's
   time, validation included ("e2e"), with the GPU utilisation NVML saw during training
-  (when ``nvidia-ml-py`` is installed) and the peak GPU memory.
+  (when ``nvidia-ml-py`` is installed) and the peak GPU memory;
+- test s: predicting the test split as ``lungcad evaluate`` does (its inference part).
 
 Usage:
     python bench/train_throughput.py [--params params.yaml] [--dataset data/processed \
@@ -32,6 +33,7 @@ import torch
 
 from lungcad.training.config import TrainConfig
 from lungcad.training.data import load_cube_data
+from lungcad.training.predict import predict_rows
 from lungcad.training.telemetry import amp_dtype_name
 from lungcad.training.trainer import Trainer
 
@@ -105,7 +107,8 @@ def main() -> None:
     )
     header = (
         f"{'variant':22s} {'dtype':5s} {'resident':8s} {'in-memory':>9s} {'pipeline':>9s} "
-        f"{'epoch':>7s} {'e2e':>7s} {'epoch s':>8s} {'val s':>6s} {'GPU %':>6s} {'peak GB':>7s}"
+        f"{'epoch':>7s} {'e2e':>7s} {'epoch s':>8s} {'val s':>6s} {'GPU %':>6s} "
+        f"{'peak GB':>7s} {'test s':>6s}"
     )
     for label, variant in _variants(config, args.matrix):
         trainer = Trainer(variant, data, "/tmp/lungcad-bench", progress=False)
@@ -114,8 +117,7 @@ def main() -> None:
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
             print(f"device: {name} ({torch.get_num_threads()} threads); torch {torch.__version__}")
             print(
-                f"{header}\n{'':37s}{'cubes/s':>9s} {'cubes/s':>9s} {'cubes/s':>7s} "
-                f"{'cubes/s':>7s}"
+                f"{header}\n{'':37s}{'cubes/s':>9s} {'cubes/s':>9s} {'cubes/s':>7s} {'cubes/s':>7s}"
             )
         trainer.on_train_start()
         pipeline = _step_rate(trainer, _pipeline(trainer), args.steps, args.warmup)
@@ -127,6 +129,19 @@ def main() -> None:
             metrics.update(trainer.validate())
             epochs.append(metrics)
         last = epochs[-1]  # the first may hold compilation / cuDNN autotuning
+        test = data.subset("test")
+        _sync(trainer.device)
+        started = time.perf_counter()  # the inference part of `lungcad evaluate`
+        predict_rows(
+            trainer.model,
+            data.cubes,
+            test,
+            variant.window_hu,
+            trainer.device,
+            variant.eval_batch_size,
+            trainer.amp_dtype,
+        )
+        test_s = time.perf_counter() - started
         epoch_s = last["epoch_train_s"] + last["epoch_val_s"]
         print(
             f"{label:22s} {amp_dtype_name(trainer.amp_dtype):5s} "
@@ -134,8 +149,11 @@ def main() -> None:
             f"{last['train_cubes_per_s']:7.1f} {len(data.subset('train')) / epoch_s:7.1f} "
             f"{epoch_s:8.2f} {last['epoch_val_s']:6.2f} "
             f"{last.get('gpu_util_mean_pct', float('nan')):6.1f} "
-            f"{last.get('gpu_peak_mem_gb', float('nan')):7.2f}"
+            f"{last.get('gpu_peak_mem_gb', float('nan')):7.2f} {test_s:6.2f}"
         )
+        if args.epochs > 2:
+            total = sum(e["epoch_train_s"] + e["epoch_val_s"] for e in epochs)
+            print(f"{'':22s} {args.epochs} epochs (training + validation): {total:.1f} s")
         del trainer
 
 
