@@ -29,13 +29,13 @@ def predict_batches(
     window: tuple[float, float],
     device: torch.device | str,
     amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nodule probability and malignancy for HU batches of shape (B, S, S, S) or
     (B, 1, S, S, S), any dtype, on any device; the HU window is applied on ``device``
-    exactly as in training."""
+    exactly as in training. ``channels_last``: the model was built channels_last_3d."""
     device = torch.device(device)
     model.eval()
-    channels_last = next(model.parameters()).is_contiguous(memory_format=torch.channels_last_3d)
     probs, mals = [], []
     for x in batches:
         x = x.to(device, non_blocking=True)

@@ -48,7 +48,11 @@ class EpochTelemetry:
 
                 pynvml.nvmlInit()
                 uuid = str(torch.cuda.get_device_properties(device).uuid)
-                self.handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+                try:  # by UUID: NVML's order can differ from CUDA_VISIBLE_DEVICES'
+                    self.handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+                except pynvml.NVMLError:
+                    index = device.index if device.index is not None else 0
+                    self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
                 self.nvml = pynvml
             except Exception as exc:  # noqa: BLE001 - optional: no NVML, no utilisation figure
                 log.info("GPU utilisation is not logged (NVML unavailable: %s)", exc)

@@ -301,6 +301,7 @@ class Trainer:
             self.config.window_hu,
             self.device,
             self.amp_dtype,
+            self.config.channels_last,
         )
         rows = self.val_rows.sort_values("cube_index").assign(nodule_prob=prob, malignancy_pred=mal)
         auc = safe_auc(rows["label"].to_numpy(), rows["nodule_prob"].to_numpy())
