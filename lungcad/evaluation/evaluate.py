@@ -28,6 +28,7 @@ from lungcad.evaluation.metrics import (
 )
 from lungcad.evaluation.plots import write_plots
 from lungcad.training.data import load_cube_data
+from lungcad.training.checkpoint import load_checkpoint
 from lungcad.training.predict import predict_rows
 from lungcad.training.trainer import load_model, resolve_amp
 
@@ -144,9 +145,7 @@ def evaluate_model(
         "baselines_test": baselines,
         "reference_real_lidc": REFERENCE_REAL_LIDC,
         "checkpoint": str(checkpoint),
-        "best_epoch": int(
-            torch.load(checkpoint, map_location="cpu", weights_only=False)["best_epoch"]
-        ),
+        "best_epoch": int(load_checkpoint(checkpoint)["best_epoch"]),
     }
     all_preds = pd.concat([p.assign(split=s) for s, p in preds.items()])
     cols = [

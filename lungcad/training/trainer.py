@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lungcad.evaluation.metrics import malignancy_metrics, safe_auc, validation_objective
+from lungcad.training.checkpoint import load_checkpoint, save_checkpoint
 from lungcad.training.augment import AugmentDraws, augment_batch, draw_augmentation, window_hu
 from lungcad.training.config import TrainConfig
 from lungcad.training.data import CubeData, CubeStore, TrainTargets, resolve_data_on_device
@@ -95,12 +96,6 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def build_model(config: TrainConfig, device: torch.device) -> NoduleNet:
     model = NoduleNet(config.model).to(device)
     if config.channels_last:
@@ -112,7 +107,7 @@ def load_model(
     checkpoint: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[NoduleNet, TrainConfig]:
     """Rebuild the network of a lungcad checkpoint with its weights."""
-    state = torch.load(checkpoint, map_location=device, weights_only=False)
+    state = load_checkpoint(checkpoint, device)
     config = TrainConfig.from_mapping(state["config"])
     model = NoduleNet(config.model).to(device)
     model.load_state_dict(state["model"])
@@ -329,9 +324,9 @@ class Trainer:
         if improved:
             self.best_metric, self.best_epoch = value, epoch + 1
         state = self.state_dict(epoch + 1)
-        save_atomic(state, self.ckpt_dir / "last.pt")
+        save_checkpoint(state, self.ckpt_dir / "last.pt")
         if improved:
-            save_atomic(state, self.out_dir / "best.pt")
+            save_checkpoint(state, self.out_dir / "best.pt")
         (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=2))
         summary = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         line = f"epoch {epoch + 1}/{self.config.epochs} {summary}{' *best' if improved else ''}"
@@ -356,7 +351,7 @@ class Trainer:
         }
 
     def load_state(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_checkpoint(path, self.device)
         if state["config"] != self.config.to_dict():
             raise ValueError(
                 f"{path} was written with other train settings; remove it or drop --resume"
@@ -375,7 +370,7 @@ class Trainer:
         path = self.ckpt_dir / "last.pt"
         if not path.exists():
             return None
-        return torch.load(path, map_location="cpu", weights_only=False).get("extra", {})
+        return load_checkpoint(path).get("extra", {})
 
     def fit(self, resume: bool = False) -> TrainResult:
         self.on_train_start()

@@ -99,8 +99,8 @@ def test_resume_ends_with_the_same_model_as_an_uninterrupted_run(
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     # Bit-identical to the uninterrupted run, whether the cubes were resident or streamed
     # by (persistent) DataLoader workers: every random draw is made from (seed, epoch).
-    a = torch.load(straight.last_checkpoint, weights_only=False)["model"]
-    b = torch.load(resumed.last_checkpoint, weights_only=False)["model"]
+    a = torch.load(straight.last_checkpoint, weights_only=True)["model"]
+    b = torch.load(resumed.last_checkpoint, weights_only=True)["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert straight.history[-1]["val_auc"] == resumed.history[-1]["val_auc"]
@@ -116,7 +116,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny_dataset, tmp_path) -
 def test_non_finite_loss_stops_with_a_clear_message(tiny_dataset, tmp_path) -> None:
     data = load_cube_data(*tiny_dataset)
     Trainer(tiny_train_config(epochs=1), data, tmp_path / "m", progress=False).fit()
-    good = torch.load(tmp_path / "m" / "checkpoints" / "last.pt", weights_only=False)
+    good = torch.load(tmp_path / "m" / "checkpoints" / "last.pt", weights_only=True)
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 1.*last good checkpoint"):
         Trainer(
             tiny_train_config(epochs=1, lambda_mal=float("inf")),
@@ -124,7 +124,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tiny_dataset, tmp_path) -> N
             tmp_path / "m",
             progress=False,
         ).fit()
-    kept = torch.load(tmp_path / "m" / "checkpoints" / "last.pt", weights_only=False)
+    kept = torch.load(tmp_path / "m" / "checkpoints" / "last.pt", weights_only=True)
     assert kept["config"] == good["config"]  # the last good checkpoint is untouched
 
 
@@ -154,7 +154,7 @@ def test_nan_in_the_middle_of_an_epoch_names_its_batch(tiny_dataset, tmp_path) -
     trainer.callbacks.append(_PoisonTarget(1, position))
     with pytest.raises(NonFiniteLossError, match=r"loss is nan .* at epoch 2, batch 3: "):
         trainer.fit()
-    kept = torch.load(tmp_path / "m" / "checkpoints" / "last.pt", weights_only=False)
+    kept = torch.load(tmp_path / "m" / "checkpoints" / "last.pt", weights_only=True)
     assert kept["epochs_done"] == 1  # the last good checkpoint, finite weights
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
 

@@ -1,0 +1,80 @@
+"""lungcad checkpoints: plain data and tensors only, written atomically, read without
+ever running code from the file.
+
+A checkpoint is a dict of state dicts, numbers, strings and the train settings as plain
+data. ``load_checkpoint`` reads it with ``torch.load(weights_only=True)``, which refuses any
+pickled object other than tensors and builtin containers, so a checkpoint crafted to run
+code on unpickling (one downloaded from someone else, say) is refused before anything in
+it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class UnsafeCheckpointError(ValueError):
+    """The file holds pickled objects other than tensors and plain data."""
+
+
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars and str subclasses (``torch.__version__``) made builtin,
+    so ``weights_only`` loading accepts it."""
+    if isinstance(value, dict):
+        return type(value)((k, plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, str) and type(value) is not str:
+        return str(value)
+    return value
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically: a killed process leaves the previous file
+    (or none), never a half-written one."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(plain(state), handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a lungcad checkpoint without executing anything it holds.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError: the file pickles other objects (code could run on loading)
+            or is not a checkpoint at all.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        raise UnsafeCheckpointError(
+            f"{path} is not a plain lungcad checkpoint and was not loaded: it pickles "
+            f"objects that could run code on loading ({reason}). Use a checkpoint written "
+            "by `lungcad train`, or re-save this one from a source you trust."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise UnsafeCheckpointError(
+            f"{path} is not a readable lungcad checkpoint ({exc}); was it truncated?"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise UnsafeCheckpointError(
+            f"{path} is not a lungcad checkpoint (no model weights and train settings)"
+        )
+    return state
