@@ -98,7 +98,11 @@ def log_pyfunc_model(
     name: str = "model",
     model_config: dict[str, Any] | None = None,
 ):
-    """Log the checkpoint as a pyfunc model of the active run; returns its ModelInfo."""
+    """Log the checkpoint as a pyfunc model of the active run; returns its ModelInfo.
+
+    The model is logged from code (``pyfunc_entry.py``), not as a pickled Python object,
+    and its weights are a plain checkpoint read with weights-only loading.
+    """
     import mlflow
 
     import lungcad
@@ -107,7 +111,7 @@ def log_pyfunc_model(
     config = {"cube_size": cube_size, **(model_config or {})}
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=LungcadPyfunc(),
+        python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # no pickled object
         artifacts={"checkpoint": str(checkpoint)},
         code_paths=[str(Path(lungcad.__file__).parent)],
         signature=model_signature(cube_size, with_decision="threshold" in config),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -81,7 +83,11 @@ def test_pyfunc_model_gives_the_torch_model_outputs(tracked, monkeypatch) -> Non
     run, tmp_path, (dataset_dir, _) = tracked
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run.run_id}/model")
+    uri = f"runs:/{run.run_id}/model"
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "dl")))
+    assert not list(local.rglob("*.pkl"))  # logged from code: no pickled Python object
+    assert (local / "artifacts" / "best.pt").exists()
+    pyfunc = mlflow.pyfunc.load_model(uri)
     spec = pyfunc.metadata.get_input_schema().inputs[0]
     assert spec.type == np.dtype(np.float32) and spec.shape == (-1, 1, 32, 32, 32)
     cubes = np.load(dataset_dir / "cubes.npy")[:6].astype(np.float32)[:, None]
