@@ -27,8 +27,8 @@ from lungcad.evaluation.metrics import (
     youden_threshold,
 )
 from lungcad.evaluation.plots import write_plots
-from lungcad.training.data import load_cube_data
 from lungcad.training.checkpoint import load_checkpoint
+from lungcad.training.data import load_cube_data
 from lungcad.training.predict import predict_rows
 from lungcad.training.trainer import load_model, resolve_amp
 

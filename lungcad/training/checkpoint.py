@@ -61,7 +61,10 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        # Checkpoints written before the plain format stored torch.__version__ as a
+        # TorchVersion (a str subclass); allowing that one class keeps them loadable.
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
         raise UnsafeCheckpointError(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lungcad.evaluation.metrics import malignancy_metrics, safe_auc, validation_objective
-from lungcad.training.checkpoint import load_checkpoint, save_checkpoint
 from lungcad.training.augment import AugmentDraws, augment_batch, draw_augmentation, window_hu
+from lungcad.training.checkpoint import load_checkpoint, save_checkpoint
 from lungcad.training.config import TrainConfig
 from lungcad.training.data import CubeData, CubeStore, TrainTargets, resolve_data_on_device
 from lungcad.training.losses import MultiTaskLoss

@@ -36,18 +36,18 @@ def test_a_checkpoint_that_runs_code_is_refused_and_nothing_runs(
     marker = tmp_path / "code-ran"
     hostile = tmp_path / "hostile.pt"
     torch.save({**state, "extra": {"payload": _RunsCodeOnUnpickling(marker)}}, hostile)
-    with pytest.raises(UnsafeCheckpointError, match=r"hostile\.pt is not a plain lungcad.*run code"):
+    with pytest.raises(
+        UnsafeCheckpointError, match=r"hostile\.pt is not a plain lungcad.*run code"
+    ):
         load_model(hostile)
     with pytest.raises(UnsafeCheckpointError):
         load_checkpoint(hostile)  # what resume and evaluate read through
     trained.last_checkpoint.write_bytes(hostile.read_bytes())  # planted where resume looks
     data = load_cube_data(*tiny_dataset)
     with pytest.raises(UnsafeCheckpointError, match=r"last\.pt is not a plain"):
-        Trainer(tiny_train_config(epochs=2), data, tmp_path / "m", progress=False).fit(
-            resume=True
-        )
+        Trainer(tiny_train_config(epochs=2), data, tmp_path / "m", progress=False).fit(resume=True)
     assert not marker.exists()
-    torch.load(hostile, weights_only=True)  # the file is a real exploit: unpickling runs it
+    torch.load(hostile, weights_only=False)  # the file is a real exploit: unpickling runs it
     assert marker.exists()
 
 
@@ -57,6 +57,11 @@ def test_lungcad_checkpoints_load_weights_only(trained) -> None:
         assert isinstance(state["torch_version"], str) and state["epochs_done"] == 1
     model, config = load_model(trained.best_checkpoint)
     assert config == tiny_train_config(epochs=1)
+    # Checkpoints of earlier lungcad versions kept torch.__version__ as a TorchVersion.
+    older = trained.best_checkpoint.with_name("older.pt")
+    state = torch.load(trained.best_checkpoint, weights_only=True)
+    torch.save({**state, "torch_version": torch.__version__}, older)
+    assert load_model(older)[1] == config
 
 
 def test_truncated_or_foreign_files_get_a_clear_error(trained, tmp_path) -> None:
