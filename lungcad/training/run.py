@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def train_tracked(
     parent_run_id: str | None = None,
     progress: bool = True,
     log_model: bool = True,
+    on_run_start: Callable[[str], None] | None = None,
 ) -> TrackedRun:
     """Train with ``config`` and log everything to MLflow; writes ``<out>/train_run.json``.
 
@@ -70,6 +72,8 @@ def train_tracked(
         parent_run_id: the parent run when it is not active in this thread.
         progress: progress bars.
         log_model: log the pyfunc model (tuning trials skip it).
+        on_run_start: called with the MLflow run id once the run is open (a tuning trial
+            records it, so that the run can be closed if its worker dies).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +114,8 @@ def train_tracked(
         else:
             log.info("resuming MLflow run %s", run_id)
         trainer.extra_state["mlflow_run_id"] = run.info.run_id
+        if on_run_start is not None:
+            on_run_start(run.info.run_id)
         trainer.callbacks += [MlflowEpochLogger(), *(callbacks or [])]
         try:
             result = trainer.fit(resume=resume)

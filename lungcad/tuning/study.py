@@ -8,6 +8,14 @@ on several machines share one study. Several ``lungcad tune`` processes on one s
 exactly ``n_trials`` trials together: a trial is only asked for under a lock while fewer
 than ``n_trials`` exist (a file lock next to a journal or SQLite file; a PostgreSQL
 advisory lock in the study's own database, which every machine sees).
+
+A worker that dies (SIGKILL, a lost node) does not leave its trial RUNNING forever: every
+running trial beats a heartbeat (Optuna's, on an RDB; the journal's own below), and any
+worker asking for a trial first fails those silent for ``grace_period_s``. A failed stale
+trial is queued again with the same parameters (``RetryFailedTrialCallback``) and does not
+count towards ``trials``; its MLflow run and the dead worker's parent run are closed as
+KILLED. A worker whose budget is spent waits while other trials are still running, so
+that a trial orphaned late is still re-run and the study ends with exactly ``trials``.
 """
 
 from __future__ import annotations
@@ -16,9 +24,13 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
+import socket
 import threading
 import time
+import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +40,10 @@ import mlflow
 import optuna
 import yaml
 from filelock import FileLock
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from lungcad.params import read_section
 from lungcad.tracking.mlflow_run import ensure_experiment, git_commit, log_params_flat
@@ -53,7 +69,7 @@ class TuneConfig:
     """The ``tune`` section of params.yaml.
 
     Attributes:
-        trials: trials of the study in total (all processes together).
+        trials: finished trials of the study in total (all processes together).
         epochs: epochs per trial (short trials: the tuning profile).
         pruner: "median", "hyperband" or "none".
         startup_trials: trials run to completion before the median pruner prunes.
@@ -62,6 +78,10 @@ class TuneConfig:
         storage: "journal:<file>" or an RDB URL (postgresql://…, mysql://…).
         seed: seeds the TPE sampler.
         out_dir: trial checkpoints (deleted after each trial) and best_params.yaml.
+        heartbeat_interval_s: seconds between the heartbeats of a running trial.
+        grace_period_s: a running trial without a heartbeat for this long belongs to a dead
+            worker: it is failed and queued again.
+        max_retries: times one trial's parameters are queued again after lost workers.
         space: the search space.
     """
 
@@ -74,6 +94,9 @@ class TuneConfig:
     storage: str = "journal:tune/optuna-journal.log"
     seed: int = 0
     out_dir: str = "tune"
+    heartbeat_interval_s: int = 30
+    grace_period_s: int = 180
+    max_retries: int = 2
     space: SearchSpace = field(default_factory=SearchSpace)
 
     def __post_init__(self) -> None:
@@ -81,6 +104,14 @@ class TuneConfig:
             raise ValueError(f"tune.pruner={self.pruner!r}: choose median, hyperband or none")
         if self.trials < 1 or self.epochs < 1:
             raise ValueError("tune.trials and tune.epochs must be >= 1")
+        if self.heartbeat_interval_s < 1 or self.grace_period_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                f"tune.heartbeat_interval_s={self.heartbeat_interval_s} and "
+                f"tune.grace_period_s={self.grace_period_s}: the interval must be >= 1 s and "
+                "the grace period longer than it (a few beats)"
+            )
+        if self.max_retries < 0:
+            raise ValueError(f"tune.max_retries={self.max_retries} must be >= 0")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> TuneConfig:
@@ -96,23 +127,150 @@ class TuneConfig:
         return cls.from_mapping(read_section(params_file, "tune", required=False))
 
 
+class StaleTrialHandler:
+    """What happens to a trial whose worker died: its MLflow run and the dead worker's parent
+    run are closed as KILLED (with a tag saying why), then it is queued again."""
+
+    def __init__(self, max_retries: int) -> None:
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        from mlflow.tracking import MlflowClient
+
+        why = (
+            f"worker {trial.user_attrs.get('worker', '?')} lost: trial {trial.number} "
+            "stopped beating its heartbeat"
+        )
+        log.warning("%s; it is failed and queued again", why)
+        client = MlflowClient()
+        for key in ("mlflow_run_id", "mlflow_parent_run_id"):
+            run_id = trial.user_attrs.get(key)
+            if not run_id:
+                continue
+            try:
+                if client.get_run(run_id).info.status == "RUNNING":
+                    client.set_tag(run_id, "error", why)
+                    client.set_terminated(run_id, status="KILLED")
+            except mlflow.exceptions.MlflowException as exc:
+                log.warning("could not close MLflow run %s: %s", run_id, exc)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry(study, trial)
+
+
+class Heartbeat:
+    """Beat a running trial's heartbeat from a thread until the block ends."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        self.storage = study._storage
+        self.trial_id = trial._trial_id
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def _beat(self) -> None:
+        interval = self.storage.get_heartbeat_interval()
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # told (or failed as stale) meanwhile
+            except Exception as exc:  # a storage hiccup: say so, keep beating
+                log.warning("heartbeat of trial %d not recorded: %s", self.trial_id, exc)
+            if self.stop.wait(interval):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        if isinstance(self.storage, BaseHeartbeat) and self.storage.get_heartbeat_interval():
+            self.thread = threading.Thread(target=self._beat, name="optuna-heartbeat", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
 class StorageError(RuntimeError):
     """The study storage cannot be opened (bad URL, server down, driver missing)."""
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """Journal file storage for "journal:<path>", RDB storage for a database URL."""
+HEARTBEAT_ATTR = "lungcad:heartbeat"
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """Optuna's journal file storage with the heartbeat its RDB storage has.
+
+    A beat is the time of day written as a system attribute of the running trial (one short
+    journal line per beat); a RUNNING trial whose last beat (or start) is older than the
+    grace period is stale. Workers sharing a journal file share one clock.
+    """
+
+    def __init__(
+        self,
+        backend: JournalFileBackend,
+        heartbeat_interval: int,
+        grace_period: int,
+        stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    ) -> None:
+        super().__init__(backend)
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.stale_trial_callback = stale_trial_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        stale = []
+        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            last = trial.system_attrs.get(HEARTBEAT_ATTR)
+            if last is None and trial.datetime_start is not None:
+                last = trial.datetime_start.timestamp()
+            if last is not None and now - last > self.grace_period:
+                stale.append(trial._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(
+        self,
+    ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self.stale_trial_callback
+
+
+def make_storage(
+    url: str, tune: TuneConfig | None = None, stale_trial_callback: Callable | None = None
+) -> optuna.storages.BaseStorage:
+    """Journal file storage for "journal:<path>", RDB storage for a database URL; with
+    ``tune``, running trials beat a heartbeat and stale ones go to ``stale_trial_callback``."""
+    beat = (
+        {}
+        if tune is None
+        else {
+            "heartbeat_interval": tune.heartbeat_interval_s,
+            "grace_period": tune.grace_period_s,
+        }
+    )
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(str(path)))
+        if tune is None:
+            return JournalStorage(JournalFileBackend(str(path)))
+        return HeartbeatJournalStorage(
+            JournalFileBackend(str(path)), **beat, stale_trial_callback=stale_trial_callback
+        )
     if url.startswith("sqlite:"):
         log.warning(
             "an SQLite study must not be shared by parallel workers; use journal: or an RDB"
         )
-    return optuna.storages.RDBStorage(url)
+    if tune is None:
+        return optuna.storages.RDBStorage(url)
+    return optuna.storages.RDBStorage(
+        url, **beat, heartbeat_stale_trial_callback=stale_trial_callback
+    )
 
 
 @contextlib.contextmanager
@@ -146,7 +304,7 @@ def open_study(tune: TuneConfig) -> tuple[optuna.Study, Any]:
         with lock:
             study = optuna.create_study(
                 study_name=tune.study_name,
-                storage=make_storage(tune.storage),
+                storage=make_storage(tune.storage, tune, StaleTrialHandler(tune.max_retries)),
                 direction="maximize",
                 load_if_exists=True,
                 sampler=optuna.samplers.TPESampler(seed=tune.seed),
@@ -259,12 +417,18 @@ class TuneResult:
     seconds: float
 
 
+def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of the stale trials that were queued again (they do not count)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
 class _TrialBudget:
     """Asks for a trial only while the study holds fewer than ``n`` (across processes).
 
-    The sampler is re-seeded from (seed, trial number) before each trial is drawn, so that
-    workers started with the same seed do not draw the same points, and one worker's study
-    is reproducible.
+    Trials of dead workers are failed and queued again first; a failed-and-retried trial
+    does not count. The sampler is re-seeded from (seed, trial number) before each trial is
+    drawn, so that workers started with the same seed do not draw the same points, and one
+    worker's study is reproducible.
     """
 
     def __init__(self, study: optuna.Study, config: TuneConfig, lock: Any) -> None:
@@ -272,16 +436,28 @@ class _TrialBudget:
         self.thread_lock = threading.Lock()
         self.process_lock = lock
 
-    def ask(self) -> tuple[optuna.Trial, dict[str, Any]] | None:
-        with self.thread_lock, self.process_lock:
-            n_existing = len(self.study.get_trials(deepcopy=False))
-            if n_existing >= self.config.trials:
+    def ask(self, deadline: float | None = None) -> tuple[optuna.Trial, dict[str, Any]] | None:
+        """The next trial and its parameters, or None when the study is complete (or the
+        deadline passed). While others still run the last trials, wait: one may be orphaned."""
+        while True:
+            with self.thread_lock, self.process_lock:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(self.study)
+                trials = self.study.get_trials(deepcopy=False)
+                retried = retried_numbers(trials)
+                counted = [t for t in trials if t.number not in retried]
+                waiting = any(t.state == TrialState.WAITING for t in counted)
+                if len(counted) < self.config.trials or waiting:
+                    self.study.sampler = optuna.samplers.TPESampler(
+                        seed=self.config.seed * 100_003 + len(trials)
+                    )
+                    trial = self.study.ask()
+                    return trial, suggest(trial, self.config.space)
+                running = any(t.state == TrialState.RUNNING for t in counted)
+            if not running or (deadline is not None and time.monotonic() > deadline):
                 return None
-            self.study.sampler = optuna.samplers.TPESampler(
-                seed=self.config.seed * 100_003 + n_existing
-            )
-            trial = self.study.ask()
-            return trial, suggest(trial, self.config.space)
+            time.sleep(min(5.0, self.config.heartbeat_interval_s))
 
 
 def run_study(
@@ -315,19 +491,23 @@ def run_study(
 
         def one_trial(trial: optuna.Trial, params: dict[str, Any]) -> None:
             trial_dir = out_dir / "trials" / f"{tune.study_name}-{trial.number}"
+            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+            trial.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
             try:
-                run = train_tracked(
-                    base.replace(**params),
-                    dataset_dir,
-                    splits_file,
-                    trial_dir,
-                    run_name=f"trial {trial.number}",
-                    callbacks=[PruningCallback(trial)],
-                    nested=True,
-                    parent_run_id=parent.info.run_id,
-                    progress=False,
-                    log_model=False,
-                )
+                with Heartbeat(study, trial):
+                    run = train_tracked(
+                        base.replace(**params),
+                        dataset_dir,
+                        splits_file,
+                        trial_dir,
+                        run_name=f"trial {trial.number}",
+                        callbacks=[PruningCallback(trial)],
+                        nested=True,
+                        parent_run_id=parent.info.run_id,
+                        progress=False,
+                        log_model=False,
+                        on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+                    )
                 value = max(h["val_objective"] for h in run.result.history)
                 study.tell(trial, value)
                 log.info("trial %d: %s -> %.4f", trial.number, params, value)
@@ -341,9 +521,11 @@ def run_study(
             finally:
                 shutil.rmtree(trial_dir, ignore_errors=True)
 
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
         def worker() -> None:
-            while timeout_s is None or time.perf_counter() - started < timeout_s:
-                drawn = budget.ask()
+            while deadline is None or time.monotonic() < deadline:
+                drawn = budget.ask(deadline)
                 if drawn is None:
                     return
                 one_trial(*drawn)
