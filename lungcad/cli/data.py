@@ -78,6 +78,7 @@ def build(
 ) -> None:
     """Preprocess every series under --raw into 64³ cubes, index.csv, skipped.csv, fingerprint."""
     from lungcad.io.dicom_index import LidcRootError
+    from lungcad.outputs import OutputError
     from lungcad.preprocessing.build import build_dataset
     from lungcad.preprocessing.config import PreprocessConfig
 
@@ -89,7 +90,7 @@ def build(
         log.info("%s not found: using the default preprocessing settings", params)
     try:
         table = build_dataset(raw, out, config, workers=workers, progress=not quiet)
-    except LidcRootError as exc:
+    except (LidcRootError, OutputError) as exc:
         fail(str(exc))
     skipped = pd.read_csv(out / "skipped.csv")
     counts = table["kind"].value_counts().to_dict()

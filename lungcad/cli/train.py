@@ -31,6 +31,7 @@ def train(
     quiet: Quiet = False,
 ) -> None:
     """Train the multi-task 3D CNN; every epoch is checkpointed and logged to MLflow."""
+    from lungcad.outputs import OutputError
     from lungcad.training.config import TrainConfig
     from lungcad.training.data import DatasetMissingError
     from lungcad.training.run import train_tracked
@@ -47,7 +48,13 @@ def train(
         run = train_tracked(
             config, dataset, splits, out, resume=resume, run_name=run_name, progress=not quiet
         )
-    except (DatasetMissingError, NonFiniteLossError, BatchTooLargeError, ValueError) as exc:
+    except (
+        DatasetMissingError,
+        NonFiniteLossError,
+        BatchTooLargeError,
+        OutputError,
+        ValueError,
+    ) as exc:
         fail(str(exc))
     r = run.result
     typer.echo(

@@ -25,6 +25,7 @@ from lungcad.annotations.nodules import Nodule, cluster_nodules
 from lungcad.detection.candidates import CandidateConfig, generate_candidates
 from lungcad.io.dicom_index import DicomIndex, index_lidc_root
 from lungcad.io.series import CtVolume, SeriesError, read_series
+from lungcad.outputs import removing_on_failure, write_failure
 from lungcad.parallel import progress_map
 from lungcad.preprocessing.config import PreprocessConfig
 from lungcad.preprocessing.cubes import extract_cube, mirror_pad_z
@@ -347,14 +348,17 @@ def _part_path(parts: Path, series_uid: str) -> Path:
 
 
 def _save_part(path: Path, result: ScanResult) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(
-        tmp,
-        cubes=result.cubes,
-        rows=np.array(pd.DataFrame(result.rows).to_json(orient="records")),
-        skipped=np.array(pd.DataFrame(result.skipped).to_json(orient="records")),
-        stats=np.array(result.stats.to_json() if result.stats else ""),
-    )
+    # The temporary name is the writer's own: a worker orphaned by a killed build may still
+    # be finishing the same scan as the rerun's worker.
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    with removing_on_failure(tmp):
+        np.savez(
+            tmp,
+            cubes=result.cubes,
+            rows=np.array(pd.DataFrame(result.rows).to_json(orient="records")),
+            skipped=np.array(pd.DataFrame(result.skipped).to_json(orient="records")),
+            stats=np.array(result.stats.to_json() if result.stats else ""),
+        )
     os.replace(tmp, path)
 
 
@@ -427,7 +431,11 @@ def build_dataset(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     index = index_lidc_root(raw_root, workers=workers, progress=progress)
-    index.to_frame().to_csv(out_dir / "series_index.csv", index=False)
+    try:
+        write_csv_atomic(index.to_frame(), out_dir / "series_index.csv")
+    except OSError as exc:
+        keep = f"the previous dataset in {out_dir}"
+        raise write_failure("the dataset", out_dir, exc, keep) from exc
     skipped, mixed = _index_skips(index)
 
     parts = out_dir / ".parts" / config.digest()
@@ -444,47 +452,77 @@ def build_dataset(
     ]
     if len(jobs) < len(todo):
         log.info("resuming: %d of %d scans already done", len(todo) - len(jobs), len(todo))
-    progress_map(
-        _scan_job,
-        jobs,
-        workers,
-        "preprocess scans",
-        "scan",
-        progress,
-        total=len(todo),
-        initial=len(todo) - len(jobs),
-    )
-
-    results = [_load_part(_part_path(parts, uid), uid) for uid in todo]
-    n_total = sum(len(r.cubes) for r in results)
-    size = config.cube_size
-    tmp_cubes = out_dir / "cubes.tmp.npy"
-    cubes = np.lib.format.open_memmap(
-        tmp_cubes, mode="w+", dtype=np.int16, shape=(n_total, size, size, size)
-    )
-    rows: list[dict] = []
-    offset = 0
-    for r in results:
-        cubes[offset : offset + len(r.cubes)] = r.cubes
-        for i, row in enumerate(r.rows):
-            rows.append({**row, "cube_index": offset + i})
-        offset += len(r.cubes)
-        skipped.extend(r.skipped)
-    cubes.flush()
-    del cubes
-    table = pd.DataFrame(rows, columns=INDEX_COLUMNS)
-    write_csv_atomic(table, out_dir / "index.csv")
-    write_csv_atomic(pd.DataFrame(skipped, columns=SKIPPED_COLUMNS), out_dir / "skipped.csv")
-    write_fingerprint(
-        out_dir / "fingerprint.json", [r.stats for r in results if r.stats], table, config
-    )
-    os.replace(tmp_cubes, out_dir / "cubes.npy")
+    try:
+        progress_map(
+            _scan_job,
+            jobs,
+            workers,
+            "preprocess scans",
+            "scan",
+            progress,
+            total=len(todo),
+            initial=len(todo) - len(jobs),
+        )
+        results = [_load_part(_part_path(parts, uid), uid) for uid in todo]
+        table = _assemble(results, skipped, out_dir, config)
+    except OSError as exc:
+        raise write_failure(
+            "the dataset", out_dir, exc, f"the previous dataset in {out_dir} (if any)"
+        ) from exc
     shutil.rmtree(out_dir / ".parts")
+    return table
+
+
+def _assemble(
+    results: list[ScanResult], skipped: list[dict], out_dir: Path, config: PreprocessConfig
+) -> pd.DataFrame:
+    """Write cubes.npy, index.csv, skipped.csv and fingerprint.json from the scan results.
+
+    Every file is written in full beside its final name before any is renamed into place
+    (renames need no space): a full disk or a kill while writing leaves the previous dataset
+    whole. index.csv is renamed last, and readers check it against cubes.npy.
+    """
+    size = config.cube_size
+    n_total = sum(len(r.cubes) for r in results)
+    staged: dict[Path, Path] = {}
+    rows: list[dict] = []
+    tmp_cubes = out_dir / "cubes.tmp.npy"
+    with removing_on_failure(
+        tmp_cubes,
+        out_dir / "skipped.tmp.csv",
+        out_dir / "fingerprint.staged.json",
+        out_dir / "index.tmp.csv",
+    ):
+        # Streamed, not memory-mapped: a full disk is then an error, not a SIGBUS.
+        with open(tmp_cubes, "wb") as fh:
+            header = {"descr": "<i2", "fortran_order": False, "shape": (n_total, *(size,) * 3)}
+            np.lib.format.write_array_header_1_0(fh, header)
+            offset = 0
+            for r in results:
+                fh.write(np.ascontiguousarray(r.cubes, dtype="<i2").tobytes())
+                rows.extend({**row, "cube_index": offset + i} for i, row in enumerate(r.rows))
+                offset += len(r.cubes)
+                skipped.extend(r.skipped)
+        staged[tmp_cubes] = out_dir / "cubes.npy"
+        table = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+        frame = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
+        staged[_stage_csv(frame, out_dir / "skipped.csv")] = out_dir / "skipped.csv"
+        fingerprint = out_dir / "fingerprint.staged.json"
+        write_fingerprint(fingerprint, [r.stats for r in results if r.stats], table, config)
+        staged[fingerprint] = out_dir / "fingerprint.json"
+        staged[_stage_csv(table, out_dir / "index.csv")] = out_dir / "index.csv"
+    for tmp, final in staged.items():
+        os.replace(tmp, final)
     return table
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
     """Write a CSV next to ``path`` and rename it into place: whole or absent."""
+    os.replace(_stage_csv(frame, path), path)
+
+
+def _stage_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """Write ``frame`` in full next to ``path``; the caller renames it into place."""
     tmp = path.with_suffix(".tmp.csv")
     frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    return tmp

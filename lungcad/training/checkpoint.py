@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lungcad.outputs import removing_on_failure, write_failure
+
 
 class UnsafeCheckpointError(ValueError):
     """The file holds pickled objects other than tensors and plain data."""
@@ -39,14 +41,36 @@ def plain(value: Any) -> Any:
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` to ``path`` atomically: a killed process leaves the previous file
-    (or none), never a half-written one."""
+    (or none), never a half-written one.
+
+    Raises:
+        OutputError: the place is full or read-only; the previous checkpoint is intact.
+    """
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(plain(state), handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with removing_on_failure(tmp), open(tmp, "wb") as handle:
+            torch.save(plain(state), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a failed write as a RuntimeError wrapping the OSError.
+        cause = exc if isinstance(exc, OSError) else _os_error(exc)
+        if cause is None:
+            raise
+        keep = f"the previous {path.name}" if path.exists() else "nothing"
+        raise write_failure("the checkpoint", path, cause, keep) from exc
     os.replace(tmp, path)
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (torch wraps failed writes), if any."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:

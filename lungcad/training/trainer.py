@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lungcad.evaluation.metrics import malignancy_metrics, safe_auc, validation_objective
+from lungcad.outputs import write_text_atomic
 from lungcad.training.augment import AugmentDraws, augment_batch, draw_augmentation, window_hu
 from lungcad.training.checkpoint import load_checkpoint, save_checkpoint
 from lungcad.training.config import TrainConfig
@@ -326,7 +327,9 @@ class Trainer:
         save_checkpoint(state, self.ckpt_dir / "last.pt")
         if improved:
             save_checkpoint(state, self.out_dir / "best.pt")
-        (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=2))
+        write_text_atomic(
+            self.out_dir / "history.json", json.dumps(self.history, indent=2), "the history"
+        )
         summary = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         line = f"epoch {epoch + 1}/{self.config.epochs} {summary}{' *best' if improved else ''}"
         log.info(line)
