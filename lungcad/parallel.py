@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import ctypes
+import signal
+import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from tqdm.auto import tqdm
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Worker initializer: on Linux, the kernel kills this worker when its parent dies, so a
+    killed job (SIGKILL runs no clean-up) leaves no orphaned workers behind."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def progress_map(
@@ -41,7 +54,7 @@ def progress_map(
     results = []
     with bar:
         if workers > 1 and len(items) > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            with ProcessPoolExecutor(workers, initializer=die_with_parent) as pool:
                 for result in pool.map(fn, items, chunksize=chunksize):
                     results.append(result)
                     bar.update()

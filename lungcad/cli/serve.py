@@ -1,4 +1,5 @@
-"""`lungcad serve`: serve the champion with `mlflow models serve`, offline; `lungcad query`."""
+"""`lungcad serve`: serve the champion (MLflow's scoring protocol, guarded), offline;
+`lungcad query`."""
 
 from __future__ import annotations
 
@@ -18,11 +19,16 @@ def serve(
     port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 5001,
     host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Server processes.")] = 1,
+    max_body_mb: Annotated[
+        float,
+        typer.Option("--max-body-mb", min=0.001, help="Larger request bodies get 413 unread."),
+    ] = 64.0,
 ) -> None:
-    """Run `mlflow models serve -m MODEL --env-manager local` (no internet needed)."""
+    """Serve MODEL over HTTP: MLflow's scoring server (/invocations, /ping, the protocol of
+    `mlflow models serve`) behind a guard: body-size limit, no stack traces in answers."""
     from lungcad.registry.serving import serve_command
 
-    cmd, env = serve_command(model_uri, host, port, workers)
+    cmd, env = serve_command(model_uri, host, port, workers, int(max_body_mb * 1024 * 1024))
     typer.echo(" ".join(cmd))
     raise typer.Exit(subprocess.call(cmd, env=env))
 

@@ -21,6 +21,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from lungcad.tracking.pyfunc import MAX_BATCH_CUBES
+
 Encoding = Literal["json", "parquet"]
 CONTENT_TYPES: dict[str, str] = {
     "json": "application/json",
@@ -99,8 +101,10 @@ def predict_remote(
     """Predictions of the model served at ``url`` for every cube, ``batch_size`` per request."""
     from tqdm.auto import tqdm
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 1 <= batch_size <= MAX_BATCH_CUBES:
+        raise ValueError(
+            f"batch_size must be 1 to {MAX_BATCH_CUBES} (the server's maximum), got {batch_size}"
+        )
     batch = as_cube_batch(cubes)
     frames = []
     starts = range(0, len(batch), batch_size)

@@ -1,44 +1,48 @@
-"""How the champion is served: `mlflow models serve` with the local environment manager."""
+"""How the champion is served: uvicorn running lungcad's guarded MLflow scoring app."""
 
 from __future__ import annotations
 
 import os
 import sys
 
+from lungcad.registry.server import MAX_BODY_BYTES, MAX_BODY_ENV, MODEL_URI_ENV
 from lungcad.tracking.mlflow_run import tracking_uri
 
 CHAMPION_URI = "models:/lungcad@champion"
 
 
 def serve_command(
-    model_uri: str = CHAMPION_URI, host: str = "127.0.0.1", port: int = 5001, workers: int = 1
+    model_uri: str = CHAMPION_URI,
+    host: str = "127.0.0.1",
+    port: int = 5001,
+    workers: int = 1,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that serve ``model_uri`` offline.
 
-    ``--env-manager local`` reuses this environment (the default, virtualenv, would need the
-    internet); this environment's scripts go first on PATH because MLflow starts uvicorn by
-    name; the tracking URI is lungcad's (sqlite:///mlflow.db unless MLFLOW_TRACKING_URI).
+    The server is MLflow's scoring app (the protocol of ``mlflow models serve``) behind
+    :class:`lungcad.registry.server.RequestGuard`, run by uvicorn in this environment (no
+    environment is built, nothing downloaded); the tracking URI is lungcad's
+    (sqlite:///mlflow.db unless MLFLOW_TRACKING_URI).
     """
     cmd = [
         sys.executable,
         "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        model_uri,
-        "--env-manager",
-        "local",
-        "-h",
+        "uvicorn",
+        "--factory",
+        "lungcad.registry.server:app_from_env",
+        "--host",
         host,
-        "-p",
+        "--port",
         str(port),
-        "-w",
+        "--workers",
         str(workers),
+        "--no-access-log",
     ]
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking_uri(),
-        "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}",
+        MODEL_URI_ENV: model_uri,
+        MAX_BODY_ENV: str(max_body_bytes),
     }
     return cmd, env

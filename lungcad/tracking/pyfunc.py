@@ -18,6 +18,10 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
+# The largest batch one request may hold (about 32 MB of float32 64³ cubes); larger batches
+# get a 400 that says so. Clients split their cubes into batches (`lungcad query`).
+MAX_BATCH_CUBES = 32
+
 
 def model_signature(cube_size: int = 64, with_decision: bool = False) -> ModelSignature:
     """Input: float32 (N, 1, D, D, D) HU cubes; output per cube: nodule_prob, malignancy
@@ -54,6 +58,11 @@ def validate_cubes(model_input: Any, cube_size: int) -> np.ndarray:
         raise _bad_request(f"input shape {cubes.shape} is not (N, {', '.join(map(str, expected))})")
     if cubes.shape[0] == 0:
         raise _bad_request("empty batch: send at least one cube")
+    if cubes.shape[0] > MAX_BATCH_CUBES:
+        raise _bad_request(
+            f"batch of {cubes.shape[0]} cubes is over the maximum of {MAX_BATCH_CUBES} per "
+            "request; split it into smaller requests"
+        )
     if not np.isfinite(cubes).all():
         raise _bad_request("input holds NaN or infinite values; send finite HU values")
     return cubes

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
@@ -43,12 +44,15 @@ def _kill_when_a_scan_is_done(proc: subprocess.Popen, out: Path, group: bool = F
     while not list(out.glob(".parts/*/*[0-9].npz")):
         assert proc.poll() is None and time.monotonic() < deadline, "the build ended early"
         time.sleep(0.02)
+    descendants = psutil.Process(proc.pid).children(recursive=True)
     if group:  # a job killed as a whole (the shell, dvc and the stage's command)
         os.killpg(proc.pid, signal.SIGKILL)
-    else:  # the build alone: its worker processes are orphaned, not killed
+    else:  # the build alone: its worker processes must not live on as orphans
         proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    _, alive = psutil.wait_procs(descendants, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,99 @@
+"""The served model under a bounded hostile load: 1000 requests at concurrency 8 over
+loopback, half of them malformed (drawn by Hypothesis). No 5xx, every bad request a 4xx
+with a message, the valid ones answered correctly, memory flat, the server alive at the end."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+
+from lungcad.registry.loadtest import RequestBuilder, make_specs, run_load
+from lungcad.registry.serving import serve_command
+from lungcad.training.run import train_tracked
+from tests.conftest import make_tiny_dataset, tiny_train_config
+
+REQUESTS = 1000
+CONCURRENCY = 8
+MAX_BODY = 8 << 20  # small: over-limit bodies are cheap to send; 36 32³ cubes fit
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile")
+    dataset = make_tiny_dataset(tmp / "dataset", n_patients=4)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
+        run = train_tracked(
+            tiny_train_config(epochs=1, experiment="hostile"), *dataset, tmp / "m", progress=False
+        )
+        port = _free_port()
+        cmd, env = serve_command(f"runs:/{run.run_id}/model", port=port, max_body_bytes=MAX_BODY)
+    log = (tmp / "server.log").open("w")
+    server = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        assert time.time() < deadline and server.poll() is None, (tmp / "server.log").read_text()
+        time.sleep(0.5)
+    cubes = np.load(dataset[0] / "cubes.npy").astype(np.float32)
+    yield {"url": f"http://127.0.0.1:{port}", "server": server, "cubes": cubes, "tmp": tmp}
+    server.terminate()
+    server.wait(timeout=30)
+    mlflow.set_tracking_uri(None)
+
+
+def test_hostile_load_gets_no_5xx_every_bad_request_a_4xx_and_flat_memory(served) -> None:
+    builder = RequestBuilder(served["cubes"], MAX_BODY)
+    specs = make_specs(REQUESTS, bad_share=0.5, seed=0, cube_size=served["cubes"].shape[-1])
+    kinds = {s.kind for s in specs}
+    assert {"wrong_shape", "nonfinite", "truncated", "over_limit", "over_batch"} <= kinds
+    # Warm the server up (first-call allocations are not growth), then measure.
+    run_load(served["url"], specs[:40], builder, CONCURRENCY)
+    report = run_load(served["url"], specs, builder, CONCURRENCY, served["server"].pid)
+    summary = report.summary()
+    (served["tmp"] / "load.json").write_text(json.dumps(summary, indent=2))
+
+    assert summary["requests"] == REQUESTS and summary["5xx"] == 0, summary
+    assert summary["no_answer"] == 0, [a for a in report.answers if a.status == 0][:3]
+    for a in report.answers:
+        if a.spec.valid:
+            assert a.status == 200 and a.n_predictions == a.spec.n, (a.spec, a.status, a.message)
+        else:
+            assert 400 <= a.status < 500, (a.spec, a.status, a.message)
+            assert a.message, (a.spec, a.status)  # says what is wrong
+            assert "Traceback" not in a.message and "stack_trace" not in a.message
+    over = [a for a in report.answers if a.spec.kind.startswith("over_limit")]
+    assert over and all(a.status == 413 and "limit" in a.message for a in over)
+    # Parquet bodies of a few kB that decode to more than the limit: refused from the footer.
+    bombs = [
+        a for a in report.answers
+        if a.spec.kind == "huge_dims" and np.prod(a.spec.shape) * 4 > MAX_BODY
+    ]  # fmt: skip
+    assert bombs and all(a.status == 413 and "decoded" in a.message for a in bombs)
+    batch = [a for a in report.answers if a.spec.kind == "over_batch"]
+    assert batch and all("over the maximum" in a.message for a in batch)
+    # Memory: no growth from the first half of the run to the second.
+    rss = summary["rss_mb"]
+    assert rss["after"] <= rss["half"] * 1.10 + 20, rss
+    assert served["server"].poll() is None  # alive
+    with urllib.request.urlopen(f"{served['url']}/ping", timeout=5) as r:
+        assert r.status == 200
