@@ -14,12 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psutil
-import pytest
 import yaml
 
 from tests.conftest import REPO
-
-SCANS = 2
+from tests.hardening.conftest import PHANTOM_SCANS
 
 
 def _lungcad(*args: str, cwd: Path) -> subprocess.Popen:
@@ -55,18 +53,10 @@ def _kill_when_a_scan_is_done(proc: subprocess.Popen, out: Path, group: bool = F
     assert not alive, [p.cmdline() for p in alive]
 
 
-@pytest.fixture(scope="module")
-def raw_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("killraw") / "LIDC-IDRI"
-    proc = _lungcad(
-        "data", "phantom", "--out", str(root), "--scans", str(SCANS), "--quiet", cwd=REPO
-    )
-    _finish(proc)
-    return root
-
-
-def test_data_build_killed_mid_scan_reruns_to_the_uninterrupted_dataset(raw_root, tmp_path) -> None:
-    build = ["data", "build", "--raw", str(raw_root), "--params", "none.yaml", "--quiet"]
+def test_data_build_killed_mid_scan_reruns_to_the_uninterrupted_dataset(
+    phantom_root, tmp_path
+) -> None:
+    build = ["data", "build", "--raw", str(phantom_root), "--params", "none.yaml", "--quiet"]
     _finish(_lungcad(*build, "--out", "straight", cwd=tmp_path))
 
     proc = _lungcad(*build, "--out", "killed", "--workers", "2", cwd=tmp_path)
@@ -89,7 +79,7 @@ def test_data_build_killed_mid_scan_reruns_to_the_uninterrupted_dataset(raw_root
     assert not [p.name for p in killed.iterdir() if ".tmp" in p.name or "staged" in p.name]
 
 
-def test_dvc_repro_killed_mid_stage_reruns_to_completion(raw_root, tmp_path) -> None:
+def test_dvc_repro_killed_mid_stage_reruns_to_completion(phantom_root, tmp_path) -> None:
     # The project's own dvc.yaml and params.yaml, in a scratch DVC project with the lungcad
     # sources its stages depend on; the phantom stage is already done (the raw root).
     project = tmp_path / "project"
@@ -99,7 +89,7 @@ def test_dvc_repro_killed_mid_stage_reruns_to_completion(raw_root, tmp_path) -> 
         REPO / "lungcad", project / "lungcad", ignore=shutil.ignore_patterns("__pycache__")
     )
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"]["raw_root"] = str(raw_root)
+    params["data"]["raw_root"] = str(phantom_root)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     bin_dir = str(Path(sys.executable).parent)  # the stages call the `lungcad` script
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
@@ -127,4 +117,4 @@ def test_dvc_repro_killed_mid_stage_reruns_to_completion(raw_root, tmp_path) -> 
     index = pd.read_csv(project / "data" / "processed" / "index.csv")
     cubes = np.load(project / "data" / "processed" / "cubes.npy", mmap_mode="r")
     assert len(index) == len(cubes) > 0
-    assert index["series_uid"].nunique() == SCANS
+    assert index["series_uid"].nunique() == PHANTOM_SCANS
