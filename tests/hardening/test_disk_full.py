@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest  # noqa: F401
+import pytest
 import yaml
 
 from lungcad.preprocessing.build import build_dataset
