@@ -1,4 +1,5 @@
-"""Turn an LIDC root into the cube dataset: cubes.npy, index.csv, skipped.csv, fingerprint.
+"""Turn an LIDC root into the cube dataset: cubes.npy, masks.npy, index.csv, skipped.csv,
+fingerprint.
 
 One pass per scan (read series -> lung mask -> nodule and negative cubes), parallel over
 scans. Each scan's result is kept under ``<out>/.parts/`` as soon as it is done, so an
@@ -31,9 +32,13 @@ from lungcad.preprocessing.config import PreprocessConfig
 from lungcad.preprocessing.cubes import extract_cube, mirror_pad_z
 from lungcad.preprocessing.fingerprint import ScanStats, write_fingerprint
 from lungcad.preprocessing.lung_mask import block_max, lung_mask
+from lungcad.preprocessing.masks import MASKS_FILE, nodule_cube_mask, pack_masks
 from lungcad.preprocessing.negatives import sample_negatives
 
 log = logging.getLogger(__name__)
+
+#: Bumped when what a per-scan part holds changes, so parts of an older lungcad are redone.
+PARTS_FORMAT = 2
 
 INDEX_COLUMNS = [
     "cube_index",
@@ -60,10 +65,11 @@ SKIPPED_COLUMNS = ["patient_id", "series_uid", "nodule_id", "item", "reason"]
 
 @dataclass
 class ScanResult:
-    """Cubes and table rows produced from one series."""
+    """Cubes, their packed consensus masks and table rows produced from one series."""
 
     series_uid: str
     cubes: np.ndarray
+    masks: np.ndarray
     rows: list[dict]
     skipped: list[dict] = field(default_factory=list)
     stats: ScanStats | None = None
@@ -122,11 +128,13 @@ def process_scan(
 ) -> ScanResult:
     """Read one series and cut its nodule and negative cubes (see module docstring)."""
     empty = np.zeros((0, *(config.cube_size,) * 3), dtype=np.int16)
+    no_masks = pack_masks(empty.astype(bool))
     scan = db.scan_by_series(series_uid)
     if scan is None:
         return ScanResult(
             series_uid,
             empty,
+            no_masks,
             [],
             [
                 _skip(
@@ -142,12 +150,17 @@ def process_scan(
         volume = read_series(files)
     except SeriesError as exc:
         return ScanResult(
-            series_uid, empty, [], [_skip(scan.patient_id, series_uid, "scan", str(exc))]
+            series_uid,
+            empty,
+            no_masks,
+            [],
+            [_skip(scan.patient_id, series_uid, "scan", str(exc))],
         )
     if not np.isclose(volume.geometry.spacing_mm[0], scan.pixel_spacing_mm, atol=1e-3):
         return ScanResult(
             series_uid,
             empty,
+            no_masks,
             [],
             [
                 _skip(
@@ -166,7 +179,7 @@ def process_scan(
     lungs = lung_mask(volume.hu, volume.geometry, config.lung_dilation_mm, config.lung_closing_mm)
     nodules = cluster_nodules(scan, db.annotations(scan.scan_id))
     half_mm = config.cube_size * config.spacing_mm / 2
-    all_centers, all_radii, cubes, rows = [], [], [], []
+    all_centers, all_radii, cubes, rows, nodule_masks = [], [], [], [], []
     for n in nodules:
         center = nodule_center_mm(n, volume)
         if center is None:
@@ -196,6 +209,9 @@ def process_scan(
             )
             continue
         cubes.append(extract_cube(image, center, config.cube_size, config.spacing_mm))
+        nodule_masks.append(
+            nodule_cube_mask(n, scan, volume, center, config.cube_size, config.spacing_mm)
+        )
         rows.append(_nodule_row(n, center))
 
     n_pos = len(cubes)
@@ -289,7 +305,10 @@ def process_scan(
         )
     stats = ScanStats.from_volume(volume, lungs, rng)
     cube_array = np.stack(cubes) if cubes else empty
-    return ScanResult(series_uid, cube_array, rows, skipped, stats)
+    masks = np.zeros(cube_array.shape, dtype=bool)  # negatives: no nodule of their own
+    if nodule_masks:
+        masks[: len(nodule_masks)] = np.stack(nodule_masks)
+    return ScanResult(series_uid, cube_array, pack_masks(masks), rows, skipped, stats)
 
 
 def _candidate_negatives(
@@ -343,6 +362,11 @@ def _candidate_negatives(
     return rows, cubes
 
 
+def parts_dir(out_dir: Path, config: PreprocessConfig) -> Path:
+    """Where a build with these settings keeps its finished scans."""
+    return Path(out_dir) / ".parts" / f"{config.digest()}-v{PARTS_FORMAT}"
+
+
 def _part_path(parts: Path, series_uid: str) -> Path:
     return parts / f"{series_uid}.npz"
 
@@ -355,6 +379,7 @@ def _save_part(path: Path, result: ScanResult) -> None:
         np.savez(
             tmp,
             cubes=result.cubes,
+            masks=result.masks,
             rows=np.array(pd.DataFrame(result.rows).to_json(orient="records")),
             skipped=np.array(pd.DataFrame(result.skipped).to_json(orient="records")),
             stats=np.array(result.stats.to_json() if result.stats else ""),
@@ -370,6 +395,7 @@ def _load_part(path: Path, series_uid: str) -> ScanResult:
         return ScanResult(
             series_uid,
             z["cubes"],
+            z["masks"],
             rows,
             skipped,
             ScanStats.from_json(stats_json) if stats_json else None,
@@ -383,9 +409,11 @@ def _scan_job(args: tuple) -> str:
         result = process_scan(files, series_uid, LidcDatabase(db_path), config)
     except Exception as exc:  # a batch job reports the bad scan and keeps going
         log.exception("scan %s failed", series_uid)
+        empty = np.zeros((0, *(config.cube_size,) * 3), np.int16)
         result = ScanResult(
             series_uid,
-            np.zeros((0, *(config.cube_size,) * 3), np.int16),
+            empty,
+            pack_masks(empty.astype(bool)),
             [],
             [_skip("", series_uid, "scan", f"unexpected error {type(exc).__name__}: {exc}")],
         )
@@ -438,7 +466,7 @@ def build_dataset(
         raise write_failure("the dataset", out_dir, exc, keep) from exc
     skipped, mixed = _index_skips(index)
 
-    parts = out_dir / ".parts" / config.digest()
+    parts = parts_dir(out_dir, config)
     if (out_dir / ".parts").exists():
         for old in (out_dir / ".parts").iterdir():
             if old != parts:
@@ -476,7 +504,8 @@ def build_dataset(
 def _assemble(
     results: list[ScanResult], skipped: list[dict], out_dir: Path, config: PreprocessConfig
 ) -> pd.DataFrame:
-    """Write cubes.npy, index.csv, skipped.csv and fingerprint.json from the scan results.
+    """Write cubes.npy, masks.npy, index.csv, skipped.csv and fingerprint.json from the scan
+    results.
 
     Every file is written in full beside its final name before any is renamed into place
     (renames need no space): a full disk or a kill while writing leaves the previous dataset
@@ -486,24 +515,32 @@ def _assemble(
     n_total = sum(len(r.cubes) for r in results)
     staged: dict[Path, Path] = {}
     rows: list[dict] = []
-    tmp_cubes = out_dir / "cubes.tmp.npy"
+    tmp_cubes, tmp_masks = out_dir / "cubes.tmp.npy", out_dir / "masks.tmp.npy"
     with removing_on_failure(
         tmp_cubes,
+        tmp_masks,
         out_dir / "skipped.tmp.csv",
         out_dir / "fingerprint.staged.json",
         out_dir / "index.tmp.csv",
     ):
         # Streamed, not memory-mapped: a full disk is then an error, not a SIGBUS.
-        with open(tmp_cubes, "wb") as fh:
-            header = {"descr": "<i2", "fortran_order": False, "shape": (n_total, *(size,) * 3)}
-            np.lib.format.write_array_header_1_0(fh, header)
+        with open(tmp_cubes, "wb") as cubes_fh, open(tmp_masks, "wb") as masks_fh:
+            np.lib.format.write_array_header_1_0(
+                cubes_fh, {"descr": "<i2", "fortran_order": False, "shape": (n_total, *(size,) * 3)}
+            )
+            np.lib.format.write_array_header_1_0(
+                masks_fh,
+                {"descr": "|u1", "fortran_order": False, "shape": (n_total, size, size, size // 8)},
+            )
             offset = 0
             for r in results:
-                fh.write(np.ascontiguousarray(r.cubes, dtype="<i2").tobytes())
+                cubes_fh.write(np.ascontiguousarray(r.cubes, dtype="<i2").tobytes())
+                masks_fh.write(np.ascontiguousarray(r.masks, dtype=np.uint8).tobytes())
                 rows.extend({**row, "cube_index": offset + i} for i, row in enumerate(r.rows))
                 offset += len(r.cubes)
                 skipped.extend(r.skipped)
         staged[tmp_cubes] = out_dir / "cubes.npy"
+        staged[tmp_masks] = out_dir / MASKS_FILE
         table = pd.DataFrame(rows, columns=INDEX_COLUMNS)
         frame = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
         staged[_stage_csv(frame, out_dir / "skipped.csv")] = out_dir / "skipped.csv"

@@ -11,8 +11,9 @@ import pandas as pd
 import pydicom
 import pytest
 
-from lungcad.preprocessing.build import INDEX_COLUMNS, build_dataset
+from lungcad.preprocessing.build import INDEX_COLUMNS, build_dataset, parts_dir
 from lungcad.preprocessing.config import PreprocessConfig
+from lungcad.preprocessing.masks import read_masks
 from tests.conftest import SERIES_0001, write_series
 
 
@@ -43,6 +44,25 @@ def test_real_slab_gives_a_dense_cube_at_the_db_centroid(slab_dataset) -> None:
     assert lung < -600, f"surrounding lung median {lung:.0f} HU should be aerated"
     # The 16-slice slab is 37.5 mm thick: the 64 mm cube is padded with air above and below.
     assert (cube[0] == -1000).all() and (cube[-1] == -1000).all()
+
+
+def test_real_slab_nodule_cube_carries_its_consensus_mask(slab_dataset) -> None:
+    index = pd.read_csv(slab_dataset / "index.csv")
+    masks = read_masks(slab_dataset, index["cube_index"])
+    assert np.load(slab_dataset / "masks.npy").shape == (len(index), 64, 64, 8)  # bit-packed
+    nodule = index["kind"] == "nodule"
+    assert not masks[~nodule.to_numpy()].any()  # negatives carry no nodule of their own
+    mask = masks[nodule.to_numpy()][0]
+    # The readers' consensus volume, resampled to 1 mm voxels, keeps its size...
+    volume_mm3 = float(index.loc[nodule, "volume_mm3"].iloc[0])
+    assert mask.sum() == pytest.approx(volume_mm3, rel=0.15)
+    # ... sits on the cube's centre (the consensus centroid) ...
+    centroid = np.argwhere(mask).mean(axis=0)
+    np.testing.assert_allclose(centroid, 31.5, atol=1.0)
+    # ... and on the dense nodule, not on the lung around it.
+    cubes = np.load(slab_dataset / "cubes.npy", mmap_mode="r")
+    cube = cubes[int(index.loc[nodule, "cube_index"].iloc[0])]
+    assert np.median(cube[mask]) > -200 and np.median(cube[~mask]) < -600
 
 
 def test_slab_skips_are_listed_with_reasons(slab_dataset) -> None:
@@ -124,7 +144,7 @@ def test_interrupted_build_reuses_finished_scans_and_settings_invalidate_them(
     build_dataset(slab_root, out, config, db=db, progress=False)
     first = np.load(out / "cubes.npy")
     # Leave a finished scan's result as an interrupted run would, marked with a sentinel.
-    parts = out / ".parts" / config.digest()
+    parts = parts_dir(out, config)
     parts.mkdir(parents=True)
     marked = first.copy()
     marked[0, 0, 0, 0] = 1234
@@ -132,6 +152,7 @@ def test_interrupted_build_reuses_finished_scans_and_settings_invalidate_them(
     np.savez(
         parts / f"{SERIES_0001}.npz",
         cubes=marked,
+        masks=np.load(out / "masks.npy"),
         rows=np.array(index.drop(columns="cube_index").to_json(orient="records")),
         skipped=np.array("[]"),
         stats=np.array(""),
@@ -139,10 +160,11 @@ def test_interrupted_build_reuses_finished_scans_and_settings_invalidate_them(
     build_dataset(slab_root, out, config, db=db, progress=False)
     assert np.load(out / "cubes.npy")[0, 0, 0, 0] == 1234  # reused, not recomputed
     other = PreprocessConfig(lung_dilation_mm=6.0)
-    (out / ".parts" / config.digest()).mkdir(parents=True)
+    parts_dir(out, config).mkdir(parents=True)
     np.savez(
-        out / ".parts" / config.digest() / f"{SERIES_0001}.npz",
+        parts_dir(out, config) / f"{SERIES_0001}.npz",
         cubes=marked,
+        masks=np.load(out / "masks.npy"),
         rows=np.array("[]"),
         skipped=np.array("[]"),
         stats=np.array(""),
