@@ -90,32 +90,39 @@ def make_tiny_dataset(
     n_val: int = 1,
     n_test: int = 1,
 ) -> tuple[Path, Path]:
-    """A small cube dataset (cubes.npy, index.csv, splits.json) in lungcad's contract.
+    """A small cube dataset (cubes.npy, masks.npy, index.csv, splits.json) in lungcad's
+    contract.
 
     Nodule cubes hold a soft-tissue sphere in noisy lung whose radius grows with the
-    malignancy label; negative cubes hold lung noise and a vessel-like tube.
+    malignancy label (the sphere is the nodule's mask); negative cubes hold lung noise and a
+    vessel-like tube.
     """
     import json
 
     import pandas as pd
 
+    from lungcad.preprocessing.masks import pack_masks
+
     rng = np.random.default_rng(seed)
     grid = np.indices((size,) * 3) - (size - 1) / 2
     dist = np.sqrt((grid**2).sum(0))
-    cubes, rows = [], []
+    cubes, rows, masks = [], [], []
     for p in range(n_patients):
         pid = f"LIDC-IDRI-9{p:03d}"
         for j in range(per_patient):
             cube = -850 + rng.normal(0, 30, (size,) * 3)
             label = j % 2 == 0
+            mask = np.zeros(cube.shape, bool)
             if label:
                 malignancy = float(rng.integers(1, 6))
-                cube[dist <= 2 + malignancy] = 40 + rng.normal(0, 20)
+                mask = dist <= 2 + malignancy
+                cube[mask] = 40 + rng.normal(0, 20)
             else:
                 malignancy = np.nan
                 tube = np.hypot(grid[1] - rng.integers(-6, 6), grid[2] - rng.integers(-6, 6)) <= 1.5
                 cube[tube] = 40
             cubes.append(cube.astype(np.int16))
+            masks.append(mask)
             ratings = {
                 f"mean_{c}": (malignancy + rng.normal(0, 0.5) if label else np.nan)
                 for c in CHARACTERISTICS
@@ -134,10 +141,14 @@ def make_tiny_dataset(
                     "malignancy_median": malignancy,
                     "n_readers": 4 if label else 0,
                     "diameter_mm": 2 * (2 + malignancy) if label else np.nan,
+                    "center_x_mm": 100.0 + 70 * j,
+                    "center_y_mm": -50.0 + 3 * p,
+                    "center_z_mm": -120.5 - 10 * p,
                 }
             )
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "cubes.npy", np.stack(cubes))
+    np.save(folder / "masks.npy", pack_masks(np.stack(masks)))
     pd.DataFrame(rows).to_csv(folder / "index.csv", index=False)
     ids = sorted({r["patient_id"] for r in rows})
     n_train = len(ids) - n_val - n_test

@@ -11,6 +11,7 @@ from lungcad import __version__
 from lungcad.cli import data
 from lungcad.cli.detect import detect, evaluate_detection
 from lungcad.cli.evaluate import evaluate
+from lungcad.cli.explain import explain
 from lungcad.cli.promote import promote
 from lungcad.cli.serve import query, serve
 from lungcad.cli.train import train
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.command()(train)
 app.command()(evaluate)
+app.command()(explain)
 app.command()(detect)
 app.command(name="evaluate-detection")(evaluate_detection)
 app.command()(tune)

@@ -33,6 +33,7 @@ from lungcad.detection.detector import DetectConfig, detect_volume
 from lungcad.detection.figures import scan_figure
 from lungcad.detection.reference import REFERENCE_COLUMNS, lidc_reference
 from lungcad.detection.sources import ScanSource, find_scans
+from lungcad.explain.findings import explain_findings, finding_stem
 from lungcad.io.series import SeriesError
 from lungcad.parallel import progress_map
 from lungcad.preprocessing.build import write_csv_atomic
@@ -60,6 +61,7 @@ class DetectSettings:
     threshold: float = 0.5  # findings at or above it are drawn and printed
     top: int = 4  # findings shown in each scan's figure
     figures: bool = True
+    explain: bool = True  # a Grad-CAM picture and NIfTI map of each finding shown
 
 
 def settings_from_params(
@@ -98,12 +100,24 @@ _MODEL_CACHE: dict[str, tuple] = {}
 
 
 def _model(checkpoint: str):
+    """(network, train settings, Grad-CAM explainer of its detection logit), once per
+    process."""
     if checkpoint not in _MODEL_CACHE:
+        from lungcad.explain.cam import CubeExplainer
         from lungcad.training.trainer import load_model
 
         _MODEL_CACHE.clear()
-        _MODEL_CACHE[checkpoint] = load_model(checkpoint, "cpu")
+        model, config = load_model(checkpoint, "cpu")
+        _MODEL_CACHE[checkpoint] = model, config, CubeExplainer(model, tuple(config.window_hu))
     return _MODEL_CACHE[checkpoint]
+
+
+def shown_findings(findings: pd.DataFrame, settings: DetectSettings) -> pd.DataFrame:
+    """The findings a scan's report lists with pictures: at or above the threshold, at most
+    ``settings.top``, most probable first."""
+    if findings.empty:
+        return findings
+    return findings[findings["probability"] >= settings.threshold].head(settings.top)
 
 
 def _write_part(part: Path, tables: dict[str, pd.DataFrame], meta: dict) -> None:
@@ -134,7 +148,7 @@ def _scan_job(args: tuple) -> str:
         return source.series_uid
     try:
         read_s = time.perf_counter() - t
-        model, train_config = _model(checkpoint)
+        model, train_config, explainer = _model(checkpoint)
         det = detect_volume(volume, model, tuple(train_config.window_hu), settings.config)
         ref = lidc_reference(volume, LidcDatabase(db_path)) if db_path else None
         if settings.figures:
@@ -147,6 +161,15 @@ def _scan_job(args: tuple) -> str:
                 settings.threshold,
                 ref[0] if ref else None,
             )
+            if settings.explain:
+                explain_findings(
+                    volume,
+                    shown_findings(det.findings, settings),
+                    explainer,
+                    Path(figure_dir).parent,
+                    settings.config.cube_size,
+                    settings.config.spacing_mm,
+                )
     except Exception as exc:  # a batch job reports the bad scan and keeps going
         log.exception("scan %s failed", source.series_uid)
         reason = f"unexpected error {type(exc).__name__}: {exc}"
@@ -352,6 +375,16 @@ def _report(
                 )
         if settings.figures:
             lines += ["", f"![{r.patient_id}](figures/{name})"]
+        if settings.figures and settings.explain and len(top):
+            lines += [
+                "",
+                "Grad-CAM of the detection logit for each finding above (where the network "
+                "looked: red is most; maps in `maps/` open over the CT in 3D Slicer):",
+                "",
+            ]
+            for i in range(1, min(len(top), settings.top) + 1):
+                stem = finding_stem(r.patient_id, r.seriesuid, i)
+                lines.append(f"![finding {i}](figures/{stem}_cam.png)")
         lines.append("")
     return "\n".join(lines)
 

@@ -27,6 +27,7 @@ from lungcad.evaluation.metrics import (
     youden_threshold,
 )
 from lungcad.evaluation.plots import write_plots
+from lungcad.explain.run import write_gallery
 from lungcad.training.checkpoint import load_checkpoint
 from lungcad.training.data import load_cube_data
 from lungcad.training.predict import predict_rows
@@ -161,7 +162,16 @@ def evaluate_model(
     ]
     all_preds[cols].to_csv(out_dir / "predictions.csv", index=False)
     figures = write_plots(preds["test"], threshold, out_dir)
-    (out_dir / "report.md").write_text(render_report(doc, figures))
+    gallery = write_gallery(
+        preds["test"],
+        data.cubes,
+        dataset_dir,
+        model,
+        train_config.window_hu,
+        threshold,
+        out_dir / "figures" / "gradcam_gallery.png",
+    )
+    (out_dir / "report.md").write_text(render_report(doc, figures, gallery))
     tmp = out_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2))
     os.replace(tmp, out_dir / "metrics.json")
@@ -179,7 +189,7 @@ def _ci(section: dict, key: str) -> str:
     return f"[{_fmt(lo_hi[0])}, {_fmt(lo_hi[1])}]" if lo_hi else ""
 
 
-def render_report(doc: dict[str, Any], figures: list[Path]) -> str:
+def render_report(doc: dict[str, Any], figures: list[Path], gallery: Path | None = None) -> str:
     det, mal, ref = doc["detection"], doc["malignancy"], doc["reference_real_lidc"]
     lines = [
         "# lungcad evaluation report",
@@ -230,4 +240,21 @@ def render_report(doc: dict[str, Any], figures: list[Path]) -> str:
         "",
     ]
     lines += [f"![{f.stem}](figures/{f.name})" for f in figures]
+    if gallery is not None:
+        lines += [
+            "",
+            "## Where the network looked (Grad-CAM gallery)",
+            "",
+            "Test cubes: true positives, false positives and false negatives at the threshold "
+            "above (most confident first), then the nodules rated most and least malignant. "
+            "Left: the axial CT through the cube centre, the readers' consensus outlined in "
+            "green. Then the Grad-CAM map of the detection logit (layer `backbone.layer3`, "
+            "red highest, drawn from 20% of its maximum) over the axial, coronal and sagittal "
+            "slices; the white cross marks the map's maximum. A map on the nodule means the "
+            "score rests on the nodule; a map elsewhere says what else drove it. How often the "
+            "maximum falls on the nodule, and whether the maps survive randomising the "
+            "weights, is measured in `reports/explain/metrics.json` (`dvc repro explain`).",
+            "",
+            f"![Grad-CAM gallery](figures/{gallery.name})",
+        ]
     return "\n".join(lines) + "\n"

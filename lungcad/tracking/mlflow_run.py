@@ -146,3 +146,25 @@ def log_detection(run_id: str, report_dir: str | Path, metrics: dict[str, Any]) 
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(values)
         mlflow.log_artifacts(str(report_dir), artifact_path="detection")
+
+
+def log_explanation(run_id: str, explain_dir: str | Path, doc: dict[str, Any]) -> None:
+    """Attach the heat-map checks (pointing game, sanity correlation) to a finished run,
+    with metrics.json and the per-cube table (not the maps: they stay in the DVC cache)."""
+    setup_tracking()
+    metrics = {}
+    for target in ("detection", "malignancy"):
+        for method, values in doc[target].items():
+            if not isinstance(values, dict):
+                continue
+            for key, value in values.items():
+                if (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and value == value
+                ):
+                    metrics[f"explain_{target}_{method}_{key}"] = float(value)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(metrics)
+        for name in ("metrics.json", "cubes.csv"):
+            mlflow.log_artifact(str(Path(explain_dir) / name), artifact_path="explain")

@@ -16,11 +16,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
-from mlflow.types.schema import ColSpec, Schema, TensorSpec
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 # The largest batch one request may hold (about 32 MB of float32 64³ cubes); larger batches
 # get a 400 that says so. Clients split their cubes into batches (`lungcad query`).
 MAX_BATCH_CUBES = 32
+#: ``params: {"explain": true}`` adds ``detection_map``: each cube's Grad-CAM map of the
+#: detection logit averaged over blocks of this many voxels per axis (16³ values for a 64³
+#: cube, block (i, j, k) = voxels 4i..4i+3 along z, y, x), in [0, 1], 3 decimals.
+EXPLAIN_POOL = 4
 
 
 def model_signature(cube_size: int = 64, with_decision: bool = False) -> ModelSignature:
@@ -32,6 +36,7 @@ def model_signature(cube_size: int = 64, with_decision: bool = False) -> ModelSi
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, cube_size, cube_size, cube_size))]),
         outputs=Schema(outputs),
+        params=ParamSchema([ParamSpec("explain", "boolean", False)]),
     )
 
 
@@ -82,6 +87,7 @@ class LungcadPyfunc(PythonModel):
         config = context.model_config or {}
         self.threshold = float(config["threshold"]) if "threshold" in config else None
         self.cube_size = int(config.get("cube_size", 64))
+        self._explainer = None  # built on the first request that asks for maps
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         from lungcad.training.predict import predict_hu_cubes
@@ -98,7 +104,22 @@ class LungcadPyfunc(PythonModel):
         out = pd.DataFrame({"nodule_prob": prob.astype(float), "malignancy": mal.astype(float)})
         if self.threshold is not None:
             out["nodule"] = (prob >= self.threshold).astype(np.int64)
+        if (params or {}).get("explain"):
+            out["detection_map"] = self._maps(cubes)
         return out
+
+    def _maps(self, cubes: np.ndarray) -> list:
+        """Pooled detection maps (``EXPLAIN_POOL``) as nested lists, one per cube."""
+        import torch.nn.functional as F
+        from torch import from_numpy
+
+        from lungcad.explain.cam import CubeExplainer
+
+        if self._explainer is None:
+            self._explainer = CubeExplainer(self.model, self.config.window_hu, device=self.device)
+        maps = from_numpy(self._explainer(cubes))[:, None]
+        pooled = F.avg_pool3d(maps, EXPLAIN_POOL)[:, 0].numpy().round(3)
+        return [m.tolist() for m in pooled]
 
 
 def log_pyfunc_model(

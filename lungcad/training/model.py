@@ -28,6 +28,7 @@ class NoduleNet(nn.Module):
 
     def __init__(self, config: ModelConfig, in_channels: int = 1) -> None:
         super().__init__()
+        self.config, self.in_channels = config, in_channels
         self.backbone = ResNet(
             block="basic",
             layers=list(config.blocks),

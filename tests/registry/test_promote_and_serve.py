@@ -156,6 +156,16 @@ def test_champion_is_served_and_bad_input_gets_4xx(registry) -> None:
         rows = body["predictions"]
         assert len(rows) == 3 and set(rows[0]) == {"nodule_prob", "malignancy", "nodule"}
         assert all(0 <= r["nodule_prob"] <= 1 and r["nodule"] in (0, 1) for r in rows)
+        # Asked for, the detection map comes back too: 32³ cubes pooled by 4 -> 8³ values.
+        ask = {"inputs": cubes.tolist(), "params": {"explain": True}}
+        status, body = _post(port, json.dumps(ask).encode())
+        assert status == 200, body
+        explained = body["predictions"]
+        assert set(explained[0]) == {"nodule_prob", "malignancy", "nodule", "detection_map"}
+        for plain, r in zip(rows, explained):
+            assert r["nodule_prob"] == pytest.approx(plain["nodule_prob"], abs=1e-6)
+            cam = np.array(r["detection_map"])
+            assert cam.shape == (8, 8, 8) and cam.min() >= 0.0 and cam.max() <= 1.0
         bad = {
             "wrong shape": json.dumps({"inputs": np.zeros((1, 1, 8, 8, 8)).tolist()}).encode(),
             "wrong dtype": json.dumps({"inputs": [["a"] * 4]}).encode(),

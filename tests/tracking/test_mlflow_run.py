@@ -97,6 +97,11 @@ def test_pyfunc_model_gives_the_torch_model_outputs(tracked, monkeypatch) -> Non
     prob, mal = predict_hu_cubes(model, cubes, config.window_hu, torch.device("cpu"))
     np.testing.assert_allclose(out["nodule_prob"], prob, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["malignancy"], mal, rtol=1e-5, atol=1e-5)
+    explained = pyfunc.predict(cubes, params={"explain": True})
+    assert list(explained.columns) == ["nodule_prob", "malignancy", "detection_map"]
+    np.testing.assert_allclose(explained["nodule_prob"], prob, rtol=1e-5, atol=1e-6)
+    maps = np.array(explained["detection_map"].tolist())
+    assert maps.shape == (6, 8, 8, 8) and maps.max() <= 1.0 and (maps.max(axis=(1, 2, 3)) > 0).any()
 
 
 def test_evaluation_outputs(tracked) -> None:

@@ -1,0 +1,171 @@
+"""`lungcad explain`: Grad-CAM heat maps of dataset cubes or of `lungcad detect` findings,
+with the pointing-game and randomisation checks, attached to the model's MLflow run."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lungcad.cli.common import fail
+from lungcad.cli.options import Dataset, ParamsFile, Quiet, Splits
+
+
+def _cube_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        fail(f"--cubes {text!r}: give cube indices (index.csv's cube_index) separated by commas")
+
+
+def explain(
+    dataset: Dataset = Path("data/processed"),
+    splits: Splits = Path("data/splits.json"),
+    split: Annotated[
+        str | None, typer.Option("--split", help="Explain this split's cubes (params: test).")
+    ] = None,
+    cubes: Annotated[
+        str | None,
+        typer.Option("--cubes", help="Only these cube_index values, e.g. 3,17,20."),
+    ] = None,
+    findings: Annotated[
+        Path | None,
+        typer.Option(
+            "--findings",
+            help="A `lungcad detect` folder: explain its findings instead (needs --raw).",
+        ),
+    ] = None,
+    raw: Annotated[
+        Path | None,
+        typer.Option("--raw", help="The scans the findings were detected in (with --findings)."),
+    ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", help="A lungcad checkpoint or a URI like models:/lungcad@champion."
+        ),
+    ] = "models/best.pt",
+    layer: Annotated[
+        str | None,
+        typer.Option(
+            "--layer", help="Network module the maps come from (params: backbone.layer3)."
+        ),
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            "--method", help="gradcam or gradcampp: the one drawn (params: both measured)."
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            help="Detection threshold (default: the one `lungcad evaluate` chose, "
+            "from --eval-metrics; 0.5 without it).",
+        ),
+    ] = None,
+    eval_metrics: Annotated[
+        Path, typer.Option("--eval-metrics", help="metrics.json of `lungcad evaluate`.")
+    ] = Path("reports/metrics.json"),
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("reports/explain"),
+    params: ParamsFile = Path("params.yaml"),
+    run_info: Annotated[
+        Path | None,
+        typer.Option("--run-info", help="train_run.json: log the checks to that MLflow run."),
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Heat maps (NIfTI in patient mm, pictures) and how right they are (pointing game,
+    randomised-weights sanity check, patient-bootstrap CIs)."""
+    from dataclasses import replace
+
+    from lungcad.detection.model_ref import ModelReferenceError, resolve_checkpoint
+    from lungcad.explain.cam import ExplainError
+    from lungcad.explain.run import ExplainConfig, explain_dataset
+    from lungcad.params import read_section
+    from lungcad.preprocessing.masks import MasksMissingError
+    from lungcad.training.checkpoint import UnsafeCheckpointError
+    from lungcad.training.data import DatasetMissingError
+    from lungcad.training.trainer import load_model
+
+    try:
+        config = ExplainConfig.from_mapping(read_section(params, "explain", required=False))
+        if split is not None:
+            config = replace(config, split=split)
+        if layer is not None:
+            config = replace(config, layer=layer)
+        if method is not None:
+            config = replace(config, methods=(method, *(m for m in config.methods if m != method)))
+    except (ExplainError, TypeError) as exc:
+        fail(f"{params}: explain section or option: {exc}")
+    if threshold is None:
+        threshold = 0.5
+        if eval_metrics.exists():
+            threshold = float(json.loads(eval_metrics.read_text())["threshold"]["value"])
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            checkpoint, label = resolve_checkpoint(model, tmp)
+            net, train_config = load_model(checkpoint)
+        except (ModelReferenceError, UnsafeCheckpointError, FileNotFoundError) as exc:
+            fail(str(exc))
+    window = tuple(train_config.window_hu)
+    try:
+        if findings is not None:
+            from lungcad.explain.cam import CamSettings
+            from lungcad.explain.findings import explain_detection_run
+
+            if raw is None:
+                fail("--findings needs --raw: the scans the findings were detected in")
+            report = explain_detection_run(
+                findings,
+                raw,
+                net,
+                window,
+                out,
+                threshold,
+                CamSettings("detection", config.methods[0], config.layer),
+                progress=not quiet,
+            )
+            for r in report.itertuples():
+                typer.echo(f"{r.seriesuid}: {r.status}")
+            typer.echo(f"{int(report['findings'].fillna(0).sum())} finding(s) explained -> {out}")
+            return
+        doc = explain_dataset(
+            dataset,
+            splits,
+            net,
+            window,
+            out,
+            config,
+            threshold,
+            _cube_list(cubes),
+            progress=not quiet,
+        )
+    except (ExplainError, DatasetMissingError, MasksMissingError) as exc:
+        fail(str(exc))
+    if doc["skipped"]:
+        typer.secho(
+            f"{doc['skipped']} requested cube(s) skipped: see {out / 'skipped.csv'}",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    if run_info is not None and run_info.exists():
+        from lungcad.tracking.mlflow_run import log_explanation
+
+        run_id = json.loads(run_info.read_text())["run_id"]
+        log_explanation(run_id, out, doc)
+        typer.echo(f"explanation checks attached to MLflow run {run_id}")
+    d = doc["detection"][config.methods[0]]
+    n_nodules = doc["detection"]["n_nodule_cubes"]
+    typer.echo(
+        f"{label}: pointing game {d['pointing_game']:.3f} (chance {d['pointing_chance']:.3f}, "
+        f"random weights {d['pointing_game_random_weights']:.3f}) on {n_nodules} "
+        f"nodule cubes; sanity rank correlation {d['sanity_rank_correlation']:.3f} -> "
+        f"{out / 'metrics.json'}"
+    )
