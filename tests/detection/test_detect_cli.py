@@ -89,8 +89,16 @@ def test_mhd_gives_the_same_findings_as_its_dicom(scans, checkpoint, tmp_path) -
     assert list(da.columns[:5]) == ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
     assert {"patient_id", "malignancy", "diameter_mm"} <= set(da.columns)
     assert (tmp_path / "dicom" / "candidates.csv").is_file()
-    assert (tmp_path / "dicom" / "report.md").is_file()
-    assert len(list((tmp_path / "dicom" / "figures").glob("*.png"))) == 1
+    # One picture of the scan, and a Grad-CAM picture and NIfTI map per listed finding.
+    figures = sorted(p.name for p in (tmp_path / "dicom" / "figures").glob("*.png"))
+    shown = min(len(da), 4)
+    assert (
+        len(figures) == 1 + shown and len([f for f in figures if f.endswith("_cam.png")]) == shown
+    )
+    maps = list((tmp_path / "dicom" / "maps").glob("*_detection.nii.gz"))
+    assert len(maps) == shown
+    report = (tmp_path / "dicom" / "report.md").read_text()
+    assert all(f"figures/{f}" in report for f in figures)
 
 
 def test_a_root_with_a_broken_series_and_a_lungless_one_goes_on(scans, checkpoint, tmp_path):
