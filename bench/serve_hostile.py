@@ -18,15 +18,18 @@ import argparse
 import json
 import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from lungcad.registry.loadtest import RequestBuilder, make_specs, run_load
 from lungcad.registry.server import MAX_BODY_BYTES
-from lungcad.registry.serving import CHAMPION_URI, serve_command
+from lungcad.registry.serving import (
+    CHAMPION_URI,
+    ServerNotReadyError,
+    serve_command,
+    wait_until_serving,
+)
 
 
 def _free_port() -> int:
@@ -53,15 +56,10 @@ def main() -> None:
     cmd, env = serve_command(args.model_uri, port=port, workers=args.workers)
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError as exc:
-                if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit("the server did not start: is a champion registered?") from exc
-                time.sleep(1)
+        try:
+            wait_until_serving(port, server, timeout_s=180)
+        except ServerNotReadyError as exc:
+            raise SystemExit(f"{exc}: is a champion registered?") from exc
         url = f"http://127.0.0.1:{port}"
         builder = RequestBuilder(cubes, MAX_BODY_BYTES)
         specs = make_specs(args.requests, 0.5, args.seed, cube_size=cubes.shape[-1])

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from lungcad.registry.client import encode_cubes
+from lungcad.registry.serving import ServerNotReadyError, wait_until_serving
 
 
 def _free_port() -> int:
@@ -87,15 +88,10 @@ def main() -> None:
         env=os.environ.copy(),
     )
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError as exc:
-                if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit("the server did not start: is a champion registered?") from exc
-                time.sleep(1)
+        try:
+            wait_until_serving(port, server, timeout_s=180)
+        except ServerNotReadyError as exc:
+            raise SystemExit(f"{exc}: is a champion registered?") from exc
         print(f"server: lungcad serve, {args.workers} worker(s); client: this machine, loopback")
         print(
             f"{'encoding':9s} {'request':12s} {'MB':>6s} {'n':>4s} {'p50 ms':>8s} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -22,3 +23,12 @@ def read_section(params_file: str | Path, section: str, required: bool = True) -
             raise ValueError(f"{path} {where}")
         return {}
     return dict(data[section] or {})
+
+
+def reject_unknown(values: dict[str, Any], settings_class: type, section: str) -> None:
+    """Raise ValueError naming the keys of ``values`` that are not fields of the dataclass
+    ``settings_class`` (a misspelt parameter must not be silently ignored)."""
+    known = {f.name for f in fields(settings_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {section} parameter(s) {unknown}; known: {sorted(known)}")

@@ -161,7 +161,9 @@ class CubeExplainer:
     ) -> np.ndarray:
         """(N, S, S, S) float32 maps in [0, 1] (1 at each map's maximum) of (N, S, S, S) or
         (N, 1, S, S, S) HU cubes of any dtype."""
-        cubes = torch.as_tensor(np.asarray(cubes_hu) if not torch.is_tensor(cubes_hu) else cubes_hu)
+        cubes = (
+            torch.as_tensor(np.asarray(cubes_hu)) if isinstance(cubes_hu, np.ndarray) else cubes_hu
+        )
         if cubes.ndim == 4:
             cubes = cubes[:, None]
         if cubes.ndim != 5 or cubes.shape[1] != 1 or len(set(cubes.shape[2:])) != 1:

@@ -87,11 +87,7 @@ def cube_figure(
     draw_cube_row(axes, cube_hu, cam, mask)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.93, 0.95))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=90)
 
 
 def gallery_figure(
@@ -105,8 +101,12 @@ def gallery_figure(
         draw_cube_row(ax_row, cube, cam, mask, label)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.9, 0.98))
+    return _save(fig, path, dpi=80)
+
+
+def _save(fig, path: str | Path, dpi: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

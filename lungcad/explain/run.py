@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from lungcad.explain.cam import (
 )
 from lungcad.explain.figures import cube_figure, gallery_figure
 from lungcad.explain.metrics import pointing, rank_correlation, summarise
+from lungcad.params import reject_unknown
 from lungcad.preprocessing.build import write_csv_atomic
 from lungcad.preprocessing.cubes import cube_grid_origin
 from lungcad.preprocessing.masks import MasksMissingError, read_masks
@@ -83,10 +84,10 @@ class ExplainConfig:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> ExplainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ExplainError(f"unknown explain parameter(s) {unknown}; known: {sorted(known)}")
+        try:
+            reject_unknown(values, cls, "explain")
+        except ValueError as exc:
+            raise ExplainError(str(exc)) from None
         values = dict(values)
         if "methods" in values:
             values["methods"] = tuple(values["methods"])
@@ -290,18 +291,18 @@ def write_gallery(
     chosen = gallery_rows(pred, threshold)
     if not chosen:
         return None
-    idx = np.array([row.cube_index for _, row in chosen])
-    batch = np.asarray(cubes[np.sort(np.unique(idx))])
-    order = {c: i for i, c in enumerate(np.sort(np.unique(idx)))}
-    explainer = CubeExplainer(model, window_hu, CamSettings("detection", "gradcam", layer))
-    maps = explainer(batch)
+    # Each cube once (a nodule can be both a true positive and the most malignant).
+    unique = np.unique([row.cube_index for _, row in chosen])
+    position = {c: i for i, c in enumerate(unique)}
+    batch = np.asarray(cubes[unique])
+    maps = CubeExplainer(model, window_hu, CamSettings("detection", "gradcam", layer))(batch)
     try:
-        masks = read_masks(dataset_dir, np.sort(np.unique(idx)), batch.shape[-1])
+        masks = read_masks(dataset_dir, unique, batch.shape[-1])
     except MasksMissingError:  # a dataset built before masks: pictures without outlines
         masks = None
     rows = []
     for kind, row in chosen:
-        j = order[row.cube_index]
+        j = position[row.cube_index]
         label = f"{kind}\nP {row.nodule_prob:.2f}, mal. {row.malignancy_pred:.1f}"
         outline = masks[j] if masks is not None and row.label == 1 else None
         rows.append((label, batch[j], maps[j], outline))

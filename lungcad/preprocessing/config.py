@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lungcad.params import read_section
+from lungcad.params import read_section, reject_unknown
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> PreprocessConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown preprocess parameter(s) {unknown}; known: {sorted(known)}")
+        reject_unknown(values, cls, "preprocess")
         return cls(**values)
 
     @classmethod

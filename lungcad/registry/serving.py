@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
+import urllib.request
 
 from lungcad.registry.server import MAX_BODY_BYTES, MAX_BODY_ENV, MODEL_URI_ENV
 from lungcad.tracking.mlflow_run import tracking_uri
@@ -46,3 +49,30 @@ def serve_command(
         MAX_BODY_ENV: str(max_body_bytes),
     }
     return cmd, env
+
+
+class ServerNotReadyError(RuntimeError):
+    """The server exited or did not answer /ping in time."""
+
+
+def wait_until_serving(
+    port: int, server: subprocess.Popen, timeout_s: float = 120.0, host: str = "127.0.0.1"
+) -> None:
+    """Return once ``http://host:port/ping`` answers 200.
+
+    Raises:
+        ServerNotReadyError: ``server`` exited, or ``timeout_s`` passed first.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if server.poll() is not None:
+            raise ServerNotReadyError(f"the server exited (code {server.returncode}) before /ping")
+        if time.monotonic() > deadline:
+            raise ServerNotReadyError(f"no answer on port {port} /ping within {timeout_s:.0f} s")
+        time.sleep(0.5)

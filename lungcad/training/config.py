@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lungcad.params import read_section
+from lungcad.params import read_section, reject_unknown
 
 
 @dataclass(frozen=True)
@@ -125,18 +125,10 @@ class TrainConfig:
     def from_mapping(cls, values: dict[str, Any]) -> TrainConfig:
         values = dict(values)
         nested = {"model": ModelConfig, "augment": AugmentConfig}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown train parameter(s) {unknown}; known: {sorted(known)}")
+        reject_unknown(values, cls, "train")
         for key, kind in nested.items():
             sub = values.get(key) or {}
-            sub_known = {f.name for f in fields(kind)}
-            bad = sorted(set(sub) - sub_known)
-            if bad:
-                raise ValueError(
-                    f"unknown train.{key} parameter(s) {bad}; known: {sorted(sub_known)}"
-                )
+            reject_unknown(sub, kind, f"train.{key}")
             values[key] = kind(
                 **{k: tuple(v) if isinstance(v, list) else v for k, v in sub.items()}
             )

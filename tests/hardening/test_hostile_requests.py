@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 import urllib.request
 
 import mlflow
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 
 from lungcad.registry.loadtest import RequestBuilder, make_specs, run_load
-from lungcad.registry.serving import serve_command
+from lungcad.registry.serving import ServerNotReadyError, serve_command, wait_until_serving
 from lungcad.training.run import train_tracked
 from tests.conftest import make_tiny_dataset, tiny_train_config
 
@@ -44,16 +43,10 @@ def served(tmp_path_factory):
         cmd, env = serve_command(f"runs:/{run.run_id}/model", port=port, max_body_bytes=MAX_BODY)
     log = (tmp / "server.log").open("w")
     server = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        assert time.time() < deadline and server.poll() is None, (tmp / "server.log").read_text()
-        time.sleep(0.5)
+    try:
+        wait_until_serving(port, server)
+    except ServerNotReadyError as exc:
+        raise AssertionError((tmp / "server.log").read_text()) from exc
     cubes = np.load(dataset[0] / "cubes.npy").astype(np.float32)
     yield {"url": f"http://127.0.0.1:{port}", "server": server, "cubes": cubes, "tmp": tmp}
     server.terminate()

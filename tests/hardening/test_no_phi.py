@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pydicom
 import yaml
 
 from lungcad.registry.client import encode_cubes
-from lungcad.registry.serving import serve_command
+from lungcad.registry.serving import serve_command, wait_until_serving
 from tests.conftest import REPO, tiny_train_config
 
 MARKERS = {
@@ -80,14 +79,7 @@ def _serve_and_ask(workdir: Path, cubes: np.ndarray, env: dict[str, str]) -> byt
     log = (workdir / "logs" / "serve.log").open("w")
     server = subprocess.Popen(cmd, cwd=workdir, env=serve_env, stdout=log, stderr=log)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "server did not start"
-                time.sleep(0.5)
+        wait_until_serving(port, server)
         body, content_type = encode_cubes(cubes, "json")
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",

@@ -6,7 +6,6 @@ import io
 import json
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
@@ -20,7 +19,7 @@ from lungcad.cli.main import app
 from lungcad.evaluation.evaluate import EvaluationConfig
 from lungcad.registry.client import encode_cubes, predict_remote
 from lungcad.registry.promote import REGISTERED_MODEL, promote
-from lungcad.registry.serving import serve_command
+from lungcad.registry.serving import serve_command, wait_until_serving
 from lungcad.training.run import train_tracked
 from tests.conftest import make_tiny_dataset, tiny_train_config
 
@@ -140,16 +139,7 @@ def test_champion_is_served_and_bad_input_gets_4xx(registry) -> None:
         cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline and server.poll() is None, "server did not start"
-            time.sleep(1)
+        wait_until_serving(port, server)
         cubes = np.load(registry["dataset"][0] / "cubes.npy")[:3].astype(np.float32)[:, None]
         status, body = _post(port, json.dumps({"inputs": cubes.tolist()}).encode())
         assert status == 200, body
