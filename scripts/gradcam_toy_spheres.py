@@ -9,9 +9,11 @@ centre, for the trained weights and for random ones, per layer and method.
 
     python scripts/gradcam_toy_spheres.py --steps 150 --seeds 0 1 2
 
-What it showed (2-core CPU, issue 12): the trained maps peak 8-20 mm from the sphere
-(typically one map cell towards the cube's origin), the random-weight maps 30-50 mm away;
-the maximum was inside a radius-5 sphere in none of the settings tried.
+What it showed (2-core CPU, issue 12; `--steps 150 --seeds 0`): the trained maps peak
+0-20 mm from the sphere's centre (mostly 6-14 mm, about one map cell towards the cube's
+origin; inside the radius-5 sphere for 2 of the 20 layer/method/position cases), the
+random-weight maps 31-61 mm away. Other seeds, sphere sizes and centred training (tried
+while writing issue 12) were no better.
 """
 
 from __future__ import annotations
