@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lungcad.cli.common import fail
+from lungcad.cli.common import fail, require_tracking
 from lungcad.cli.options import Dataset, ParamsFile, Splits
 
 
@@ -38,6 +38,8 @@ def evaluate(
         config = EvaluationConfig(**read_section(params, "evaluate", required=False))
     except TypeError as exc:
         fail(f"{params}: evaluate section: {exc}")
+    if run_info.exists():
+        require_tracking()
     try:
         doc = evaluate_model(dataset, splits, model, out, config)
     except (DatasetMissingError, FileNotFoundError) as exc:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lungcad.cli.common import fail
+from lungcad.cli.common import fail, require_tracking
 from lungcad.cli.options import Dataset, ParamsFile, Splits
 
 
@@ -46,6 +46,7 @@ def promote(
 
     settings = read_section(params, "promote", required=False)
     experiment = read_section(params, "train", required=False).get("experiment", "lungcad")
+    require_tracking()
     setup_tracking()
     detection = None
     if detection_metrics is not None:

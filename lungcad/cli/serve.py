@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from lungcad.cli.common import fail
+from lungcad.cli.common import fail, require_tracking
 
 
 def serve(
@@ -27,6 +27,9 @@ def serve(
     """Serve MODEL over HTTP: MLflow's scoring server (/invocations, /ping, the protocol of
     `mlflow models serve`) behind a guard: body-size limit, no stack traces in answers."""
     from lungcad.registry.serving import serve_command
+
+    if model_uri.startswith(("models:/", "runs:/")):
+        require_tracking()
 
     cmd, env = serve_command(model_uri, host, port, workers, int(max_body_mb * 1024 * 1024))
     typer.echo(" ".join(cmd))

@@ -1,13 +1,14 @@
-"""`lungcad train`: one tracked training run."""
+"""`lungcad train`: one tracked training run (one process, or several under torchrun)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lungcad.cli.common import fail
+from lungcad.cli.common import fail, require_tracking
 from lungcad.cli.options import Dataset, ParamsFile, Quiet, Splits
 
 
@@ -28,9 +29,19 @@ def train(
         str | None, typer.Option("--device", help="Override train.device (auto/cpu/cuda).")
     ] = None,
     run_name: Annotated[str | None, typer.Option("--run-name", help="MLflow run name.")] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Processes on this machine (one per GPU; gloo on CPUs): runs this command "
+            "under torchrun with DistributedDataParallel. train.batch_size is per process.",
+        ),
+    ] = 1,
     quiet: Quiet = False,
 ) -> None:
     """Train the multi-task 3D CNN; every epoch is checkpointed and logged to MLflow."""
+    from lungcad.distributed.ddp import destroy_process_group, init_process_group, launch
     from lungcad.outputs import OutputError
     from lungcad.training.config import TrainConfig
     from lungcad.training.data import DatasetMissingError
@@ -44,9 +55,35 @@ def train(
             config = config.replace(**overrides)
     except ValueError as exc:
         fail(f"{params}: {exc}")
+    if int(os.environ.get("RANK", 0)) == 0:
+        require_tracking()  # before any process starts training
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        argv = ["train", "--dataset", str(dataset), "--splits", str(splits), "--out", str(out)]
+        argv += ["--params", str(params)]
+        argv += ["--resume"] if resume else []
+        argv += ["--epochs", str(epochs)] if epochs is not None else []
+        argv += ["--device", device] if device is not None else []
+        argv += ["--run-name", run_name] if run_name is not None else []
+        argv += ["--quiet"] if quiet else []
+        code = launch(nproc, argv)
+        if code:
+            fail(
+                f"distributed training failed (torchrun exit {code}; the failing rank's "
+                f"error is above); continue with --resume from {out}/checkpoints/last.pt",
+                code,
+            )
+        return
     try:
+        dist = init_process_group(config.device)
         run = train_tracked(
-            config, dataset, splits, out, resume=resume, run_name=run_name, progress=not quiet
+            config,
+            dataset,
+            splits,
+            out,
+            resume=resume,
+            run_name=run_name,
+            progress=not quiet,
+            dist=dist,
         )
     except (
         DatasetMissingError,
@@ -55,7 +92,11 @@ def train(
         OutputError,
         ValueError,
     ) as exc:
-        fail(str(exc))
+        fail(f"rank {os.environ['RANK']}: {exc}" if "RANK" in os.environ else str(exc))
+    finally:
+        destroy_process_group()
+    if not dist.is_main:
+        return
     r = run.result
     typer.echo(
         f"best epoch {r.best_epoch} ({config.select_metric}={r.best_metric:.4f}) -> "

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lungcad.cli.common import fail
+from lungcad.cli.common import fail, require_tracking
 from lungcad.cli.options import Dataset, ParamsFile, Splits
 
 
@@ -63,6 +63,7 @@ def tune(
         load_cube_data(dataset, splits)  # fail before the study starts
     except (ValueError, TypeError, DatasetMissingError) as exc:
         fail(str(exc))
+    require_tracking()
     try:
         result = run_study(
             tune_config, train_config, dataset, splits, n_jobs=n_jobs, timeout_s=timeout

@@ -2,8 +2,12 @@
 
 Default tracking is ``sqlite:///mlflow.db`` with artifacts under ``mlruns/`` (both relative
 to the working directory, the repo root for DVC stages), so ``mlflow ui`` started there
-shows every run; ``MLFLOW_TRACKING_URI`` points lungcad at a remote server instead. Only
-lungcad's own settings, versions and metrics are logged: no DICOM header field is.
+shows every run; ``MLFLOW_TRACKING_URI`` points lungcad at a remote server instead
+(``http://host:5000``, see the README's team setup) and ``check_tracking`` says at once, with
+the password hidden, when it cannot be reached. Several commands starting at once on a new
+local ``mlflow.db`` create it one after the other (a file lock), since two concurrent schema
+migrations of one SQLite file fail. Only lungcad's own settings, versions and metrics are
+logged: no DICOM header field is.
 """
 
 from __future__ import annotations
@@ -11,12 +15,17 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import torch
 import yaml
+from filelock import FileLock
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -27,24 +36,113 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
 
 
+#: Seconds ``check_tracking`` waits for a server or database to answer.
+CHECK_TIMEOUT_S = 10.0
+_READY: set[str] = set()
+
+
+class TrackingUnreachableError(RuntimeError):
+    """The tracking server or database does not answer; the message names it (no password)."""
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with any password replaced by ``***`` (for messages and bug reports)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _sqlite_lock(uri: str) -> FileLock | None:
+    path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+    return FileLock(f"{path}.lock") if path and path != ":memory:" else None
+
+
+def _with_store_lock(uri: str, action):
+    """``action()`` under the local SQLite store's file lock (no lock for other stores)."""
+    lock = _sqlite_lock(uri)
+    if lock is None:
+        return action()
+    with lock:
+        return action()
+
+
 def setup_tracking() -> str:
-    """Point MLflow at the configured store; returns the URI."""
+    """Point MLflow at the configured store, creating a new local SQLite store under a file
+    lock (its schema migration is not safe to run twice at once); returns the URI."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    if uri not in _READY and _sqlite_lock(uri) is not None:
+        _with_store_lock(uri, lambda: MlflowClient(uri).search_experiments(max_results=1))
+    _READY.add(uri)
     return uri
 
 
+def check_tracking(uri: str | None = None, timeout_s: float = CHECK_TIMEOUT_S) -> str:
+    """Fail fast when the tracking server (``http(s)://``) or database (``postgresql://``,
+    ``mysql://``, ...) does not answer within ``timeout_s``; local stores pass.
+
+    Returns:
+        The URI with its password hidden.
+
+    Raises:
+        TrackingUnreachableError: naming the URI (password hidden) and what to check.
+    """
+    uri = uri or tracking_uri()
+    shown = redact_uri(uri)
+    scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0]
+    try:
+        if scheme in ("http", "https"):
+            parts = urllib.parse.urlsplit(uri)
+            netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+            health = urllib.parse.urlunsplit((parts.scheme, netloc, "/health", "", ""))
+            with urllib.request.urlopen(health, timeout=timeout_s) as answer:
+                if answer.status != 200:
+                    raise OSError(f"HTTP {answer.status} from {health}")
+        elif scheme in ("postgresql", "mysql", "mssql"):
+            import sqlalchemy
+
+            args = {"connect_timeout": int(timeout_s)}
+            engine = sqlalchemy.create_engine(uri, connect_args=args)
+            try:
+                with engine.connect():
+                    pass
+            finally:
+                engine.dispose()
+    except Exception as exc:  # any failure to connect: say which URI and stop
+        reason = str(exc).replace(uri, shown).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TrackingUnreachableError(
+            f"MLflow tracking at {shown} is unreachable ({reason[:300]}): start the server or "
+            "database, or set MLFLOW_TRACKING_URI to one that runs (unset: local "
+            f"{DEFAULT_TRACKING_URI})"
+        ) from None
+    return shown
+
+
 def ensure_experiment(name: str) -> str:
-    """Id of experiment ``name``, created with artifacts under ./mlruns if new."""
-    setup_tracking()
+    """Id of experiment ``name``, created with artifacts under ./mlruns if new (when two
+    commands create it at once, both get the same experiment)."""
+    uri = setup_tracking()
     client = MlflowClient()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    if tracking_uri().startswith("sqlite:"):
-        location = Path(ARTIFACT_ROOT).resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+
+    def get_or_create() -> str:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None
+        if uri.startswith("sqlite:"):
+            location = Path(ARTIFACT_ROOT).resolve().as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created meanwhile by another command on a shared server
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    return _with_store_lock(uri, get_or_create)
 
 
 def git_commit(repo: str | Path = ".") -> str:

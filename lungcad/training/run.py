@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
+from lungcad.distributed.ddp import DistContext
 from lungcad.tracking.mlflow_run import (
     MlflowEpochLogger,
     dvc_data_hash,
@@ -58,6 +59,7 @@ def train_tracked(
     progress: bool = True,
     log_model: bool = True,
     on_run_start: Callable[[str], None] | None = None,
+    dist: DistContext | None = None,
 ) -> TrackedRun:
     """Train with ``config`` and log everything to MLflow; writes ``<out>/train_run.json``.
 
@@ -74,12 +76,17 @@ def train_tracked(
         log_model: log the pyfunc model (tuning trials skip it).
         on_run_start: called with the MLflow run id once the run is open (a tuning trial
             records it, so that the run can be closed if its worker dies).
+        dist: this process's place in a torchrun group: only rank 0 opens the MLflow run,
+            the other ranks train beside it and return an empty run id.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_cube_data(dataset_dir, splits_file)
+    if dist is not None and not dist.is_main:
+        trainer = Trainer(config, data, out_dir, callbacks, progress=False, dist=dist)
+        return TrackedRun("", "", trainer.fit(resume=resume))
     experiment_id = ensure_experiment(config.experiment)
-    trainer = Trainer(config, data, out_dir, progress=progress)
+    trainer = Trainer(config, data, out_dir, progress=progress, dist=dist)
     previous = trainer.resumable_state() if resume else None
     run_id = (previous or {}).get("mlflow_run_id")
     with mlflow.start_run(
@@ -109,6 +116,7 @@ def train_tracked(
                     **runtime_tags(trainer.device),
                     "amp_dtype": amp_dtype_name(trainer.amp_dtype),
                     "data_on_device": str(trainer.data_on_device).lower(),
+                    "world_size": str(trainer.dist.world_size),
                 }
             )
         else:

@@ -10,6 +10,10 @@ run on the CPU.
 A training step never waits for the device: losses are summed on it and the first
 non-finite loss of an epoch is recorded there; the host looks every ``sync_every`` steps
 and at the end of the epoch.
+
+Under ``torchrun`` (``lungcad.distributed.ddp``) the model is wrapped in
+``DistributedDataParallel``, each rank trains on its shard of the epoch, validation is split
+over the ranks and gathered, and only rank 0 writes checkpoints, the history and progress.
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lungcad.distributed.ddp import (
+    DistContext,
+    all_sum,
+    barrier,
+    gather_predictions,
+    shard_order,
+)
 from lungcad.evaluation.metrics import malignancy_metrics, safe_auc, validation_objective
 from lungcad.outputs import write_text_atomic
 from lungcad.training.augment import AugmentDraws, augment_batch, draw_augmentation, window_hu
@@ -124,7 +135,8 @@ class Trainer:
         out_dir: receives ``checkpoints/last.pt`` (every epoch), ``best.pt`` and
             ``history.json``.
         callbacks: objects with ``on_epoch_end`` / ``on_train_end`` (tracking, pruning).
-        progress: show progress bars.
+        progress: show progress bars (rank 0 only).
+        dist: this process's place in a torchrun group (one process by default).
     """
 
     def __init__(
@@ -134,14 +146,18 @@ class Trainer:
         out_dir: str | Path,
         callbacks: list[Callback] | None = None,
         progress: bool = True,
+        dist: DistContext | None = None,
     ) -> None:
+        self.dist = dist or DistContext()
         self.config = config
         self.data = data
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.callbacks = list(callbacks or [])
-        self.progress = progress
+        self.progress = progress and self.dist.is_main
         self.device = resolve_device(config.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.amp_dtype = resolve_amp(config.amp, self.device)
         self.extra_state: dict[str, Any] = {}  # saved with checkpoints (e.g. MLflow run id)
         train_rows, val_rows = data.subset("train"), data.subset("val")
@@ -175,7 +191,13 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = not self.config.deterministic
         self.model = build_model(self.config, self.device)
-        self.forward = torch.compile(self.model) if self.config.compile else self.model
+        self.forward = self.model
+        if self.dist.enabled:  # DDP broadcasts rank 0's initial weights to the others
+            self.forward = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if self.config.compile:
+            self.forward = torch.compile(self.forward)
         self.loss_fn = MultiTaskLoss(self.config)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
@@ -194,12 +216,16 @@ class Trainer:
 
     def on_epoch_start(self, epoch: int) -> EpochPlan:
         seed = self.config.seed * 100_003 + epoch
+        n = len(self.train_rows)
+        if self.dist.enabled:  # each rank: its shard, its own dropout and augmentation
+            seed = seed * 1_009 + self.dist.rank
+            order = shard_order(n, self.config.seed, epoch, self.dist)
         torch.manual_seed(seed)  # dropout
         generator = torch.Generator().manual_seed(seed)
-        n = len(self.train_rows)
-        order = torch.randperm(n, generator=generator)
-        draws = draw_augmentation(n, self.config.augment, self.config.window_hu, generator)
-        return EpochPlan(order, draws, self.config.batch_size, n > self.config.batch_size)
+        if not self.dist.enabled:
+            order = torch.randperm(n, generator=generator)
+        draws = draw_augmentation(len(order), self.config.augment, self.config.window_hu, generator)
+        return EpochPlan(order, draws, self.config.batch_size, len(order) > self.config.batch_size)
 
     def batches(self, plan: EpochPlan):
         """(windowed, augmented cubes, label, malignancy target, malignancy mask) per batch
@@ -282,6 +308,8 @@ class Trainer:
             bar.update()
         bar.close()
         self._raise_if_non_finite(first_bad, bad_parts, epoch)
+        totals = all_sum(torch.cat([sums, torch.tensor([n], device=self.device)]), self.dist)
+        sums, n = totals[:3], int(totals[3].item())  # over all ranks
         metrics = dict(
             zip(("train_loss", "train_loss_det", "train_loss_mal"), (sums / max(n, 1)).tolist())
         )
@@ -289,7 +317,8 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         started = time.perf_counter()
-        order = torch.arange(len(self.val_store))
+        n = len(self.val_store)
+        order = torch.arange(self.dist.rank, n, self.dist.world_size)  # all rows on one rank
         prob, mal = predict_batches(
             self.model,
             (x for _, x in self.val_store.batches(order, self.config.eval_batch_size)),
@@ -298,6 +327,7 @@ class Trainer:
             self.amp_dtype,
             self.config.channels_last,
         )
+        prob, mal = gather_predictions(order.numpy(), (prob, mal), n, self.dist)
         rows = self.val_rows.sort_values("cube_index").assign(nodule_prob=prob, malignancy_pred=mal)
         auc = safe_auc(rows["label"].to_numpy(), rows["nodule_prob"].to_numpy())
         nodules = rows[rows["label"] == 1]
@@ -323,16 +353,18 @@ class Trainer:
         improved = value > self.best_metric
         if improved:
             self.best_metric, self.best_epoch = value, epoch + 1
-        state = self.state_dict(epoch + 1)
-        save_checkpoint(state, self.ckpt_dir / "last.pt")
-        if improved:
-            save_checkpoint(state, self.out_dir / "best.pt")
-        write_text_atomic(
-            self.out_dir / "history.json", json.dumps(self.history, indent=2), "the history"
-        )
-        summary = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-        line = f"epoch {epoch + 1}/{self.config.epochs} {summary}{' *best' if improved else ''}"
-        log.info(line)
+        if self.dist.is_main:
+            state = self.state_dict(epoch + 1)
+            save_checkpoint(state, self.ckpt_dir / "last.pt")
+            if improved:
+                save_checkpoint(state, self.out_dir / "best.pt")
+            write_text_atomic(
+                self.out_dir / "history.json", json.dumps(self.history, indent=2), "the history"
+            )
+            summary = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            best = " *best" if improved else ""
+            log.info(f"epoch {epoch + 1}/{self.config.epochs} {summary}{best}")
+        barrier(self.dist)  # no rank runs ahead of the checkpoint it would resume from
         for cb in self.callbacks:
             cb.on_epoch_end(self, epoch + 1, metrics)
 
@@ -392,7 +424,8 @@ class Trainer:
             self.best_epoch, self.best_metric, self.out_dir / "best.pt", last, self.history
         )
         log.info(
-            "trained %d epochs in %.0f s; best epoch %d (%s=%.4f)",
+            "trained %d epochs in %.0f s; best epoch %d (%s=%.4f)"
+            + ("" if self.dist.is_main else f" (rank {self.dist.rank})"),
             self.config.epochs - self.start_epoch,
             time.perf_counter() - started,
             self.best_epoch,

@@ -1,0 +1,1 @@
+"""Training on several processes (GPUs or CPU cores) with PyTorch DDP, launched by torchrun."""
