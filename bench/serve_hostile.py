@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 from pathlib import Path
 
@@ -27,15 +26,10 @@ from lungcad.registry.server import MAX_BODY_BYTES
 from lungcad.registry.serving import (
     CHAMPION_URI,
     ServerNotReadyError,
+    free_port,
     serve_command,
     wait_until_serving,
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -52,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cubes = np.load(args.dataset / "cubes.npy", mmap_mode="r")[:64].astype(np.float32)
-    port = _free_port()
+    port = free_port()
     cmd, env = serve_command(args.model_uri, port=port, workers=args.workers)
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,13 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from lungcad.registry.client import encode_cubes
-from lungcad.registry.serving import ServerNotReadyError, wait_until_serving
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from lungcad.registry.serving import ServerNotReadyError, free_port, wait_until_serving
 
 
 def _post(port: int, request_body: tuple[bytes, str]) -> tuple[int, float]:
@@ -71,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cubes = np.load(args.dataset / "cubes.npy", mmap_mode="r")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,

@@ -5,7 +5,6 @@ with a message, the valid ones answered correctly, memory flat, the server alive
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import urllib.request
 
@@ -14,19 +13,18 @@ import numpy as np
 import pytest
 
 from lungcad.registry.loadtest import RequestBuilder, make_specs, run_load
-from lungcad.registry.serving import ServerNotReadyError, serve_command, wait_until_serving
+from lungcad.registry.serving import (
+    ServerNotReadyError,
+    free_port,
+    serve_command,
+    wait_until_serving,
+)
 from lungcad.training.run import train_tracked
 from tests.conftest import make_tiny_dataset, tiny_train_config
 
 REQUESTS = 1000
 CONCURRENCY = 8
 MAX_BODY = 8 << 20  # small: over-limit bodies are cheap to send; 36 32³ cubes fit
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +37,7 @@ def served(tmp_path_factory):
         run = train_tracked(
             tiny_train_config(epochs=1, experiment="hostile"), *dataset, tmp / "m", progress=False
         )
-        port = _free_port()
+        port = free_port()
         cmd, env = serve_command(f"runs:/{run.run_id}/model", port=port, max_body_bytes=MAX_BODY)
     log = (tmp / "server.log").open("w")
     server = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -19,7 +18,7 @@ from lungcad.cli.main import app
 from lungcad.evaluation.evaluate import EvaluationConfig
 from lungcad.registry.client import encode_cubes, predict_remote
 from lungcad.registry.promote import REGISTERED_MODEL, promote
-from lungcad.registry.serving import serve_command, wait_until_serving
+from lungcad.registry.serving import free_port, serve_command, wait_until_serving
 from lungcad.training.run import train_tracked
 from tests.conftest import make_tiny_dataset, tiny_train_config
 
@@ -104,12 +103,6 @@ def test_a_worse_candidate_is_refused_unless_forced(registry) -> None:
     assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version) == "3"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/invocations",
@@ -131,7 +124,7 @@ def _parquet(columns: dict) -> bytes:
 
 def test_champion_is_served_and_bad_input_gets_4xx(registry) -> None:
     tmp = registry["tmp"]
-    port = _free_port()
+    port = free_port()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
         cmd, env = serve_command(f"models:/{REGISTERED_MODEL}@champion", port=port)

@@ -77,16 +77,6 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(env, tmp_path) -> Non
     assert all(t.params["batch_size"] == 0 for t in failed)
 
 
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    """A throwaway PostgreSQL server (pgserver ships its binaries); its database URL."""
-    import pgserver
-
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-    yield server.get_uri()
-    server.cleanup()
-
-
 def _two_workers(storage: str, env, tmp_path: Path, trials: int = 4) -> optuna.Study:
     """Start two `run_study` processes on ``storage`` at the same moment; the shared study."""
     code = (
