@@ -116,8 +116,7 @@ def test_an_unreachable_server_stops_the_command_at_once_without_the_password(
 
 def test_commands_creating_a_new_local_store_at_once_all_succeed(tmp_path) -> None:
     code = (
-        "from lungcad.tracking.mlflow_run import ensure_experiment;"
-        "print(ensure_experiment('race'))"
+        "from lungcad.tracking.mlflow_run import ensure_experiment;print(ensure_experiment('race'))"
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db", "PYTHONPATH": str(REPO)}
     procs = [
