@@ -10,6 +10,7 @@ import typer
 from lungcad import __version__
 from lungcad.cli import data
 from lungcad.cli.detect import detect, evaluate_detection
+from lungcad.cli.doctor import doctor
 from lungcad.cli.evaluate import evaluate
 from lungcad.cli.explain import explain
 from lungcad.cli.promote import promote
@@ -34,6 +35,7 @@ app.command(name="apply-params")(apply_params)
 app.command()(promote)
 app.command()(serve)
 app.command()(query)
+app.command()(doctor)
 
 
 def _version(value: bool) -> None:

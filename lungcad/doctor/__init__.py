@@ -1,0 +1,1 @@
+"""What a user pastes into a bug report: versions, device, tracking, DVC remote, champion."""
