@@ -122,6 +122,16 @@ def gather_predictions(
     return tuple(out)
 
 
+def broadcast_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP broadcasts them
+    before each training forward, but that forward then updates each rank's copy with its own
+    batch: without this, ranks would validate with statistics that differ from rank 0's, which
+    is what the checkpoint holds."""
+    if ctx.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()

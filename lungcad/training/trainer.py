@@ -34,6 +34,7 @@ from lungcad.distributed.ddp import (
     DistContext,
     all_sum,
     barrier,
+    broadcast_buffers,
     gather_predictions,
     shard_order,
 )
@@ -317,6 +318,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         started = time.perf_counter()
+        broadcast_buffers(self.model, self.dist)  # validate (and save) rank 0's statistics
         n = len(self.val_store)
         order = torch.arange(self.dist.rank, n, self.dist.world_size)  # all rows on one rank
         prob, mal = predict_batches(

@@ -50,7 +50,9 @@ def _finish(proc: subprocess.Popen) -> str:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ddp")
-    make_tiny_dataset(workdir / "dataset", n_patients=8)
+    # 3 cubes a patient and 3 val patients: nodules and negatives on both ranks, so that a
+    # rank validating with its own BatchNorm statistics would change the gathered metrics.
+    make_tiny_dataset(workdir / "dataset", n_patients=10, per_patient=3, n_val=3)
     config = tiny_train_config(epochs=EPOCHS, model={"widths": [8, 16, 32, 32]})
     (workdir / "params.yaml").write_text(yaml.safe_dump({"train": config.to_dict()}))
     output = _finish(_train(workdir, "straight"))
@@ -83,10 +85,8 @@ def test_gathered_validation_equals_one_process_on_the_same_weights(setup) -> No
     single.on_train_start()
     single.model.load_state_dict(state["model"])
     metrics = single.validate()
-    for key in ("val_auc", "val_mae", "val_objective"):
+    for key in ("val_auc", "val_mae", "val_pearson", "val_objective"):
         assert metrics[key] == pytest.approx(history[-1][key], abs=1e-6), key
-    # Every val cube was scored once: a different AUC would show a dropped or doubled row.
-    assert len(single.val_rows) == len(data.subset("val"))
 
 
 def test_rank_zero_alone_opens_the_mlflow_run(setup) -> None:
