@@ -58,6 +58,11 @@ def train(
     if int(os.environ.get("RANK", 0)) == 0:
         require_tracking()  # before any process starts training
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        import torch
+
+        gpus = torch.cuda.device_count() if config.device != "cpu" else 0
+        if gpus and nproc > gpus:
+            fail(f"--nproc {nproc} but this machine has {gpus} GPU(s): one process per GPU")
         argv = ["train", "--dataset", str(dataset), "--splits", str(splits), "--out", str(out)]
         argv += ["--params", str(params)]
         argv += ["--resume"] if resume else []
