@@ -228,6 +228,10 @@ def log_evaluation(run_id: str, report_dir: str | Path, doc: dict[str, Any]) -> 
             if isinstance(value, (int, float)) and value == value:
                 metrics[f"test_{section}_{key}"] = float(value)
     metrics["test_threshold"] = float(doc["threshold"]["value"])
+    for baseline, diff in doc.get("cnn_minus_baseline_test", {}).items():
+        for key, value in diff.items():
+            if key.endswith("_diff") and value == value:
+                metrics[f"test_malignancy_{key}_vs_{baseline}"] = float(value)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(report_dir), artifact_path="evaluation")

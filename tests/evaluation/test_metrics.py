@@ -17,6 +17,7 @@ from lungcad.evaluation.metrics import (
     bootstrap_ci,
     detection_metrics,
     malignancy_metrics,
+    paired_difference,
     validation_objective,
     youden_threshold,
 )
@@ -74,3 +75,25 @@ def test_patient_bootstrap_brackets_the_point_estimate() -> None:
     seen = []
     bootstrap_ci(patients, lambda i: seen.append(np.bincount(patients[i], minlength=40)) or {}, 5)
     assert all((counts % 5 == 0).all() for counts in seen)
+
+
+def test_paired_difference_of_two_predictors_on_the_same_nodules() -> None:
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(8), 3)  # 8 patients, 3 nodules each
+    true = rng.uniform(1, 5, len(groups))
+    error = rng.normal(0, 0.3, len(groups))
+    good = true + error
+    worse = true + error + np.where(np.arange(len(groups)) % 2, 0.6, -0.6)  # 0.6 off more
+    d = paired_difference(true, good, worse, groups, n_resamples=300, seed=1)
+    expected = np.abs(error).mean() - np.abs(error + np.where(np.arange(24) % 2, 0.6, -0.6)).mean()
+    assert d["n"] == 24 and d["mae_diff"] == pytest.approx(expected)
+    low, high = d["mae_diff_ci"]
+    assert low <= d["mae_diff"] <= high < 0  # the better predictor: CI entirely below 0
+    assert d["pearson_diff"] > 0
+    # Swapping the predictors mirrors the difference and its CI (same resamples).
+    swapped = paired_difference(true, worse, good, groups, n_resamples=300, seed=1)
+    assert swapped["mae_diff"] == pytest.approx(-d["mae_diff"])
+    assert swapped["mae_diff_ci"] == pytest.approx([-high, -low])
+    # A predictor against itself: exactly 0, with a CI of [0, 0].
+    same = paired_difference(true, good, good, groups, n_resamples=50)
+    assert same["mae_diff"] == 0 and same["mae_diff_ci"] == [0.0, 0.0]

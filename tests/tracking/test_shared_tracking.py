@@ -64,11 +64,14 @@ def test_train_promote_and_load_the_champion_through_the_server(tracking_server,
         "train": tiny_train_config(epochs=1, experiment="team").to_dict(),
         "evaluate": {"bootstrap": 20, "seed": 0},
         "promote": {"bootstrap": 20},
+        "tune": {"trials": 1, "epochs": 1, "pruner": "none", "study_name": "team"},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {"MLFLOW_TRACKING_URI": uri}
     data = ["--dataset", "dataset", "--splits", "dataset/splits.json", "--params", "params.yaml"]
     _lungcad(tmp_path, env, "train", *data, "--out", "models", "--quiet")
+    _lungcad(tmp_path, env, "evaluate", *data, "--model", "models/best.pt", "--out", "reports")
+    _lungcad(tmp_path, env, "tune", *data)
     _lungcad(tmp_path, env, "promote", *data, "--out", "promotion")
 
     # Nothing was tracked locally: runs are in PostgreSQL, files in the server's store.
@@ -85,6 +88,10 @@ def test_train_promote_and_load_the_champion_through_the_server(tracking_server,
         version = mlflow.MlflowClient().get_model_version_by_alias("lungcad", "champion")
         run = mlflow.get_run(version.run_id)
         assert run.data.tags["world_size"] == "1" and "val_auc" in run.data.metrics
+        assert "test_detection_auc" in run.data.metrics  # `lungcad evaluate` logged to it
+        runs = mlflow.search_runs(experiment_names=["team"])
+        trials = runs[runs["tags.mlflow.parentRunId"].notna()]
+        assert len(trials) == 1  # `lungcad tune`'s one trial, nested under the study's run
     finally:
         mlflow.set_tracking_uri(None)
 
