@@ -139,6 +139,7 @@ def make_tiny_dataset(
                     "kind": "nodule" if label else "random",
                     "malignancy_mean": malignancy,
                     "malignancy_median": malignancy,
+                    "malignancy_std": 0.5 if label else np.nan,
                     "n_readers": 4 if label else 0,
                     "diameter_mm": 2 * (2 + malignancy) if label else np.nan,
                     "center_x_mm": 100.0 + 70 * j,

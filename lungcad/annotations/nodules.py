@@ -55,6 +55,7 @@ class Nodule:
     volume_mm3: float
     malignancy_mean: float
     malignancy_median: float
+    malignancy_std: float
     characteristics_mean: dict[str, float]
     consensus_offset: tuple[int, int, int]
     consensus_mask: np.ndarray
@@ -206,6 +207,7 @@ def cluster_nodules(
                 volume_mm3=float(consensus.sum() * scan.pixel_spacing_mm**2 * slice_gap_mm),
                 malignancy_mean=float(mal.mean()),
                 malignancy_median=float(np.median(mal)),
+                malignancy_std=float(mal.std()),  # the readers' spread (ddof 0)
                 characteristics_mean={
                     name: float(ratings[:, i].mean()) for i, name in enumerate(CHARACTERISTICS)
                 },

@@ -38,7 +38,7 @@ from lungcad.preprocessing.negatives import sample_negatives
 log = logging.getLogger(__name__)
 
 #: Bumped when what a per-scan part holds changes, so parts of an older lungcad are redone.
-PARTS_FORMAT = 2
+PARTS_FORMAT = 3
 
 INDEX_COLUMNS = [
     "cube_index",
@@ -49,6 +49,7 @@ INDEX_COLUMNS = [
     "kind",
     "malignancy_mean",
     "malignancy_median",
+    "malignancy_std",
     "n_readers",
     "diameter_mm",
     "volume_mm3",
@@ -112,6 +113,7 @@ def _nodule_row(n: Nodule, center: np.ndarray) -> dict:
         "kind": "nodule",
         "malignancy_mean": n.malignancy_mean,
         "malignancy_median": n.malignancy_median,
+        "malignancy_std": n.malignancy_std,
         "n_readers": n.n_readers,
         "diameter_mm": n.diameter_mm,
         "volume_mm3": n.volume_mm3,

@@ -33,6 +33,8 @@ def test_0001_has_one_malignant_nodule_outlined_by_four_readers(db: LidcDatabase
     n = nodules[0]
     assert n.n_readers == 4
     assert n.malignancy_median == 5
+    ratings = [a.malignancy for a in db.annotations(scan.scan_id)]
+    assert len(ratings) == 4 and n.malignancy_std == pytest.approx(np.std(ratings))
     assert n.z_extent_mm[0] >= -125.0 and n.z_extent_mm[1] <= -105.0
     assert -125.0 < n.centroid_crz[2] < -105.0
     assert 25 < n.diameter_mm < 40
