@@ -228,6 +228,11 @@ def log_evaluation(run_id: str, report_dir: str | Path, doc: dict[str, Any]) -> 
             if isinstance(value, (int, float)) and value == value:
                 metrics[f"test_{section}_{key}"] = float(value)
     metrics["test_threshold"] = float(doc["threshold"]["value"])
+    for name, values in doc.get("attributes_test", {}).items():
+        if isinstance(values, dict):
+            for key in ("mae", "spearman", "train_mean_mae"):
+                if values[key] == values[key]:
+                    metrics[f"test_attr_{name}_{key}"] = float(values[key])
     for baseline, diff in doc.get("cnn_minus_baseline_test", {}).items():
         for key, value in diff.items():
             if key.endswith("_diff") and value == value:

@@ -27,12 +27,19 @@ MAX_BATCH_CUBES = 32
 EXPLAIN_POOL = 4
 
 
-def model_signature(cube_size: int = 64, with_decision: bool = False) -> ModelSignature:
+def model_signature(
+    cube_size: int = 64, with_decision: bool = False, with_attributes: bool = False
+) -> ModelSignature:
     """Input: float32 (N, 1, D, D, D) HU cubes; output per cube: nodule_prob, malignancy
-    (and the 0/1 ``nodule`` decision when the model carries a threshold)."""
+    (and the 0/1 ``nodule`` decision when the model carries a threshold, and the predicted
+    attributes, each on its LIDC scale, when the network has the attribute head)."""
+    from lungcad.training.attributes import ATTRIBUTE_NAMES
+
     outputs = [ColSpec("double", "nodule_prob"), ColSpec("double", "malignancy")]
     if with_decision:
         outputs.append(ColSpec("long", "nodule"))
+    if with_attributes:
+        outputs += [ColSpec("double", name) for name in ATTRIBUTE_NAMES]
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, cube_size, cube_size, cube_size))]),
         outputs=Schema(outputs),
@@ -93,17 +100,22 @@ class LungcadPyfunc(PythonModel):
         from lungcad.training.predict import predict_hu_cubes
 
         cubes = validate_cubes(model_input, self.cube_size)
-        prob, mal = predict_hu_cubes(
+        from lungcad.training.attributes import ATTRIBUTE_NAMES
+
+        prob, mal, attrs = predict_hu_cubes(
             self.model,
             cubes,
             self.config.window_hu,
             self.device,
             self.config.eval_batch_size,
             self.amp_dtype,
+            attributes=True,
         )
         out = pd.DataFrame({"nodule_prob": prob.astype(float), "malignancy": mal.astype(float)})
         if self.threshold is not None:
             out["nodule"] = (prob >= self.threshold).astype(np.int64)
+        for i, name in enumerate(ATTRIBUTE_NAMES[: attrs.shape[1]]):  # on its LIDC scale
+            out[name] = attrs[:, i].astype(float)
         if (params or {}).get("explain"):
             out["detection_map"] = self._maps(cubes)
         return out
@@ -136,15 +148,19 @@ def log_pyfunc_model(
     import mlflow
 
     import lungcad
+    from lungcad.training.checkpoint import load_checkpoint
 
     cube_size = int(input_example.shape[-1])
     config = {"cube_size": cube_size, **(model_config or {})}
+    attributes = bool(load_checkpoint(checkpoint)["config"]["model"].get("attributes", False))
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # no pickled object
         artifacts={"checkpoint": str(checkpoint)},
         code_paths=[str(Path(lungcad.__file__).parent)],
-        signature=model_signature(cube_size, with_decision="threshold" in config),
+        signature=model_signature(
+            cube_size, with_decision="threshold" in config, with_attributes=attributes
+        ),
         input_example=input_example.astype(np.float32),
         model_config=config,
         pip_requirements=_requirements(),

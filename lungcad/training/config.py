@@ -18,12 +18,22 @@ class ModelConfig:
         blocks: residual blocks per stage.
         feature_dim: size of the shared feature both heads read.
         dropout: dropout before the heads.
+        attributes: a third head predicts the eight LIDC characteristics and the diameter
+            (``lungcad.training.attributes``) from the shared feature.
+        hierarchical: the malignancy head reads the predicted attributes beside the feature
+            (attributes first, malignancy from them; needs ``attributes``).
     """
 
     widths: tuple[int, ...] = (16, 32, 64, 128)
     blocks: tuple[int, ...] = (1, 1, 1, 1)
     feature_dim: int = 256
     dropout: float = 0.2
+    attributes: bool = False
+    hierarchical: bool = False
+
+    def __post_init__(self) -> None:
+        if self.hierarchical and not self.attributes:
+            raise ValueError("train.model.hierarchical needs train.model.attributes: true")
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,8 @@ class TrainConfig:
         seed: seeds weights, shuffling, augmentation and dropout.
         epochs, batch_size, lr, weight_decay: AdamW + cosine schedule over all epochs.
         lambda_det, lambda_mal: loss weights, L = lambda_det * L_det + lambda_mal * L_mal.
+        lambda_attr: weight of the attribute loss (SmoothL1 on the normalised attributes of
+            nodule cubes), added to L; needs ``model.attributes``.
         det_loss: "bce" (BCE with logits) or "focal".
         focal_gamma: focusing parameter of the focal loss.
         mal_on: "nodules" (SmoothL1 on nodule cubes only) or "all" (negatives target 1).
@@ -82,6 +94,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lambda_det: float = 1.0
     lambda_mal: float = 0.5
+    lambda_attr: float = 0.0
     det_loss: str = "bce"
     focal_gamma: float = 2.0
     mal_on: str = "nodules"
@@ -116,6 +129,12 @@ class TrainConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"train.{name} must be > 0 (got {getattr(self, name)})")
+        if self.lambda_attr < 0:
+            raise ValueError(f"train.lambda_attr must be >= 0 (got {self.lambda_attr})")
+        if self.lambda_attr > 0 and not self.model.attributes:
+            raise ValueError(
+                "train.lambda_attr > 0 needs train.model.attributes: true (the attribute head)"
+            )
         if self.window_hu[0] >= self.window_hu[1]:
             raise ValueError(
                 f"train.window_hu {self.window_hu} must be (low, high) with low < high"

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lungcad.splits.patient_split import load_splits
+from lungcad.training.attributes import attribute_targets
 
 log = logging.getLogger(__name__)
 
@@ -218,12 +219,27 @@ class CubeStore:
 class TrainTargets:
     """Detection label, malignancy target and its mask per row, as tensors on the device."""
 
-    def __init__(self, rows: pd.DataFrame, device: torch.device | str) -> None:
+    def __init__(
+        self, rows: pd.DataFrame, device: torch.device | str, attributes: bool = False
+    ) -> None:
         mal = rows["malignancy_mean"].to_numpy(dtype=np.float32)
         has_mal = ~np.isnan(mal)
         self.label = torch.as_tensor(rows["label"].to_numpy(dtype=np.float32), device=device)
         self.malignancy = torch.as_tensor(np.where(has_mal, mal, 1.0), device=device)
         self.has_mal = torch.as_tensor(has_mal, device=device)
+        if attributes:
+            values, mask = attribute_targets(rows)
+        else:
+            values, mask = np.zeros((len(rows), 0), np.float32), np.zeros((len(rows), 0), bool)
+        self.attributes = torch.as_tensor(values, device=device)
+        self.has_attributes = torch.as_tensor(mask, device=device)
 
-    def take(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.label[positions], self.malignancy[positions], self.has_mal[positions]
+    def take(self, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(label, malignancy target, its mask, attribute targets, their mask) of rows."""
+        return (
+            self.label[positions],
+            self.malignancy[positions],
+            self.has_mal[positions],
+            self.attributes[positions],
+            self.has_attributes[positions],
+        )

@@ -10,20 +10,23 @@ from lungcad.training.config import TrainConfig
 
 
 class MultiTaskLoss(torch.nn.Module):
-    """Detection (BCE with logits, or focal) plus malignancy (SmoothL1) loss.
+    """Detection (BCE with logits, or focal) plus malignancy (SmoothL1) loss, plus the
+    attribute loss (SmoothL1 on the normalised attributes) when ``lambda_attr`` > 0.
 
     Args:
-        config: lambda_det, lambda_mal, det_loss, focal_gamma and mal_on.
+        config: lambda_det, lambda_mal, lambda_attr, det_loss, focal_gamma and mal_on.
 
     Returns (from ``forward``):
-        (total, detection part, malignancy part); the malignancy part averages over the
-        nodule cubes of the batch (all cubes with ``mal_on="all"``, negatives targeting 1)
-        and is 0 for a batch without any.
+        (total, detection part, malignancy part, attribute part); the malignancy part
+        averages over the nodule cubes of the batch (all cubes with ``mal_on="all"``,
+        negatives targeting 1) and is 0 for a batch without any; the attribute part averages
+        over the attribute values that exist (nodule cubes only) and is 0 without any.
     """
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
         self.lambda_det, self.lambda_mal = config.lambda_det, config.lambda_mal
+        self.lambda_attr = config.lambda_attr
         self.mal_on_all = config.mal_on == "all"
         self.focal = (
             FocalLoss(gamma=config.focal_gamma, use_softmax=False, reduction="mean")
@@ -38,7 +41,10 @@ class MultiTaskLoss(torch.nn.Module):
         label: torch.Tensor,
         mal_target: torch.Tensor,
         has_mal: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        attributes: torch.Tensor | None = None,
+        attr_target: torch.Tensor | None = None,
+        has_attr: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         logit, malignancy = logit.float(), malignancy.float()
         if self.focal is not None:
             det = self.focal(logit[:, None], label[:, None])
@@ -49,4 +55,11 @@ class MultiTaskLoss(torch.nn.Module):
             mal = F.smooth_l1_loss(malignancy[mask], mal_target[mask])
         else:
             mal = malignancy.sum() * 0.0  # keeps the graph; no nodule in this batch
-        return self.lambda_det * det + self.lambda_mal * mal, det, mal
+        total = self.lambda_det * det + self.lambda_mal * mal
+        attr = logit.sum() * 0.0
+        if attributes is not None and attributes.shape[1]:  # the head in the graph (DDP)
+            # Masked mean without a host sync: SmoothL1 per value, zero where none exists.
+            per_value = F.smooth_l1_loss(attributes.float(), attr_target, reduction="none")
+            attr = (per_value * has_attr).sum() / has_attr.sum().clamp(min=1)
+            total = total + self.lambda_attr * attr
+        return total, det, mal, attr

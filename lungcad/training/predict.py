@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from lungcad.training.attributes import ATTRIBUTE_NAMES, to_lidc_scale
 from lungcad.training.augment import window_hu
 from lungcad.training.model import NoduleNet
 
@@ -30,13 +31,16 @@ def predict_batches(
     device: torch.device | str,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
+    attributes: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Nodule probability and malignancy for HU batches of shape (B, S, S, S) or
     (B, 1, S, S, S), any dtype, on any device; the HU window is applied on ``device``
-    exactly as in training. ``channels_last``: the model was built channels_last_3d."""
+    exactly as in training. ``channels_last``: the model was built channels_last_3d.
+    ``attributes``: also return the predicted attributes, (N, 9) on their LIDC scales
+    (``lungcad.training.attributes``; (N, 0) for a model without the attribute head)."""
     device = torch.device(device)
     model.eval()
-    probs, mals = [], []
+    probs, mals, attrs = [], [], []
     for x in batches:
         x = x.to(device, non_blocking=True)
         if x.ndim == 4:
@@ -47,12 +51,18 @@ def predict_batches(
         with torch.autocast(
             device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
         ):
-            logit, mal = model(x)
+            logit, mal, attr = model(x)
         probs.append(torch.sigmoid(logit.float()))
         mals.append(mal.float())
+        attrs.append(attr.float())
     if not probs:
-        return np.zeros(0, np.float32), np.zeros(0, np.float32)
-    return torch.cat(probs).cpu().numpy(), torch.cat(mals).cpu().numpy()
+        out = (np.zeros(0, np.float32), np.zeros(0, np.float32))
+        return (*out, np.zeros((0, model.n_attributes), np.float32)) if attributes else out
+    out = (torch.cat(probs).cpu().numpy(), torch.cat(mals).cpu().numpy())
+    if not attributes:
+        return out
+    raw = torch.cat(attrs).cpu().numpy()
+    return (*out, to_lidc_scale(raw) if model.n_attributes else raw)
 
 
 def predict_hu_cubes(
@@ -62,9 +72,11 @@ def predict_hu_cubes(
     device: torch.device | str,
     batch_size: int = PREDICT_BATCH_SIZE,
     amp_dtype: torch.dtype | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Nodule probability and malignancy for (N, S, S, S) or (N, 1, S, S, S) HU cubes
-    (a numpy array, memory-mapped or not, or a tensor already on the device)."""
+    attributes: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """Nodule probability and malignancy (and with ``attributes`` the attributes, see
+    ``predict_batches``) for (N, S, S, S) or (N, 1, S, S, S) HU cubes (a numpy array,
+    memory-mapped or not, or a tensor already on the device)."""
 
     def chunks():
         for start in range(0, len(cubes_hu), batch_size):
@@ -75,7 +87,7 @@ def predict_hu_cubes(
                 else torch.from_numpy(np.ascontiguousarray(chunk))
             )
 
-    return predict_batches(model, chunks(), window, device, amp_dtype)
+    return predict_batches(model, chunks(), window, device, amp_dtype, attributes=attributes)
 
 
 def predict_rows(
@@ -88,9 +100,19 @@ def predict_rows(
     amp_dtype: torch.dtype | None = None,
 ):
     """``rows`` of the cube index (sorted by cube_index, for sequential memory-mapped reads)
-    with ``nodule_prob`` and ``malignancy_pred`` columns added."""
+    with ``nodule_prob`` and ``malignancy_pred`` columns added, and ``pred_<attribute>``
+    columns when the model has the attribute head."""
     rows = rows.sort_values("cube_index")
-    prob, mal = predict_hu_cubes(
-        model, cubes[rows["cube_index"].to_numpy()], window, device, batch_size, amp_dtype
+    prob, mal, attrs = predict_hu_cubes(
+        model,
+        cubes[rows["cube_index"].to_numpy()],
+        window,
+        device,
+        batch_size,
+        amp_dtype,
+        attributes=True,
     )
-    return rows.assign(nodule_prob=prob, malignancy_pred=mal)
+    named = {
+        f"pred_{name}": attrs[:, i] for i, name in enumerate(ATTRIBUTE_NAMES[: attrs.shape[1]])
+    }
+    return rows.assign(nodule_prob=prob, malignancy_pred=mal, **named)

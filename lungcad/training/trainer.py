@@ -182,7 +182,7 @@ class Trainer:
             self.data_on_device,
             config.num_workers,
         )
-        self.train_targets = TrainTargets(train_rows, self.device)
+        self.train_targets = TrainTargets(train_rows, self.device, config.model.attributes)
         self.telemetry = EpochTelemetry(self.device)
 
     # -- hooks ---------------------------------------------------------------------------
@@ -229,8 +229,8 @@ class Trainer:
         return EpochPlan(order, draws, self.config.batch_size, len(order) > self.config.batch_size)
 
     def batches(self, plan: EpochPlan):
-        """(windowed, augmented cubes, label, malignancy target, malignancy mask) per batch
-        of ``plan``, all on the device."""
+        """(windowed, augmented cubes, label, malignancy target, malignancy mask, attribute
+        targets, attribute mask) per batch of ``plan``, all on the device."""
         draws = plan.draws.to(self.device)
         size = plan.batch_size
         stream = self.train_store.batches(plan.order, size, plan.drop_last)
@@ -241,12 +241,10 @@ class Trainer:
             )
             yield (x, *self.train_targets.take(positions))
 
-    def train_step(
-        self, batch: tuple[torch.Tensor, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def train_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """One optimiser step on a batch already on the device; returns the (total,
-        detection, malignancy) losses as device tensors (no host sync)."""
-        x, label, mal_target, has_mal = batch
+        detection, malignancy, attribute) losses as device tensors (no host sync)."""
+        x, label, mal_target, has_mal, attr_target, has_attr = batch
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(
@@ -254,32 +252,35 @@ class Trainer:
             dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
         ):
-            logit, malignancy = self.forward(x)
-        loss, det, mal = self.loss_fn(logit, malignancy, label, mal_target, has_mal)
+            logit, malignancy, attributes = self.forward(x)
+        loss, det, mal, attr = self.loss_fn(
+            logit, malignancy, label, mal_target, has_mal, attributes, attr_target, has_attr
+        )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.detach(), det.detach(), mal.detach()
+        return loss.detach(), det.detach(), mal.detach(), attr.detach()
 
     def _raise_if_non_finite(self, first_bad: torch.Tensor, bad_parts: torch.Tensor, epoch: int):
         step = int(first_bad.item())  # the host sync
         if step < 0:
             return
-        loss, det, mal = bad_parts.tolist()
+        loss, det, mal, attr = bad_parts.tolist()
         raise NonFiniteLossError(
-            f"loss is {loss} (detection {det}, malignancy {mal}) at epoch {epoch + 1}, "
+            f"loss is {loss} (detection {det}, malignancy {mal}, attributes {attr}) at epoch "
+            f"{epoch + 1}, "
             f"batch {step + 1}: training stopped; the last good checkpoint is "
             f"{self.ckpt_dir / 'last.pt'}. Lower train.lr or check the data."
         )
 
     def train_epoch(self, epoch: int, plan: EpochPlan) -> dict[str, float]:
         self.model.train()
-        sums = torch.zeros(3, device=self.device)  # loss, detection, malignancy x cubes
+        sums = torch.zeros(4, device=self.device)  # loss, detection, malignancy, attrs x cubes
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        bad_parts = torch.zeros(3, device=self.device)
+        bad_parts = torch.zeros(4, device=self.device)
         n = 0
         bar = tqdm(
             total=len(plan),
@@ -310,10 +311,11 @@ class Trainer:
         bar.close()
         self._raise_if_non_finite(first_bad, bad_parts, epoch)
         totals = all_sum(torch.cat([sums, torch.tensor([n], device=self.device)]), self.dist)
-        sums, n = totals[:3], int(totals[3].item())  # over all ranks
-        metrics = dict(
-            zip(("train_loss", "train_loss_det", "train_loss_mal"), (sums / max(n, 1)).tolist())
-        )
+        sums, n = totals[:4], int(totals[4].item())  # over all ranks
+        names = ("train_loss", "train_loss_det", "train_loss_mal", "train_loss_attr")
+        metrics = dict(zip(names, (sums / max(n, 1)).tolist()))
+        if not self.model.n_attributes:
+            metrics.pop("train_loss_attr")
         return {**metrics, **self.telemetry.stop(n)}
 
     def validate(self) -> dict[str, float]:

@@ -3,22 +3,101 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from scipy import stats
 
-from lungcad.training.config import TrainConfig
+from lungcad.training.attributes import ATTRIBUTES, attribute_targets, to_lidc_scale
+from lungcad.training.config import ModelConfig, TrainConfig
 from lungcad.training.data import DatasetMissingError, load_cube_data
 from lungcad.training.losses import MultiTaskLoss
 from lungcad.training.model import NoduleNet
+from lungcad.training.predict import predict_rows
 from lungcad.training.trainer import NonFiniteLossError, Trainer, load_model
 from tests.conftest import make_tiny_dataset, tiny_train_config
 
 
 def test_network_outputs_and_256_d_feature() -> None:
     net = NoduleNet(TrainConfig().model)
-    logit, malignancy = net(torch.zeros(2, 1, 64, 64, 64))
-    assert logit.shape == (2,) and malignancy.shape == (2,)
+    logit, malignancy, attributes = net(torch.zeros(2, 1, 64, 64, 64))
+    assert logit.shape == (2,) and malignancy.shape == (2,) and attributes.shape == (2, 0)
     assert net.features(torch.zeros(1, 1, 64, 64, 64)).shape == (1, 256)
+    assert "attribute_head.weight" not in net.state_dict()  # older checkpoints still load
+
+
+@pytest.mark.parametrize("hierarchical", [False, True])
+def test_attribute_head_shapes(hierarchical: bool) -> None:
+    model = ModelConfig(widths=(4, 8, 8, 16), attributes=True, hierarchical=hierarchical)
+    net = NoduleNet(model)
+    logit, malignancy, attributes = net(torch.zeros(3, 1, 32, 32, 32))
+    assert logit.shape == (3,) and malignancy.shape == (3,)
+    assert attributes.shape == (3, len(ATTRIBUTES)) == (3, 9)
+    assert net.malignancy_head.in_features == 256 + (9 if hierarchical else 0)
+    with pytest.raises(ValueError, match="hierarchical needs"):
+        ModelConfig(hierarchical=True)
+    with pytest.raises(ValueError, match="lambda_attr > 0 needs"):
+        TrainConfig(lambda_attr=0.5)
+
+
+def test_attribute_targets_on_their_lidc_scales(tiny_dataset) -> None:
+    index = load_cube_data(*tiny_dataset).index.sort_values("cube_index")
+    targets, mask = attribute_targets(index)
+    nodule = index["label"].to_numpy() == 1
+    assert mask[nodule].all() and not mask[~nodule].any()  # negatives carry none
+    assert np.all(targets[~nodule] == 0)
+    for i, a in enumerate(ATTRIBUTES):
+        expected = (index.loc[nodule, a.column] - (a.low + a.high) / 2) / ((a.high - a.low) / 2)
+        np.testing.assert_allclose(targets[nodule, i], expected, rtol=1e-5)
+    # Back on the LIDC scales: the centre of each range, and clipped at its ends.
+    ones = np.ones((1, len(ATTRIBUTES)), np.float32)
+    np.testing.assert_allclose(to_lidc_scale(0 * ones)[0], [a.centre for a in ATTRIBUTES])
+    np.testing.assert_allclose(to_lidc_scale(5 * ones)[0], [a.high for a in ATTRIBUTES])
+    assert to_lidc_scale(ones)[0, 1] == 4  # internal structure: 1-4
+    with pytest.raises(KeyError, match="mean_texture"):
+        attribute_targets(index.drop(columns="mean_texture"))
+
+
+def test_attribute_loss_only_on_nodule_values() -> None:
+    config = TrainConfig(lambda_attr=2.0, model=ModelConfig(attributes=True))
+    logit, mal = torch.tensor([2.0, -2.0]), torch.tensor([3.0, 3.0])
+    label, target, has = torch.tensor([1.0, 0.0]), torch.tensor([3.0, 1.0]), torch.tensor([1, 0])
+    pred = torch.zeros(2, 9, requires_grad=True)
+    attr_target = torch.zeros(2, 9)
+    attr_target[0, 0] = 1.0  # the nodule's one value off by 1 -> smooth L1 0.5
+    attr_target[1] = 5.0  # the negative's values are far off but masked out
+    has_attr = torch.zeros(2, 9, dtype=torch.bool)
+    has_attr[0, 0] = True
+    total, det, m, attr = MultiTaskLoss(config)(
+        logit, mal, label, target, has.bool(), pred, attr_target, has_attr
+    )
+    assert attr.item() == pytest.approx(0.5)
+    assert total.item() == pytest.approx(det.item() + 0.5 * m.item() + 2.0 * 0.5)
+    attr.backward()
+    assert pred.grad[1].abs().sum() == 0 and pred.grad[0, 1:].abs().sum() == 0
+    assert pred.grad[0, 0] != 0
+
+
+def test_the_attribute_head_learns_an_attribute_that_the_image_shows(tmp_path) -> None:
+    # The tiny dataset's sphere radius grows with the malignancy rating; make the texture
+    # rating that same number, so that it is a known function of the image.
+    dataset = make_tiny_dataset(tmp_path / "d", n_patients=10, n_val=2)
+    index = pd.read_csv(dataset[0] / "index.csv")
+    index["mean_texture"] = index["malignancy_mean"]
+    index.to_csv(dataset[0] / "index.csv", index=False)
+    data = load_cube_data(*dataset)
+    model = {"widths": [4, 8, 8, 16], "feature_dim": 16, "dropout": 0.0, "attributes": True}
+    config = tiny_train_config(epochs=25, lr=1e-2, batch_size=8, lambda_attr=1.0, model=model)
+    result = Trainer(config, data, tmp_path / "m", progress=False).fit()
+    assert result.history[-1]["train_loss_attr"] < 0.5 * result.history[0]["train_loss_attr"]
+    net, _ = load_model(tmp_path / "m" / "checkpoints" / "last.pt")
+    train_mean = data.subset("train").query("label == 1")["mean_texture"].mean()
+    for split in ("train", "val"):
+        rows = data.subset(split).query("label == 1")
+        pred = predict_rows(net, data.cubes, rows, config.window_hu, "cpu")
+        assert stats.spearmanr(pred["mean_texture"], pred["pred_texture"])[0] > 0.9, split
+        mae = (pred["pred_texture"] - pred["mean_texture"]).abs().mean()
+        assert mae < 0.5 * (pred["mean_texture"] - train_mean).abs().mean(), split
 
 
 def test_malignancy_loss_only_on_nodules_unless_asked() -> None:
@@ -27,14 +106,15 @@ def test_malignancy_loss_only_on_nodules_unless_asked() -> None:
     label = torch.tensor([1.0, 0.0])
     target = torch.tensor([4.0, 1.0])
     has = torch.tensor([True, False])
-    total, det, m = MultiTaskLoss(TrainConfig(lambda_det=1, lambda_mal=2))(
+    total, det, m, attr = MultiTaskLoss(TrainConfig(lambda_det=1, lambda_mal=2))(
         logit, mal, label, target, has
     )
+    assert attr.item() == 0  # no attribute head
     assert m.item() == pytest.approx(0.5)  # smooth L1 of |3 - 4| = 1 -> 0.5; negative ignored
     assert total.item() == pytest.approx(det.item() + 2 * 0.5)
-    _, _, m_all = MultiTaskLoss(TrainConfig(mal_on="all"))(logit, mal, label, target, has)
+    _, _, m_all, _ = MultiTaskLoss(TrainConfig(mal_on="all"))(logit, mal, label, target, has)
     assert m_all.item() == pytest.approx((0.5 + 3.5) / 2)
-    _, focal, _ = MultiTaskLoss(TrainConfig(det_loss="focal"))(logit, mal, label, target, has)
+    _, focal, _, _ = MultiTaskLoss(TrainConfig(det_loss="focal"))(logit, mal, label, target, has)
     assert 0 < focal.item() < det.item()  # focal down-weights the easy examples
 
 
@@ -62,7 +142,7 @@ def test_one_training_step_under_cpu_autocast(tiny_dataset, tmp_path) -> None:
     batch = next(trainer.batches(trainer.on_epoch_start(0)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert trainer.model(batch[0])[0].dtype == torch.bfloat16
-    loss, _, _ = trainer.train_step(batch)
+    loss, *_ = trainer.train_step(batch)
     assert np.isfinite(loss.item())
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
 
