@@ -24,6 +24,7 @@ from lungcad.detection.candidates import CandidateConfig, generate_candidates
 from lungcad.io.series import CtVolume
 from lungcad.preprocessing.cubes import extract_cube, mirror_pad_z
 from lungcad.preprocessing.lung_mask import lung_mask
+from lungcad.training.attributes import ATTRIBUTE_NAMES
 from lungcad.training.model import NoduleNet
 from lungcad.training.predict import predict_hu_cubes
 
@@ -161,31 +162,41 @@ def score_cubes(
     config: DetectConfig,
     device: torch.device,
     blob_diameters_mm: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nodule probability, malignancy and diameter (``cube_diameter_mm``) of the cube
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Nodule probability, malignancy, diameter (``cube_diameter_mm``) and the predicted
+    attributes ((N, 9) on their LIDC scales; (N, 0) without the attribute head) of the cube
     centred on each point, in batches."""
     if len(centres_mm) == 0:
-        return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0)
+        empty = np.zeros((0, model.n_attributes), np.float32)
+        return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0), empty
     hu, geometry = mirror_pad_z(volume, config.cube_size * config.spacing_mm)
     image = geometry.to_sitk(hu)
-    probs, mals, sizes = [], [], []
+    probs, mals, sizes, attrs = [], [], [], []
     for start in range(0, len(centres_mm), config.batch_size):
         chunk = centres_mm[start : start + config.batch_size]
         cubes = np.stack(
             [extract_cube(image, c, config.cube_size, config.spacing_mm) for c in chunk]
         )
-        p, m = predict_hu_cubes(model, cubes, window_hu, device, config.batch_size)
+        p, m, a = predict_hu_cubes(
+            model, cubes, window_hu, device, config.batch_size, attributes=True
+        )
         for flip in config.tta_flips:  # flipped copies along these cube axes (z, y, x)
-            pf, mf = predict_hu_cubes(
-                model, np.flip(cubes, axis=1 + flip).copy(), window_hu, device, config.batch_size
+            pf, mf, af = predict_hu_cubes(
+                model,
+                np.flip(cubes, axis=1 + flip).copy(),
+                window_hu,
+                device,
+                config.batch_size,
+                attributes=True,
             )
-            p, m = p + pf, m + mf
-        p, m = p / (1 + len(config.tta_flips)), m / (1 + len(config.tta_flips))
-        probs.append(p)
-        mals.append(m)
+            p, m, a = p + pf, m + mf, a + af
+        n = 1 + len(config.tta_flips)
+        probs.append(p / n)
+        mals.append(m / n)
+        attrs.append(a / n)
         fallback = blob_diameters_mm[start : start + config.batch_size]
         sizes.extend(cube_diameter_mm(c, config.spacing_mm, f) for c, f in zip(cubes, fallback))
-    return np.concatenate(probs), np.concatenate(mals), np.array(sizes)
+    return np.concatenate(probs), np.concatenate(mals), np.array(sizes), np.concatenate(attrs)
 
 
 def detect_volume(
@@ -219,10 +230,13 @@ def detect_volume(
     seconds["candidates"] = time.perf_counter() - t
     t = time.perf_counter()
     centres = cands[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float)
-    prob, mal, size = score_cubes(
+    prob, mal, size, attrs = score_cubes(
         volume, centres, model, window_hu, config, device, cands["diameter_mm"].to_numpy(float)
     )
     cands = cands.assign(probability=prob, malignancy=mal, blob_diameter_mm=cands["diameter_mm"])
+    attr_columns = [f"attr_{name}" for name in ATTRIBUTE_NAMES[: attrs.shape[1]]]
+    for i, column in enumerate(attr_columns):  # the readers' attributes, as predicted
+        cands[column] = attrs[:, i]
     cands["diameter_mm"] = size
     keep = nms_mm(
         centres, cands["diameter_mm"].to_numpy(), prob, config.nms_overlap, config.min_box_mm
@@ -230,7 +244,9 @@ def detect_volume(
     findings = (
         cands.iloc[keep]
         .rename(columns={"score": "candidate_score"})
-        .sort_values("probability", ascending=False, kind="stable")[FINDING_COLUMNS]
+        .sort_values("probability", ascending=False, kind="stable")[
+            [*FINDING_COLUMNS, *attr_columns]
+        ]
         .reset_index(drop=True)
     )
     findings["malignancy"] = findings["malignancy"].clip(1.0, 5.0)

@@ -307,7 +307,8 @@ def _assemble(
     findings = cat("findings")
     if len(findings):
         findings = findings.sort_values(["seriesuid", "probability"], ascending=[True, False])
-    _write_atomic(findings, out_dir / "detections.csv", DETECTION_COLUMNS)
+    attr_columns = [c for c in findings.columns if c.startswith("attr_")]
+    _write_atomic(findings, out_dir / "detections.csv", [*DETECTION_COLUMNS, *attr_columns])
     candidates = cat("candidates")
     cand_cols = [
         "seriesuid",

@@ -55,13 +55,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Log-uniform ranges; ``weight_decay`` and ``batch_size`` are searched when set."""
+    """Log-uniform ranges; ``weight_decay``, ``batch_size`` and ``lambda_attr`` (the
+    attribute-loss weight; needs ``train.model.attributes``) are searched when set."""
 
     lambda_det: tuple[float, float] = (0.1, 10.0)
     lambda_mal: tuple[float, float] = (0.05, 5.0)
     lr: tuple[float, float] = (1e-4, 1e-2)
     weight_decay: tuple[float, float] | None = None
     batch_size: tuple[int, ...] | None = None
+    lambda_attr: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -387,6 +389,8 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         params["weight_decay"] = trial.suggest_float("weight_decay", *space.weight_decay, log=True)
     if space.batch_size is not None:
         params["batch_size"] = trial.suggest_categorical("batch_size", list(space.batch_size))
+    if space.lambda_attr is not None:
+        params["lambda_attr"] = trial.suggest_float("lambda_attr", *space.lambda_attr, log=True)
     return params
 
 

@@ -3,6 +3,7 @@ LUNA16-style .mhd of the same volume, bad input reported, the output contract.""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from lungcad.cli.main import app
+from lungcad.training.attributes import ATTRIBUTES
 from lungcad.training.config import TrainConfig
 from lungcad.training.model import NoduleNet
 from tests.conftest import write_series
@@ -148,14 +150,22 @@ def test_test_time_flips_average_the_flipped_cubes_scores(checkpoint) -> None:
     model, config = load_model(checkpoint)
     centre = np.array([[40.0, 10.0, -10.0]])
     window = tuple(config.window_hu)
-    plain, _, _ = score_cubes(volume, centre, model, window, DetectConfig(), "cpu", np.ones(1))
-    flipped, _, _ = score_cubes(
+    plain, *_ = score_cubes(volume, centre, model, window, DetectConfig(), "cpu", np.ones(1))
+    flipped, *_ = score_cubes(
         volume, centre, model, window, DetectConfig(tta_flips=(2,)), "cpu", np.ones(1)
     )
     padded, g = mirror_pad_z(volume)
     cube = extract_cube(g.to_sitk(padded), centre[0])[None]
     mirror, _ = predict_hu_cubes(model, cube[:, :, :, ::-1].copy(), window, "cpu")
     assert flipped[0] == pytest.approx((plain[0] + mirror[0]) / 2, abs=1e-5)
+    # A network with the attribute head: each candidate also gets the nine attributes, on
+    # their LIDC scales (lungcad.training.attributes).
+    with_attributes = NoduleNet(replace(config.model, attributes=True)).eval()
+    *_, attrs = score_cubes(
+        volume, centre, with_attributes, window, DetectConfig(), "cpu", np.ones(1)
+    )
+    assert attrs.shape == (1, len(ATTRIBUTES))
+    assert all(a.low <= v <= a.high for a, v in zip(ATTRIBUTES, attrs[0]))
 
 
 def test_a_split_with_none_of_the_scans_is_a_clear_error(scans, checkpoint, tmp_path) -> None:

@@ -169,3 +169,14 @@ def test_threads_in_one_process_share_the_study_and_nest_under_one_parent(env, t
         filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
     )
     assert len(children) == 3
+
+
+def test_the_attribute_loss_weight_is_searched_when_asked(env, tmp_path) -> None:
+    space = {"lambda_attr": [0.05, 2.0]}
+    model = {"widths": [4, 8, 8, 16], "feature_dim": 16, "attributes": True}
+    train = tiny_train_config(experiment="tune-attr", model=model)
+    result = run_study(_tune(tmp_path, 2, space=space, pruner="none"), train, *env)
+    study = optuna.load_study(study_name="t", storage=make_storage(f"journal:{tmp_path}/study.log"))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert all(0.05 <= t.params["lambda_attr"] <= 2.0 for t in study.trials)
+    assert "lambda_attr" in result.best_params
