@@ -67,6 +67,9 @@ class TrainConfig:
         det_loss: "bce" (BCE with logits) or "focal".
         focal_gamma: focusing parameter of the focal loss.
         mal_on: "nodules" (SmoothL1 on nodule cubes only) or "all" (negatives target 1).
+        mal_weighting: "none", or "agreement": each nodule's malignancy loss weighs
+            1 / (1 + the readers' standard deviation), so nodules the readers agree on
+            count more (index column ``malignancy_std``).
         grad_clip: max gradient norm.
         window_hu: HU mapped to [0, 1] (clipped) at the model input.
         amp: mixed precision on CUDA ("auto": bf16 where supported, else fp16; "off").
@@ -98,6 +101,7 @@ class TrainConfig:
     det_loss: str = "bce"
     focal_gamma: float = 2.0
     mal_on: str = "nodules"
+    mal_weighting: str = "none"
     grad_clip: float = 1.0
     window_hu: tuple[float, float] = (-1000.0, 400.0)
     amp: str = "auto"
@@ -117,6 +121,7 @@ class TrainConfig:
         choices = {
             "det_loss": ("bce", "focal"),
             "mal_on": ("nodules", "all"),
+            "mal_weighting": ("none", "agreement"),
             "amp": ("auto", "fp16", "bf16", "off"),
             "device": ("auto", "cpu", "cuda"),
             "select_metric": ("val_objective", "val_auc", "neg_val_mae"),

@@ -220,10 +220,24 @@ class TrainTargets:
     """Detection label, malignancy target and its mask per row, as tensors on the device."""
 
     def __init__(
-        self, rows: pd.DataFrame, device: torch.device | str, attributes: bool = False
+        self,
+        rows: pd.DataFrame,
+        device: torch.device | str,
+        attributes: bool = False,
+        agreement_weights: bool = False,
     ) -> None:
         mal = rows["malignancy_mean"].to_numpy(dtype=np.float32)
         has_mal = ~np.isnan(mal)
+        weight = np.ones(len(rows), np.float32)
+        if agreement_weights:
+            if "malignancy_std" not in rows.columns:
+                raise KeyError(
+                    "train.mal_weighting=agreement needs index.csv's malignancy_std column: "
+                    "rebuild the dataset (`dvc repro preprocess`)"
+                )
+            spread = rows["malignancy_std"].to_numpy(np.float32)
+            weight = np.where(np.isfinite(spread), 1.0 / (1.0 + spread), 1.0).astype(np.float32)
+        self.mal_weight = torch.as_tensor(weight, device=device)
         self.label = torch.as_tensor(rows["label"].to_numpy(dtype=np.float32), device=device)
         self.malignancy = torch.as_tensor(np.where(has_mal, mal, 1.0), device=device)
         self.has_mal = torch.as_tensor(has_mal, device=device)
@@ -235,11 +249,13 @@ class TrainTargets:
         self.has_attributes = torch.as_tensor(mask, device=device)
 
     def take(self, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(label, malignancy target, its mask, attribute targets, their mask) of rows."""
+        """(label, malignancy target, its mask, its loss weight, attribute targets, their
+        mask) of rows."""
         return (
             self.label[positions],
             self.malignancy[positions],
             self.has_mal[positions],
+            self.mal_weight[positions],
             self.attributes[positions],
             self.has_attributes[positions],
         )

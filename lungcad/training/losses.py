@@ -41,6 +41,7 @@ class MultiTaskLoss(torch.nn.Module):
         label: torch.Tensor,
         mal_target: torch.Tensor,
         has_mal: torch.Tensor,
+        mal_weight: torch.Tensor | None = None,
         attributes: torch.Tensor | None = None,
         attr_target: torch.Tensor | None = None,
         has_attr: torch.Tensor | None = None,
@@ -51,10 +52,12 @@ class MultiTaskLoss(torch.nn.Module):
         else:
             det = F.binary_cross_entropy_with_logits(logit, label)
         mask = torch.ones_like(has_mal) if self.mal_on_all else has_mal
-        if mask.any():
-            mal = F.smooth_l1_loss(malignancy[mask], mal_target[mask])
-        else:
-            mal = malignancy.sum() * 0.0  # keeps the graph; no nodule in this batch
+        if mal_weight is None:
+            mal_weight = torch.ones_like(malignancy)
+        # Weighted mean over the masked cubes, without a host sync (0 without any).
+        weight = mal_weight * mask
+        per_cube = F.smooth_l1_loss(malignancy, mal_target, reduction="none")
+        mal = (per_cube * weight).sum() / weight.sum().clamp(min=1e-8)
         total = self.lambda_det * det + self.lambda_mal * mal
         attr = logit.sum() * 0.0
         if attributes is not None and attributes.shape[1]:  # the head in the graph (DDP)

@@ -182,7 +182,12 @@ class Trainer:
             self.data_on_device,
             config.num_workers,
         )
-        self.train_targets = TrainTargets(train_rows, self.device, config.model.attributes)
+        self.train_targets = TrainTargets(
+            train_rows,
+            self.device,
+            config.model.attributes,
+            agreement_weights=config.mal_weighting == "agreement",
+        )
         self.telemetry = EpochTelemetry(self.device)
 
     # -- hooks ---------------------------------------------------------------------------
@@ -229,8 +234,8 @@ class Trainer:
         return EpochPlan(order, draws, self.config.batch_size, len(order) > self.config.batch_size)
 
     def batches(self, plan: EpochPlan):
-        """(windowed, augmented cubes, label, malignancy target, malignancy mask, attribute
-        targets, attribute mask) per batch of ``plan``, all on the device."""
+        """(windowed, augmented cubes, label, malignancy target, malignancy mask and weight,
+        attribute targets, attribute mask) per batch of ``plan``, all on the device."""
         draws = plan.draws.to(self.device)
         size = plan.batch_size
         stream = self.train_store.batches(plan.order, size, plan.drop_last)
@@ -244,7 +249,7 @@ class Trainer:
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """One optimiser step on a batch already on the device; returns the (total,
         detection, malignancy, attribute) losses as device tensors (no host sync)."""
-        x, label, mal_target, has_mal, attr_target, has_attr = batch
+        x, label, mal_target, has_mal, mal_weight, attr_target, has_attr = batch
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(
@@ -254,7 +259,15 @@ class Trainer:
         ):
             logit, malignancy, attributes = self.forward(x)
         loss, det, mal, attr = self.loss_fn(
-            logit, malignancy, label, mal_target, has_mal, attributes, attr_target, has_attr
+            logit,
+            malignancy,
+            label,
+            mal_target,
+            has_mal,
+            mal_weight,
+            attributes,
+            attr_target,
+            has_attr,
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -105,7 +105,7 @@ def test_epoch_batches_keep_labels_and_are_reproducible(tiny_dataset, tmp_path) 
     trainer = Trainer(config, marked, tmp_path / "m", progress=False)
     plan = trainer.on_epoch_start(1)
     seen = []
-    for x, label, mal, has_mal, _, _ in trainer.batches(plan):
+    for x, label, mal, has_mal, *_ in trainer.batches(plan):
         hu = x[:, 0, 16, 16, 16] * (WINDOW[1] - WINDOW[0]) + WINDOW[0]
         rows = torch.round((hu + 1000) / 10).long().tolist()
         seen += rows

@@ -10,7 +10,7 @@ from scipy import stats
 
 from lungcad.training.attributes import ATTRIBUTES, attribute_targets, to_lidc_scale
 from lungcad.training.config import ModelConfig, TrainConfig
-from lungcad.training.data import DatasetMissingError, load_cube_data
+from lungcad.training.data import DatasetMissingError, TrainTargets, load_cube_data
 from lungcad.training.losses import MultiTaskLoss
 from lungcad.training.model import NoduleNet
 from lungcad.training.predict import predict_rows
@@ -69,7 +69,7 @@ def test_attribute_loss_only_on_nodule_values() -> None:
     has_attr = torch.zeros(2, 9, dtype=torch.bool)
     has_attr[0, 0] = True
     total, det, m, attr = MultiTaskLoss(config)(
-        logit, mal, label, target, has.bool(), pred, attr_target, has_attr
+        logit, mal, label, target, has.bool(), None, pred, attr_target, has_attr
     )
     assert attr.item() == pytest.approx(0.5)
     assert total.item() == pytest.approx(det.item() + 0.5 * m.item() + 2.0 * 0.5)
@@ -261,3 +261,26 @@ def test_gpu_profiles_are_valid_train_settings(profile) -> None:
     config = TrainConfig.from_params(Path(__file__).parents[2] / "configs" / profile)
     assert config.device == "cuda" and config.model.blocks == (2, 2, 2, 2)
     assert config.data_on_device == "auto" and not config.deterministic
+
+
+def test_agreement_weighting_counts_nodules_the_readers_agree_on_more(tiny_dataset) -> None:
+    rows = load_cube_data(*tiny_dataset).index.sort_values("cube_index").copy()
+    rows.loc[rows["label"] == 1, "malignancy_std"] = np.where(
+        np.arange((rows["label"] == 1).sum()) % 2 == 0, 0.0, 1.0
+    )
+    targets = TrainTargets(rows, "cpu", agreement_weights=True)
+    nodule = torch.as_tensor(rows["label"].to_numpy() == 1)
+    weights = targets.mal_weight[nodule]
+    assert set(weights.tolist()) == {1.0, 0.5}  # 1 / (1 + std)
+    assert torch.all(TrainTargets(rows, "cpu").mal_weight == 1)
+    with pytest.raises(KeyError, match="malignancy_std"):
+        TrainTargets(rows.drop(columns="malignancy_std"), "cpu", agreement_weights=True)
+
+    # Two nodules off by 1 and by 3 (smooth L1 0.5 and 2.5), weighted 1 and 0.5.
+    logit, label = torch.zeros(3), torch.tensor([1.0, 1.0, 0.0])
+    mal, target = torch.tensor([3.0, 3.0, 3.0]), torch.tensor([4.0, 0.0, 1.0])
+    has, weight = torch.tensor([True, True, False]), torch.tensor([1.0, 0.5, 1.0])
+    _, _, m, _ = MultiTaskLoss(TrainConfig(mal_weighting="agreement"))(
+        logit, mal, label, target, has, weight
+    )
+    assert m.item() == pytest.approx((0.5 * 1 + 2.5 * 0.5) / 1.5)
