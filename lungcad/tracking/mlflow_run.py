@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -46,12 +45,17 @@ class TrackingUnreachableError(RuntimeError):
 
 
 def redact_uri(uri: str) -> str:
-    """``uri`` with any password replaced by ``***`` (for messages and bug reports)."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    """``uri`` (a tracking URI, a database or storage URL) with any password replaced by
+    ``***``, fit for messages, logs, MLflow and bug reports; a URL that does not parse keeps
+    only its scheme."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        if parts.password is None:
+            return uri
+        netloc = f"{parts.username}:***@{parts.hostname or ''}"
+        netloc += f":{parts.port}" if parts.port else ""
+    except ValueError:  # e.g. a port that is not a number
+        return uri.split("://", 1)[0] + "://***" if "://" in uri else uri
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 

@@ -97,11 +97,10 @@ class LungcadPyfunc(PythonModel):
         self._explainer = None  # built on the first request that asks for maps
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        from lungcad.training.attributes import ATTRIBUTE_NAMES
         from lungcad.training.predict import predict_hu_cubes
 
         cubes = validate_cubes(model_input, self.cube_size)
-        from lungcad.training.attributes import ATTRIBUTE_NAMES
-
         prob, mal, attrs = predict_hu_cubes(
             self.model,
             cubes,

@@ -72,5 +72,8 @@ def attribute_targets(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def to_lidc_scale(normalised: np.ndarray) -> np.ndarray:
-    """Network outputs (N, 9) back on each attribute's LIDC scale, clipped to its range."""
-    return np.clip(np.asarray(normalised, np.float32) * _HALF + _CENTRE, _LOW, _HIGH)
+    """Network outputs (N, 9) back on each attribute's LIDC scale, clipped to its range
+    ((N, 0), a network without the attribute head, stays as it is)."""
+    values = np.asarray(normalised, np.float32)
+    k = values.shape[1]
+    return np.clip(values * _HALF[:k] + _CENTRE[:k], _LOW[:k], _HIGH[:k])

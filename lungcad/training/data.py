@@ -217,7 +217,9 @@ class CubeStore:
 
 
 class TrainTargets:
-    """Detection label, malignancy target and its mask per row, as tensors on the device."""
+    """Per row, as tensors on the device: detection label, malignancy target, its mask and
+    loss weight (1, or 1 / (1 + the readers' spread) with ``agreement_weights``), and the
+    normalised attribute targets and their mask ((N, 0) without ``attributes``)."""
 
     def __init__(
         self,

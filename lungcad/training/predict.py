@@ -55,14 +55,13 @@ def predict_batches(
         probs.append(torch.sigmoid(logit.float()))
         mals.append(mal.float())
         attrs.append(attr.float())
-    if not probs:
+    if probs:
+        out = (torch.cat(probs).cpu().numpy(), torch.cat(mals).cpu().numpy())
+        raw = torch.cat(attrs).cpu().numpy()
+    else:
         out = (np.zeros(0, np.float32), np.zeros(0, np.float32))
-        return (*out, np.zeros((0, model.n_attributes), np.float32)) if attributes else out
-    out = (torch.cat(probs).cpu().numpy(), torch.cat(mals).cpu().numpy())
-    if not attributes:
-        return out
-    raw = torch.cat(attrs).cpu().numpy()
-    return (*out, to_lidc_scale(raw) if model.n_attributes else raw)
+        raw = np.zeros((0, model.n_attributes), np.float32)
+    return (*out, to_lidc_scale(raw)) if attributes else out
 
 
 def predict_hu_cubes(

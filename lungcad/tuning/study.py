@@ -46,7 +46,12 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from lungcad.params import read_section
-from lungcad.tracking.mlflow_run import ensure_experiment, git_commit, log_params_flat
+from lungcad.tracking.mlflow_run import (
+    ensure_experiment,
+    git_commit,
+    log_params_flat,
+    redact_uri,
+)
 from lungcad.training.config import TrainConfig
 from lungcad.training.run import train_tracked
 
@@ -284,12 +289,12 @@ def storage_errors(url: str):
         yield
     except ModuleNotFoundError as exc:
         raise StorageError(
-            f"study storage {redact_url(url)}: its database driver ({exc.name}) is not "
+            f"study storage {redact_uri(url)}: its database driver ({exc.name}) is not "
             "installed; for PostgreSQL: pip install 'lungcad[postgres]'"
         ) from exc
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
         raise StorageError(
-            f"cannot open the study storage {redact_url(url)}: {exc}. Check the URL "
+            f"cannot open the study storage {redact_uri(url)}: {exc}. Check the URL "
             "(journal:<file> or dialect://user:password@host/database), that the server "
             "is up and that the user may create tables"
         ) from exc
@@ -363,7 +368,7 @@ def storage_lock(url: str, study_name: str) -> Any:
         log.warning(
             "%s: no cross-machine lock for this database (PostgreSQL has one); parallel "
             "workers may run a few trials more than requested",
-            redact_url(url),
+            redact_uri(url),
         )
         return contextlib.nullcontext()
 
@@ -488,10 +493,10 @@ def run_study(
                 "lungcad.kind": "tune",
                 "optuna_study": tune.study_name,
                 "git_commit": git_commit(),
-                "optuna_storage": redact_url(tune.storage),
+                "optuna_storage": redact_uri(tune.storage),
             }
         )
-        log_params_flat({**asdict(tune), "storage": redact_url(tune.storage)}, prefix="tune.")
+        log_params_flat({**asdict(tune), "storage": redact_uri(tune.storage)}, prefix="tune.")
 
         def one_trial(trial: optuna.Trial, params: dict[str, Any]) -> None:
             trial_dir = out_dir / "trials" / f"{tune.study_name}-{trial.number}"
@@ -542,19 +547,6 @@ def run_study(
             worker()
         result = summarise(study, out_dir, parent.info.run_id, time.perf_counter() - started)
     return result
-
-
-def redact_url(url: str) -> str:
-    """A storage URL without its password, fit for logs and MLflow."""
-    if url.startswith("journal:"):
-        return url
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url.split("://", 1)[0] + "://***" if "://" in url else url
 
 
 def summarise(study: optuna.Study, out_dir: Path, parent_run_id: str, seconds: float) -> TuneResult:

@@ -13,9 +13,9 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from lungcad.cli.main import app
-from lungcad.tracking.mlflow_run import ensure_experiment
+from lungcad.tracking.mlflow_run import ensure_experiment, redact_uri
 from lungcad.training.config import TrainConfig
-from lungcad.tuning.study import SearchSpace, TuneConfig, make_storage, redact_url, run_study
+from lungcad.tuning.study import SearchSpace, TuneConfig, make_storage, run_study
 from tests.conftest import make_tiny_dataset, tiny_train_config
 
 
@@ -121,10 +121,10 @@ def test_two_processes_share_a_postgresql_study(env, tmp_path, postgres) -> None
 
 
 def test_storage_urls_are_logged_without_password() -> None:
-    assert redact_url("postgresql://tuner:s3cret@db.lab:5432/optuna") == (
+    assert redact_uri("postgresql://tuner:s3cret@db.lab:5432/optuna") == (
         "postgresql://tuner:***@db.lab:5432/optuna"
     )
-    assert redact_url("journal:tune/optuna-journal.log") == "journal:tune/optuna-journal.log"
+    assert redact_uri("journal:tune/optuna-journal.log") == "journal:tune/optuna-journal.log"
 
 
 def test_an_unreachable_study_database_is_a_clear_cli_error(env) -> None:
