@@ -24,7 +24,6 @@ from lungcad.detection.candidates import CandidateConfig, generate_candidates
 from lungcad.io.series import CtVolume
 from lungcad.preprocessing.cubes import extract_cube, mirror_pad_z
 from lungcad.preprocessing.lung_mask import lung_mask
-from lungcad.training.attributes import ATTRIBUTE_NAMES
 from lungcad.training.model import NoduleNet
 from lungcad.training.predict import predict_hu_cubes
 
@@ -163,11 +162,11 @@ def score_cubes(
     device: torch.device,
     blob_diameters_mm: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Nodule probability, malignancy, diameter (``cube_diameter_mm``) and the predicted
-    attributes ((N, 9) on their LIDC scales; (N, 0) without the attribute head) of the cube
-    centred on each point, in batches."""
+    """Nodule probability, malignancy, diameter (``cube_diameter_mm``) and the network's
+    optional outputs ((N, k), columns ``model.output_names``: the attributes on their LIDC
+    scales, the readers' predicted malignancy sd) of the cube centred on each point."""
     if len(centres_mm) == 0:
-        empty = np.zeros((0, model.n_attributes), np.float32)
+        empty = np.zeros((0, len(model.output_names)), np.float32)
         return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0), empty
     hu, geometry = mirror_pad_z(volume, config.cube_size * config.spacing_mm)
     image = geometry.to_sitk(hu)
@@ -234,8 +233,8 @@ def detect_volume(
         volume, centres, model, window_hu, config, device, cands["diameter_mm"].to_numpy(float)
     )
     cands = cands.assign(probability=prob, malignancy=mal, blob_diameter_mm=cands["diameter_mm"])
-    attr_columns = [f"attr_{name}" for name in ATTRIBUTE_NAMES[: attrs.shape[1]]]
-    for i, column in enumerate(attr_columns):  # the readers' attributes, as predicted
+    attr_columns = [f"attr_{name}" for name in model.output_names]
+    for i, column in enumerate(attr_columns):  # the readers' attributes (and sd), as predicted
         cands[column] = attrs[:, i]
     cands["diameter_mm"] = size
     keep = nms_mm(

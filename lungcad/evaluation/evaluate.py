@@ -26,6 +26,7 @@ from lungcad.evaluation.metrics import (
     detection_metrics,
     malignancy_metrics,
     paired_difference,
+    spread_calibration,
     youden_threshold,
 )
 from lungcad.evaluation.plots import write_plots
@@ -119,6 +120,28 @@ def attribute_metrics(test: pd.DataFrame, train_nodules: pd.DataFrame) -> dict[s
     return out
 
 
+def spread_metrics(test: pd.DataFrame, train_nodules: pd.DataFrame) -> dict[str, Any]:
+    """Calibration of the predicted readers' spread (``pred_malignancy_sd``, the spread
+    head) against the readers' malignancy sd on the test nodules, beside the sd MAE of
+    predicting the train nodules' mean readers' sd; {} without the head."""
+    if "pred_malignancy_sd" not in test:
+        return {}
+    nodules = test[(test["label"] == 1) & test["malignancy_std"].notna()]
+    if nodules.empty:
+        return {}
+    reader_sd = nodules["malignancy_std"].to_numpy(float)
+    out = spread_calibration(
+        nodules["malignancy_mean"].to_numpy(float),
+        reader_sd,
+        nodules["malignancy_pred"].to_numpy(float),
+        nodules["pred_malignancy_sd"].to_numpy(float),
+    )
+    out["sd_mae_train_mean"] = float(
+        np.abs(float(train_nodules["malignancy_std"].mean()) - reader_sd).mean()
+    )
+    return out
+
+
 def evaluate_model(
     dataset_dir: str | Path,
     splits_file: str | Path,
@@ -184,6 +207,7 @@ def evaluate_model(
         "baselines_test": baselines,
         "cnn_minus_baseline_test": versus,
         "attributes_test": attribute_metrics(preds["test"], nodules["train"]),
+        "spread_test": spread_metrics(preds["test"], nodules["train"]),
         "reference_real_lidc": REFERENCE_REAL_LIDC,
         "checkpoint": str(checkpoint),
         "best_epoch": int(load_checkpoint(checkpoint)["best_epoch"]),
@@ -200,6 +224,7 @@ def evaluate_model(
         "malignancy_pred",
         "cube_index",
     ]
+    cols += [c for c in all_preds.columns if c.startswith("pred_")]  # the optional heads
     all_preds[cols].to_csv(out_dir / "predictions.csv", index=False)
     figures = write_plots(preds["test"], threshold, out_dir)
     gallery = write_gallery(
@@ -302,6 +327,35 @@ def render_report(doc: dict[str, Any], figures: list[Path], gallery: Path | None
                 f"| {name} | {_fmt(v['mae'])} | {_fmt(v['train_mean_mae'])} | "
                 f"{_fmt(v['spearman'])} | {v['n']} |"
             )
+    spread = doc.get("spread_test") or {}
+    if spread:
+        lines += [
+            "",
+            "## Readers' spread (test nodules)",
+            "",
+            "The malignancy head predicts a Gaussian over one reader's rating: its mean above "
+            f"and its sd. Mean predicted sd {_fmt(spread['mean_pred_sd'])}, mean readers' sd "
+            f"{_fmt(spread['mean_reader_sd'])}; Spearman of the two "
+            f"{_fmt(spread['spearman_pred_vs_reader_sd'])}; sd MAE {_fmt(spread['sd_mae'])} "
+            f"(predicting the train nodules' mean sd: {_fmt(spread['sd_mae_train_mean'])}). "
+            f"Mean squared z-score {_fmt(spread['mean_z2'])} (1 if calibrated; above 1: the "
+            "predicted sd is too small for how far the readers' ratings lie from the "
+            f"predicted mean); NLL of the readers' ratings {_fmt(spread['nll'])}.",
+            "",
+            "| predicted-sd bin | mean predicted sd | observed RMS spread | mean readers' sd "
+            "| nodules |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for i, row in enumerate(spread["reliability"]):
+            lines.append(
+                f"| {i + 1} | {_fmt(row['pred_sd'])} | {_fmt(row['observed_rms'])} | "
+                f"{_fmt(row['reader_sd'])} | {row['n']} |"
+            )
+        lines += [
+            "",
+            "Observed RMS spread: the root mean squared distance of the readers' ratings from "
+            "the predicted mean, what the predicted sd estimates.",
+        ]
     lines += [
         "",
         "`binary_auc`: mean rating <= 2 vs >= 4, nodules in between excluded "

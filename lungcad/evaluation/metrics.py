@@ -167,3 +167,53 @@ def paired_difference(
         out[name] = value
         out[f"{name}_ci"] = list(ci.get(name, (float("nan"), float("nan"))))
     return out
+
+
+def spread_calibration(
+    reader_mean: np.ndarray,
+    reader_sd: np.ndarray,
+    pred_mean: np.ndarray,
+    pred_sd: np.ndarray,
+    bins: int = 3,
+) -> dict[str, Any]:
+    """How well a predicted Gaussian N(pred_mean, pred_sd²) over one reader's rating matches
+    the readers' ratings (mean ``reader_mean``, sd ``reader_sd``, ddof 0), per nodule.
+
+    ``observed`` spread: the root mean squared distance of the readers' ratings from the
+    prediction, sqrt(reader_sd² + (reader_mean - pred_mean)²): what ``pred_sd`` estimates.
+
+    Returns: the mean predicted sd, the mean readers' sd, Spearman of predicted vs readers'
+    sd, MAE between them, the mean negative log-likelihood of the readers' ratings, the mean
+    squared z-score (observed² / pred_sd²: 1 when calibrated, > 1 overconfident), and a
+    reliability table: nodules in ``bins`` quantile bins of pred_sd, each with its mean
+    predicted sd and its RMS observed spread.
+    """
+    reader_mean, reader_sd = np.asarray(reader_mean, float), np.asarray(reader_sd, float)
+    pred_mean, pred_sd = np.asarray(pred_mean, float), np.asarray(pred_sd, float)
+    squared = reader_sd**2 + (reader_mean - pred_mean) ** 2
+    varied = len(pred_sd) > 2 and pred_sd.std() > 0 and reader_sd.std() > 0
+    order = np.argsort(pred_sd, kind="stable")
+    table = [
+        {
+            "pred_sd": float(pred_sd[i].mean()),
+            "observed_rms": float(np.sqrt(squared[i].mean())),
+            "reader_sd": float(reader_sd[i].mean()),
+            "n": int(len(i)),
+        }
+        for i in np.array_split(order, min(bins, len(order)))
+        if len(i)
+    ]
+    return {
+        "mean_pred_sd": float(pred_sd.mean()),
+        "mean_reader_sd": float(reader_sd.mean()),
+        "spearman_pred_vs_reader_sd": (
+            float(stats.spearmanr(pred_sd, reader_sd)[0]) if varied else float("nan")
+        ),
+        "sd_mae": float(np.abs(pred_sd - reader_sd).mean()),
+        "nll": float(
+            (np.log(pred_sd) + 0.5 * np.log(2 * np.pi) + squared / (2 * pred_sd**2)).mean()
+        ),
+        "mean_z2": float((squared / pred_sd**2).mean()),
+        "reliability": table,
+        "n": int(len(pred_sd)),
+    }

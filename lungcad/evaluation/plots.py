@@ -111,4 +111,26 @@ def write_plots(pred: pd.DataFrame, threshold: float, out_dir: Path) -> list[Pat
             title="malignancy (test nodules)",
         )
         save(fig, "malignancy")
+    if len(nod) and "pred_malignancy_sd" in nod and "malignancy_std" in nod:
+        save(spread_figure(nod, plt), "malignancy_spread")
     return out
+
+
+def spread_figure(nod: pd.DataFrame, plt):
+    """Predicted readers' sd against the readers' sd (left) and against the observed spread
+    of the readers' ratings around the predicted mean (right), per test nodule."""
+    pred_sd = nod["pred_malignancy_sd"].to_numpy(float)
+    reader_sd = nod["malignancy_std"].to_numpy(float)
+    observed = np.sqrt(reader_sd**2 + (nod["malignancy_mean"] - nod["malignancy_pred"]) ** 2)
+    top = max(1.5, float(np.nanmax([pred_sd.max(), observed.max()])) * 1.05)
+    fig, ax = plt.subplots(1, 2, figsize=(9, 4))
+    for a, y, label in (
+        (ax[0], reader_sd, "readers' sd (ddof 0)"),
+        (ax[1], observed, "readers' RMS distance from the predicted mean"),
+    ):
+        a.scatter(pred_sd, y, s=18, alpha=0.7)
+        a.plot([0, top], [0, top], "k--", lw=0.8)
+        a.set(xlim=(0, top), ylim=(0, top), xlabel="predicted sd", ylabel=label)
+    ax[0].set_title("readers' spread (test nodules)")
+    ax[1].set_title("calibration of the predicted sd")
+    return fig

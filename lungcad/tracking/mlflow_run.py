@@ -237,6 +237,9 @@ def log_evaluation(run_id: str, report_dir: str | Path, doc: dict[str, Any]) -> 
             for key in ("mae", "spearman", "train_mean_mae"):
                 if values[key] == values[key]:
                     metrics[f"test_attr_{name}_{key}"] = float(values[key])
+    for key, value in (doc.get("spread_test") or {}).items():
+        if isinstance(value, (int, float)) and value == value:
+            metrics[f"test_spread_{key}"] = float(value)
     for baseline, diff in doc.get("cnn_minus_baseline_test", {}).items():
         for key, value in diff.items():
             if key.endswith("_diff") and value == value:

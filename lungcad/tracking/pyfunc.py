@@ -28,18 +28,16 @@ EXPLAIN_POOL = 4
 
 
 def model_signature(
-    cube_size: int = 64, with_decision: bool = False, with_attributes: bool = False
+    cube_size: int = 64, with_decision: bool = False, output_names: tuple[str, ...] = ()
 ) -> ModelSignature:
     """Input: float32 (N, 1, D, D, D) HU cubes; output per cube: nodule_prob, malignancy
-    (and the 0/1 ``nodule`` decision when the model carries a threshold, and the predicted
-    attributes, each on its LIDC scale, when the network has the attribute head)."""
-    from lungcad.training.attributes import ATTRIBUTE_NAMES
-
+    (and the 0/1 ``nodule`` decision when the model carries a threshold, and the network's
+    optional outputs ``output_names``: the predicted attributes, each on its LIDC scale, and
+    the readers' predicted malignancy sd)."""
     outputs = [ColSpec("double", "nodule_prob"), ColSpec("double", "malignancy")]
     if with_decision:
         outputs.append(ColSpec("long", "nodule"))
-    if with_attributes:
-        outputs += [ColSpec("double", name) for name in ATTRIBUTE_NAMES]
+    outputs += [ColSpec("double", name) for name in output_names]
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, cube_size, cube_size, cube_size))]),
         outputs=Schema(outputs),
@@ -97,7 +95,6 @@ class LungcadPyfunc(PythonModel):
         self._explainer = None  # built on the first request that asks for maps
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        from lungcad.training.attributes import ATTRIBUTE_NAMES
         from lungcad.training.predict import predict_hu_cubes
 
         cubes = validate_cubes(model_input, self.cube_size)
@@ -113,7 +110,7 @@ class LungcadPyfunc(PythonModel):
         out = pd.DataFrame({"nodule_prob": prob.astype(float), "malignancy": mal.astype(float)})
         if self.threshold is not None:
             out["nodule"] = (prob >= self.threshold).astype(np.int64)
-        for i, name in enumerate(ATTRIBUTE_NAMES[: attrs.shape[1]]):  # on its LIDC scale
+        for i, name in enumerate(self.model.output_names):  # attributes on their LIDC scales
             out[name] = attrs[:, i].astype(float)
         if (params or {}).get("explain"):
             out["detection_map"] = self._maps(cubes)
@@ -148,17 +145,20 @@ def log_pyfunc_model(
 
     import lungcad
     from lungcad.training.checkpoint import load_checkpoint
+    from lungcad.training.config import TrainConfig
+    from lungcad.training.model import output_names
 
     cube_size = int(input_example.shape[-1])
     config = {"cube_size": cube_size, **(model_config or {})}
-    attributes = bool(load_checkpoint(checkpoint)["config"]["model"].get("attributes", False))
+    trained = TrainConfig.from_mapping(load_checkpoint(checkpoint)["config"])
+    names = output_names(trained.model)
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # no pickled object
         artifacts={"checkpoint": str(checkpoint)},
         code_paths=[str(Path(lungcad.__file__).parent)],
         signature=model_signature(
-            cube_size, with_decision="threshold" in config, with_attributes=attributes
+            cube_size, with_decision="threshold" in config, output_names=names
         ),
         input_example=input_example.astype(np.float32),
         model_config=config,

@@ -22,6 +22,9 @@ class ModelConfig:
             (``lungcad.training.attributes``) from the shared feature.
         hierarchical: the malignancy head reads the predicted attributes beside the feature
             (attributes first, malignancy from them; needs ``attributes``).
+        spread: the malignancy head also predicts the readers' spread: malignancy becomes a
+            Gaussian N(mean, sd²) over one reader's rating, trained by its negative
+            log-likelihood of the readers' ratings (``lungcad.training.losses``).
     """
 
     widths: tuple[int, ...] = (16, 32, 64, 128)
@@ -30,6 +33,7 @@ class ModelConfig:
     dropout: float = 0.2
     attributes: bool = False
     hierarchical: bool = False
+    spread: bool = False
 
     def __post_init__(self) -> None:
         if self.hierarchical and not self.attributes:

@@ -218,8 +218,9 @@ class CubeStore:
 
 class TrainTargets:
     """Per row, as tensors on the device: detection label, malignancy target, its mask and
-    loss weight (1, or 1 / (1 + the readers' spread) with ``agreement_weights``), and the
-    normalised attribute targets and their mask ((N, 0) without ``attributes``)."""
+    loss weight (1, or 1 / (1 + the readers' spread) with ``agreement_weights``), the
+    normalised attribute targets and their mask ((N, 0) without ``attributes``), and the
+    readers' malignancy sd (0 where there is none; read only with ``reader_spread``)."""
 
     def __init__(
         self,
@@ -227,19 +228,23 @@ class TrainTargets:
         device: torch.device | str,
         attributes: bool = False,
         agreement_weights: bool = False,
+        reader_spread: bool = False,
     ) -> None:
         mal = rows["malignancy_mean"].to_numpy(dtype=np.float32)
         has_mal = ~np.isnan(mal)
-        weight = np.ones(len(rows), np.float32)
-        if agreement_weights:
+        spread = np.zeros(len(rows), np.float32)
+        if agreement_weights or reader_spread:
             if "malignancy_std" not in rows.columns:
+                need = "mal_weighting=agreement" if agreement_weights else "model.spread"
                 raise KeyError(
-                    "train.mal_weighting=agreement needs index.csv's malignancy_std column: "
+                    f"train.{need} needs index.csv's malignancy_std column: "
                     "rebuild the dataset (`dvc repro preprocess`)"
                 )
             spread = rows["malignancy_std"].to_numpy(np.float32)
-            weight = np.where(np.isfinite(spread), 1.0 / (1.0 + spread), 1.0).astype(np.float32)
-        self.mal_weight = torch.as_tensor(weight, device=device)
+            spread = np.where(np.isfinite(spread), spread, 0.0).astype(np.float32)
+        weight = (1.0 / (1.0 + spread)) if agreement_weights else np.ones(len(rows))
+        self.mal_weight = torch.as_tensor(weight.astype(np.float32), device=device)
+        self.reader_sd = torch.as_tensor(spread, device=device)
         self.label = torch.as_tensor(rows["label"].to_numpy(dtype=np.float32), device=device)
         self.malignancy = torch.as_tensor(np.where(has_mal, mal, 1.0), device=device)
         self.has_mal = torch.as_tensor(has_mal, device=device)
@@ -252,7 +257,7 @@ class TrainTargets:
 
     def take(self, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(label, malignancy target, its mask, its loss weight, attribute targets, their
-        mask) of rows."""
+        mask, readers' malignancy sd) of rows."""
         return (
             self.label[positions],
             self.malignancy[positions],
@@ -260,4 +265,5 @@ class TrainTargets:
             self.mal_weight[positions],
             self.attributes[positions],
             self.has_attributes[positions],
+            self.reader_sd[positions],
         )

@@ -1,6 +1,16 @@
-"""Multi-task loss: L = lambda_det * L_det + lambda_mal * L_mal."""
+"""Multi-task loss: L = lambda_det * L_det + lambda_mal * L_mal (+ lambda_attr * L_attr).
+
+With the spread head (``train.model.spread``) L_mal is the Gaussian negative log-likelihood
+of the readers' ratings rather than SmoothL1 on their mean: a nodule rated r_1..r_n, with
+mean m and standard deviation s (ddof 0, index.csv's ``malignancy_mean`` and
+``malignancy_std``), predicted as N(mu, sd²), costs the mean over its readers of
+-log N(r_i; mu, sd²) = log sd + log(2 pi) / 2 + (s² + (m - mu)²) / (2 sd²), which needs only
+m and s. Its minimum is at mu = m, sd = s: the head learns the readers' mean and spread.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -9,12 +19,24 @@ from monai.losses import FocalLoss
 from lungcad.training.config import TrainConfig
 
 
+def reader_nll(
+    mean: torch.Tensor, sd: torch.Tensor, reader_mean: torch.Tensor, reader_sd: torch.Tensor
+) -> torch.Tensor:
+    """Per cube: mean negative log-likelihood of its readers' ratings under N(mean, sd²)."""
+    squared = reader_sd.square() + (reader_mean - mean).square()
+    return sd.log() + 0.5 * math.log(2 * math.pi) + squared / (2 * sd.square())
+
+
 class MultiTaskLoss(torch.nn.Module):
     """Detection (BCE with logits, or focal) plus malignancy (SmoothL1) loss, plus the
     attribute loss (SmoothL1 on the normalised attributes) when ``lambda_attr`` > 0.
 
     Args:
         config: lambda_det, lambda_mal, lambda_attr, det_loss, focal_gamma and mal_on.
+
+    ``forward`` takes the network's outputs and the batch's targets; ``spread`` is the
+    predicted readers' sd, (N, 1) (the likelihood loss, which needs ``reader_sd``) or (N, 0)
+    (SmoothL1).
 
     Returns (from ``forward``):
         (total, detection part, malignancy part, attribute part); the malignancy part
@@ -45,6 +67,8 @@ class MultiTaskLoss(torch.nn.Module):
         attributes: torch.Tensor | None = None,
         attr_target: torch.Tensor | None = None,
         has_attr: torch.Tensor | None = None,
+        spread: torch.Tensor | None = None,
+        reader_sd: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         logit, malignancy = logit.float(), malignancy.float()
         if self.focal is not None:
@@ -56,7 +80,10 @@ class MultiTaskLoss(torch.nn.Module):
             mal_weight = torch.ones_like(malignancy)
         # Weighted mean over the masked cubes, without a host sync (0 without any).
         weight = mal_weight * mask
-        per_cube = F.smooth_l1_loss(malignancy, mal_target, reduction="none")
+        if spread is not None and spread.shape[1]:
+            per_cube = reader_nll(malignancy, spread[:, 0].float(), mal_target, reader_sd)
+        else:
+            per_cube = F.smooth_l1_loss(malignancy, mal_target, reduction="none")
         mal = (per_cube * weight).sum() / weight.sum().clamp(min=1e-8)
         total = self.lambda_det * det + self.lambda_mal * mal
         attr = logit.sum() * 0.0

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from lungcad.training.attributes import ATTRIBUTE_NAMES, to_lidc_scale
+from lungcad.training.attributes import to_lidc_scale
 from lungcad.training.augment import window_hu
 from lungcad.training.model import NoduleNet
 
@@ -30,14 +30,15 @@ def predict_batches(
     window: tuple[float, float],
     device: torch.device | str,
     amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
     attributes: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Nodule probability and malignancy for HU batches of shape (B, S, S, S) or
     (B, 1, S, S, S), any dtype, on any device; the HU window is applied on ``device``
-    exactly as in training. ``channels_last``: the model was built channels_last_3d.
-    ``attributes``: also return the predicted attributes, (N, 9) on their LIDC scales
-    (``lungcad.training.attributes``; (N, 0) for a model without the attribute head)."""
+    exactly as in training.
+    ``attributes``: also return the network's optional outputs, (N, k), columns named by
+    ``model.output_names``: the attributes on their LIDC scales
+    (``lungcad.training.attributes``), then the readers' predicted malignancy sd; (N, 0)
+    for a model with neither head."""
     device = torch.device(device)
     model.eval()
     probs, mals, attrs = [], [], []
@@ -46,22 +47,22 @@ def predict_batches(
         if x.ndim == 4:
             x = x[:, None]
         x = window_hu(x, window)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(
             device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
         ):
-            logit, mal, attr = model(x)
+            logit, mal, attr, spread = model(x)
         probs.append(torch.sigmoid(logit.float()))
         mals.append(mal.float())
-        attrs.append(attr.float())
+        attrs.append(torch.cat([attr.float(), spread.float()], dim=1))
     if probs:
         out = (torch.cat(probs).cpu().numpy(), torch.cat(mals).cpu().numpy())
         raw = torch.cat(attrs).cpu().numpy()
     else:
         out = (np.zeros(0, np.float32), np.zeros(0, np.float32))
-        raw = np.zeros((0, model.n_attributes), np.float32)
-    return (*out, to_lidc_scale(raw)) if attributes else out
+        raw = np.zeros((0, len(model.output_names)), np.float32)
+    k = model.n_attributes
+    named = np.concatenate([to_lidc_scale(raw[:, :k]), raw[:, k:]], axis=1)
+    return (*out, named) if attributes else out
 
 
 def predict_hu_cubes(
@@ -100,7 +101,8 @@ def predict_rows(
 ):
     """``rows`` of the cube index (sorted by cube_index, for sequential memory-mapped reads)
     with ``nodule_prob`` and ``malignancy_pred`` columns added, and ``pred_<attribute>``
-    columns when the model has the attribute head."""
+    columns for the model's optional outputs (``model.output_names``: the attributes,
+    ``pred_malignancy_sd``)."""
     rows = rows.sort_values("cube_index")
     prob, mal, attrs = predict_hu_cubes(
         model,
@@ -111,7 +113,5 @@ def predict_rows(
         amp_dtype,
         attributes=True,
     )
-    named = {
-        f"pred_{name}": attrs[:, i] for i, name in enumerate(ATTRIBUTE_NAMES[: attrs.shape[1]])
-    }
+    named = {f"pred_{name}": attrs[:, i] for i, name in enumerate(model.output_names)}
     return rows.assign(nodule_prob=prob, malignancy_pred=mal, **named)

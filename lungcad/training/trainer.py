@@ -110,18 +110,17 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 
 def build_model(config: TrainConfig, device: torch.device) -> NoduleNet:
     model = NoduleNet(config.model).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    return model
+    return model.to_channels_last() if config.channels_last else model
 
 
 def load_model(
     checkpoint: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[NoduleNet, TrainConfig]:
-    """Rebuild the network of a lungcad checkpoint with its weights."""
+    """Rebuild the network of a lungcad checkpoint with its weights (in channels_last_3d,
+    for faster inference, when it was trained so)."""
     state = load_checkpoint(checkpoint, device)
     config = TrainConfig.from_mapping(state["config"])
-    model = NoduleNet(config.model).to(device)
+    model = build_model(config, torch.device(device))
     model.load_state_dict(state["model"])
     model.eval()
     return model, config
@@ -187,6 +186,7 @@ class Trainer:
             self.device,
             config.model.attributes,
             agreement_weights=config.mal_weighting == "agreement",
+            reader_spread=config.model.spread,
         )
         self.telemetry = EpochTelemetry(self.device)
 
@@ -235,7 +235,8 @@ class Trainer:
 
     def batches(self, plan: EpochPlan):
         """(windowed, augmented cubes, label, malignancy target, malignancy mask and weight,
-        attribute targets, attribute mask) per batch of ``plan``, all on the device."""
+        attribute targets, attribute mask, readers' malignancy sd) per batch of ``plan``, all
+        on the device."""
         draws = plan.draws.to(self.device)
         size = plan.batch_size
         stream = self.train_store.batches(plan.order, size, plan.drop_last)
@@ -249,15 +250,13 @@ class Trainer:
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """One optimiser step on a batch already on the device; returns the (total,
         detection, malignancy, attribute) losses as device tensors (no host sync)."""
-        x, label, mal_target, has_mal, mal_weight, attr_target, has_attr = batch
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x, label, mal_target, has_mal, mal_weight, attr_target, has_attr, reader_sd = batch
         with torch.autocast(
             self.device.type,
             dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
         ):
-            logit, malignancy, attributes = self.forward(x)
+            logit, malignancy, attributes, spread = self.forward(x)
         loss, det, mal, attr = self.loss_fn(
             logit,
             malignancy,
@@ -268,6 +267,8 @@ class Trainer:
             attributes,
             attr_target,
             has_attr,
+            spread,
+            reader_sd,
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -342,7 +343,6 @@ class Trainer:
             self.config.window_hu,
             self.device,
             self.amp_dtype,
-            self.config.channels_last,
         )
         prob, mal = gather_predictions(order.numpy(), (prob, mal), n, self.dist)
         rows = self.val_rows.sort_values("cube_index").assign(nodule_prob=prob, malignancy_pred=mal)

@@ -18,6 +18,7 @@ from lungcad.evaluation.metrics import (
     detection_metrics,
     malignancy_metrics,
     paired_difference,
+    spread_calibration,
     validation_objective,
     youden_threshold,
 )
@@ -97,3 +98,23 @@ def test_paired_difference_of_two_predictors_on_the_same_nodules() -> None:
     # A predictor against itself: exactly 0, with a CI of [0, 0].
     same = paired_difference(true, good, good, groups, n_resamples=50)
     assert same["mae_diff"] == 0 and same["mae_diff_ci"] == [0.0, 0.0]
+
+
+def test_spread_calibration_on_hand_made_readers() -> None:
+    # Four nodules, readers' (mean, sd); the prediction gets every mean right and predicts
+    # sd 0.5 where the readers' sd is 0.5 and 1.0 where it is 1.0: calibrated.
+    reader_mean = np.array([2.0, 3.0, 4.0, 5.0])
+    reader_sd = np.array([0.5, 0.5, 1.0, 1.0])
+    exact = spread_calibration(reader_mean, reader_sd, reader_mean, reader_sd, bins=2)
+    assert exact["mean_z2"] == pytest.approx(1.0) and exact["sd_mae"] == 0
+    assert exact["spearman_pred_vs_reader_sd"] == pytest.approx(1.0)
+    assert [r["observed_rms"] for r in exact["reliability"]] == pytest.approx([0.5, 1.0])
+    assert [r["n"] for r in exact["reliability"]] == [2, 2]
+    expected_nll = np.mean(np.log(reader_sd) + 0.5 * np.log(2 * np.pi) + 0.5)
+    assert exact["nll"] == pytest.approx(expected_nll)
+
+    # Means off by 1 and sd halved: overconfident, z² = (sd² + 1) / (sd / 2)².
+    off = spread_calibration(reader_mean, reader_sd, reader_mean + 1, reader_sd / 2, bins=2)
+    assert off["mean_z2"] == pytest.approx(np.mean((reader_sd**2 + 1) / (reader_sd / 2) ** 2))
+    assert off["nll"] > exact["nll"] and off["sd_mae"] == pytest.approx(0.375)
+    assert off["reliability"][0]["observed_rms"] == pytest.approx(np.sqrt(1.25))

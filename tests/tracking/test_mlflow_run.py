@@ -12,6 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from lungcad.evaluation.evaluate import EvaluationConfig, evaluate_model
 from lungcad.tracking.mlflow_run import log_evaluation
+from lungcad.training.attributes import ATTRIBUTES
+from lungcad.training.model import SPREAD_FLOOR
 from lungcad.training.predict import predict_hu_cubes
 from lungcad.training.run import train_tracked
 from lungcad.training.trainer import load_model
@@ -25,7 +27,9 @@ def tracked(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-        config = tiny_train_config(epochs=2, experiment="test-exp")
+        # Both optional heads: the attributes and the readers' spread.
+        model = {"widths": [4, 8, 8, 16], "feature_dim": 16, "attributes": True, "spread": True}
+        config = tiny_train_config(epochs=2, experiment="test-exp", lambda_attr=0.5, model=model)
         run = train_tracked(config, *tiny_dataset, tmp_path / "models", progress=False)
         doc = evaluate_model(
             *tiny_dataset,
@@ -66,6 +70,7 @@ def test_run_has_params_tags_epoch_metrics_report_and_model(tracked, monkeypatch
         assert [m.step for m in history] == [1, 2], metric
     assert data.metrics["train_cubes_per_s"] > 0
     assert "test_detection_auc" in data.metrics and "test_malignancy_mae" in data.metrics
+    assert "test_spread_mean_z2" in data.metrics and "test_attr_texture_mae" in data.metrics
     artifacts = _artifact_paths(client, run.run_id)
     assert {
         "evaluation/report.md",
@@ -92,13 +97,22 @@ def test_pyfunc_model_gives_the_torch_model_outputs(tracked, monkeypatch) -> Non
     assert spec.type == np.dtype(np.float32) and spec.shape == (-1, 1, 32, 32, 32)
     cubes = np.load(dataset_dir / "cubes.npy")[:6].astype(np.float32)[:, None]
     out = pyfunc.predict(cubes)
-    assert list(out.columns) == ["nodule_prob", "malignancy"] and len(out) == 6
+    named = [*(a.name for a in ATTRIBUTES), "malignancy_sd"]  # LIDC scales, then the spread
+    assert list(out.columns) == ["nodule_prob", "malignancy", *named] and len(out) == 6
+    outputs = [c.name for c in pyfunc.metadata.get_output_schema().inputs]
+    assert outputs == ["nodule_prob", "malignancy", *named]
     model, config = load_model(tmp_path / "models" / "best.pt")
-    prob, mal = predict_hu_cubes(model, cubes, config.window_hu, torch.device("cpu"))
+    prob, mal, extra = predict_hu_cubes(
+        model, cubes, config.window_hu, torch.device("cpu"), attributes=True
+    )
     np.testing.assert_allclose(out["nodule_prob"], prob, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["malignancy"], mal, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[named].to_numpy(), extra, rtol=1e-5, atol=1e-5)
+    for a in ATTRIBUTES:
+        assert out[a.name].between(a.low, a.high).all(), a.name
+    assert (out["malignancy_sd"] >= SPREAD_FLOOR).all()
     explained = pyfunc.predict(cubes, params={"explain": True})
-    assert list(explained.columns) == ["nodule_prob", "malignancy", "detection_map"]
+    assert list(explained.columns) == ["nodule_prob", "malignancy", *named, "detection_map"]
     np.testing.assert_allclose(explained["nodule_prob"], prob, rtol=1e-5, atol=1e-6)
     maps = np.array(explained["detection_map"].tolist())
     assert maps.shape == (6, 8, 8, 8) and maps.max() <= 1.0 and (maps.max(axis=(1, 2, 3)) > 0).any()
@@ -119,3 +133,10 @@ def test_evaluation_outputs(tracked) -> None:
         assert (reports / "plots" / name).exists(), name
     report = (reports / "report.md").read_text()
     assert "semantic oracle" in report and "figures/roc_pr.png" in report
+    # The optional heads are evaluated: attributes against the train mean, the spread's
+    # calibration against the readers' spread, with its figure.
+    assert doc["attributes_test"]["n_beating_train_mean"] >= 0
+    spread = doc["spread_test"]
+    assert spread["n"] == doc["malignancy"]["n_nodules"] and spread["mean_pred_sd"] >= 0.1
+    assert sum(r["n"] for r in spread["reliability"]) == spread["n"]
+    assert "## Readers' spread" in report and (reports / "figures/malignancy_spread.png").exists()

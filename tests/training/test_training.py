@@ -11,8 +11,8 @@ from scipy import stats
 from lungcad.training.attributes import ATTRIBUTES, attribute_targets, to_lidc_scale
 from lungcad.training.config import ModelConfig, TrainConfig
 from lungcad.training.data import DatasetMissingError, TrainTargets, load_cube_data
-from lungcad.training.losses import MultiTaskLoss
-from lungcad.training.model import NoduleNet
+from lungcad.training.losses import MultiTaskLoss, reader_nll
+from lungcad.training.model import SPREAD_FLOOR, NoduleNet
 from lungcad.training.predict import predict_rows
 from lungcad.training.trainer import NonFiniteLossError, Trainer, load_model
 from tests.conftest import make_tiny_dataset, tiny_train_config
@@ -20,19 +20,22 @@ from tests.conftest import make_tiny_dataset, tiny_train_config
 
 def test_network_outputs_and_256_d_feature() -> None:
     net = NoduleNet(TrainConfig().model)
-    logit, malignancy, attributes = net(torch.zeros(2, 1, 64, 64, 64))
+    logit, malignancy, attributes, spread = net(torch.zeros(2, 1, 64, 64, 64))
     assert logit.shape == (2,) and malignancy.shape == (2,) and attributes.shape == (2, 0)
+    assert spread.shape == (2, 0) and net.output_names == ()
     assert net.features(torch.zeros(1, 1, 64, 64, 64)).shape == (1, 256)
     assert "attribute_head.weight" not in net.state_dict()  # older checkpoints still load
+    assert net.state_dict()["malignancy_head.weight"].shape == (1, 256)
 
 
 @pytest.mark.parametrize("hierarchical", [False, True])
 def test_attribute_head_shapes(hierarchical: bool) -> None:
     model = ModelConfig(widths=(4, 8, 8, 16), attributes=True, hierarchical=hierarchical)
     net = NoduleNet(model)
-    logit, malignancy, attributes = net(torch.zeros(3, 1, 32, 32, 32))
-    assert logit.shape == (3,) and malignancy.shape == (3,)
+    logit, malignancy, attributes, spread = net(torch.zeros(3, 1, 32, 32, 32))
+    assert logit.shape == (3,) and malignancy.shape == (3,) and spread.shape == (3, 0)
     assert attributes.shape == (3, len(ATTRIBUTES)) == (3, 9)
+    assert net.output_names == tuple(a.name for a in ATTRIBUTES)
     assert net.malignancy_head.in_features == 256 + (9 if hierarchical else 0)
     with pytest.raises(ValueError, match="hierarchical needs"):
         ModelConfig(hierarchical=True)
@@ -284,3 +287,71 @@ def test_agreement_weighting_counts_nodules_the_readers_agree_on_more(tiny_datas
         logit, mal, label, target, has, weight
     )
     assert m.item() == pytest.approx((0.5 * 1 + 2.5 * 0.5) / 1.5)
+
+
+def test_spread_head_predicts_a_positive_sd_after_the_attributes() -> None:
+    net = NoduleNet(ModelConfig(widths=(4, 8, 8, 16), attributes=True, spread=True))
+    with torch.no_grad():
+        net.malignancy_head.bias[1] = -50.0  # softplus -> 0: the floor holds
+        _, malignancy, attributes, spread = net(torch.zeros(3, 1, 32, 32, 32))
+    assert malignancy.shape == (3,) and attributes.shape == (3, 9) and spread.shape == (3, 1)
+    assert torch.allclose(spread, torch.full((3, 1), SPREAD_FLOOR))
+    assert net.output_names[-1] == "malignancy_sd" and len(net.output_names) == 10
+
+
+def test_reader_likelihood_is_lowest_at_the_readers_mean_and_spread() -> None:
+    # Three readers rated 2, 3, 4: mean 3, sd (ddof 0) sqrt(2/3). The closed form equals the
+    # mean of the three readers' Gaussian negative log-likelihoods.
+    ratings = torch.tensor([2.0, 3.0, 4.0])
+    m, s = ratings.mean(), ratings.std(unbiased=False)
+    grid_mu = torch.linspace(2, 4, 81)[:, None]
+    grid_sd = torch.linspace(0.3, 2.0, 69)[None, :]
+    nll = reader_nll(grid_mu, grid_sd, m, s)
+    direct = torch.stack(
+        [-torch.distributions.Normal(grid_mu, grid_sd).log_prob(r) for r in ratings]
+    ).mean(0)
+    torch.testing.assert_close(nll, direct)
+    best = np.unravel_index(int(nll.argmin()), nll.shape)
+    assert grid_mu[best[0], 0].item() == pytest.approx(3.0)
+    assert grid_sd[0, best[1]].item() == pytest.approx(s.item(), abs=0.013)
+
+    # In the multi-task loss: masked to nodules, and the negative's (absent) spread ignored.
+    config = TrainConfig(lambda_mal=2.0, model=ModelConfig(spread=True))
+    logit, label = torch.zeros(2), torch.tensor([1.0, 0.0])
+    mal, target, has = torch.tensor([3.0, 5.0]), torch.tensor([3.0, 1.0]), torch.tensor([1, 0])
+    spread, reader_sd = torch.tensor([[1.0], [0.1]]), torch.tensor([s.item(), 0.0])
+    total, det, part, _ = MultiTaskLoss(config)(
+        logit, mal, label, target, has.bool(), None, None, None, None, spread, reader_sd
+    )
+    expected = reader_nll(torch.tensor(3.0), torch.tensor(1.0), m, s)
+    assert part.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert total.item() == pytest.approx(det.item() + 2.0 * part.item())
+    with pytest.raises(KeyError, match="model.spread needs"):
+        rows = pd.DataFrame({"malignancy_mean": [3.0], "label": [1]})
+        TrainTargets(rows, "cpu", reader_spread=True)
+
+
+def test_the_spread_head_learns_a_spread_that_the_image_shows(tmp_path) -> None:
+    # Readers' disagreement as a known function of the image: nodules whose (tiny-dataset)
+    # sphere is larger than the median were read with sd 1.2, the others unanimously.
+    dataset = make_tiny_dataset(tmp_path / "d", n_patients=10, n_val=2)
+    index = pd.read_csv(dataset[0] / "index.csv")
+    nodule = index["label"] == 1
+    large = index["malignancy_mean"] > index.loc[nodule, "malignancy_mean"].median()
+    index["malignancy_std"] = np.where(nodule, np.where(large, 1.2, 0.0), np.nan)
+    index.to_csv(dataset[0] / "index.csv", index=False)
+    data = load_cube_data(*dataset)
+    model = {"widths": [4, 8, 8, 16], "feature_dim": 16, "dropout": 0.0, "spread": True}
+    config = tiny_train_config(epochs=25, lr=1e-2, batch_size=8, lambda_mal=1.0, model=model)
+    Trainer(config, data, tmp_path / "m", progress=False).fit()
+    net, _ = load_model(tmp_path / "m" / "checkpoints" / "last.pt")
+    rows = data.subset("train").query("label == 1")
+    pred = predict_rows(net, data.cubes, rows, config.window_hu, "cpu")
+    disagreed = pred["malignancy_std"] > 0
+    assert disagreed.any() and (~disagreed).any()
+    # The disagreed-on nodules get the wider predicted spread, every one of them.
+    assert (
+        pred.loc[disagreed, "pred_malignancy_sd"].min()
+        > pred.loc[~disagreed, "pred_malignancy_sd"].max()
+    )
+    assert pred.loc[disagreed, "pred_malignancy_sd"].mean() == pytest.approx(1.2, abs=0.4)
