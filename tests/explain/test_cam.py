@@ -18,10 +18,10 @@ from lungcad.explain.cam import (
 from lungcad.explain.metrics import pointing, rank_correlation
 from lungcad.explain.run import check_cubes, write_map_nifti
 from lungcad.preprocessing.cubes import cube_grid_origin
+from lungcad.training.augment import window_hu
 from lungcad.training.config import ModelConfig
 from lungcad.training.model import NoduleNet
-
-WINDOW = (-1000.0, 400.0)
+from tests.explain.toy_spheres import TEST_CENTRES, WINDOW, toy_cube, train_toy_net
 
 
 def _centroid_of_input_gradient(net: NoduleNet, layer: str, cell: int, seed: int) -> np.ndarray:
@@ -123,3 +123,31 @@ def test_explainer_leaves_the_callers_model_untouched() -> None:
     assert type(fresh) is NoduleNet and not torch.equal(
         fresh.detection_head.weight, net.detection_head.weight
     )
+
+
+def test_trained_maps_find_an_off_centre_sphere_and_random_weights_do_not() -> None:
+    # A tiny network trained in the test to find spheres anywhere in the cube (not only at
+    # its centre); spheres of radius 5 at five known off-centre voxels.
+    net = train_toy_net(steps=150, seed=0)
+    cubes = np.stack([toy_cube(np.random.default_rng(7), c) for c in TEST_CENTRES])
+    empty = np.stack([toy_cube(np.random.default_rng(8 + i)) for i in range(5)])
+    x = window_hu(torch.from_numpy(np.concatenate([cubes, empty]))[:, None].float(), WINDOW)
+    with torch.no_grad():
+        prob = torch.sigmoid(net(x)[0])
+    assert prob[:5].min() > prob[5:].max()  # it has learned what a sphere is
+
+    def peak_distances(model) -> np.ndarray:
+        maps = CubeExplainer(model, WINDOW, CamSettings(layer="backbone.layer3"))(cubes)
+        peaks = [np.unravel_index(m.argmax(), m.shape) for m in maps]
+        return np.linalg.norm(np.subtract(peaks, TEST_CENTRES), axis=1)
+
+    trained, random = peak_distances(net), peak_distances(randomized_like(net, seed=0))
+    # A layer3 map has 4³ cells of 16 voxels: it cannot place a maximum finer than one cell,
+    # and the trained maps peak up to one cell (a consistent shift towards the cube's origin,
+    # scripts/gradcam_toy_spheres.py) from the sphere. So: every trained maximum lies within
+    # the sphere grown by one cell, and no randomised-weight maximum does.
+    cell, radius = 16.0, 5.0
+    assert (trained <= radius + cell).all(), trained
+    assert (random > radius + cell).all(), random
+    assert trained.mean() < random.mean() / 3
+    assert (trained <= radius).any()  # at least one maximum falls inside the sphere itself
