@@ -20,3 +20,10 @@ def require_tracking() -> None:
         check_tracking()
     except TrackingUnreachableError as exc:
         fail(str(exc))
+
+
+def require_tracking_for(model: object) -> None:
+    """``require_tracking`` when ``model`` is a registry reference (``models:/``, ``runs:/``)
+    or absent (the default is the registry's champion): its server must answer."""
+    if model is None or str(model).startswith(("models:/", "runs:/")):
+        require_tracking()

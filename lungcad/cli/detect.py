@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from lungcad.cli.common import fail, require_tracking
+from lungcad.cli.common import fail, require_tracking_for
 from lungcad.cli.options import ParamsFile, Quiet, Workers
 
 
@@ -70,8 +70,7 @@ def detect(
             patients = set(load_splits(splits)[split])
         except (OSError, KeyError, ValueError) as exc:
             fail(f"--splits {splits} --split {split}: {exc}")
-    if model is None or str(model).startswith(("models:/", "runs:/")):
-        require_tracking()  # a registry reference: its server must answer
+    require_tracking_for(model)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             checkpoint, label = resolve_checkpoint(model, tmp)

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from lungcad.cli.common import fail, require_tracking
+from lungcad.cli.common import fail, require_tracking_for
 from lungcad.cli.options import Dataset, ParamsFile, Quiet, Splits
 
 
@@ -108,8 +108,7 @@ def explain(
         threshold = 0.5
         if eval_metrics.exists():
             threshold = float(json.loads(eval_metrics.read_text())["threshold"]["value"])
-    if model is None or str(model).startswith(("models:/", "runs:/")):
-        require_tracking()  # a registry reference: its server must answer
+    require_tracking_for(model)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             checkpoint, label = resolve_checkpoint(model, tmp)

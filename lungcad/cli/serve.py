@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from lungcad.cli.common import fail, require_tracking
+from lungcad.cli.common import fail, require_tracking_for
 
 
 def serve(
@@ -28,8 +28,7 @@ def serve(
     `mlflow models serve`) behind a guard: body-size limit, no stack traces in answers."""
     from lungcad.registry.serving import serve_command
 
-    if model_uri.startswith(("models:/", "runs:/")):
-        require_tracking()
+    require_tracking_for(model_uri)
 
     cmd, env = serve_command(model_uri, host, port, workers, int(max_body_mb * 1024 * 1024))
     typer.echo(" ".join(cmd))

@@ -177,7 +177,7 @@ def score_cubes(
             [extract_cube(image, c, config.cube_size, config.spacing_mm) for c in chunk]
         )
         p, m, a = predict_hu_cubes(
-            model, cubes, window_hu, device, config.batch_size, attributes=True
+            model, cubes, window_hu, device, config.batch_size, named_outputs=True
         )
         for flip in config.tta_flips:  # flipped copies along these cube axes (z, y, x)
             pf, mf, af = predict_hu_cubes(
@@ -186,7 +186,7 @@ def score_cubes(
                 window_hu,
                 device,
                 config.batch_size,
-                attributes=True,
+                named_outputs=True,
             )
             p, m, a = p + pf, m + mf, a + af
         n = 1 + len(config.tta_flips)

@@ -6,8 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import stats
 from sklearn.metrics import roc_auc_score
+
+from lungcad.training.losses import reader_nll
 
 #: Binarised malignancy convention of the LIDC literature and NoduleMNIST3D:
 #: mean rating <= 2 is benign, >= 4 malignant, anything between is left out.
@@ -211,7 +214,9 @@ def spread_calibration(
         ),
         "sd_mae": float(np.abs(pred_sd - reader_sd).mean()),
         "nll": float(
-            (np.log(pred_sd) + 0.5 * np.log(2 * np.pi) + squared / (2 * pred_sd**2)).mean()
+            reader_nll(*(torch.as_tensor(v) for v in (pred_mean, pred_sd, reader_mean, reader_sd)))
+            .mean()
+            .item()
         ),
         "mean_z2": float((squared / pred_sd**2).mean()),
         "reliability": table,

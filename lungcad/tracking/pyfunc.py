@@ -105,7 +105,7 @@ class LungcadPyfunc(PythonModel):
             self.device,
             self.config.eval_batch_size,
             self.amp_dtype,
-            attributes=True,
+            named_outputs=True,
         )
         out = pd.DataFrame({"nodule_prob": prob.astype(float), "malignancy": mal.astype(float)})
         if self.threshold is not None:

@@ -30,12 +30,12 @@ def predict_batches(
     window: tuple[float, float],
     device: torch.device | str,
     amp_dtype: torch.dtype | None = None,
-    attributes: bool = False,
+    named_outputs: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Nodule probability and malignancy for HU batches of shape (B, S, S, S) or
     (B, 1, S, S, S), any dtype, on any device; the HU window is applied on ``device``
     exactly as in training.
-    ``attributes``: also return the network's optional outputs, (N, k), columns named by
+    ``named_outputs``: also return the network's optional outputs, (N, k), columns named by
     ``model.output_names``: the attributes on their LIDC scales
     (``lungcad.training.attributes``), then the readers' predicted malignancy sd; (N, 0)
     for a model with neither head."""
@@ -62,7 +62,7 @@ def predict_batches(
         raw = np.zeros((0, len(model.output_names)), np.float32)
     k = model.n_attributes
     named = np.concatenate([to_lidc_scale(raw[:, :k]), raw[:, k:]], axis=1)
-    return (*out, named) if attributes else out
+    return (*out, named) if named_outputs else out
 
 
 def predict_hu_cubes(
@@ -72,10 +72,10 @@ def predict_hu_cubes(
     device: torch.device | str,
     batch_size: int = PREDICT_BATCH_SIZE,
     amp_dtype: torch.dtype | None = None,
-    attributes: bool = False,
+    named_outputs: bool = False,
 ) -> tuple[np.ndarray, ...]:
-    """Nodule probability and malignancy (and with ``attributes`` the attributes, see
-    ``predict_batches``) for (N, S, S, S) or (N, 1, S, S, S) HU cubes (a numpy array,
+    """Nodule probability and malignancy (and with ``named_outputs`` the network's optional
+    outputs, see ``predict_batches``) for (N, S, S, S) or (N, 1, S, S, S) HU cubes (a numpy array,
     memory-mapped or not, or a tensor already on the device)."""
 
     def chunks():
@@ -87,7 +87,7 @@ def predict_hu_cubes(
                 else torch.from_numpy(np.ascontiguousarray(chunk))
             )
 
-    return predict_batches(model, chunks(), window, device, amp_dtype, attributes=attributes)
+    return predict_batches(model, chunks(), window, device, amp_dtype, named_outputs=named_outputs)
 
 
 def predict_rows(
@@ -111,7 +111,7 @@ def predict_rows(
         device,
         batch_size,
         amp_dtype,
-        attributes=True,
+        named_outputs=True,
     )
     named = {f"pred_{name}": attrs[:, i] for i, name in enumerate(model.output_names)}
     return rows.assign(nodule_prob=prob, malignancy_pred=mal, **named)

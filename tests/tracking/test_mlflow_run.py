@@ -103,7 +103,7 @@ def test_pyfunc_model_gives_the_torch_model_outputs(tracked, monkeypatch) -> Non
     assert outputs == ["nodule_prob", "malignancy", *named]
     model, config = load_model(tmp_path / "models" / "best.pt")
     prob, mal, extra = predict_hu_cubes(
-        model, cubes, config.window_hu, torch.device("cpu"), attributes=True
+        model, cubes, config.window_hu, torch.device("cpu"), named_outputs=True
     )
     np.testing.assert_allclose(out["nodule_prob"], prob, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["malignancy"], mal, rtol=1e-5, atol=1e-5)
