@@ -25,13 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungcad.detection.detector import detect_volume
-from lungcad.detection.run import settings_from_params
-from lungcad.detection.sources import find_scans
+from lungcad.config import load_params
+from lungcad.core.io.scans import find_scans
+from lungcad.core.model.loading import CubeCut, cube_cut, load_model
+from lungcad.core.model.network import NoduleNet
+from lungcad.detection.detector import detect_volume, detector_config
 from lungcad.phantom.writer import write_phantom
-from lungcad.training.config import TrainConfig
-from lungcad.training.model import NoduleNet
-from lungcad.training.trainer import load_model
 
 
 def main() -> None:
@@ -49,14 +48,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    params = load_params(args.params)
     if args.random_model:
         torch.manual_seed(0)
-        config = TrainConfig()
+        config = params.train
         model = NoduleNet(config.model).to(device).eval()
+        cut = CubeCut(params.preprocess, params.candidates, tuple(config.window_hu))
     else:
         model, config = load_model(args.model, device)
+        cut = cube_cut(args.model)
     window = tuple(config.window_hu)
-    detect_config = settings_from_params(args.params).config
+    detect_config = detector_config(cut, params.detect)
     print(f"settings: {detect_config}")
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lungcad.annotations.lidc_db import LidcDatabase
-from lungcad.annotations.nodules import cluster_nodules
+from lungcad.core.annotations.lidc_db import LidcDatabase
+from lungcad.core.annotations.nodules import cluster_nodules
 from lungcad.phantom.writer import select_scans, write_phantom_scan
 
 STEPS = {

@@ -24,10 +24,10 @@ from pathlib import Path
 
 
 def _lungcad(raw: str, uids: list[str]) -> dict:
-    from lungcad.annotations.lidc_db import LidcDatabase
-    from lungcad.io.dicom_index import index_lidc_root
+    from lungcad.config import PreprocessConfig
+    from lungcad.core.annotations.lidc_db import LidcDatabase
+    from lungcad.core.io.dicom_index import index_lidc_root
     from lungcad.preprocessing.build import process_scan
-    from lungcad.preprocessing.config import PreprocessConfig
 
     db = LidcDatabase()
     start = time.perf_counter()
@@ -43,10 +43,10 @@ def _naive(raw: str, uids: list[str]) -> dict:
     import pydicom
     from scipy import ndimage
 
-    from lungcad.annotations.lidc_db import LidcDatabase
-    from lungcad.annotations.nodules import cluster_nodules
-    from lungcad.io.geometry import VolumeGeometry
-    from lungcad.preprocessing.lung_mask import lung_mask
+    from lungcad.core.annotations.lidc_db import LidcDatabase
+    from lungcad.core.annotations.nodules import cluster_nodules
+    from lungcad.core.io.geometry import VolumeGeometry
+    from lungcad.core.lung_mask import lung_mask
 
     db = LidcDatabase()
     start = time.perf_counter()
@@ -96,7 +96,7 @@ def main() -> None:
         _child(args.child[0], args.child[1], json.loads(sys.stdin.read()))
         return
 
-    from lungcad.io.dicom_index import index_lidc_root
+    from lungcad.core.io.dicom_index import index_lidc_root
     from lungcad.phantom.writer import write_phantom
 
     with tempfile.TemporaryDirectory() as tmp:

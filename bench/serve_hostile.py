@@ -2,7 +2,7 @@
 
 Starts the server `lungcad serve` runs (MLflow's scoring app behind lungcad's guard, default
 64 MiB body limit) on a free loopback port, warms it up, then sends --requests requests at
---concurrency, half of them malformed (drawn by Hypothesis, lungcad.registry.loadtest), the
+--concurrency, half of them malformed (drawn by Hypothesis, tests.tools.loadtest), the
 valid ones 1-4 real 64³ cubes from the dataset as JSON or Parquet. Prints and writes the
 summary: 2xx/4xx/5xx counts, status codes per malformed kind, p50/p95 of the valid requests,
 server RSS before / at half / after.
@@ -21,15 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lungcad.registry.loadtest import RequestBuilder, make_specs, run_load
-from lungcad.registry.server import MAX_BODY_BYTES
-from lungcad.registry.serving import (
-    CHAMPION_URI,
-    ServerNotReadyError,
-    free_port,
-    serve_command,
-    wait_until_serving,
-)
+from lungcad.registry.guarded_app import MAX_BODY_BYTES
+from lungcad.registry.serve_command import CHAMPION_URI, serve_command
+from tests.tools.loadtest import RequestBuilder, make_specs, run_load
+from tests.tools.serving import ServerNotReadyError, free_port, wait_until_serving
 
 
 def main() -> None:

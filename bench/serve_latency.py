@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from lungcad.registry.client import encode_cubes
-from lungcad.registry.serving import ServerNotReadyError, free_port, wait_until_serving
+from tests.tools.serving import ServerNotReadyError, free_port, wait_until_serving
 
 
 def _post(port: int, request_body: tuple[bytes, str]) -> tuple[int, float]:

@@ -31,9 +31,9 @@ import time
 
 import torch
 
-from lungcad.training.config import TrainConfig
-from lungcad.training.data import load_cube_data
-from lungcad.training.predict import predict_rows
+from lungcad.config import TrainConfig, load_params
+from lungcad.core.dataset import load_cube_data
+from lungcad.core.model.predict import predict_rows
 from lungcad.training.telemetry import amp_dtype_name
 from lungcad.training.trainer import Trainer
 
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--matrix", action="store_true", help="variants around the profile")
     args = parser.parse_args()
 
-    config = TrainConfig.from_params(args.params)
+    config = load_params(args.params).train
     if args.batch_size:
         config = config.replace(batch_size=args.batch_size)
     if config.device == "cuda" and not torch.cuda.is_available():

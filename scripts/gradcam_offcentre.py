@@ -27,17 +27,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungcad.annotations.lidc_db import LidcDatabase
-from lungcad.annotations.nodules import cluster_nodules
-from lungcad.explain.cam import CamSettings, CubeExplainer
+from lungcad.core.annotations.lidc_db import LidcDatabase
+from lungcad.core.annotations.nodules import cluster_nodules, nodule_center_mm
+from lungcad.core.cubes import extract_cube
+from lungcad.core.io.dicom_index import index_lidc_root
+from lungcad.core.io.series import read_series
+from lungcad.core.masks import nodule_cube_mask
+from lungcad.core.model.cam import CamSettings, CubeExplainer
+from lungcad.core.model.loading import load_model
+from lungcad.core.model.predict import predict_hu_cubes
 from lungcad.explain.metrics import pointing
-from lungcad.io.dicom_index import index_lidc_root
-from lungcad.io.series import read_series
-from lungcad.preprocessing.build import nodule_center_mm
-from lungcad.preprocessing.cubes import extract_cube
-from lungcad.preprocessing.masks import nodule_cube_mask
-from lungcad.training.predict import predict_hu_cubes
-from lungcad.training.trainer import load_model
 
 SIZE = 64
 

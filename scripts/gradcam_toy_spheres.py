@@ -22,7 +22,7 @@ import argparse
 
 import numpy as np
 
-from lungcad.explain.cam import METHODS, CamSettings, CubeExplainer, randomized_like
+from lungcad.core.model.cam import METHODS, CamSettings, CubeExplainer, randomized_like
 from tests.explain.toy_spheres import TEST_CENTRES, WINDOW, toy_cube, train_toy_net
 
 

@@ -16,10 +16,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lungcad.annotations.lidc_db import LidcDatabase
-from lungcad.annotations.nodules import cluster_nodules
-from lungcad.io.dicom_index import index_lidc_root
-from lungcad.io.series import read_series
+from lungcad.core.annotations.lidc_db import LidcDatabase
+from lungcad.core.annotations.nodules import cluster_nodules
+from lungcad.core.io.dicom_index import index_lidc_root
+from lungcad.core.io.series import read_series
 from lungcad.phantom.writer import write_phantom_scan
 
 SERIES_0001 = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungcad.io.dicom_index import index_lidc_root
-from lungcad.io.series import read_series
+from lungcad.core.io.dicom_index import index_lidc_root
+from lungcad.core.io.series import read_series
+from lungcad.core.model.loading import load_model
+from lungcad.core.model.predict import predict_hu_cubes
 from lungcad.realism.real_cubes import real_cubes
-from lungcad.training.predict import predict_hu_cubes
-from lungcad.training.trainer import load_model
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from lungcad.annotations.lidc_db import CHARACTERISTICS, LidcDatabase
+from lungcad.core.annotations.lidc_db import CHARACTERISTICS, LidcDatabase
 
 REPO = Path(__file__).resolve().parents[1]
 SLAB_ROOT = REPO.parent / "shared" / "data" / "lidc-slabs"
@@ -101,7 +101,7 @@ def make_tiny_dataset(
 
     import pandas as pd
 
-    from lungcad.preprocessing.masks import pack_masks
+    from lungcad.core.masks import pack_masks
 
     rng = np.random.default_rng(seed)
     grid = np.indices((size,) * 3) - (size - 1) / 2
@@ -168,11 +168,13 @@ def tiny_dataset(tmp_path) -> tuple[Path, Path]:
 
 
 def tiny_train_config(**changes):
-    from lungcad.training.config import TrainConfig
+    from lungcad.config import TrainConfig
 
-    return TrainConfig.from_mapping(
+    return TrainConfig.model_validate(
         {
             "epochs": 3,
+            "lambda_attr": 0.0,
+            "channels_last": False,
             "batch_size": 4,
             "lr": 3e-3,
             "device": "cpu",
@@ -181,6 +183,7 @@ def tiny_train_config(**changes):
                 "blocks": [1, 1, 1, 1],
                 "feature_dim": 16,
                 "dropout": 0.0,
+                "attributes": False,
             },
             "augment": {"flip": True, "rot90": True, "shift_mm": 2, "hu_jitter": 10.0},
             **changes,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +12,6 @@ from lungcad.cli.common import fail
 from lungcad.cli.options import ParamsFile, Quiet, Seed, Workers
 
 app = typer.Typer(no_args_is_help=True, help="Make, preprocess and split the CT data.")
-log = logging.getLogger("lungcad")
 
 
 @app.command()
@@ -21,27 +19,30 @@ def phantom(
     out: Annotated[Path, typer.Option("--out", help="Root to write LIDC-IDRI-XXXX/… into.")] = Path(
         "data/raw/LIDC-IDRI"
     ),
+    params: ParamsFile = Path("params.yaml"),
     scans: Annotated[
-        int, typer.Option("--scans", min=1, help="Number of real LIDC scans to mirror.")
-    ] = 60,
-    seed: Seed = 0,
+        int | None,
+        typer.Option("--scans", min=1, help="Number of real LIDC scans to mirror (phantom.scans)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (phantom.seed).")] = None,
     min_readers: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--min-readers",
             min=1,
             max=4,
-            help="Chosen scans have a nodule outlined by this many readers.",
+            help="Chosen scans have a nodule outlined by this many readers (phantom.min_readers).",
         ),
-    ] = 3,
+    ] = None,
     margin_mm: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--margin-mm",
             min=0,
-            help="Slab margin around the nodules in z (>= 32 keeps 64 mm cubes whole).",
+            help="Slab margin around the nodules in z, >= 32 keeps 64 mm cubes whole "
+            "(phantom.margin_mm).",
         ),
-    ] = 34.0,
+    ] = None,
     full: Annotated[
         bool,
         typer.Option("--full", help="Write every slice of each real scan (real size), not a slab."),
@@ -50,10 +51,19 @@ def phantom(
     quiet: Quiet = False,
 ) -> None:
     """Write the LIDC-grounded phantom: real LIDC geometry, UIDs and contours, synthetic CT."""
+    from lungcad.config import load_params, with_changes
     from lungcad.phantom.writer import write_phantom
 
+    c = with_changes(
+        load_params(params).phantom,
+        "phantom",
+        scans=scans,
+        seed=seed,
+        min_readers=min_readers,
+        margin_mm=margin_mm,
+    )
     written = write_phantom(
-        out, scans, seed, min_readers, margin_mm, workers, progress=not quiet, full=full
+        out, c.scans, c.seed, c.min_readers, c.margin_mm, workers, progress=not quiet, full=full
     )
     n_slices = sum(w.n_slices for w in written)
     n_nodules = sum(len(w.nodule_ids) for w in written)
@@ -77,21 +87,13 @@ def build(
     quiet: Quiet = False,
 ) -> None:
     """Preprocess every series under --raw into 64³ cubes, index.csv, skipped.csv, fingerprint."""
-    from lungcad.io.dicom_index import LidcRootError
-    from lungcad.outputs import OutputError
+    from lungcad.config import load_params
     from lungcad.preprocessing.build import build_dataset
-    from lungcad.preprocessing.config import PreprocessConfig
 
-    try:
-        config = PreprocessConfig.from_params(params) if params.exists() else PreprocessConfig()
-    except ValueError as exc:
-        fail(f"{params}: {exc}")
-    if not params.exists():
-        log.info("%s not found: using the default preprocessing settings", params)
-    try:
-        table = build_dataset(raw, out, config, workers=workers, progress=not quiet)
-    except (LidcRootError, OutputError) as exc:
-        fail(str(exc))
+    config = load_params(params)
+    table = build_dataset(
+        raw, out, config.preprocess, config.candidates, workers=workers, progress=not quiet
+    )
     skipped = pd.read_csv(out / "skipped.csv")
     counts = table["kind"].value_counts().to_dict()
     typer.echo(
@@ -108,25 +110,32 @@ def split(
     out: Annotated[Path, typer.Option("--out", help="splits.json to write.")] = Path(
         "data/splits.json"
     ),
+    params: ParamsFile = Path("params.yaml"),
     val: Annotated[
-        float, typer.Option("--val", min=0, max=0.9, help="Share of patients for validation.")
-    ] = 0.15,
+        float | None,
+        typer.Option("--val", help="Share of patients for validation (split.val_fraction)."),
+    ] = None,
     test: Annotated[
-        float, typer.Option("--test", min=0, max=0.9, help="Share of patients for test.")
-    ] = 0.2,
-    seed: Seed = 0,
+        float | None,
+        typer.Option("--test", help="Share of patients for test (split.test_fraction)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (split.seed).")] = None,
 ) -> None:
     """Split patients into train/val/test (stratified; fails loudly on any overlap)."""
+    from lungcad.config import load_params, with_changes
     from lungcad.splits.patient_split import make_splits, write_splits
 
+    c = with_changes(
+        load_params(params).split, "split", val_fraction=val, test_fraction=test, seed=seed
+    )
     if not index.exists():
         fail(f"{index} does not exist: run `lungcad data build` (DVC stage `preprocess`) first")
     table = pd.read_csv(index)
     try:
-        splits = make_splits(table, val, test, seed)
+        splits = make_splits(table, c.val_fraction, c.test_fraction, c.seed)
     except ValueError as exc:
         fail(f"{index}: {exc}")
-    doc = write_splits(splits, table, out, seed)
+    doc = write_splits(splits, table, out, c.seed)
     for name, s in doc["summary"].items():
         typer.echo(
             f"{name:5s}: {s['patients']:4d} patients, {s['cubes']:5d} cubes, "
@@ -154,21 +163,29 @@ def montage(
 @app.command()
 def realism(
     real: Annotated[
-        Path, typer.Option("--real", help="Folder of real CT series (the shared LIDC slab).")
-    ] = Path("../shared/data/lidc-slabs"),
+        Path | None,
+        typer.Option("--real", help="Folder of real CT series (realism.real_root)."),
+    ] = None,
     phantom: Annotated[
         Path, typer.Option("--phantom", help="Folder of phantom series (lungcad data phantom).")
     ] = Path("data/raw/LIDC-IDRI"),
     out: Annotated[Path, typer.Option("--out", help="Report folder to write.")] = Path(
         "reports/realism"
     ),
+    params: ParamsFile = Path("params.yaml"),
     max_scans: Annotated[
-        int, typer.Option("--max-scans", min=1, help="Phantom series measured (first by UID).")
-    ] = 20,
+        int | None,
+        typer.Option(
+            "--max-scans", help="Phantom series measured, first by UID (realism.max_scans)."
+        ),
+    ] = None,
     patches: Annotated[
-        int, typer.Option("--patches", min=20, help="Lung patches per side for the classifier.")
-    ] = 400,
-    seed: Seed = 0,
+        int | None,
+        typer.Option(
+            "--patches", help="Lung patches per side for the classifier (realism.patches)."
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (realism.seed).")] = None,
     mlflow_log: Annotated[
         bool, typer.Option("--mlflow/--no-mlflow", help="Log the report as an MLflow run.")
     ] = True,
@@ -177,20 +194,35 @@ def realism(
 ) -> None:
     """Measure how real the phantom's lungs look against real CT: statistics, HU histogram
     distance, a domain classifier's AUC and a side-by-side picture."""
-    from lungcad.io.dicom_index import LidcRootError
+    from lungcad.config import load_params, with_changes
     from lungcad.realism.report import realism_report
 
+    c = with_changes(
+        load_params(params).realism,
+        "realism",
+        real_root=None if real is None else str(real),
+        max_scans=max_scans,
+        patches=patches,
+        seed=seed,
+    )
     try:
         metrics = realism_report(
-            real, phantom, out, max_scans, patches, seed, workers=workers, progress=not quiet
+            Path(c.real_root),
+            phantom,
+            out,
+            c.max_scans,
+            c.patches,
+            c.seed,
+            workers=workers,
+            progress=not quiet,
         )
-    except (LidcRootError, ValueError) as exc:
+    except ValueError as exc:
         fail(str(exc))
     if "skipped" in metrics:
         typer.secho(f"warning: {metrics['skipped']}; wrote an empty report to {out}", err=True)
         return
     if mlflow_log:
-        from lungcad.realism.tracking import log_realism
+        from lungcad.realism.mlflow_log import log_realism
 
         log_realism(out, metrics)
     for name, row in (metrics["targets"]["paired"] or metrics["targets"]["all"]).items():

@@ -14,15 +14,6 @@ from lungcad.cli.common import fail, require_tracking_for
 from lungcad.cli.options import ParamsFile, Quiet, Workers
 
 
-def _settings(params: Path, threshold: float | None, figures: bool):
-    from lungcad.detection.run import settings_from_params
-
-    try:
-        return settings_from_params(params, threshold, figures)
-    except ValueError as exc:
-        fail(f"{params}: detect/candidates section: {exc}")
-
-
 def detect(
     input_path: Annotated[
         Path,
@@ -48,7 +39,9 @@ def detect(
         Path | None,
         typer.Option("--splits", help="splits.json: detect only the patients of --split."),
     ] = None,
-    split: Annotated[str, typer.Option("--split", help="train | val | test")] = "test",
+    split: Annotated[
+        str | None, typer.Option("--split", help="train | val | test (detect.split).")
+    ] = None,
     figures: Annotated[
         bool, typer.Option("--figures/--no-figures", help="A picture per scan.")
     ] = True,
@@ -57,34 +50,30 @@ def detect(
     quiet: Quiet = False,
 ) -> None:
     """Find the nodules in CT scans: candidates, network scores, NMS; CSVs, pictures, report."""
-    from lungcad.detection.model_ref import ModelReferenceError, resolve_checkpoint
-    from lungcad.detection.run import detect_scans, top_findings
-    from lungcad.io.dicom_index import LidcRootError
+    from lungcad.config import load_params
+    from lungcad.detection.batch import DetectSettings, detect_scans, top_findings
+    from lungcad.tracking.model_ref import resolve_checkpoint
 
-    settings = _settings(params, threshold, figures)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        fail(f"--threshold {threshold}: a probability between 0 and 1")
+    settings = DetectSettings(load_params(params).detect, threshold, figures=figures)
     patients = None
     if splits is not None:
-        from lungcad.splits.patient_split import load_splits
+        from lungcad.core.splits import load_splits
 
         try:
-            patients = set(load_splits(splits)[split])
+            patients = set(load_splits(splits)[split or settings.detect.split])
         except (OSError, KeyError, ValueError) as exc:
             fail(f"--splits {splits} --split {split}: {exc}")
     require_tracking_for(model)
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            checkpoint, label = resolve_checkpoint(model, tmp)
-        except ModelReferenceError as exc:
-            fail(str(exc))
-        try:
-            scans = detect_scans(
-                input_path, out, checkpoint, settings, workers, not quiet, patients, label
-            )
-        except LidcRootError as exc:
-            fail(str(exc))
+        checkpoint, label = resolve_checkpoint(model, tmp)
+        scans = detect_scans(
+            input_path, out, checkpoint, settings, workers, not quiet, patients, label
+        )
     if len(scans) == 0:
         fail(f"{input_path}: no scan to detect (check the path, and --splits/--split if given)")
-    for line in top_findings(out, settings.threshold):
+    for line in top_findings(out, settings.min_probability):
         typer.echo(line)
     bad = int((scans["status"] != "ok").sum())
     typer.echo(f"{len(scans) - bad} scan(s) done, {bad} not usable -> {out / 'report.md'}")
@@ -115,21 +104,14 @@ def evaluate_detection(
     ] = None,
 ) -> None:
     """LUNA16 FROC / CPM with bootstrap CIs, candidate sensitivity, seconds per scan."""
-    from lungcad.detection.evaluate import evaluate_detection as run
-    from lungcad.params import read_section
+    from lungcad.config import load_params
+    from lungcad.detection.froc_report import evaluate_detection as run
 
     if (annotations is None) != (excluded is None) and excluded is not None:
         fail("--excluded needs --annotations")
-    p = read_section(params, "detect", required=False)
+    config = load_params(params).detect
     try:
-        m = run(
-            detections,
-            out,
-            annotations,
-            excluded,
-            int(p.get("bootstrap", 1000)),
-            int(p.get("seed", 0)),
-        )
+        m = run(detections, out, annotations, excluded, config.bootstrap, config.seed)
     except ValueError as exc:
         fail(str(exc))
     if run_info is not None and run_info.exists():

@@ -29,21 +29,16 @@ def evaluate(
 ) -> None:
     """Detection and malignancy metrics with patient-bootstrap CIs, baselines, plots, report."""
 
-    from lungcad.evaluation.evaluate import EvaluationConfig, evaluate_model
-    from lungcad.params import read_section
+    from lungcad.config import load_params
+    from lungcad.evaluation.cube_evaluation import evaluate_model
     from lungcad.tracking.mlflow_run import log_evaluation
-    from lungcad.training.data import DatasetMissingError
 
-    try:
-        config = EvaluationConfig(**read_section(params, "evaluate", required=False))
-    except TypeError as exc:
-        fail(f"{params}: evaluate section: {exc}")
+    config = load_params(params).evaluate
     if run_info.exists():
         require_tracking()
-    try:
-        doc = evaluate_model(dataset, splits, model, out, config)
-    except (DatasetMissingError, FileNotFoundError) as exc:
-        fail(str(exc))
+    if not model.is_file():
+        fail(f"--model {model} does not exist: train one first (`dvc repro train`)")
+    doc = evaluate_model(dataset, splits, model, out, config)
     if run_info.exists():
         run_id = json.loads(run_info.read_text())["run_id"]
         log_evaluation(run_id, out, doc)

@@ -83,73 +83,59 @@ def explain(
 ) -> None:
     """Heat maps (NIfTI in patient mm, pictures) and how right they are (pointing game,
     randomised-weights sanity check, patient-bootstrap CIs)."""
-    from dataclasses import replace
+    from lungcad.config import load_params, with_changes
+    from lungcad.core.model.loading import cube_cut, load_model
+    from lungcad.explain.cubes import explain_dataset
+    from lungcad.tracking.model_ref import resolve_checkpoint
 
-    from lungcad.detection.model_ref import ModelReferenceError, resolve_checkpoint
-    from lungcad.explain.cam import ExplainError
-    from lungcad.explain.run import ExplainConfig, explain_dataset
-    from lungcad.params import read_section
-    from lungcad.preprocessing.masks import MasksMissingError
-    from lungcad.training.checkpoint import UnsafeCheckpointError
-    from lungcad.training.data import DatasetMissingError
-    from lungcad.training.trainer import load_model
-
-    try:
-        config = ExplainConfig.from_mapping(read_section(params, "explain", required=False))
-        if split is not None:
-            config = replace(config, split=split)
-        if layer is not None:
-            config = replace(config, layer=layer)
-        if method is not None:
-            config = replace(config, methods=(method, *(m for m in config.methods if m != method)))
-    except (ExplainError, TypeError) as exc:
-        fail(f"{params}: explain section or option: {exc}")
+    config = load_params(params).explain
+    methods = None
+    if method is not None:
+        methods = (method, *(m for m in config.methods if m != method))
+    config = with_changes(config, "explain", split=split, layer=layer, methods=methods)
     if threshold is None:
         threshold = 0.5
         if eval_metrics.exists():
             threshold = float(json.loads(eval_metrics.read_text())["threshold"]["value"])
     require_tracking_for(model)
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            checkpoint, label = resolve_checkpoint(model, tmp)
-            net, train_config = load_model(checkpoint)
-        except (ModelReferenceError, UnsafeCheckpointError, FileNotFoundError) as exc:
-            fail(str(exc))
+        checkpoint, label = resolve_checkpoint(model, tmp)
+        net, train_config = load_model(checkpoint)
+        cut = cube_cut(checkpoint)
     window = tuple(train_config.window_hu)
-    try:
-        if findings is not None:
-            from lungcad.explain.cam import CamSettings
-            from lungcad.explain.findings import explain_detection_run
+    if findings is not None:
+        from lungcad.core.model.cam import CamSettings
+        from lungcad.explain.detections import explain_detection_run
 
-            if raw is None:
-                fail("--findings needs --raw: the scans the findings were detected in")
-            report = explain_detection_run(
-                findings,
-                raw,
-                net,
-                window,
-                out,
-                threshold,
-                CamSettings("detection", config.methods[0], config.layer),
-                progress=not quiet,
-            )
-            for r in report.itertuples():
-                typer.echo(f"{r.seriesuid}: {r.status}")
-            typer.echo(f"{int(report['findings'].fillna(0).sum())} finding(s) explained -> {out}")
-            return
-        doc = explain_dataset(
-            dataset,
-            splits,
+        if raw is None:
+            fail("--findings needs --raw: the scans the findings were detected in")
+        report = explain_detection_run(
+            findings,
+            raw,
             net,
             window,
             out,
-            config,
             threshold,
-            _cube_list(cubes),
+            CamSettings("detection", config.methods[0], config.layer),
             progress=not quiet,
+            cube_size=cut.preprocess.cube_size,
+            spacing_mm=cut.preprocess.spacing_mm,
         )
-    except (ExplainError, DatasetMissingError, MasksMissingError) as exc:
-        fail(str(exc))
+        for r in report.itertuples():
+            typer.echo(f"{r.seriesuid}: {r.status}")
+        typer.echo(f"{int(report['findings'].fillna(0).sum())} finding(s) explained -> {out}")
+        return
+    doc = explain_dataset(
+        dataset,
+        splits,
+        net,
+        window,
+        out,
+        config,
+        threshold,
+        _cube_list(cubes),
+        progress=not quiet,
+    )
     if doc["skipped"]:
         typer.secho(
             f"{doc['skipped']} requested cube(s) skipped: see {out / 'skipped.csv'}",

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from lungcad import __version__
-from lungcad.cli import data
+from lungcad.cli import data, params
+from lungcad.cli.common import fail
 from lungcad.cli.detect import detect, evaluate_detection
 from lungcad.cli.doctor import doctor
 from lungcad.cli.evaluate import evaluate
@@ -18,13 +21,29 @@ from lungcad.cli.serve import query, serve
 from lungcad.cli.train import train
 from lungcad.cli.tune import apply_params, tune
 
+
+class LungcadGroup(TyperGroup):
+    """Every error lungcad raises on purpose, in any command, is one ``error:`` line and
+    exit 2 (never a traceback)."""
+
+    def invoke(self, ctx: click.Context):
+        from lungcad.errors import LungcadError
+
+        try:
+            return super().invoke(ctx)
+        except LungcadError as exc:
+            fail(str(exc))
+
+
 app = typer.Typer(
     name="lungcad",
+    cls=LungcadGroup,
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Lung nodule detection and malignancy CAD on LIDC-IDRI: data, training, tracking.",
 )
 app.add_typer(data.app, name="data")
+app.add_typer(params.app, name="params")
 app.command()(train)
 app.command()(evaluate)
 app.command()(explain)

@@ -38,14 +38,12 @@ def promote(
 ) -> None:
     """Evaluate the candidate and the champion on the test split; register the better one."""
 
-    from lungcad.evaluation.evaluate import EvaluationConfig
-    from lungcad.params import read_section
+    from lungcad.config import EvaluateConfig, load_params
     from lungcad.registry.promote import promote as run_promotion
     from lungcad.registry.promote import write_decision
     from lungcad.tracking.mlflow_run import setup_tracking
 
-    settings = read_section(params, "promote", required=False)
-    experiment = read_section(params, "train", required=False).get("experiment", "lungcad")
+    config = load_params(params)
     require_tracking()
     setup_tracking()
     detection = None
@@ -62,12 +60,14 @@ def promote(
         decision = run_promotion(
             dataset,
             splits,
-            experiment=experiment,
-            criterion=settings.get("criterion", "metrics.best_val_metric"),
+            experiment=config.train.experiment,
+            criterion=config.promote.criterion,
             run_id=run_id,
             force=force,
             report_dir=out,
-            eval_config=EvaluationConfig(bootstrap=int(settings.get("bootstrap", 200))),
+            eval_config=EvaluateConfig(
+                bootstrap=config.promote.bootstrap, seed=config.evaluate.seed
+            ),
             detection=detection,
         )
     except (LookupError, FileNotFoundError) as exc:

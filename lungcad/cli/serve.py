@@ -26,7 +26,7 @@ def serve(
 ) -> None:
     """Serve MODEL over HTTP: MLflow's scoring server (/invocations, /ping, the protocol of
     `mlflow models serve`) behind a guard: body-size limit, no stack traces in answers."""
-    from lungcad.registry.serving import serve_command
+    from lungcad.registry.serve_command import serve_command
 
     require_tracking_for(model_uri)
 

@@ -41,20 +41,12 @@ def train(
     quiet: Quiet = False,
 ) -> None:
     """Train the multi-task 3D CNN; every epoch is checkpointed and logged to MLflow."""
+    from lungcad.config import load_params, with_changes
     from lungcad.distributed.ddp import destroy_process_group, init_process_group, launch
-    from lungcad.outputs import OutputError
-    from lungcad.training.config import TrainConfig
-    from lungcad.training.data import DatasetMissingError
-    from lungcad.training.run import train_tracked
-    from lungcad.training.trainer import BatchTooLargeError, NonFiniteLossError
+    from lungcad.errors import LungcadError
+    from lungcad.training.tracked import train_tracked
 
-    try:
-        config = TrainConfig.from_params(params) if params.exists() else TrainConfig()
-        overrides = {k: v for k, v in {"epochs": epochs, "device": device}.items() if v is not None}
-        if overrides:
-            config = config.replace(**overrides)
-    except ValueError as exc:
-        fail(f"{params}: {exc}")
+    config = with_changes(load_params(params).train, "train", epochs=epochs, device=device)
     if int(os.environ.get("RANK", 0)) == 0:
         require_tracking()  # before any process starts training
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -90,13 +82,7 @@ def train(
             progress=not quiet,
             dist=dist,
         )
-    except (
-        DatasetMissingError,
-        NonFiniteLossError,
-        BatchTooLargeError,
-        OutputError,
-        ValueError,
-    ) as exc:
+    except LungcadError as exc:
         fail(f"rank {os.environ['RANK']}: {exc}" if "RANK" in os.environ else str(exc))
     finally:
         destroy_process_group()

@@ -41,35 +41,17 @@ def tune(
     ] = None,
 ) -> None:
     """Sweep loss weights and learning rate; each trial is a nested MLflow run."""
-    from lungcad.training.config import TrainConfig
-    from lungcad.training.data import DatasetMissingError, load_cube_data
-    from lungcad.tuning.study import StorageError, TuneConfig, run_study
+    from lungcad.config import load_params, with_changes
+    from lungcad.core.dataset import load_cube_data
+    from lungcad.tuning.study import run_study
 
-    try:
-        tune_config = TuneConfig.from_params(params) if params.exists() else TuneConfig()
-        train_config = TrainConfig.from_params(params) if params.exists() else TrainConfig()
-        changes = {
-            k: v
-            for k, v in {
-                "trials": trials,
-                "study_name": study_name,
-                "storage": storage,
-                "epochs": epochs,
-            }.items()
-            if v is not None
-        }
-        if changes:
-            tune_config = TuneConfig.from_mapping({**_as_dict(tune_config), **changes})
-        load_cube_data(dataset, splits)  # fail before the study starts
-    except (ValueError, TypeError, DatasetMissingError) as exc:
-        fail(str(exc))
+    config = load_params(params)
+    tune_config = with_changes(
+        config.tune, "tune", trials=trials, study_name=study_name, storage=storage, epochs=epochs
+    )
+    load_cube_data(dataset, splits)  # fail before the study starts
     require_tracking()
-    try:
-        result = run_study(
-            tune_config, train_config, dataset, splits, n_jobs=n_jobs, timeout_s=timeout
-        )
-    except StorageError as exc:
-        fail(str(exc))
+    result = run_study(tune_config, config.train, dataset, splits, n_jobs=n_jobs, timeout_s=timeout)
     typer.echo(
         f"study {result.study_name}: {result.n_trials} trials {result.states} in "
         f"{result.seconds:.0f} s; parent MLflow run {result.parent_run_id}"
@@ -77,12 +59,6 @@ def tune(
     if result.best_params_file:
         typer.echo(f"best val objective {result.best_value:.4f} with {result.best_params}")
         typer.echo(f"apply them: lungcad apply-params {result.best_params_file} && dvc repro")
-
-
-def _as_dict(config) -> dict:
-    from dataclasses import asdict
-
-    return asdict(config)
 
 
 def apply_params(

@@ -20,12 +20,14 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from lungcad.detection.candidates import CandidateConfig, generate_candidates
-from lungcad.io.series import CtVolume
-from lungcad.preprocessing.cubes import extract_cube, mirror_pad_z
-from lungcad.preprocessing.lung_mask import lung_mask
-from lungcad.training.model import NoduleNet
-from lungcad.training.predict import predict_hu_cubes
+from lungcad.config import DetectConfig
+from lungcad.core.candidates import CandidateConfig, generate_candidates
+from lungcad.core.cubes import extract_cube, mirror_pad_z
+from lungcad.core.io.series import CtVolume
+from lungcad.core.lung_mask import lung_mask
+from lungcad.core.model.loading import CubeCut
+from lungcad.core.model.network import NoduleNet
+from lungcad.core.model.predict import predict_hu_cubes
 
 #: Aerated lung (HU), the background a ground-glass nodule is measured against.
 LUNG_HU = -850.0
@@ -45,7 +47,7 @@ FINDING_COLUMNS = [
 
 
 @dataclass(frozen=True)
-class DetectConfig:
+class DetectorConfig:
     """Settings of whole-scan detection.
 
     Attributes:
@@ -70,6 +72,24 @@ class DetectConfig:
     lung_dilation_mm: float = 5.0
     lung_closing_mm: float = 20.0
     tta_flips: tuple[int, ...] = ()
+
+
+def detector_config(cut: CubeCut, detect: DetectConfig) -> DetectorConfig:
+    """The detector of a model: its cube geometry, lung mask and candidate generator as it
+    was trained (``cut``, from the checkpoint) and the run's ``detect`` settings."""
+    return DetectorConfig(
+        candidates=CandidateConfig(
+            min_response=cut.candidates.min_response,
+            max_candidates=cut.candidates.max_candidates,
+        ),
+        cube_size=cut.preprocess.cube_size,
+        spacing_mm=cut.preprocess.spacing_mm,
+        batch_size=detect.batch_size,
+        nms_overlap=detect.nms_overlap,
+        lung_dilation_mm=cut.preprocess.lung_dilation_mm,
+        lung_closing_mm=cut.preprocess.lung_closing_mm,
+        tta_flips=tuple(detect.tta_flips),
+    )
 
 
 @dataclass
@@ -158,7 +178,7 @@ def score_cubes(
     centres_mm: np.ndarray,
     model: NoduleNet,
     window_hu: tuple[float, float],
-    config: DetectConfig,
+    config: DetectorConfig,
     device: torch.device,
     blob_diameters_mm: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -202,7 +222,7 @@ def detect_volume(
     volume: CtVolume,
     model: NoduleNet,
     window_hu: tuple[float, float],
-    config: DetectConfig | None = None,
+    config: DetectorConfig | None = None,
     device: torch.device | str = "cpu",
 ) -> ScanDetections:
     """Find the nodules of one HU volume (see module docstring).
@@ -213,7 +233,7 @@ def detect_volume(
         malignancy 1–5, diameter), with seconds spent per step. A scan with no lung found
         has no candidates and a note saying so.
     """
-    config = config or DetectConfig()
+    config = config or DetectorConfig()
     device = torch.device(device)
     seconds: dict[str, float] = {}
     notes: list[str] = []

@@ -14,9 +14,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Circle  # noqa: E402
 
-from lungcad.io.series import CtVolume  # noqa: E402
+from lungcad.core.figures import LUNG_WINDOW
+from lungcad.core.io.series import CtVolume  # noqa: E402
 
-LUNG_WINDOW = (-1350.0, 150.0)  # level -600, width 1500
 #: A volume shorter than this in z (a slab) gets an axial overview instead of a coronal one.
 AXIAL_OVERVIEW_BELOW_MM = 120.0
 

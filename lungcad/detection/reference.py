@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lungcad.annotations.lidc_db import LidcDatabase
-from lungcad.annotations.nodules import cluster_nodules
-from lungcad.io.series import CtVolume
-from lungcad.preprocessing.build import nodule_center_mm
+from lungcad.core.annotations.lidc_db import LidcDatabase
+from lungcad.core.annotations.nodules import cluster_nodules, nodule_center_mm
+from lungcad.core.io.series import CtVolume
 
 REFERENCE_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
 #: LUNA16's reference nodules: outlined by >= 3 readers, >= 3 mm.

@@ -90,7 +90,7 @@ def _champion(uri: str) -> str:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from lungcad.registry.promote import CHAMPION, REGISTERED_MODEL
+    from lungcad.tracking.model_ref import CHAMPION, REGISTERED_MODEL
 
     try:
         version = MlflowClient(uri).get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)

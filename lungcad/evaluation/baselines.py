@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import GradientBoostingRegressor
 
-from lungcad.annotations.lidc_db import CHARACTERISTICS
+from lungcad.core.annotations.lidc_db import CHARACTERISTICS
 
 SEMANTIC_FEATURES = [f"mean_{c}" for c in CHARACTERISTICS if c != "malignancy"] + ["diameter_mm"]
 

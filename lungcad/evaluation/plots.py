@@ -9,7 +9,7 @@ import pandas as pd
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from lungcad.evaluation.metrics import safe_auc
+from lungcad.core.metrics import safe_auc
 
 
 def write_plots(pred: pd.DataFrame, threshold: float, out_dir: Path) -> list[Path]:

@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import ndimage
 from scipy.stats import spearmanr
 
-from lungcad.evaluation.metrics import bootstrap_ci
+from lungcad.core.metrics import bootstrap_ci
 
 
 def dilate_mm(mask: np.ndarray, radius_mm: float, spacing_mm: float = 1.0) -> np.ndarray:

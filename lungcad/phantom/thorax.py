@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import binary_erosion, gaussian_filter
 
-from lungcad.annotations.nodules import Nodule
+from lungcad.core.annotations.nodules import Nodule
 from lungcad.phantom.render import SlabGrid, render_sheet, render_tubes
 from lungcad.phantom.scanner import nps_noise
 from lungcad.phantom.trees import airway_beside, scatter, vessel_tree

@@ -19,9 +19,9 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from lungcad.annotations.lidc_db import LidcDatabase, ScanRecord
-from lungcad.annotations.nodules import Nodule, cluster_nodules
-from lungcad.parallel import progress_map
+from lungcad.core.annotations.lidc_db import LidcDatabase, ScanRecord
+from lungcad.core.annotations.nodules import Nodule, cluster_nodules
+from lungcad.core.parallel import progress_map
 from lungcad.phantom.thorax import ThoraxPhantom
 
 IMAGE_SIZE = 512

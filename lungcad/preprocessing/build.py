@@ -9,9 +9,10 @@ order (independent of worker timing) and written atomically.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
-import shutil
 import zlib
 from dataclasses import dataclass, field
 from io import StringIO
@@ -21,18 +22,18 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from lungcad.annotations.lidc_db import CHARACTERISTICS, LidcDatabase
-from lungcad.annotations.nodules import Nodule, cluster_nodules
-from lungcad.detection.candidates import CandidateConfig, generate_candidates
-from lungcad.io.dicom_index import DicomIndex, index_lidc_root
-from lungcad.io.series import CtVolume, SeriesError, read_series
-from lungcad.outputs import removing_on_failure, write_failure
-from lungcad.parallel import progress_map
-from lungcad.preprocessing.config import PreprocessConfig
-from lungcad.preprocessing.cubes import extract_cube, mirror_pad_z
+from lungcad.config import CandidatesConfig, PreprocessConfig
+from lungcad.core.annotations.lidc_db import CHARACTERISTICS, LidcDatabase
+from lungcad.core.annotations.nodules import Nodule, cluster_nodules, nodule_center_mm
+from lungcad.core.candidates import CandidateConfig, generate_candidates
+from lungcad.core.cubes import extract_cube, mirror_pad_z
+from lungcad.core.io.dicom_index import DicomIndex, index_lidc_root
+from lungcad.core.io.series import CtVolume, SeriesError, read_series
+from lungcad.core.lung_mask import block_max, lung_mask
+from lungcad.core.masks import MASKS_FILE, nodule_cube_mask, pack_masks
+from lungcad.core.outputs import removing_on_failure, stage_csv, write_csv_atomic, write_failure
+from lungcad.core.runner import ScanParts
 from lungcad.preprocessing.fingerprint import ScanStats, write_fingerprint
-from lungcad.preprocessing.lung_mask import block_max, lung_mask
-from lungcad.preprocessing.masks import MASKS_FILE, nodule_cube_mask, pack_masks
 from lungcad.preprocessing.negatives import sample_negatives
 
 log = logging.getLogger(__name__)
@@ -76,23 +77,6 @@ class ScanResult:
     stats: ScanStats | None = None
 
 
-def nodule_center_mm(nodule: Nodule, volume: CtVolume) -> np.ndarray | None:
-    """Patient-mm centroid of a DB nodule in this volume, or None if outside its slices.
-
-    The DB centroid is (column, row, z): the slice coordinate becomes a continuous slice
-    index of *this* series by interpolating its slice positions, so partial series and
-    series whose slices differ from the DB grid are handled.
-    """
-    col, row, z_mm = nodule.centroid_crz
-    z = volume.z_positions_mm
-    order = np.argsort(z)
-    half_step = volume.geometry.spacing_mm[2] / 2
-    if not z[order[0]] - half_step <= z_mm <= z[order[-1]] + half_step:
-        return None
-    k = float(np.interp(z_mm, z[order], order.astype(float)))
-    return volume.geometry.index_to_mm(np.array([col, row, k]))
-
-
 def _skip(patient: str, series: str, item: str, reason: str, nodule_id: str = "") -> dict:
     # Unusable scans and files are warnings; nodules below min_readers are routine.
     level = logging.WARNING if item in ("scan", "file") else logging.INFO
@@ -126,7 +110,11 @@ def _nodule_row(n: Nodule, center: np.ndarray) -> dict:
 
 
 def process_scan(
-    files: list[Path], series_uid: str, db: LidcDatabase, config: PreprocessConfig
+    files: list[Path],
+    series_uid: str,
+    db: LidcDatabase,
+    config: PreprocessConfig,
+    candidates: CandidatesConfig = CandidatesConfig(),
 ) -> ScanResult:
     """Read one series and cut its nodule and negative cubes (see module docstring)."""
     empty = np.zeros((0, *(config.cube_size,) * 3), dtype=np.int16)
@@ -228,6 +216,7 @@ def process_scan(
             np.reshape(all_centers, (-1, 3)),
             np.array(all_radii),
             config,
+            candidates,
             n_cand,
             rng,
             scan.patient_id,
@@ -320,6 +309,7 @@ def _candidate_negatives(
     nodule_centers_mm: np.ndarray,
     nodule_radii_mm: np.ndarray,
     config: PreprocessConfig,
+    candidates: CandidatesConfig,
     n: int,
     rng: np.random.Generator,
     patient_id: str,
@@ -333,7 +323,7 @@ def _candidate_negatives(
         lungs,
         volume.geometry,
         CandidateConfig(
-            min_response=config.candidate_min_response, max_candidates=config.candidate_max
+            min_response=candidates.min_response, max_candidates=candidates.max_candidates
         ),
     )
     pts = cands[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float)
@@ -364,13 +354,11 @@ def _candidate_negatives(
     return rows, cubes
 
 
-def parts_dir(out_dir: Path, config: PreprocessConfig) -> Path:
-    """Where a build with these settings keeps its finished scans."""
-    return Path(out_dir) / ".parts" / f"{config.digest()}-v{PARTS_FORMAT}"
-
-
-def _part_path(parts: Path, series_uid: str) -> Path:
-    return parts / f"{series_uid}.npz"
+def settings_key(config: PreprocessConfig, candidates: CandidatesConfig) -> str:
+    """Short hash of the settings: per-scan parts of other settings are redone."""
+    doc = {"preprocess": config.to_dict(), "candidates": candidates.to_dict()}
+    digest = hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{digest}-v{PARTS_FORMAT}"
 
 
 def _save_part(path: Path, result: ScanResult) -> None:
@@ -405,10 +393,10 @@ def _load_part(path: Path, series_uid: str) -> ScanResult:
 
 
 def _scan_job(args: tuple) -> str:
-    files, series_uid, db_path, config, part = args
+    files, series_uid, db_path, config, candidates, part = args
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # one scan per worker process
     try:
-        result = process_scan(files, series_uid, LidcDatabase(db_path), config)
+        result = process_scan(files, series_uid, LidcDatabase(db_path), config, candidates)
     except Exception as exc:  # a batch job reports the bad scan and keeps going
         log.exception("scan %s failed", series_uid)
         empty = np.zeros((0, *(config.cube_size,) * 3), np.int16)
@@ -445,6 +433,7 @@ def build_dataset(
     raw_root: str | Path,
     out_dir: str | Path,
     config: PreprocessConfig,
+    candidates: CandidatesConfig = CandidatesConfig(),
     workers: int = 1,
     db: LidcDatabase | None = None,
     progress: bool = True,
@@ -468,43 +457,30 @@ def build_dataset(
         raise write_failure("the dataset", out_dir, exc, keep) from exc
     skipped, mixed = _index_skips(index)
 
-    parts = parts_dir(out_dir, config)
-    if (out_dir / ".parts").exists():
-        for old in (out_dir / ".parts").iterdir():
-            if old != parts:
-                shutil.rmtree(old)  # results of other settings cannot be reused
-    parts.mkdir(parents=True, exist_ok=True)
+    parts = ScanParts(out_dir, settings_key(config, candidates), ".npz")
     todo = [uid for uid in index.series if uid not in mixed]
-    jobs = [
-        (index.series[uid].files, uid, db.path, config, _part_path(parts, uid))
+    jobs = {
+        uid: (index.series[uid].files, uid, db.path, config, candidates, parts.path(uid))
         for uid in todo
-        if not _part_path(parts, uid).exists()
-    ]
-    if len(jobs) < len(todo):
-        log.info("resuming: %d of %d scans already done", len(todo) - len(jobs), len(todo))
+    }
     try:
-        progress_map(
-            _scan_job,
-            jobs,
-            workers,
-            "preprocess scans",
-            "scan",
-            progress,
-            total=len(todo),
-            initial=len(todo) - len(jobs),
-        )
-        results = [_load_part(_part_path(parts, uid), uid) for uid in todo]
-        table = _assemble(results, skipped, out_dir, config)
+        parts.run(_scan_job, jobs, workers, "preprocess scans", progress)
+        results = [_load_part(parts.path(uid), uid) for uid in todo]
+        table = _assemble(results, skipped, out_dir, config, candidates)
     except OSError as exc:
         raise write_failure(
             "the dataset", out_dir, exc, f"the previous dataset in {out_dir} (if any)"
         ) from exc
-    shutil.rmtree(out_dir / ".parts")
+    parts.remove()
     return table
 
 
 def _assemble(
-    results: list[ScanResult], skipped: list[dict], out_dir: Path, config: PreprocessConfig
+    results: list[ScanResult],
+    skipped: list[dict],
+    out_dir: Path,
+    config: PreprocessConfig,
+    candidates: CandidatesConfig,
 ) -> pd.DataFrame:
     """Write cubes.npy, masks.npy, index.csv, skipped.csv and fingerprint.json from the scan
     results.
@@ -545,23 +521,13 @@ def _assemble(
         staged[tmp_masks] = out_dir / MASKS_FILE
         table = pd.DataFrame(rows, columns=INDEX_COLUMNS)
         frame = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
-        staged[_stage_csv(frame, out_dir / "skipped.csv")] = out_dir / "skipped.csv"
+        staged[stage_csv(frame, out_dir / "skipped.csv")] = out_dir / "skipped.csv"
         fingerprint = out_dir / "fingerprint.staged.json"
-        write_fingerprint(fingerprint, [r.stats for r in results if r.stats], table, config)
+        write_fingerprint(
+            fingerprint, [r.stats for r in results if r.stats], table, config, candidates
+        )
         staged[fingerprint] = out_dir / "fingerprint.json"
-        staged[_stage_csv(table, out_dir / "index.csv")] = out_dir / "index.csv"
+        staged[stage_csv(table, out_dir / "index.csv")] = out_dir / "index.csv"
     for tmp, final in staged.items():
         os.replace(tmp, final)
     return table
-
-
-def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write a CSV next to ``path`` and rename it into place: whole or absent."""
-    os.replace(_stage_csv(frame, path), path)
-
-
-def _stage_csv(frame: pd.DataFrame, path: Path) -> Path:
-    """Write ``frame`` in full next to ``path``; the caller renames it into place."""
-    tmp = path.with_suffix(".tmp.csv")
-    frame.to_csv(tmp, index=False)
-    return tmp

@@ -8,15 +8,16 @@ phantom) can be compared at a glance. Written atomically as JSON beside the cube
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from lungcad.io.series import CtVolume
-from lungcad.preprocessing.lung_mask import LungMasks
+from lungcad.config import CandidatesConfig, PreprocessConfig
+from lungcad.core.io.series import CtVolume
+from lungcad.core.lung_mask import LungMasks
+from lungcad.core.outputs import write_text_atomic
 
 PERCENTILES = (0.5, 5.0, 50.0, 95.0, 99.5)
 
@@ -80,7 +81,13 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {f"p{p:g}": float(v) for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES))}
 
 
-def write_fingerprint(path: Path, stats: list[ScanStats], index: pd.DataFrame, config) -> dict:
+def write_fingerprint(
+    path: Path,
+    stats: list[ScanStats],
+    index: pd.DataFrame,
+    config: PreprocessConfig,
+    candidates: CandidatesConfig,
+) -> dict:
     """Aggregate per-scan stats and the cube index into ``path`` (JSON, atomic)."""
     spacings = np.array([s.spacing_mm for s in stats]).reshape(-1, 3)
     nodules = index[index["label"] == 1]
@@ -101,9 +108,8 @@ def write_fingerprint(path: Path, stats: list[ScanStats], index: pd.DataFrame, c
         "nodule_readers": {
             str(k): int(v) for k, v in nodules["n_readers"].value_counts().sort_index().items()
         },
-        "preprocess": asdict(config),
+        "preprocess": config.to_dict(),
+        "candidates": candidates.to_dict(),
     }
-    tmp = path.with_suffix(".tmp.json")
-    tmp.write_text(json.dumps(fingerprint, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(fingerprint, indent=2), "the dataset fingerprint")
     return fingerprint

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lungcad.io.geometry import VolumeGeometry
+from lungcad.core.io.geometry import VolumeGeometry
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lungcad.io.series import CtVolume
+from lungcad.core.io.series import CtVolume
 from lungcad.realism.domain import Patches
 
 LUNG_WINDOW = (-1350, 150)

@@ -15,11 +15,10 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from lungcad.annotations.lidc_db import LidcDatabase
-from lungcad.annotations.nodules import cluster_nodules
-from lungcad.io.series import CtVolume
-from lungcad.preprocessing.build import nodule_center_mm
-from lungcad.preprocessing.cubes import extract_cube, mirror_pad_z
+from lungcad.core.annotations.lidc_db import LidcDatabase
+from lungcad.core.annotations.nodules import cluster_nodules, nodule_center_mm
+from lungcad.core.cubes import extract_cube, mirror_pad_z
+from lungcad.core.io.series import CtVolume
 from lungcad.realism.stats import core_parenchyma
 
 #: Negatives are at least this far from every annotated nodule centre.

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import wasserstein_distance
 
-from lungcad.io.dicom_index import index_lidc_root
-from lungcad.io.series import CtVolume, SeriesError, read_series
-from lungcad.parallel import progress_map
+from lungcad.core.io.dicom_index import index_lidc_root
+from lungcad.core.io.series import CtVolume, SeriesError, read_series
+from lungcad.core.parallel import progress_map
 from lungcad.realism.domain import Patches, domain_auc, sample_patches
 from lungcad.realism.figure import realism_figure
 from lungcad.realism.stats import core_parenchyma, lung_stats, noise_power_spectrum
@@ -96,8 +96,8 @@ def _pooled(scans: list[ScanMeasure]) -> Patches:
 
 def _paired_phantom(real: ScanMeasure, folder: Path, seed: int, margin_mm: float) -> list[Path]:
     """Write the phantom of the real scan's own LIDC series (same grid, UIDs, nodules)."""
-    from lungcad.annotations.lidc_db import LidcDatabase
-    from lungcad.annotations.nodules import cluster_nodules
+    from lungcad.core.annotations.lidc_db import LidcDatabase
+    from lungcad.core.annotations.nodules import cluster_nodules
     from lungcad.phantom.writer import write_phantom_scan
 
     db = LidcDatabase()

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from lungcad.io.geometry import VolumeGeometry
-from lungcad.preprocessing.lung_mask import lung_mask
+from lungcad.core.io.geometry import VolumeGeometry
+from lungcad.core.lung_mask import lung_mask
 
 VESSEL_HU = -500.0
 ERODE_VOXELS = 8

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from lungcad.errors import LungcadError
 from lungcad.tracking.pyfunc import MAX_BATCH_CUBES
 
 Encoding = Literal["json", "parquet"]
@@ -30,7 +31,7 @@ CONTENT_TYPES: dict[str, str] = {
 }
 
 
-class ServingError(RuntimeError):
+class ServingError(LungcadError, RuntimeError):
     """The server refused a request (HTTP status and its message) or could not be reached."""
 
 

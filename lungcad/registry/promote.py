@@ -22,13 +22,13 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from lungcad.evaluation.evaluate import EvaluationConfig, evaluate_model
-from lungcad.evaluation.metrics import validation_objective
+from lungcad.config import EvaluateConfig
+from lungcad.core.metrics import validation_objective
+from lungcad.evaluation.cube_evaluation import evaluate_model
 from lungcad.tracking.mlflow_run import ensure_experiment, log_evaluation
+from lungcad.tracking.model_ref import CHAMPION, PREVIOUS, REGISTERED_MODEL
 from lungcad.tracking.pyfunc import log_pyfunc_model
 
-REGISTERED_MODEL = "lungcad"
-CHAMPION, PREVIOUS = "champion", "previous"
 DISCLAIMER = (
     "Intended use: research on lung nodule detection and malignancy estimation. Not a medical "
     "device; not for diagnosis or patient management."
@@ -104,7 +104,7 @@ def promote(
     run_id: str | None = None,
     force: bool = False,
     report_dir: str | Path = "reports/promotion",
-    eval_config: EvaluationConfig | None = None,
+    eval_config: EvaluateConfig | None = None,
     detection: tuple[str, dict[str, Any]] | None = None,
 ) -> PromotionDecision:
     """Evaluate the candidate (and champion) on test, then register it or refuse.
@@ -120,7 +120,7 @@ def promote(
             (``lungcad evaluate-detection``); when that run is the one promoted, its CPM
             and sensitivities become tags of the registered version.
     """
-    eval_config = eval_config or EvaluationConfig(bootstrap=200)
+    eval_config = eval_config or EvaluateConfig(bootstrap=200)
     client = MlflowClient()
     run_id = run_id or best_candidate(experiment, criterion)
     run = client.get_run(run_id)

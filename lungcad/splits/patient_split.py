@@ -16,11 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-SPLITS = ("train", "val", "test")
-
-
-class SplitLeakError(RuntimeError):
-    """A patient appears in more than one split."""
+from lungcad.core.splits import SPLITS, check_no_leak
 
 
 def patient_strata(index: pd.DataFrame) -> pd.Series:
@@ -85,19 +81,6 @@ def make_splits(
     return splits
 
 
-def check_no_leak(splits: dict[str, list[str]]) -> None:
-    """Raise SplitLeakError naming every patient found in more than one split."""
-    seen: dict[str, str] = {}
-    leaks = []
-    for name in SPLITS:
-        for pid in splits.get(name, []):
-            if pid in seen:
-                leaks.append(f"{pid} in {seen[pid]} and {name}")
-            seen[pid] = name
-    if leaks:
-        raise SplitLeakError("patient(s) in more than one split: " + "; ".join(leaks))
-
-
 def write_splits(
     splits: dict[str, list[str]], index: pd.DataFrame, path: str | Path, seed: int
 ) -> dict:
@@ -118,11 +101,3 @@ def write_splits(
     tmp.write_text(json.dumps(doc, indent=2))
     os.replace(tmp, path)
     return doc
-
-
-def load_splits(path: str | Path) -> dict[str, list[str]]:
-    """Read splits.json and re-check it for leaks."""
-    doc = json.loads(Path(path).read_text())
-    splits = {name: list(doc[name]) for name in SPLITS}
-    check_no_leak(splits)
-    return splits

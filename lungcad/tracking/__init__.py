@@ -1,0 +1,1 @@
+"""Experiment tracking in MLflow: runs, logged models, the registry references."""

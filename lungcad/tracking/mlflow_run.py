@@ -27,6 +27,8 @@ from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from lungcad.errors import LungcadError
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ARTIFACT_ROOT = "mlruns"
 
@@ -40,7 +42,7 @@ CHECK_TIMEOUT_S = 10.0
 _READY: set[str] = set()
 
 
-class TrackingUnreachableError(RuntimeError):
+class TrackingUnreachableError(LungcadError, RuntimeError):
     """The tracking server or database does not answer; the message names it (no password)."""
 
 

@@ -7,6 +7,7 @@ server answers with HTTP 400 and the message, and keeps serving.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,12 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-# The largest batch one request may hold (about 32 MB of float32 64³ cubes); larger batches
-# get a 400 that says so. Clients split their cubes into batches (`lungcad query`).
+#: The largest batch one request to ``lungcad serve`` may hold (about 32 MB of float32 64³
+#: cubes); larger batches get a 400 that says so, and clients split their cubes into batches
+#: (`lungcad query`). The server sets it through ``MAX_CUBES_ENV``; in-process
+#: ``predict`` (a notebook, a batch job) takes any number and batches internally.
 MAX_BATCH_CUBES = 32
+MAX_CUBES_ENV = "LUNGCAD_SERVE_MAX_CUBES"
 #: ``params: {"explain": true}`` adds ``detection_map``: each cube's Grad-CAM map of the
 #: detection logit averaged over blocks of this many voxels per axis (16³ values for a 64³
 #: cube, block (i, j, k) = voxels 4i..4i+3 along z, y, x), in [0, 1], 3 decimals.
@@ -49,8 +53,9 @@ def _bad_request(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def validate_cubes(model_input: Any, cube_size: int) -> np.ndarray:
-    """The request as a float32 (N, 1, D, D, D) array, or a 400-class MlflowException."""
+def validate_cubes(model_input: Any, cube_size: int, max_cubes: int | None = None) -> np.ndarray:
+    """The request as a float32 (N, 1, D, D, D) array, or a 400-class MlflowException
+    (``max_cubes``: the most cubes one request may hold; None: any number)."""
     if isinstance(model_input, dict):  # a named-tensor payload: {"name": array}
         if len(model_input) != 1:
             raise _bad_request("send one tensor of HU cubes, shape (N, 1, D, D, D)")
@@ -68,9 +73,9 @@ def validate_cubes(model_input: Any, cube_size: int) -> np.ndarray:
         raise _bad_request(f"input shape {cubes.shape} is not (N, {', '.join(map(str, expected))})")
     if cubes.shape[0] == 0:
         raise _bad_request("empty batch: send at least one cube")
-    if cubes.shape[0] > MAX_BATCH_CUBES:
+    if max_cubes is not None and cubes.shape[0] > max_cubes:
         raise _bad_request(
-            f"batch of {cubes.shape[0]} cubes is over the maximum of {MAX_BATCH_CUBES} per "
+            f"batch of {cubes.shape[0]} cubes is over the maximum of {max_cubes} per "
             "request; split it into smaller requests"
         )
     if not np.isfinite(cubes).all():
@@ -84,7 +89,7 @@ class LungcadPyfunc(PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from lungcad.training.trainer import load_model, resolve_amp
+        from lungcad.core.model.loading import load_model, resolve_amp
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.config = load_model(context.artifacts["checkpoint"], self.device)
@@ -92,12 +97,16 @@ class LungcadPyfunc(PythonModel):
         config = context.model_config or {}
         self.threshold = float(config["threshold"]) if "threshold" in config else None
         self.cube_size = int(config.get("cube_size", 64))
+        limit = os.environ.get(MAX_CUBES_ENV)
+        self.max_cubes = int(limit) if limit else None
         self._explainer = None  # built on the first request that asks for maps
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        from lungcad.training.predict import predict_hu_cubes
+    def predict(self, context, model_input: np.ndarray, params=None) -> pd.DataFrame:
+        # np.ndarray: the tensor of the signature; MLflow infers no schema from it (lungcad
+        # validates the request itself, validate_cubes) and prints no type-hint advice.
+        from lungcad.core.model.predict import predict_hu_cubes
 
-        cubes = validate_cubes(model_input, self.cube_size)
+        cubes = validate_cubes(model_input, self.cube_size, self.max_cubes)
         prob, mal, attrs = predict_hu_cubes(
             self.model,
             cubes,
@@ -121,7 +130,7 @@ class LungcadPyfunc(PythonModel):
         import torch.nn.functional as F
         from torch import from_numpy
 
-        from lungcad.explain.cam import CubeExplainer
+        from lungcad.core.model.cam import CubeExplainer
 
         if self._explainer is None:
             self._explainer = CubeExplainer(self.model, self.config.window_hu, device=self.device)
@@ -144,13 +153,15 @@ def log_pyfunc_model(
     import mlflow
 
     import lungcad
-    from lungcad.training.checkpoint import load_checkpoint
-    from lungcad.training.config import TrainConfig
-    from lungcad.training.model import output_names
+    from lungcad.config import TrainConfig, validate_section
+    from lungcad.core.model.checkpoint import load_checkpoint
+    from lungcad.core.model.network import output_names
 
     cube_size = int(input_example.shape[-1])
     config = {"cube_size": cube_size, **(model_config or {})}
-    trained = TrainConfig.from_mapping(load_checkpoint(checkpoint)["config"])
+    trained = validate_section(
+        TrainConfig, load_checkpoint(checkpoint)["config"], f"checkpoint {checkpoint}", "train"
+    )
     names = output_names(trained.model)
     return mlflow.pyfunc.log_model(
         name=name,

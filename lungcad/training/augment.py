@@ -17,13 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lungcad.training.config import AugmentConfig
-
-
-def window_hu(x: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
-    """HU (any dtype, e.g. int16 straight from the cube array) -> float32 in [0, 1]."""
-    low, high = window
-    return ((x.float() - low) / (high - low)).clamp_(0.0, 1.0)
+from lungcad.config import AugmentConfig
 
 
 @dataclass(frozen=True)

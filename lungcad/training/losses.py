@@ -10,21 +10,12 @@ m and s. Its minimum is at mu = m, sd = s: the head learns the readers' mean and
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from monai.losses import FocalLoss
 
-from lungcad.training.config import TrainConfig
-
-
-def reader_nll(
-    mean: torch.Tensor, sd: torch.Tensor, reader_mean: torch.Tensor, reader_sd: torch.Tensor
-) -> torch.Tensor:
-    """Per cube: mean negative log-likelihood of its readers' ratings under N(mean, sd²)."""
-    squared = reader_sd.square() + (reader_mean - mean).square()
-    return sd.log() + 0.5 * math.log(2 * math.pi) + squared / (2 * sd.square())
+from lungcad.config import TrainConfig
+from lungcad.core.metrics import reader_nll
 
 
 class MultiTaskLoss(torch.nn.Module):

@@ -30,6 +30,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lungcad.config import TrainConfig
+from lungcad.core.dataset import CubeData, CubeStore, TrainTargets, resolve_data_on_device
+from lungcad.core.metrics import malignancy_metrics, safe_auc, validation_objective
+from lungcad.core.model.checkpoint import load_checkpoint, save_checkpoint
+from lungcad.core.model.loading import build_model, resolve_amp, resolve_device
+from lungcad.core.model.network import window_hu
+from lungcad.core.model.predict import predict_batches
+from lungcad.core.outputs import write_text_atomic
 from lungcad.distributed.ddp import (
     DistContext,
     all_sum,
@@ -38,25 +46,19 @@ from lungcad.distributed.ddp import (
     gather_predictions,
     shard_order,
 )
-from lungcad.evaluation.metrics import malignancy_metrics, safe_auc, validation_objective
-from lungcad.outputs import write_text_atomic
-from lungcad.training.augment import AugmentDraws, augment_batch, draw_augmentation, window_hu
-from lungcad.training.checkpoint import load_checkpoint, save_checkpoint
-from lungcad.training.config import TrainConfig
-from lungcad.training.data import CubeData, CubeStore, TrainTargets, resolve_data_on_device
+from lungcad.errors import LungcadError
+from lungcad.training.augment import AugmentDraws, augment_batch, draw_augmentation
 from lungcad.training.losses import MultiTaskLoss
-from lungcad.training.model import NoduleNet
-from lungcad.training.predict import predict_batches
 from lungcad.training.telemetry import EpochTelemetry
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(LungcadError, RuntimeError):
     """The loss became NaN or infinite; training stopped, the last good checkpoint is kept."""
 
 
-class BatchTooLargeError(RuntimeError):
+class BatchTooLargeError(LungcadError, RuntimeError):
     """CUDA ran out of memory at the configured batch size."""
 
 
@@ -87,43 +89,6 @@ class TrainResult:
     best_checkpoint: Path
     last_checkpoint: Path
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for full fp32."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "fp16":
-        return torch.float16
-    if amp == "bf16":
-        return torch.bfloat16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def build_model(config: TrainConfig, device: torch.device) -> NoduleNet:
-    model = NoduleNet(config.model).to(device)
-    return model.to_channels_last() if config.channels_last else model
-
-
-def load_model(
-    checkpoint: str | Path, device: torch.device | str = "cpu"
-) -> tuple[NoduleNet, TrainConfig]:
-    """Rebuild the network of a lungcad checkpoint with its weights (in channels_last_3d,
-    for faster inference, when it was trained so)."""
-    state = load_checkpoint(checkpoint, device)
-    config = TrainConfig.from_mapping(state["config"])
-    model = build_model(config, torch.device(device))
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, config
 
 
 class Trainer:
@@ -397,6 +362,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "history": self.history,
             "config": self.config.to_dict(),
+            "cut_settings": self.data.cut_settings,
             "extra": self.extra_state,
             "torch_version": torch.__version__,
         }

@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,93 +45,17 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from lungcad.params import read_section
+from lungcad.config import SearchSpace, TrainConfig, TuneConfig
+from lungcad.errors import LungcadError
 from lungcad.tracking.mlflow_run import (
     ensure_experiment,
     git_commit,
     log_params_flat,
     redact_uri,
 )
-from lungcad.training.config import TrainConfig
-from lungcad.training.run import train_tracked
+from lungcad.training.tracked import train_tracked
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """Log-uniform ranges; ``weight_decay``, ``batch_size`` and ``lambda_attr`` (the
-    attribute-loss weight; needs ``train.model.attributes``) are searched when set."""
-
-    lambda_det: tuple[float, float] = (0.1, 10.0)
-    lambda_mal: tuple[float, float] = (0.05, 5.0)
-    lr: tuple[float, float] = (1e-4, 1e-2)
-    weight_decay: tuple[float, float] | None = None
-    batch_size: tuple[int, ...] | None = None
-    lambda_attr: tuple[float, float] | None = None
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    """The ``tune`` section of params.yaml.
-
-    Attributes:
-        trials: finished trials of the study in total (all processes together).
-        epochs: epochs per trial (short trials: the tuning profile).
-        pruner: "median", "hyperband" or "none".
-        startup_trials: trials run to completion before the median pruner prunes.
-        warmup_epochs: epochs of a trial before it may be pruned.
-        study_name: Optuna study (and MLflow parent run) name.
-        storage: "journal:<file>" or an RDB URL (postgresql://…, mysql://…).
-        seed: seeds the TPE sampler.
-        out_dir: trial checkpoints (deleted after each trial) and best_params.yaml.
-        heartbeat_interval_s: seconds between the heartbeats of a running trial.
-        grace_period_s: a running trial without a heartbeat for this long belongs to a dead
-            worker: it is failed and queued again.
-        max_retries: times one trial's parameters are queued again after lost workers.
-        space: the search space.
-    """
-
-    trials: int = 50
-    epochs: int = 4
-    pruner: str = "median"
-    startup_trials: int = 5
-    warmup_epochs: int = 1
-    study_name: str = "lungcad-tune"
-    storage: str = "journal:tune/optuna-journal.log"
-    seed: int = 0
-    out_dir: str = "tune"
-    heartbeat_interval_s: int = 30
-    grace_period_s: int = 180
-    max_retries: int = 2
-    space: SearchSpace = field(default_factory=SearchSpace)
-
-    def __post_init__(self) -> None:
-        if self.pruner not in ("median", "hyperband", "none"):
-            raise ValueError(f"tune.pruner={self.pruner!r}: choose median, hyperband or none")
-        if self.trials < 1 or self.epochs < 1:
-            raise ValueError("tune.trials and tune.epochs must be >= 1")
-        if self.heartbeat_interval_s < 1 or self.grace_period_s <= self.heartbeat_interval_s:
-            raise ValueError(
-                f"tune.heartbeat_interval_s={self.heartbeat_interval_s} and "
-                f"tune.grace_period_s={self.grace_period_s}: the interval must be >= 1 s and "
-                "the grace period longer than it (a few beats)"
-            )
-        if self.max_retries < 0:
-            raise ValueError(f"tune.max_retries={self.max_retries} must be >= 0")
-
-    @classmethod
-    def from_mapping(cls, values: dict[str, Any]) -> TuneConfig:
-        values = dict(values)
-        space = dict(values.pop("space", {}) or {})
-        for key, v in space.items():
-            if isinstance(v, list):
-                space[key] = tuple(v)
-        return cls(**values, space=SearchSpace(**space))
-
-    @classmethod
-    def from_params(cls, params_file: str | Path) -> TuneConfig:
-        return cls.from_mapping(read_section(params_file, "tune", required=False))
 
 
 class StaleTrialHandler:
@@ -198,7 +122,7 @@ class Heartbeat:
             self.thread.join()
 
 
-class StorageError(RuntimeError):
+class StorageError(LungcadError, RuntimeError):
     """The study storage cannot be opened (bad URL, server down, driver missing)."""
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungcad.annotations.lidc_db import CHARACTERISTICS, LidcDatabase, LidcDatabaseError
-from lungcad.annotations.nodules import cluster_nodules
+from lungcad.core.annotations.lidc_db import CHARACTERISTICS, LidcDatabase, LidcDatabaseError
+from lungcad.core.annotations.nodules import cluster_nodules
 from tests.conftest import SERIES_0001
 
 

@@ -60,7 +60,10 @@ def test_wrong_root_is_a_clear_error_with_nonzero_exit(tmp_path) -> None:
 def test_build_split_and_montage_on_the_real_slab(tmp_path, slab_root) -> None:
     out = tmp_path / "processed"
     params = tmp_path / "params.yaml"
-    params.write_text("preprocess:\n  min_readers: 3\n  negatives_per_positive: 2.0\n")
+    params.write_text(
+        "preprocess:\n  min_readers: 3\n  negatives_per_positive: 2.0\n"
+        "  candidate_negative_fraction: 0.0\n  hard_negative_fraction: 0.5\n"
+    )
     result = runner.invoke(
         app,
         [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungcad.detection.candidates import CandidateConfig, generate_candidates
-from lungcad.io.geometry import VolumeGeometry
-from lungcad.preprocessing.lung_mask import lung_mask
+from lungcad.core.candidates import CandidateConfig, generate_candidates
+from lungcad.core.io.geometry import VolumeGeometry
+from lungcad.core.lung_mask import lung_mask
 
 SPACING = np.array([0.8, 0.8, 1.25])  # (x, y, z) mm: anisotropic like a clinical CT
 ORIGIN = np.array([-100.0, -80.0, -60.0])
@@ -66,8 +66,8 @@ def test_no_lung_gives_no_candidates() -> None:
 
 
 def test_finding_diameter_is_measured_from_the_cube(chest) -> None:
+    from lungcad.core.cubes import extract_cube
     from lungcad.detection.detector import cube_diameter_mm
-    from lungcad.preprocessing.cubes import extract_cube
 
     hu, geometry = chest
     image = geometry.to_sitk(hu)

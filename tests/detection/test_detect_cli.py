@@ -14,9 +14,9 @@ import torch
 from typer.testing import CliRunner
 
 from lungcad.cli.main import app
-from lungcad.training.attributes import ATTRIBUTES
-from lungcad.training.config import TrainConfig
-from lungcad.training.model import NoduleNet
+from lungcad.config import TrainConfig
+from lungcad.core.model.attributes import ATTRIBUTES
+from lungcad.core.model.network import NoduleNet
 from tests.conftest import write_series
 from tests.detection.test_candidates import ORIGIN, SPACING, synthetic_chest
 
@@ -27,7 +27,7 @@ runner = CliRunner()
 def checkpoint(tmp_path_factory) -> Path:
     """A small seeded network: these tests are about geometry and I/O, not accuracy."""
     torch.manual_seed(0)
-    config = TrainConfig.from_mapping(
+    config = TrainConfig.model_validate(
         {"model": {"widths": [4, 8, 8, 16], "blocks": [1, 1, 1, 1], "feature_dim": 16}}
     )
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
@@ -130,11 +130,11 @@ def test_missing_raw_and_wrong_model_are_clear_errors(scans, checkpoint, tmp_pat
 
 
 def test_test_time_flips_average_the_flipped_cubes_scores(checkpoint) -> None:
-    from lungcad.detection.detector import DetectConfig, score_cubes
-    from lungcad.io.series import CtVolume
-    from lungcad.preprocessing.cubes import extract_cube, mirror_pad_z
-    from lungcad.training.predict import predict_hu_cubes
-    from lungcad.training.trainer import load_model
+    from lungcad.core.cubes import extract_cube, mirror_pad_z
+    from lungcad.core.io.series import CtVolume
+    from lungcad.core.model.loading import load_model
+    from lungcad.core.model.predict import predict_hu_cubes
+    from lungcad.detection.detector import DetectorConfig, score_cubes
 
     hu, geometry = synthetic_chest()
     volume = CtVolume(
@@ -150,19 +150,19 @@ def test_test_time_flips_average_the_flipped_cubes_scores(checkpoint) -> None:
     model, config = load_model(checkpoint)
     centre = np.array([[40.0, 10.0, -10.0]])
     window = tuple(config.window_hu)
-    plain, *_ = score_cubes(volume, centre, model, window, DetectConfig(), "cpu", np.ones(1))
+    plain, *_ = score_cubes(volume, centre, model, window, DetectorConfig(), "cpu", np.ones(1))
     flipped, *_ = score_cubes(
-        volume, centre, model, window, DetectConfig(tta_flips=(2,)), "cpu", np.ones(1)
+        volume, centre, model, window, DetectorConfig(tta_flips=(2,)), "cpu", np.ones(1)
     )
     padded, g = mirror_pad_z(volume)
     cube = extract_cube(g.to_sitk(padded), centre[0])[None]
     mirror, _ = predict_hu_cubes(model, cube[:, :, :, ::-1].copy(), window, "cpu")
     assert flipped[0] == pytest.approx((plain[0] + mirror[0]) / 2, abs=1e-5)
     # A network with the attribute head: each candidate also gets the nine attributes, on
-    # their LIDC scales (lungcad.training.attributes).
+    # their LIDC scales (lungcad.core.model.attributes).
     with_attributes = NoduleNet(replace(config.model, attributes=True)).eval()
     *_, attrs = score_cubes(
-        volume, centre, with_attributes, window, DetectConfig(), "cpu", np.ones(1)
+        volume, centre, with_attributes, window, DetectorConfig(), "cpu", np.ones(1)
     )
     assert attrs.shape == (1, len(ATTRIBUTES))
     assert all(a.low <= v <= a.high for a, v in zip(ATTRIBUTES, attrs[0]))

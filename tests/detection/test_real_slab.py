@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungcad.annotations.lidc_db import LidcDatabase
-from lungcad.detection.detector import DetectConfig
-from lungcad.detection.run import DetectSettings, detect_scans
+from lungcad.core.annotations.lidc_db import LidcDatabase
+from lungcad.detection.batch import DetectSettings, detect_scans
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "best.pt"
 
@@ -32,7 +31,7 @@ def test_the_real_slabs_malignant_nodule_is_its_top_finding(
         slab_root,
         tmp_path,
         CHECKPOINT,
-        DetectSettings(DetectConfig(), figures=False),
+        DetectSettings(figures=False),
         workers=1,
         progress=False,
         db=db,

@@ -21,10 +21,10 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from lungcad.config import TrainConfig
+from lungcad.core.dataset import load_cube_data
+from lungcad.core.model.checkpoint import load_checkpoint
 from lungcad.distributed.ddp import DistContext, gather_predictions, shard_order
-from lungcad.training.checkpoint import load_checkpoint
-from lungcad.training.config import TrainConfig
-from lungcad.training.data import load_cube_data
 from lungcad.training.trainer import Trainer
 from tests.conftest import make_tiny_dataset, tiny_train_config
 
@@ -79,7 +79,7 @@ def test_gathered_validation_equals_one_process_on_the_same_weights(setup) -> No
     history = json.loads((workdir / "straight" / "history.json").read_text())
     assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
     state = load_checkpoint(workdir / "straight" / "checkpoints" / "last.pt")
-    assert TrainConfig.from_mapping(state["config"]) == config
+    assert TrainConfig.model_validate(state["config"]) == config
     data = load_cube_data(workdir / "dataset", workdir / "dataset" / "splits.json")
     single = Trainer(config, data, workdir / "single", progress=False)
     single.on_train_start()

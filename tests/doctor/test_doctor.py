@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from lungcad.cli.main import app
-from lungcad.registry.serving import free_port
+from tests.tools.serving import free_port
 
 
 def _doctor() -> dict:

@@ -13,7 +13,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from lungcad.evaluation.metrics import (
+from lungcad.core.metrics import (
     bootstrap_ci,
     detection_metrics,
     malignancy_metrics,

@@ -8,19 +8,19 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from lungcad.explain.cam import (
+from lungcad.config import ModelConfig
+from lungcad.core.cubes import cube_grid_origin
+from lungcad.core.io.nifti import write_map_nifti
+from lungcad.core.model.cam import (
     CamSettings,
     CubeExplainer,
     ExplainError,
     randomized_like,
     receptive_field_upsampler,
 )
+from lungcad.core.model.network import NoduleNet, window_hu
+from lungcad.explain.cubes import check_cubes
 from lungcad.explain.metrics import pointing, rank_correlation
-from lungcad.explain.run import check_cubes, write_map_nifti
-from lungcad.preprocessing.cubes import cube_grid_origin
-from lungcad.training.augment import window_hu
-from lungcad.training.config import ModelConfig
-from lungcad.training.model import NoduleNet
 from tests.explain.toy_spheres import TEST_CENTRES, WINDOW, toy_cube, train_toy_net
 
 

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from lungcad.cli.main import app
-from lungcad.training.data import load_cube_data
+from lungcad.core.dataset import load_cube_data
 from lungcad.training.trainer import Trainer
 from tests.conftest import make_tiny_dataset, tiny_train_config
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lungcad.training.augment import window_hu
-from lungcad.training.config import ModelConfig
-from lungcad.training.model import NoduleNet
+from lungcad.config import ModelConfig
+from lungcad.core.model.network import NoduleNet, window_hu
 
 SIZE = 64
 WINDOW = (-1000.0, 400.0)

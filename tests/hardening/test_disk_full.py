@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lungcad.config import PreprocessConfig
+from lungcad.core.model.checkpoint import load_checkpoint
 from lungcad.preprocessing.build import build_dataset
-from lungcad.preprocessing.config import PreprocessConfig
-from lungcad.training.checkpoint import load_checkpoint
 from tests.conftest import make_tiny_dataset, tiny_train_config
 
 

@@ -12,15 +12,11 @@ import mlflow
 import numpy as np
 import pytest
 
-from lungcad.registry.loadtest import RequestBuilder, make_specs, run_load
-from lungcad.registry.serving import (
-    ServerNotReadyError,
-    free_port,
-    serve_command,
-    wait_until_serving,
-)
-from lungcad.training.run import train_tracked
+from lungcad.registry.serve_command import serve_command
+from lungcad.training.tracked import train_tracked
 from tests.conftest import make_tiny_dataset, tiny_train_config
+from tests.tools.loadtest import RequestBuilder, make_specs, run_load
+from tests.tools.serving import ServerNotReadyError, free_port, wait_until_serving
 
 REQUESTS = 1000
 CONCURRENCY = 8

@@ -15,7 +15,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from lungcad.training.checkpoint import load_checkpoint
+from lungcad.core.model.checkpoint import load_checkpoint
 from tests.conftest import make_tiny_dataset, tiny_train_config
 
 EPOCHS = 6

@@ -23,8 +23,9 @@ import pydicom
 import yaml
 
 from lungcad.registry.client import encode_cubes
-from lungcad.registry.serving import serve_command, wait_until_serving
+from lungcad.registry.serve_command import serve_command
 from tests.conftest import REPO, tiny_train_config
+from tests.tools.serving import wait_until_serving
 
 MARKERS = {
     "PatientName": "Markerova^Phiona",

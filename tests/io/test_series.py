@@ -8,8 +8,8 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import RLELossless
 
-from lungcad.io.dicom_index import LidcRootError, index_lidc_root
-from lungcad.io.series import SeriesError, read_series
+from lungcad.core.io.dicom_index import LidcRootError, index_lidc_root
+from lungcad.core.io.series import SeriesError, read_series
 from tests.conftest import SERIES_0001, write_series
 
 

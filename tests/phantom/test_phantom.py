@@ -8,13 +8,12 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from lungcad.annotations.nodules import cluster_nodules
-from lungcad.io.dicom_index import index_lidc_root
-from lungcad.io.series import read_series
+from lungcad.core.annotations.nodules import cluster_nodules, nodule_center_mm
+from lungcad.core.cubes import extract_cube
+from lungcad.core.io.dicom_index import index_lidc_root
+from lungcad.core.io.series import read_series
+from lungcad.core.lung_mask import lung_mask
 from lungcad.phantom.writer import choose_slab, select_scans, write_phantom, write_phantom_scan
-from lungcad.preprocessing.build import nodule_center_mm
-from lungcad.preprocessing.cubes import extract_cube
-from lungcad.preprocessing.lung_mask import lung_mask
 from tests.conftest import SERIES_0001
 
 

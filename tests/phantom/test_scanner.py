@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungcad.io.series import read_series
+from lungcad.core.io.series import read_series
 from lungcad.phantom.scanner import REAL_NPS_FREQ_PER_MM, REAL_NPS_HU2MM2, nps_noise
 from lungcad.realism.stats import noise_power_spectrum
 

@@ -11,9 +11,10 @@ import pandas as pd
 import pydicom
 import pytest
 
-from lungcad.preprocessing.build import INDEX_COLUMNS, build_dataset, parts_dir
-from lungcad.preprocessing.config import PreprocessConfig
-from lungcad.preprocessing.masks import read_masks
+from lungcad.config import CandidatesConfig, PreprocessConfig
+from lungcad.core.masks import read_masks
+from lungcad.core.runner import ScanParts
+from lungcad.preprocessing.build import INDEX_COLUMNS, build_dataset, settings_key
 from tests.conftest import SERIES_0001, write_series
 
 
@@ -144,7 +145,7 @@ def test_interrupted_build_reuses_finished_scans_and_settings_invalidate_them(
     build_dataset(slab_root, out, config, db=db, progress=False)
     first = np.load(out / "cubes.npy")
     # Leave a finished scan's result as an interrupted run would, marked with a sentinel.
-    parts = parts_dir(out, config)
+    parts = ScanParts(out, settings_key(config, CandidatesConfig())).folder
     parts.mkdir(parents=True)
     marked = first.copy()
     marked[0, 0, 0, 0] = 1234
@@ -160,9 +161,9 @@ def test_interrupted_build_reuses_finished_scans_and_settings_invalidate_them(
     build_dataset(slab_root, out, config, db=db, progress=False)
     assert np.load(out / "cubes.npy")[0, 0, 0, 0] == 1234  # reused, not recomputed
     other = PreprocessConfig(lung_dilation_mm=6.0)
-    parts_dir(out, config).mkdir(parents=True)
+    parts.mkdir(parents=True)
     np.savez(
-        parts_dir(out, config) / f"{SERIES_0001}.npz",
+        parts / f"{SERIES_0001}.npz",
         cubes=marked,
         masks=np.load(out / "masks.npy"),
         rows=np.array("[]"),
@@ -176,5 +177,5 @@ def test_interrupted_build_reuses_finished_scans_and_settings_invalidate_them(
 def test_config_rejects_out_of_range_and_unknown_parameters() -> None:
     with pytest.raises(ValueError, match="min_readers"):
         PreprocessConfig(min_readers=5)
-    with pytest.raises(ValueError, match="unknown preprocess parameter"):
-        PreprocessConfig.from_mapping({"cube_sise": 64})
+    with pytest.raises(ValueError, match="cube_sise"):
+        PreprocessConfig.model_validate({"cube_sise": 64})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungcad.io.geometry import VolumeGeometry
-from lungcad.preprocessing.cubes import extract_cube
+from lungcad.core.cubes import extract_cube
+from lungcad.core.io.geometry import VolumeGeometry
 
 SPACING = np.array([0.7, 0.9, 2.5])  # anisotropic (column, row, slice)
 ORIGIN = np.array([-150.3, -120.8, -310.0])

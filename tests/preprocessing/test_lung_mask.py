@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungcad.io.geometry import VolumeGeometry
-from lungcad.preprocessing.lung_mask import lung_mask
+from lungcad.core.io.geometry import VolumeGeometry
+from lungcad.core.lung_mask import lung_mask
 
 
 @pytest.mark.parametrize("slices", [20, 21, 23])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lungcad.io.series import read_series
-from lungcad.preprocessing.cubes import mirror_pad_z
+from lungcad.core.cubes import mirror_pad_z
+from lungcad.core.io.series import read_series
 from lungcad.realism.real_cubes import MIN_DISTANCE_MM, real_cubes
 
 

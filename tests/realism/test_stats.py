@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungcad.io.geometry import VolumeGeometry
+from lungcad.core.io.geometry import VolumeGeometry
 from lungcad.realism.stats import core_parenchyma, lung_stats
 
 PIXEL_MM = 0.7

@@ -15,14 +15,15 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from lungcad.cli.main import app
-from lungcad.evaluation.evaluate import EvaluationConfig
+from lungcad.config import EvaluateConfig
 from lungcad.registry.client import encode_cubes, predict_remote
 from lungcad.registry.promote import REGISTERED_MODEL, promote
-from lungcad.registry.serving import free_port, serve_command, wait_until_serving
-from lungcad.training.run import train_tracked
+from lungcad.registry.serve_command import serve_command
+from lungcad.training.tracked import train_tracked
 from tests.conftest import make_tiny_dataset, tiny_train_config
+from tests.tools.serving import free_port, wait_until_serving
 
-EVAL = EvaluationConfig(bootstrap=20)
+EVAL = EvaluateConfig(bootstrap=20)
 
 
 @pytest.fixture(scope="module")

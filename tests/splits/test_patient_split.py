@@ -6,14 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungcad.splits.patient_split import (
-    SplitLeakError,
-    check_no_leak,
-    load_splits,
-    make_splits,
-    patient_strata,
-    write_splits,
-)
+from lungcad.core.splits import SplitLeakError, check_no_leak, load_splits
+from lungcad.splits.patient_split import make_splits, patient_strata, write_splits
 
 
 def _index(n_patients: int = 40, seed: int = 0) -> pd.DataFrame:

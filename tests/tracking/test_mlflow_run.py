@@ -10,13 +10,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from lungcad.evaluation.evaluate import EvaluationConfig, evaluate_model
+from lungcad.config import EvaluateConfig
+from lungcad.core.model.attributes import ATTRIBUTES
+from lungcad.core.model.loading import load_model
+from lungcad.core.model.network import SPREAD_FLOOR
+from lungcad.core.model.predict import predict_hu_cubes
+from lungcad.evaluation.cube_evaluation import evaluate_model
 from lungcad.tracking.mlflow_run import log_evaluation
-from lungcad.training.attributes import ATTRIBUTES
-from lungcad.training.model import SPREAD_FLOOR
-from lungcad.training.predict import predict_hu_cubes
-from lungcad.training.run import train_tracked
-from lungcad.training.trainer import load_model
+from lungcad.training.tracked import train_tracked
 from tests.conftest import make_tiny_dataset, tiny_train_config
 
 
@@ -35,7 +36,7 @@ def tracked(tmp_path_factory):
             *tiny_dataset,
             tmp_path / "models" / "best.pt",
             tmp_path / "reports",
-            EvaluationConfig(bootstrap=50),
+            EvaluateConfig(bootstrap=50),
         )
         log_evaluation(run.run_id, tmp_path / "reports", doc)
         yield run, tmp_path, tiny_dataset

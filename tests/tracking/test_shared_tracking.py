@@ -17,9 +17,9 @@ import yaml
 from typer.testing import CliRunner
 
 from lungcad.cli.main import app
-from lungcad.registry.serving import free_port, wait_until_serving
 from lungcad.tracking.mlflow_run import TrackingUnreachableError, check_tracking, redact_uri
 from tests.conftest import REPO, make_tiny_dataset, tiny_train_config
+from tests.tools.serving import free_port, wait_until_serving
 
 
 def _lungcad(workdir: Path, env: dict, *args: str) -> str:

@@ -8,9 +8,10 @@ import pytest
 import torch
 from monai.transforms import BorderPad, Flip, Rotate90, SpatialCrop
 
-from lungcad.training.augment import augment_batch, draw_augmentation, window_hu
-from lungcad.training.config import AugmentConfig
-from lungcad.training.data import load_cube_data
+from lungcad.config import AugmentConfig
+from lungcad.core.dataset import load_cube_data
+from lungcad.core.model.network import window_hu
+from lungcad.training.augment import augment_batch, draw_augmentation
 from lungcad.training.trainer import Trainer
 from tests.conftest import tiny_train_config
 

@@ -7,9 +7,10 @@ import os
 import pytest
 import torch
 
-from lungcad.training.checkpoint import UnsafeCheckpointError, load_checkpoint
-from lungcad.training.data import load_cube_data
-from lungcad.training.trainer import Trainer, load_model
+from lungcad.core.dataset import load_cube_data
+from lungcad.core.model.checkpoint import UnsafeCheckpointError, load_checkpoint
+from lungcad.core.model.loading import load_model
+from lungcad.training.trainer import Trainer
 from tests.conftest import tiny_train_config
 
 

@@ -8,13 +8,15 @@ import pytest
 import torch
 from scipy import stats
 
-from lungcad.training.attributes import ATTRIBUTES, attribute_targets, to_lidc_scale
-from lungcad.training.config import ModelConfig, TrainConfig
-from lungcad.training.data import DatasetMissingError, TrainTargets, load_cube_data
-from lungcad.training.losses import MultiTaskLoss, reader_nll
-from lungcad.training.model import SPREAD_FLOOR, NoduleNet
-from lungcad.training.predict import predict_rows
-from lungcad.training.trainer import NonFiniteLossError, Trainer, load_model
+from lungcad.config import ModelConfig, TrainConfig, load_params
+from lungcad.core.dataset import DatasetMissingError, TrainTargets, load_cube_data
+from lungcad.core.metrics import reader_nll
+from lungcad.core.model.attributes import ATTRIBUTES, attribute_targets, to_lidc_scale
+from lungcad.core.model.loading import load_model
+from lungcad.core.model.network import SPREAD_FLOOR, NoduleNet
+from lungcad.core.model.predict import predict_rows
+from lungcad.training.losses import MultiTaskLoss
+from lungcad.training.trainer import NonFiniteLossError, Trainer
 from tests.conftest import make_tiny_dataset, tiny_train_config
 
 
@@ -40,7 +42,7 @@ def test_attribute_head_shapes(hierarchical: bool) -> None:
     with pytest.raises(ValueError, match="hierarchical needs"):
         ModelConfig(hierarchical=True)
     with pytest.raises(ValueError, match="lambda_attr > 0 needs"):
-        TrainConfig(lambda_attr=0.5)
+        TrainConfig(lambda_attr=0.5, model=ModelConfig(attributes=False))
 
 
 def test_attribute_targets_on_their_lidc_scales(tiny_dataset) -> None:
@@ -261,7 +263,8 @@ def test_checkpoint_round_trip(tiny_dataset, tmp_path) -> None:
 def test_gpu_profiles_are_valid_train_settings(profile) -> None:
     from pathlib import Path
 
-    config = TrainConfig.from_params(Path(__file__).parents[2] / "configs" / profile)
+    repo = Path(__file__).parents[2]
+    config = load_params(repo / "configs" / profile).train
     assert config.device == "cuda" and config.model.blocks == (2, 2, 2, 2)
     assert config.data_on_device == "auto" and not config.deterministic
 

@@ -13,14 +13,14 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from lungcad.cli.main import app
+from lungcad.config import SearchSpace, TrainConfig, TuneConfig
 from lungcad.tracking.mlflow_run import ensure_experiment, redact_uri
-from lungcad.training.config import TrainConfig
-from lungcad.tuning.study import SearchSpace, TuneConfig, make_storage, run_study
+from lungcad.tuning.study import make_storage, run_study
 from tests.conftest import make_tiny_dataset, tiny_train_config
 
 
 def _tune(tmp_path: Path, trials: int, **changes) -> TuneConfig:
-    return TuneConfig.from_mapping(
+    return TuneConfig.model_validate(
         {
             "trials": trials,
             "epochs": 2,
@@ -81,8 +81,8 @@ def _two_workers(storage: str, env, tmp_path: Path, trials: int = 4) -> optuna.S
     """Start two `run_study` processes on ``storage`` at the same moment; the shared study."""
     code = (
         "import sys; from tests.conftest import tiny_train_config;"
-        "from lungcad.tuning.study import TuneConfig, run_study;"
-        f"t = TuneConfig.from_mapping(dict(trials={trials}, epochs=1, pruner='none',"
+        "from lungcad.config import TuneConfig; from lungcad.tuning.study import run_study;"
+        f"t = TuneConfig.model_validate(dict(trials={trials}, epochs=1, pruner='none',"
         f" study_name='t', storage={storage!r}, out_dir='{tmp_path}/tune'));"
         f"run_study(t, tiny_train_config(experiment='tune-par'), '{env[0]}', '{env[1]}')"
     )

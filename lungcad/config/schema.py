@@ -1,0 +1,464 @@
+"""The schema of params.yaml: one pydantic model per section, holding every default once.
+
+Every section refuses unknown keys, checks types and ranges at load time and is frozen.
+Numbers follow YAML's obvious intent (``2e-3``, which YAML 1.1 reads as a string, is the
+float 0.002); booleans must be YAML booleans and integers whole numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _yaml_float(value: Any) -> Any:
+    """``"2e-3"`` (YAML 1.1 needs a dot to read a float) is the number it spells."""
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number, not a boolean")
+    if isinstance(value, str):
+        raise ValueError("expected a whole number, not text")
+    return value
+
+
+Float = Annotated[float, BeforeValidator(_yaml_float), Field(strict=False)]
+Int = Annotated[int, BeforeValidator(_whole)]
+Bool = StrictBool
+Probability = Annotated[Float, Field(ge=0.0, le=1.0)]
+PositiveFloat = Annotated[Float, Field(gt=0.0)]
+NonNegativeFloat = Annotated[Float, Field(ge=0.0)]
+Seed = Annotated[Int, Field(ge=0)]
+
+
+class Section(BaseModel):
+    """A params.yaml section: unknown keys refused, values typed, frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="python")
+
+    def replace(self, **changes: Any):
+        """A copy with ``changes`` applied and validated again."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
+
+class DataConfig(Section):
+    """Where the raw scans are.
+
+    Attributes:
+        raw_root: the LIDC root (one folder per patient, DICOM series below) that the
+            preprocess and detect stages read. The default is the phantom the ``phantom``
+            stage writes; for real LIDC-IDRI set it to the TCIA download.
+    """
+
+    raw_root: str = "data/raw/LIDC-IDRI"
+
+
+class PhantomConfig(Section):
+    """The LIDC-grounded phantom (real LIDC geometry, UIDs, contours; synthetic pixels).
+
+    Attributes:
+        scans: real LIDC scans mirrored by the phantom.
+        seed: seeds the synthetic anatomy and noise.
+        min_readers: each chosen scan has a nodule outlined by at least this many readers.
+        margin_mm: slab margin around the nodules; >= 32 keeps 64 mm cubes whole.
+    """
+
+    scans: Annotated[Int, Field(ge=1)] = 60
+    seed: Seed = 0
+    min_readers: Annotated[Int, Field(ge=1, le=4)] = 3
+    margin_mm: NonNegativeFloat = 34.0
+
+
+class RealismConfig(Section):
+    """How real the phantom's lungs look beside real LIDC scans.
+
+    Attributes:
+        real_root: folder of real LIDC series; without it the stage writes a report that
+            says so.
+        max_scans: phantom series measured.
+        patches: lung patches per side for the domain classifier.
+        seed: seeds patch sampling and the classifier.
+    """
+
+    real_root: str = "../shared/data/lidc-slabs"
+    max_scans: Annotated[Int, Field(ge=1)] = 20
+    patches: Annotated[Int, Field(ge=10)] = 400
+    seed: Seed = 0
+
+
+class CandidatesConfig(Section):
+    """Stage 1 of whole-scan detection, shared by preprocessing (its false positives become
+    ``kind=candidate`` training negatives) and detection (through the model's checkpoint).
+
+    Attributes:
+        min_response: least difference-of-Gaussians blob response (HU).
+        max_candidates: per scan, best blob score first.
+    """
+
+    min_response: NonNegativeFloat = 40.0
+    max_candidates: Annotated[Int, Field(ge=1)] = 300
+
+
+class PreprocessConfig(Section):
+    """What ``lungcad data build`` does to each scan.
+
+    Attributes:
+        min_readers: a nodule becomes a positive cube only if at least this many of the 4
+            LIDC readers outlined it (3: a majority, the LUNA16 rule). Nodules below it are
+            listed in skipped.csv and kept away from the negatives.
+        cube_size: voxels per cube side.
+        spacing_mm: isotropic voxel size of the cubes.
+        negatives_per_positive: negative cubes per nodule cube, per scan.
+        min_negatives_per_scan: negatives taken from every scan, nodule-free ones included.
+        candidate_negative_fraction: share of negatives that are false positives of the
+            candidate generator: what the detector's second stage must reject.
+        candidate_min_distance_mm: a candidate negative is at least this far beyond the
+            radius of every annotated nodule (closer ones are neither label).
+        hard_negative_fraction: share of the other negatives that are dense in-lung
+            structures.
+        hard_min_hu: HU a hard-negative centre must exceed.
+        negative_min_distance_mm: least distance of a negative centre to any nodule centre.
+        negative_min_spacing_mm: least distance between two negative centres.
+        lung_closing_mm: closing radius of the lung mask; fills juxtapleural nodules.
+        lung_dilation_mm: growth of the lung mask beyond its closed border.
+        seed: seeds negative sampling (per scan, independent of worker order).
+    """
+
+    min_readers: Annotated[Int, Field(ge=1, le=4)] = 3
+    cube_size: Annotated[Int, Field(ge=8)] = 64
+    spacing_mm: PositiveFloat = 1.0
+    negatives_per_positive: NonNegativeFloat = 3.0
+    min_negatives_per_scan: Annotated[Int, Field(ge=0)] = 2
+    candidate_negative_fraction: Probability = 0.5
+    candidate_min_distance_mm: NonNegativeFloat = 5.0
+    hard_negative_fraction: Probability = 0.67
+    hard_min_hu: Float = -300.0
+    negative_min_distance_mm: NonNegativeFloat = 40.0
+    negative_min_spacing_mm: NonNegativeFloat = 20.0
+    lung_closing_mm: NonNegativeFloat = 20.0
+    lung_dilation_mm: NonNegativeFloat = 5.0
+    seed: Seed = 0
+
+
+class SplitConfig(Section):
+    """The patient-level split, stratified on nodule presence and malignancy.
+
+    Attributes:
+        val_fraction, test_fraction: shares of the patients.
+        seed: seeds the split.
+    """
+
+    val_fraction: Annotated[Float, Field(ge=0.0, lt=1.0)] = 0.15
+    test_fraction: Annotated[Float, Field(ge=0.0, lt=1.0)] = 0.2
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must leave patients to train on")
+        return self
+
+
+class ModelConfig(Section):
+    """Network shape: a MONAI 3D ResNet backbone, a shared feature, the heads.
+
+    Attributes:
+        widths: channels of the four residual stages.
+        blocks: residual blocks per stage.
+        feature_dim: size of the shared feature the heads read.
+        dropout: dropout before the heads.
+        attributes: a head predicts the eight LIDC characteristics and the diameter.
+        hierarchical: malignancy from the predicted attributes beside the feature (needs
+            ``attributes``).
+        spread: malignancy as a Gaussian over one reader's rating (mean, sd), trained by
+            the likelihood of the readers' ratings.
+    """
+
+    widths: tuple[Annotated[Int, Field(ge=1)], ...] = (32, 64, 128, 256)
+    blocks: tuple[Annotated[Int, Field(ge=1)], ...] = (1, 1, 1, 1)
+    feature_dim: Annotated[Int, Field(ge=1)] = 256
+    dropout: Probability = 0.2
+    attributes: Bool = True
+    hierarchical: Bool = False
+    spread: Bool = False
+
+    @model_validator(mode="after")
+    def _shape(self) -> ModelConfig:
+        if len(self.widths) != len(self.blocks):
+            raise ValueError(
+                f"widths {list(self.widths)} and blocks {list(self.blocks)} need one entry "
+                "per residual stage each"
+            )
+        if self.hierarchical and not self.attributes:
+            raise ValueError("hierarchical: true needs attributes: true")
+        return self
+
+
+class AugmentConfig(Section):
+    """Augmentation of training cubes (all seeded).
+
+    Attributes:
+        flip: random flips along each axis.
+        rot90: random 90-degree rotations in the axial plane.
+        shift_mm: largest random shift of the cube content (voxels are 1 mm).
+        hu_jitter: largest random HU offset added to a cube.
+    """
+
+    flip: Bool = True
+    rot90: Bool = True
+    shift_mm: Annotated[Int, Field(ge=0)] = 4
+    hu_jitter: NonNegativeFloat = 20.0
+
+
+class TrainConfig(Section):
+    """What ``lungcad train`` does.
+
+    Attributes:
+        experiment: MLflow experiment the run is logged to.
+        seed: seeds weights, shuffling, augmentation and dropout.
+        epochs, batch_size, lr, weight_decay: AdamW + cosine schedule over all epochs.
+        lambda_det, lambda_mal: loss weights, L = lambda_det * L_det + lambda_mal * L_mal.
+        lambda_attr: weight of the attribute loss (nodule cubes); 0 keeps the head
+            untrained; > 0 needs ``model.attributes``.
+        det_loss: BCE with logits, or the focal loss.
+        focal_gamma: focusing parameter of the focal loss.
+        mal_on: SmoothL1 on nodule cubes only, or on all cubes (negatives target 1).
+        mal_weighting: "agreement" weighs each nodule's malignancy loss by
+            1 / (1 + the readers' standard deviation).
+        grad_clip: max gradient norm.
+        window_hu: HU mapped to [0, 1] (clipped) at the model input.
+        amp: mixed precision on CUDA (auto: bf16 where supported, else fp16; fp32 on CPU).
+        device: where to train.
+        select_metric: validation metric that picks the best epoch (higher is better):
+            val_objective = val_auc - val_mae / 4.
+        num_workers: DataLoader worker processes of the streaming input path.
+        deterministic: deterministic algorithms (reproducible, slower on GPU).
+        channels_last: channels_last_3d memory format (faster on CPUs and tensor cores).
+        compile: torch.compile the model.
+        data_on_device: cubes resident on the device (RAM on a CPU): auto when they take
+            under 40 % of its free memory.
+        sync_every: training steps between host syncs (NaN/inf check, progress bar).
+        eval_batch_size: cubes per forward pass in validation.
+        model: the network.
+        augment: training augmentation.
+    """
+
+    experiment: str = "lungcad"
+    seed: Seed = 0
+    epochs: Annotated[Int, Field(ge=1)] = 25
+    batch_size: Annotated[Int, Field(ge=1)] = 16
+    lr: PositiveFloat = 2e-3
+    weight_decay: NonNegativeFloat = 1e-4
+    lambda_det: NonNegativeFloat = 1.0
+    lambda_mal: NonNegativeFloat = 0.5
+    lambda_attr: NonNegativeFloat = 0.5
+    det_loss: Literal["bce", "focal"] = "bce"
+    focal_gamma: NonNegativeFloat = 2.0
+    mal_on: Literal["nodules", "all"] = "nodules"
+    mal_weighting: Literal["none", "agreement"] = "none"
+    grad_clip: PositiveFloat = 1.0
+    window_hu: tuple[Float, Float] = (-1000.0, 400.0)
+    amp: Literal["auto", "fp16", "bf16", "off"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    select_metric: Literal["val_objective", "val_auc", "neg_val_mae"] = "val_objective"
+    num_workers: Annotated[Int, Field(ge=0)] = 0
+    deterministic: Bool = True
+    channels_last: Bool = True
+    compile: Bool = False
+    data_on_device: Literal["auto", "true", "false"] = "auto"
+    sync_every: Annotated[Int, Field(ge=1)] = 50
+    eval_batch_size: Annotated[Int, Field(ge=1)] = 64
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_booleans(cls, values: Any) -> Any:
+        # data_on_device is a choice of three; YAML reads its true/false as booleans.
+        if isinstance(values, dict) and isinstance(values.get("data_on_device"), bool):
+            values = {**values, "data_on_device": str(values["data_on_device"]).lower()}
+        return values
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.lambda_attr > 0 and not self.model.attributes:
+            raise ValueError("lambda_attr > 0 needs model.attributes: true (the attribute head)")
+        if self.window_hu[0] >= self.window_hu[1]:
+            raise ValueError(f"window_hu {list(self.window_hu)} must be [low, high], low < high")
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """Flattened ``{"model.widths": …}`` view for experiment trackers."""
+        out: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+
+class EvaluateConfig(Section):
+    """Test-split metrics of the cube classifier.
+
+    Attributes:
+        bootstrap: patient-bootstrap resamples for the 95 % CIs.
+        seed: seeds the bootstrap and the baselines.
+    """
+
+    bootstrap: Annotated[Int, Field(ge=0)] = 1000
+    seed: Seed = 0
+
+
+class ExplainConfig(Section):
+    """3D Grad-CAM of the test cubes.
+
+    Attributes:
+        split: whose cubes are explained.
+        layer: the network module the maps come from (4³ cells of 16 mm for layer3;
+            layer4's 2³ is too coarse to point).
+        methods: CAM methods measured; the first is drawn and written as NIfTI.
+        dilate_mm: pointing game: the map's maximum within the consensus + this margin.
+        random_seed: seeds the randomised-weights network of the sanity check.
+        bootstrap, seed: patient-bootstrap resamples for the CIs and their seed.
+    """
+
+    split: Literal["train", "val", "test"] = "test"
+    layer: str = "backbone.layer3"
+    methods: tuple[Literal["gradcam", "gradcampp"], ...] = Field(
+        ("gradcam", "gradcampp"), min_length=1
+    )
+    dilate_mm: NonNegativeFloat = 2.0
+    random_seed: Seed = 0
+    bootstrap: Annotated[Int, Field(ge=0)] = 1000
+    seed: Seed = 0
+
+
+class DetectConfig(Section):
+    """Whole-scan detection (the candidate generator and the cube geometry come with the
+    model: they are the ones it was trained with).
+
+    Attributes:
+        split: the split whose scans the detect stage reads.
+        threshold: findings at or above this probability are printed and reported.
+        batch_size: cubes per forward pass.
+        tta_flips: test-time augmentation: also score each cube flipped along these axes
+            (0 z, 1 y, 2 x) and average; each axis doubles the scoring.
+        nms_overlap: MONAI box NMS in mm: drop a finding this much inside a better one's box.
+        bootstrap: FROC CIs: scans resampled with replacement.
+        seed: seeds the bootstrap.
+    """
+
+    split: Literal["train", "val", "test"] = "test"
+    threshold: Probability = 0.9
+    batch_size: Annotated[Int, Field(ge=1)] = 16
+    tta_flips: tuple[Literal[0, 1, 2], ...] = ()
+    nms_overlap: Probability = 0.5
+    bootstrap: Annotated[Int, Field(ge=0)] = 1000
+    seed: Seed = 0
+
+
+class SearchSpace(Section):
+    """Log-uniform ranges searched by ``lungcad tune``; ``weight_decay``, ``batch_size``
+    (a list of choices) and ``lambda_attr`` are searched when set."""
+
+    lambda_det: tuple[PositiveFloat, PositiveFloat] = (0.1, 10.0)
+    lambda_mal: tuple[PositiveFloat, PositiveFloat] = (0.05, 5.0)
+    lr: tuple[PositiveFloat, PositiveFloat] = (1e-4, 1e-2)
+    weight_decay: tuple[PositiveFloat, PositiveFloat] | None = None
+    batch_size: tuple[Annotated[Int, Field(ge=1)], ...] | None = None
+    lambda_attr: tuple[PositiveFloat, PositiveFloat] | None = None
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SearchSpace:
+        for name in ("lambda_det", "lambda_mal", "lr", "weight_decay", "lambda_attr"):
+            pair = getattr(self, name)
+            if pair is not None and pair[0] > pair[1]:
+                raise ValueError(f"{name} {list(pair)} must be [low, high]")
+        return self
+
+
+class TuneConfig(Section):
+    """Optuna search over the loss weights and the learning rate.
+
+    Attributes:
+        trials: finished trials of the study in total (all processes together).
+        epochs: epochs per trial (short trials: the tuning profile).
+        pruner: how unpromising trials are stopped early.
+        startup_trials: trials completed before the median pruner prunes.
+        warmup_epochs: epochs of a trial before it may be pruned.
+        study_name: Optuna study (and MLflow parent run) name.
+        storage: "journal:<file>" or an RDB URL (postgresql://user:password@host/db); one
+            journal file per machine, never one SQLite file for parallel workers.
+        seed: seeds the TPE sampler.
+        out_dir: trial checkpoints (deleted after each trial) and best_params.yaml.
+        heartbeat_interval_s: a running trial beats this often ...
+        grace_period_s: ... silent this long, its worker died: failed and queued again.
+        max_retries: times one trial's parameters are queued again after lost workers.
+        space: the search space.
+    """
+
+    trials: Annotated[Int, Field(ge=1)] = 50
+    epochs: Annotated[Int, Field(ge=1)] = 3
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: Annotated[Int, Field(ge=0)] = 5
+    warmup_epochs: Annotated[Int, Field(ge=0)] = 1
+    study_name: str = "lungcad-tune"
+    storage: str = "journal:tune/optuna-journal.log"
+    seed: Seed = 0
+    out_dir: str = "tune"
+    heartbeat_interval_s: Annotated[Int, Field(ge=1)] = 30
+    grace_period_s: Annotated[Int, Field(ge=1)] = 180
+    max_retries: Annotated[Int, Field(ge=0)] = 2
+    space: SearchSpace = SearchSpace()
+
+    @model_validator(mode="after")
+    def _heartbeat(self) -> TuneConfig:
+        if self.grace_period_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                f"grace_period_s {self.grace_period_s} must be longer than "
+                f"heartbeat_interval_s {self.heartbeat_interval_s} (a few beats)"
+            )
+        return self
+
+
+class PromoteConfig(Section):
+    """Promotion of the best run to the registry's champion.
+
+    Attributes:
+        criterion: MLflow order-by column; the highest run is the candidate.
+        bootstrap: patient-bootstrap resamples of the promotion report's CIs.
+    """
+
+    criterion: str = "metrics.best_val_metric"
+    bootstrap: Annotated[Int, Field(ge=0)] = 200
+
+
+class Params(Section):
+    """The whole params.yaml: one section per pipeline stage."""
+
+    data: DataConfig = DataConfig()
+    phantom: PhantomConfig = PhantomConfig()
+    realism: RealismConfig = RealismConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    explain: ExplainConfig = ExplainConfig()
+    detect: DetectConfig = DetectConfig()
+    tune: TuneConfig = TuneConfig()
+    promote: PromoteConfig = PromoteConfig()

@@ -1,0 +1,2 @@
+"""The shared core of the pipeline stages: image I/O, annotations, cubes, the model, metrics
+and outputs."""

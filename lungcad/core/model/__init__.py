@@ -1,0 +1,1 @@
+"""The multi-task network: building, checkpoints, loading, prediction and Grad-CAM."""

@@ -1,0 +1,82 @@
+"""Building the network for a device and loading it back from a lungcad checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lungcad.config import CandidatesConfig, PreprocessConfig, TrainConfig, validate_section
+from lungcad.core.model.checkpoint import load_checkpoint
+from lungcad.core.model.network import NoduleNet
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for full fp32."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def build_model(config: TrainConfig, device: torch.device) -> NoduleNet:
+    model = NoduleNet(config.model).to(device)
+    return model.to_channels_last() if config.channels_last else model
+
+
+def load_model(
+    checkpoint: str | Path, device: torch.device | str = "cpu"
+) -> tuple[NoduleNet, TrainConfig]:
+    """Rebuild the network of a lungcad checkpoint with its weights (in channels_last_3d,
+    for faster inference, when it was trained so)."""
+    state = load_checkpoint(checkpoint, device)
+    config = validate_section(TrainConfig, state["config"], f"checkpoint {checkpoint}", "train")
+    model = build_model(config, torch.device(device))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, config
+
+
+@dataclass(frozen=True)
+class CubeCut:
+    """How a model's input cubes are cut and windowed: the training data's preprocess and
+    candidate settings and the train HU window, carried by the checkpoint so that
+    detection, explanation and serving cut cubes exactly as the model was trained on."""
+
+    preprocess: PreprocessConfig
+    candidates: CandidatesConfig
+    window_hu: tuple[float, float]
+
+
+def cube_cut(checkpoint: str | Path) -> CubeCut:
+    """The :class:`CubeCut` a checkpoint was trained with.
+
+    A checkpoint written before it carried its cut gets the schema's defaults (the
+    settings lungcad has always cut cubes with), and a warning says so.
+    """
+    state = load_checkpoint(checkpoint)
+    source = f"checkpoint {checkpoint}"
+    config = validate_section(TrainConfig, state["config"], source, "train")
+    cut = state.get("cut_settings") or {}
+    if not cut:
+        log.warning("%s carries no cube settings; using the default preprocess settings", source)
+    return CubeCut(
+        validate_section(PreprocessConfig, cut.get("preprocess", {}), source, "preprocess"),
+        validate_section(CandidatesConfig, cut.get("candidates", {}), source, "candidates"),
+        tuple(config.window_hu),
+    )

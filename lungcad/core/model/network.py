@@ -1,0 +1,110 @@
+"""Multi-task 3D CNN: MONAI ResNet backbone -> 256-d feature -> detection and malignancy heads,
+and optionally a head for the radiologists' semantic attributes (``lungcad.core.model.attributes``);
+in the hierarchical variant the malignancy head reads the predicted attributes too."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import ResNet
+from torch import nn
+
+from lungcad.config import ModelConfig
+from lungcad.core.model.attributes import ATTRIBUTE_NAMES, ATTRIBUTES
+
+#: Centre of the 1-5 malignancy scale: the regression head predicts the offset from it.
+MALIGNANCY_CENTRE = 3.0
+#: Least predicted reader spread (sd, malignancy points) of the spread head: keeps the
+#: Gaussian likelihood finite where every reader gave the same rating.
+SPREAD_FLOOR = 0.1
+#: Name of the predicted readers' spread among a network's named outputs.
+SPREAD_NAME = "malignancy_sd"
+
+
+def output_names(config: ModelConfig) -> tuple[str, ...]:
+    """Names of a network's optional outputs, in the columns of the third result of
+    ``lungcad.core.model.predict.predict_batches``: the attributes, then the readers' spread."""
+    names = ATTRIBUTE_NAMES if config.attributes else ()
+    return names + ((SPREAD_NAME,) if config.spread else ())
+
+
+class NoduleNet(nn.Module):
+    """Nodule detector and malignancy regressor on 64^3 cubes.
+
+    Args:
+        config: widths, blocks, feature size and dropout.
+        in_channels: input channels (1: windowed HU).
+
+    Example:
+        >>> net = NoduleNet(ModelConfig())
+        >>> logit, malignancy, attributes, spread = net(torch.zeros(2, 1, 64, 64, 64))
+        >>> logit.shape, malignancy.shape, attributes.shape, spread.shape
+        (torch.Size([2]), torch.Size([2]), torch.Size([2, 0]), torch.Size([2, 0]))
+    """
+
+    def __init__(self, config: ModelConfig, in_channels: int = 1) -> None:
+        super().__init__()
+        self.config, self.in_channels = config, in_channels
+        self.channels_last = False  # see to_channels_last
+        self.backbone = ResNet(
+            block="basic",
+            layers=list(config.blocks),
+            block_inplanes=list(config.widths),
+            spatial_dims=3,
+            n_input_channels=in_channels,
+            conv1_t_size=7,
+            conv1_t_stride=2,
+            feed_forward=False,  # global average pooled features, no classifier
+        )
+        self.feature = nn.Sequential(
+            nn.Linear(config.widths[-1], config.feature_dim),
+            nn.ReLU(inplace=True),
+            nn.Dropout(config.dropout),
+        )
+        self.detection_head = nn.Linear(config.feature_dim, 1)
+        self.n_attributes = len(ATTRIBUTES) if config.attributes else 0
+        self.attribute_head = (
+            nn.Linear(config.feature_dim, self.n_attributes) if config.attributes else None
+        )
+        mal_inputs = config.feature_dim + (self.n_attributes if config.hierarchical else 0)
+        self.n_spread = 1 if config.spread else 0
+        self.malignancy_head = nn.Linear(mal_inputs, 1 + self.n_spread)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Names of the optional outputs (``output_names``)."""
+        return output_names(self.config)
+
+    def to_channels_last(self) -> NoduleNet:
+        """Weights in channels_last_3d, and every input converted to it in ``forward``: 1.4-1.6x
+        faster 3D convolutions on the CPU (BENCHMARKS.md), the same outputs (to ~1e-6)."""
+        self.to(memory_format=torch.channels_last_3d)
+        self.channels_last = True
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, feature_dim) shared feature of a batch of windowed cubes."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return self.feature(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(detection logit (N,), malignancy on the 1-5 scale (N,), normalised attributes
+        (N, 9) or (N, 0) without the attribute head, the readers' predicted spread: a
+        standard deviation >= ``SPREAD_FLOOR`` (N, 1), or (N, 0) without the spread head)."""
+        f = self.features(x)
+        if self.attribute_head is None:
+            attributes = f.new_zeros(len(f), 0)
+        else:
+            attributes = self.attribute_head(f)
+        mal_in = torch.cat([f, attributes], dim=1) if self.config.hierarchical else f
+        mal_out = self.malignancy_head(mal_in)
+        malignancy = mal_out[:, 0] + MALIGNANCY_CENTRE
+        spread = F.softplus(mal_out[:, 1:]) + SPREAD_FLOOR
+        return self.detection_head(f).squeeze(1), malignancy, attributes, spread
+
+
+def window_hu(x: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
+    """HU (any dtype, e.g. int16 straight from the cube array) -> float32 in [0, 1]."""
+    low, high = window
+    return ((x.float() - low) / (high - low)).clamp_(0.0, 1.0)

@@ -1,0 +1,116 @@
+"""Batched inference of a NoduleNet on cubes: the one path for validation, evaluation,
+promotion, serving and whole-scan detection.
+
+Cubes cross to the device in their own dtype (int16 from the cube array: half the bytes of
+float32) and are windowed there; the forward runs under ``torch.inference_mode`` and, when
+asked, autocast; results stay on the device until the end, so a batch never waits on a copy
+back to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from lungcad.core.model.attributes import to_lidc_scale
+from lungcad.core.model.network import NoduleNet, window_hu
+
+#: Cubes per forward pass when the caller does not say (64 cubes of 64^3 in fp32 are
+#: 64 MB of input; activations of the default network stay well under 1 GB).
+PREDICT_BATCH_SIZE = 64
+
+
+@torch.inference_mode()
+def predict_batches(
+    model: NoduleNet,
+    batches: Iterable[torch.Tensor],
+    window: tuple[float, float],
+    device: torch.device | str,
+    amp_dtype: torch.dtype | None = None,
+    named_outputs: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """Nodule probability and malignancy for HU batches of shape (B, S, S, S) or
+    (B, 1, S, S, S), any dtype, on any device; the HU window is applied on ``device``
+    exactly as in training.
+    ``named_outputs``: also return the network's optional outputs, (N, k), columns named by
+    ``model.output_names``: the attributes on their LIDC scales
+    (``lungcad.core.model.attributes``), then the readers' predicted malignancy sd; (N, 0)
+    for a model with neither head."""
+    device = torch.device(device)
+    model.eval()
+    probs, mals, attrs = [], [], []
+    for x in batches:
+        x = x.to(device, non_blocking=True)
+        if x.ndim == 4:
+            x = x[:, None]
+        x = window_hu(x, window)
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
+            logit, mal, attr, spread = model(x)
+        probs.append(torch.sigmoid(logit.float()))
+        mals.append(mal.float())
+        attrs.append(torch.cat([attr.float(), spread.float()], dim=1))
+    if probs:
+        out = (torch.cat(probs).cpu().numpy(), torch.cat(mals).cpu().numpy())
+        raw = torch.cat(attrs).cpu().numpy()
+    else:
+        out = (np.zeros(0, np.float32), np.zeros(0, np.float32))
+        raw = np.zeros((0, len(model.output_names)), np.float32)
+    k = model.n_attributes
+    named = np.concatenate([to_lidc_scale(raw[:, :k]), raw[:, k:]], axis=1)
+    return (*out, named) if named_outputs else out
+
+
+def predict_hu_cubes(
+    model: NoduleNet,
+    cubes_hu: np.ndarray | torch.Tensor,
+    window: tuple[float, float],
+    device: torch.device | str,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    amp_dtype: torch.dtype | None = None,
+    named_outputs: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """Nodule probability and malignancy (and with ``named_outputs`` the network's optional
+    outputs, see ``predict_batches``) for (N, S, S, S) or (N, 1, S, S, S) HU cubes (a numpy array,
+    memory-mapped or not, or a tensor already on the device)."""
+
+    def chunks():
+        for start in range(0, len(cubes_hu), batch_size):
+            chunk = cubes_hu[start : start + batch_size]
+            yield (
+                chunk
+                if isinstance(chunk, torch.Tensor)
+                else torch.from_numpy(np.ascontiguousarray(chunk))
+            )
+
+    return predict_batches(model, chunks(), window, device, amp_dtype, named_outputs=named_outputs)
+
+
+def predict_rows(
+    model: NoduleNet,
+    cubes: np.ndarray,
+    rows,
+    window: tuple[float, float],
+    device: torch.device | str,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    amp_dtype: torch.dtype | None = None,
+):
+    """``rows`` of the cube index (sorted by cube_index, for sequential memory-mapped reads)
+    with ``nodule_prob`` and ``malignancy_pred`` columns added, and ``pred_<attribute>``
+    columns for the model's optional outputs (``model.output_names``: the attributes,
+    ``pred_malignancy_sd``)."""
+    rows = rows.sort_values("cube_index")
+    prob, mal, attrs = predict_hu_cubes(
+        model,
+        cubes[rows["cube_index"].to_numpy()],
+        window,
+        device,
+        batch_size,
+        amp_dtype,
+        named_outputs=True,
+    )
+    named = {f"pred_{name}": attrs[:, i] for i, name in enumerate(model.output_names)}
+    return rows.assign(nodule_prob=prob, malignancy_pred=mal, **named)

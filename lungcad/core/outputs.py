@@ -1,0 +1,90 @@
+"""Writing outputs safely: whole or not at all, with one clear error when the place is full
+or read-only.
+
+Every lungcad output that a later step reads (the cube dataset, checkpoints) is written to
+a temporary name beside its final one and renamed into place only once complete. When the
+write fails (disk full, quota, read-only mount, file-size limit), the temporary file is
+removed, the previous complete output stays as it was, and an :class:`OutputError` says
+which file, why, and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from lungcad.errors import LungcadError
+
+WRITE_FAILURES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EFBIG: "the file would exceed the size allowed (file-size limit)",
+}
+
+
+class OutputError(LungcadError, RuntimeError):
+    """An output could not be written; the previous complete output is untouched."""
+
+
+def write_failure(what: str, path: str | Path, exc: OSError, keep: str) -> OutputError:
+    """The clear error for ``exc`` raised while writing ``what`` at ``path``.
+
+    Args:
+        what: the output, in words ("the dataset", "checkpoint").
+        path: where it was being written.
+        exc: the error of the write.
+        keep: what is left intact, in words ("the previous dataset in data/processed").
+    """
+    reason = WRITE_FAILURES.get(exc.errno, exc.strerror or str(exc))
+    return OutputError(
+        f"cannot write {what} to {path}: {reason} ({exc.filename or path}). Nothing was "
+        f"replaced: {keep} is intact. Free space or choose a writable place, then run again."
+    )
+
+
+@contextlib.contextmanager
+def removing_on_failure(*temporaries: Path) -> Iterator[None]:
+    """Remove ``temporaries`` (half-written files) when the block raises."""
+    try:
+        yield
+    except BaseException:
+        for tmp in temporaries:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str, what: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (see the module docstring).
+
+    Raises:
+        OutputError: the place is full or read-only; the previous file is intact.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with removing_on_failure(tmp):
+            tmp.write_text(text)
+    except OSError as exc:
+        keep = f"the previous {path.name}" if path.exists() else "nothing"
+        raise write_failure(what, path, exc, keep) from exc
+    os.replace(tmp, path)
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """Write a CSV next to ``path`` and rename it into place: whole or absent."""
+    os.replace(stage_csv(frame, path), path)
+
+
+def stage_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """Write ``frame`` in full next to ``path``; the caller renames it into place."""
+    tmp = path.with_suffix(".tmp.csv")
+    frame.to_csv(tmp, index=False)
+    return tmp

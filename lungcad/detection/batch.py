@@ -1,0 +1,386 @@
+"""`lungcad detect` over many scans: parallel, resumable, one clear line per bad scan.
+
+Each finished scan is kept under ``<out>/.parts/<settings digest>/<series uid>/`` (written to
+a temporary folder and renamed, so a part is whole or absent): an interrupted run resumes
+where it stopped, and a run with another model or other settings does not reuse it. The
+outputs are assembled in series-UID order and written atomically:
+
+- ``detections.csv``: LUNA16's submission columns ``seriesuid, coordX, coordY, coordZ,
+  probability`` plus ``patient_id, malignancy, diameter_mm``;
+- ``candidates.csv``: every stage-1 candidate with its blob measures and network scores;
+- ``annotations.csv`` / ``annotations_excluded.csv``: the reference nodules of the scans the
+  LIDC database knows (LUNA16's columns), for ``lungcad evaluate-detection``;
+- ``scans.csv``: one row per scan: status, reason, size, seconds per step;
+- ``figures/<patient>_<series>.png`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lungcad.config import DetectConfig
+from lungcad.core.annotations.lidc_db import LidcDatabase
+from lungcad.core.candidates import CANDIDATE_COLUMNS
+from lungcad.core.io.scans import ScanSource, find_scans
+from lungcad.core.io.series import SeriesError
+from lungcad.core.model.cam_findings import explain_findings, finding_stem
+from lungcad.core.outputs import write_csv_atomic, write_text_atomic
+from lungcad.core.runner import ScanParts
+from lungcad.detection.detector import detect_volume, detector_config
+from lungcad.detection.figures import scan_figure
+from lungcad.detection.reference import REFERENCE_COLUMNS, lidc_reference
+
+log = logging.getLogger(__name__)
+
+DETECTION_COLUMNS = [
+    "seriesuid",
+    "coordX",
+    "coordY",
+    "coordZ",
+    "probability",
+    "patient_id",
+    "malignancy",
+    "diameter_mm",
+]
+STEPS = ("read", "lung_mask", "candidates", "scoring")
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """What a detection run is asked to do (all of it goes into the resume digest); the
+    cube geometry, lung mask and candidate generator come with the model."""
+
+    detect: DetectConfig = DetectConfig()
+    threshold: float | None = None  # findings at or above it are drawn and printed
+    top: int = 4  # findings shown in each scan's figure
+    figures: bool = True
+    explain: bool = True  # a Grad-CAM picture and NIfTI map of each finding shown
+
+    @property
+    def min_probability(self) -> float:
+        return self.detect.threshold if self.threshold is None else self.threshold
+
+
+_MODEL_CACHE: dict[str, tuple] = {}
+
+
+def _model(checkpoint: str, detect: DetectConfig):
+    """(network, train settings, detector settings, Grad-CAM explainer of its detection
+    logit), once per process."""
+    key = f"{checkpoint}:{detect.model_dump_json()}"
+    if key not in _MODEL_CACHE:
+        from lungcad.core.model.cam import CubeExplainer
+        from lungcad.core.model.loading import cube_cut, load_model
+
+        _MODEL_CACHE.clear()
+        model, config = load_model(checkpoint, "cpu")
+        detector = detector_config(cube_cut(checkpoint), detect)
+        explainer = CubeExplainer(model, tuple(config.window_hu))
+        _MODEL_CACHE[key] = model, config, detector, explainer
+    return _MODEL_CACHE[key]
+
+
+def shown_findings(findings: pd.DataFrame, settings: DetectSettings) -> pd.DataFrame:
+    """The findings a scan's report lists with pictures: at or above the threshold, at most
+    ``settings.top``, most probable first."""
+    if findings.empty:
+        return findings
+    return findings[findings["probability"] >= settings.min_probability].head(settings.top)
+
+
+def _write_part(part: Path, tables: dict[str, pd.DataFrame], meta: dict) -> None:
+    tmp = part.with_name(part.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for name, table in tables.items():
+        table.to_csv(tmp / f"{name}.csv", index=False)
+    (tmp / "scan.json").write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, part)
+
+
+def _scan_job(args: tuple) -> str:
+    source, checkpoint, settings, part, figure_dir, db_path, threads = args
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    meta = {"seriesuid": source.series_uid, "patient_id": source.patient_id, "status": "ok"}
+    empty = pd.DataFrame()
+    t = time.perf_counter()
+    try:
+        volume = source.read()
+    except SeriesError as exc:
+        log.warning("skip scan %s: %s", source.series_uid, exc)
+        _write_part(part, {}, {**meta, "status": "error", "reason": str(exc)})
+        return source.series_uid
+    try:
+        read_s = time.perf_counter() - t
+        model, train_config, detector, explainer = _model(checkpoint, settings.detect)
+        det = detect_volume(volume, model, tuple(train_config.window_hu), detector)
+        ref = lidc_reference(volume, LidcDatabase(db_path)) if db_path else None
+        if settings.figures:
+            name = f"{volume.patient_id}_{volume.series_uid[-12:]}.png"
+            scan_figure(
+                volume,
+                det.findings,
+                Path(figure_dir) / name,
+                settings.top,
+                settings.min_probability,
+                ref[0] if ref else None,
+            )
+            if settings.explain:
+                explain_findings(
+                    volume,
+                    shown_findings(det.findings, settings),
+                    explainer,
+                    Path(figure_dir).parent,
+                    detector.cube_size,
+                    detector.spacing_mm,
+                )
+    except Exception as exc:  # a batch job reports the bad scan and keeps going
+        log.exception("scan %s failed", source.series_uid)
+        reason = f"unexpected error {type(exc).__name__}: {exc}"
+        _write_part(part, {}, {**meta, "status": "error", "reason": reason})
+        return source.series_uid
+    uid = {"seriesuid": volume.series_uid, "patient_id": volume.patient_id}
+    tables = {
+        "findings": det.findings.assign(**uid),
+        "candidates": det.candidates.assign(**uid),
+        "reference": ref[0] if ref else empty,
+        "excluded": ref[1] if ref else empty,
+    }
+    seconds = {"read": read_s, **det.seconds}
+    meta.update(
+        patient_id=volume.patient_id,
+        reason="; ".join(det.notes),
+        slices=int(volume.hu.shape[0]),
+        rows=int(volume.hu.shape[1]),
+        columns=int(volume.hu.shape[2]),
+        spacing_mm=[float(v) for v in volume.geometry.spacing_mm],
+        in_lidc_db=ref is not None,
+        **{f"seconds_{k}": float(v) for k, v in seconds.items()},
+        seconds_total=float(sum(seconds.values())),
+        candidates=len(det.candidates),
+        findings_above_threshold=int(
+            (det.findings["probability"] >= settings.min_probability).sum()
+        ),
+    )
+    _write_part(part, tables, meta)
+    return source.series_uid
+
+
+def _digest(checkpoint: Path, settings: DetectSettings) -> str:
+    h = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    doc = {**asdict(settings), "detect": settings.detect.to_dict()}
+    h.update(json.dumps(doc, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.exists() or path.stat().st_size <= 1:
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path, dtype={"seriesuid": str, "patient_id": str})
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def _write_atomic(frame: pd.DataFrame, path: Path, columns: list[str] | None = None) -> None:
+    write_csv_atomic(frame if columns is None else frame.reindex(columns=columns), path)
+
+
+def detect_scans(
+    input_path: str | Path,
+    out_dir: str | Path,
+    checkpoint: str | Path,
+    settings: DetectSettings | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    patients: set[str] | None = None,
+    model_label: str = "",
+    db: LidcDatabase | None = None,
+) -> pd.DataFrame:
+    """Detect nodules in every scan under ``input_path`` into ``out_dir`` (module docstring).
+
+    Args:
+        patients: only the scans of these patient ids (e.g. a split's test patients).
+        model_label: how the model was named (path or models:/ URI), for the report.
+
+    Returns:
+        ``scans.csv``: one row per scan with its status and timings.
+    """
+    settings = settings or DetectSettings()
+    db = db or LidcDatabase()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure_dir = out_dir / "figures"
+    figure_dir.mkdir(exist_ok=True)
+    sources, problems = find_scans(input_path, db, workers, progress)
+    if patients is not None:
+        sources = [s for s in sources if s.patient_id in patients]
+    parts = ScanParts(out_dir, _digest(Path(checkpoint), settings))
+    threads = 1 if workers > 1 else 0
+    jobs = {
+        s.series_uid: (
+            s,
+            str(checkpoint),
+            settings,
+            parts.path(s.series_uid),
+            figure_dir,
+            db.path,
+            threads,
+        )
+        for s in sources
+    }
+    parts.run(_scan_job, jobs, workers, "detect", progress)
+    return _assemble(sources, problems, parts, out_dir, settings, model_label or str(checkpoint))
+
+
+def _assemble(
+    sources: list[ScanSource],
+    problems: list[tuple[str, str]],
+    parts: ScanParts,
+    out_dir: Path,
+    settings: DetectSettings,
+    model_label: str,
+) -> pd.DataFrame:
+    tables: dict[str, list[pd.DataFrame]] = {
+        k: [] for k in ("findings", "candidates", "reference", "excluded")
+    }
+    metas = []
+    for s in sources:
+        part = parts.path(s.series_uid)
+        metas.append(json.loads((part / "scan.json").read_text()))
+        for name in tables:
+            tables[name].append(_read_csv(part / f"{name}.csv"))
+    for item, reason in problems:
+        metas.append(
+            {"seriesuid": "", "patient_id": "", "status": "error", "reason": f"{item}: {reason}"}
+        )
+
+    def cat(name: str) -> pd.DataFrame:
+        frames = [f for f in tables[name] if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    findings = cat("findings")
+    if len(findings):
+        findings = findings.sort_values(["seriesuid", "probability"], ascending=[True, False])
+    attr_columns = [c for c in findings.columns if c.startswith("attr_")]
+    _write_atomic(findings, out_dir / "detections.csv", [*DETECTION_COLUMNS, *attr_columns])
+    candidates = cat("candidates")
+    cand_cols = [
+        "seriesuid",
+        "patient_id",
+        *CANDIDATE_COLUMNS,
+        "blob_diameter_mm",
+        "probability",
+        "malignancy",
+    ]
+    _write_atomic(candidates, out_dir / "candidates.csv", cand_cols)
+    ref_cols = [*REFERENCE_COLUMNS, "nodule_id", "n_readers", "malignancy"]
+    _write_atomic(cat("reference"), out_dir / "annotations.csv", ref_cols)
+    _write_atomic(cat("excluded"), out_dir / "annotations_excluded.csv", ref_cols)
+    scans = pd.DataFrame(metas)
+    first = ["seriesuid", "patient_id", "status", "reason"]  # present even with no scan
+    scans = scans.reindex(columns=[*first, *(c for c in scans.columns if c not in first)])
+    _write_atomic(scans, out_dir / "scans.csv")
+    write_text_atomic(
+        out_dir / "report.md", _report(scans, findings, settings, model_label), "the report"
+    )
+    parts.remove()
+    return scans
+
+
+def _report(
+    scans: pd.DataFrame, findings: pd.DataFrame, settings: DetectSettings, model: str
+) -> str:
+    ok = scans[scans["status"] == "ok"]
+    lines = [
+        "# lungcad detect",
+        "",
+        f"Model: `{model}`. {len(ok)} scan(s) read, {len(scans) - len(ok)} not usable. "
+        f"Findings at or above probability {settings.min_probability:.2f} are listed.",
+        "*Research use only; not a diagnostic device.*",
+        "",
+    ]
+    if len(ok):
+        secs = {k: ok[f"seconds_{k}"].mean() for k in STEPS if f"seconds_{k}" in ok}
+        lines += [
+            f"Mean seconds per scan: {ok['seconds_total'].mean():.1f} ("
+            + ", ".join(f"{k} {v:.1f}" for k, v in secs.items())
+            + f"); mean candidates per scan {ok['candidates'].mean():.0f}.",
+            "",
+        ]
+    bad = scans[scans["status"] != "ok"]
+    if len(bad):
+        lines += ["## Not usable", ""]
+        lines += [f"- `{r.seriesuid or '-'}`: {r.reason}" for r in bad.itertuples()]
+        lines.append("")
+    lines += ["## Findings", ""]
+    for r in ok.itertuples():
+        f = findings[findings["seriesuid"] == r.seriesuid] if len(findings) else findings
+        top = f[f["probability"] >= settings.min_probability] if len(f) else f
+        note = f" ({r.reason})" if isinstance(r.reason, str) and r.reason else ""
+        name = f"{r.patient_id}_{r.seriesuid[-12:]}.png"
+        lines.append(f"### {r.patient_id} `{r.seriesuid}`{note}")
+        lines.append("")
+        if len(top) == 0:
+            lines.append("No finding at or above the threshold.")
+        else:
+            lines.append("| # | x, y, z (mm) | probability | malignancy (1–5) | diameter (mm) |")
+            lines.append("|---|---|---|---|---|")
+            for i, x in enumerate(top.itertuples(), start=1):
+                lines.append(
+                    f"| {i} | {x.coordX:.1f}, {x.coordY:.1f}, {x.coordZ:.1f} | "
+                    f"{x.probability:.3f} | {x.malignancy:.2f} | {x.diameter_mm:.1f} |"
+                )
+        if settings.figures:
+            lines += ["", f"![{r.patient_id}](figures/{name})"]
+        if settings.figures and settings.explain and len(top):
+            lines += [
+                "",
+                "Grad-CAM of the detection logit for each finding above (where the network "
+                "looked: red is most; maps in `maps/` open over the CT in 3D Slicer):",
+                "",
+            ]
+            for i in range(1, min(len(top), settings.top) + 1):
+                stem = finding_stem(r.patient_id, r.seriesuid, i)
+                lines.append(f"![finding {i}](figures/{stem}_cam.png)")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def top_findings(out_dir: str | Path, threshold: float, per_scan: int = 5) -> list[str]:
+    """Lines saying where the nodules are (the CLI prints them)."""
+    out_dir = Path(out_dir)
+    findings = _read_csv(out_dir / "detections.csv")
+    scans = _read_csv(out_dir / "scans.csv")
+    lines = []
+    for r in scans.itertuples():
+        if r.status != "ok":
+            lines.append(f"{r.seriesuid or '-'}: not usable: {r.reason}")
+            continue
+        f = findings[
+            (findings["seriesuid"] == r.seriesuid) & (findings["probability"] >= threshold)
+        ]
+        note = f" ({r.reason})" if isinstance(r.reason, str) and r.reason else ""
+        lines.append(f"{r.patient_id} {r.seriesuid}: {len(f)} finding(s) >= {threshold:.2f}{note}")
+        for x in f.head(per_scan).itertuples():
+            lines.append(
+                f"  ({x.coordX:7.1f}, {x.coordY:7.1f}, {x.coordZ:7.1f}) mm  p={x.probability:.3f}  "
+                f"malignancy {x.malignancy:.1f}  ~{x.diameter_mm:.0f} mm"
+            )
+    return lines

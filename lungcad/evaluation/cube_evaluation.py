@@ -1,0 +1,375 @@
+"""Evaluate a trained model on the test split (and val): metrics, CIs, baselines, plots, report.
+
+The detection threshold is chosen on the validation split by Youden's J (max sensitivity +
+specificity - 1; the midpoint of the interval of equally good thresholds) and then applied
+unchanged to test. 95% confidence intervals come from a
+bootstrap that resamples patients, not cubes. Outputs: ``metrics.json`` (DVC metrics),
+``plots/*.csv`` (DVC plots), ``figures/*.png``, ``predictions.csv`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from lungcad.config import EvaluateConfig
+from lungcad.core.dataset import load_cube_data
+from lungcad.core.figures import write_gallery
+from lungcad.core.metrics import (
+    bootstrap_ci,
+    detection_metrics,
+    malignancy_metrics,
+    paired_difference,
+    spread_calibration,
+    youden_threshold,
+)
+from lungcad.core.model.attributes import ATTRIBUTES
+from lungcad.core.model.checkpoint import load_checkpoint
+from lungcad.core.model.loading import load_model, resolve_amp
+from lungcad.core.model.predict import predict_rows
+from lungcad.evaluation.baselines import REFERENCE_REAL_LIDC, fit_predict_baselines
+from lungcad.evaluation.plots import write_plots
+
+DETECTION_CI = ("auc", "accuracy", "precision", "recall", "specificity", "f1")
+MALIGNANCY_CI = ("mae", "rmse", "pearson", "spearman", "binary_auc")
+
+
+def _with_ci(
+    point: dict[str, float], keys, groups, stat_of, n_boot: int, seed: int
+) -> dict[str, Any]:
+    def statistic(idx: np.ndarray) -> dict[str, float]:
+        values = stat_of(idx)
+        return {k: values[k] for k in keys}
+
+    cis = bootstrap_ci(groups, statistic, n_boot, seed)
+    return {**point, "ci95": {k: list(cis.get(k, (float("nan"), float("nan")))) for k in keys}}
+
+
+def split_metrics(pred: pd.DataFrame, threshold: float, n_boot: int, seed: int) -> dict[str, Any]:
+    """Detection metrics on all cubes and malignancy metrics on nodule cubes, with CIs."""
+    y, p = pred["label"].to_numpy(), pred["nodule_prob"].to_numpy()
+    det = detection_metrics(y, p, threshold)
+    nod = pred[pred["label"] == 1]
+    t, m = nod["malignancy_mean"].to_numpy(float), nod["malignancy_pred"].to_numpy(float)
+    mal = malignancy_metrics(t, m)
+    if n_boot > 0:
+        det = _with_ci(
+            det,
+            DETECTION_CI,
+            pred["patient_id"].to_numpy(),
+            lambda i: detection_metrics(y[i], p[i], threshold),
+            n_boot,
+            seed,
+        )
+        mal = _with_ci(
+            mal,
+            MALIGNANCY_CI,
+            nod["patient_id"].to_numpy(),
+            lambda i: malignancy_metrics(t[i], m[i]),
+            n_boot,
+            seed,
+        )
+    mal["n_nodules"] = int(len(nod))
+    det["n_cubes"] = int(len(pred))
+    return {"detection": det, "malignancy": mal}
+
+
+def attribute_metrics(test: pd.DataFrame, train_nodules: pd.DataFrame) -> dict[str, Any]:
+    """Per attribute (when the model predicts them): MAE and Spearman of the predictions on
+    the test nodules, beside the MAE of predicting the train nodules' mean; {} otherwise."""
+    nodules = test[test["label"] == 1]
+    out: dict[str, Any] = {}
+    for a in ATTRIBUTES:
+        if f"pred_{a.name}" not in nodules:
+            continue
+        keep = nodules[a.column].notna()
+        truth = nodules.loc[keep, a.column].to_numpy(float)
+        pred = nodules.loc[keep, f"pred_{a.name}"].to_numpy(float)
+        mean = float(train_nodules[a.column].mean())
+        varied = len(truth) > 2 and truth.std() > 0 and pred.std() > 0
+        mae, mean_mae = float(np.abs(pred - truth).mean()), float(np.abs(mean - truth).mean())
+        out[a.name] = {
+            "mae": mae,
+            "spearman": float(stats.spearmanr(truth, pred)[0]) if varied else float("nan"),
+            "train_mean_mae": mean_mae,
+            "beats_train_mean": bool(mae < mean_mae),
+            "n": int(len(truth)),
+        }
+    if out:
+        out["n_beating_train_mean"] = sum(v["beats_train_mean"] for v in out.values())
+    return out
+
+
+def spread_metrics(test: pd.DataFrame, train_nodules: pd.DataFrame) -> dict[str, Any]:
+    """Calibration of the predicted readers' spread (``pred_malignancy_sd``, the spread
+    head) against the readers' malignancy sd on the test nodules, beside the sd MAE of
+    predicting the train nodules' mean readers' sd; {} without the head."""
+    if "pred_malignancy_sd" not in test:
+        return {}
+    nodules = test[(test["label"] == 1) & test["malignancy_std"].notna()]
+    if nodules.empty:
+        return {}
+    reader_sd = nodules["malignancy_std"].to_numpy(float)
+    out = spread_calibration(
+        nodules["malignancy_mean"].to_numpy(float),
+        reader_sd,
+        nodules["malignancy_pred"].to_numpy(float),
+        nodules["pred_malignancy_sd"].to_numpy(float),
+    )
+    out["sd_mae_train_mean"] = float(
+        np.abs(float(train_nodules["malignancy_std"].mean()) - reader_sd).mean()
+    )
+    return out
+
+
+def evaluate_model(
+    dataset_dir: str | Path,
+    splits_file: str | Path,
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    config: EvaluateConfig = EvaluateConfig(),
+) -> dict[str, Any]:
+    """Write the evaluation of ``checkpoint`` to ``out_dir``; returns the metrics document."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise FileNotFoundError(
+            f"{checkpoint} does not exist: run `dvc repro train` (or `lungcad train`) first"
+        )
+    data = load_cube_data(dataset_dir, splits_file)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, train_config = load_model(checkpoint, device)
+    amp_dtype = resolve_amp(train_config.amp, device)
+    preds = {
+        s: predict_rows(
+            model,
+            data.cubes,
+            data.subset(s),
+            train_config.window_hu,
+            device,
+            train_config.eval_batch_size,
+            amp_dtype,
+        )
+        for s in ("val", "test")
+    }
+    threshold = youden_threshold(
+        preds["val"]["label"].to_numpy(), preds["val"]["nodule_prob"].to_numpy()
+    )
+    test = split_metrics(preds["test"], threshold, config.bootstrap, config.seed)
+    val = split_metrics(preds["val"], threshold, 0, config.seed)
+
+    nodules = {s: data.subset(s)[data.subset(s)["label"] == 1] for s in ("train", "test")}
+    baselines, versus = {}, {}
+    test_nod = preds["test"][preds["test"]["label"] == 1]
+    if len(nodules["train"]) >= 5 and len(test_nod):
+        truth = test_nod["malignancy_mean"].to_numpy(float)
+        for name, pred in fit_predict_baselines(nodules["train"], test_nod, config.seed).items():
+            baselines[name] = malignancy_metrics(truth, pred)
+            versus[name] = paired_difference(
+                truth,
+                test_nod["malignancy_pred"].to_numpy(float),
+                pred,
+                test_nod["patient_id"].to_numpy(),
+                config.bootstrap,
+                config.seed,
+            )
+
+    doc = {
+        "split": "test",
+        "threshold": {
+            "value": threshold,
+            "rule": "Youden's J on the val split (midpoint of the optimal interval)",
+        },
+        "detection": test["detection"],
+        "malignancy": test["malignancy"],
+        "val": val,
+        "baselines_test": baselines,
+        "cnn_minus_baseline_test": versus,
+        "attributes_test": attribute_metrics(preds["test"], nodules["train"]),
+        "spread_test": spread_metrics(preds["test"], nodules["train"]),
+        "reference_real_lidc": REFERENCE_REAL_LIDC,
+        "checkpoint": str(checkpoint),
+        "best_epoch": int(load_checkpoint(checkpoint)["best_epoch"]),
+    }
+    all_preds = pd.concat([p.assign(split=s) for s, p in preds.items()])
+    cols = [
+        "split",
+        "patient_id",
+        "nodule_id",
+        "kind",
+        "label",
+        "nodule_prob",
+        "malignancy_mean",
+        "malignancy_pred",
+        "cube_index",
+    ]
+    cols += [c for c in all_preds.columns if c.startswith("pred_")]  # the optional heads
+    all_preds[cols].to_csv(out_dir / "predictions.csv", index=False)
+    figures = write_plots(preds["test"], threshold, out_dir)
+    gallery = write_gallery(
+        preds["test"],
+        data.cubes,
+        dataset_dir,
+        model,
+        train_config.window_hu,
+        threshold,
+        out_dir / "figures" / "gradcam_gallery.png",
+    )
+    (out_dir / "report.md").write_text(render_report(doc, figures, gallery))
+    tmp = out_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, out_dir / "metrics.json")
+    return doc
+
+
+def _fmt(value: Any) -> str:
+    return (
+        "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+    )
+
+
+def _ci(section: dict, key: str) -> str:
+    lo_hi = section.get("ci95", {}).get(key)
+    return f"[{_fmt(lo_hi[0])}, {_fmt(lo_hi[1])}]" if lo_hi else ""
+
+
+def render_report(doc: dict[str, Any], figures: list[Path], gallery: Path | None = None) -> str:
+    det, mal, ref = doc["detection"], doc["malignancy"], doc["reference_real_lidc"]
+    lines = [
+        "# lungcad evaluation report",
+        "",
+        f"Checkpoint `{doc['checkpoint']}` (best epoch {doc['best_epoch']}), test split: "
+        f"{det['n_cubes']} cubes, {mal['n_nodules']} nodules. Detection threshold "
+        f"{doc['threshold']['value']:.3f} ({doc['threshold']['rule']}). "
+        "95% CIs: patient bootstrap.",
+        "",
+        "*Research use only; not a diagnostic device. Phantom figures are not comparable to "
+        "real-LIDC figures.*",
+        "",
+        "## Detection (nodule vs non-nodule cube)",
+        "",
+        "| metric | test | 95% CI | val | reference (real LIDC) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for k in DETECTION_CI:
+        lines.append(
+            f"| {k} | {_fmt(det[k])} | {_ci(det, k)} | {_fmt(doc['val']['detection'][k])} | "
+            f"{_fmt(ref['detection'].get(k))} |"
+        )
+    lines += [
+        "",
+        f"Confusion matrix (test): TP {det['tp']}, FP {det['fp']}, TN {det['tn']}, FN {det['fn']}.",
+        "",
+        "## Malignancy (mean reader rating, 1-5, nodule cubes)",
+        "",
+        "| metric | CNN test | 95% CI | semantic oracle | diameter only | reference (real LIDC) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    base = doc["baselines_test"]
+    for k in MALIGNANCY_CI:
+        lines.append(
+            f"| {k} | {_fmt(mal[k])} | {_ci(mal, k)} | "
+            f"{_fmt(base.get('semantic_oracle', {}).get(k))} | "
+            f"{_fmt(base.get('diameter_only', {}).get(k))} | {_fmt(ref['malignancy'].get(k))} |"
+        )
+    versus = doc.get("cnn_minus_baseline_test", {})
+    if versus:
+        lines += [
+            "",
+            "CNN minus each baseline on the same test nodules (paired patient bootstrap, 95% CI; "
+            "an MAE difference whose CI lies below 0 means the CNN is more accurate):",
+            "",
+            "| baseline | MAE diff | 95% CI | RMSE diff | 95% CI | Pearson diff | 95% CI |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, d in versus.items():
+            cells = [
+                f"{_fmt(d[f'{k}_diff'])} | [{_fmt(d[f'{k}_diff_ci'][0])}, "
+                f"{_fmt(d[f'{k}_diff_ci'][1])}]"
+                for k in ("mae", "rmse", "pearson")
+            ]
+            lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    attrs = {k: v for k, v in doc.get("attributes_test", {}).items() if isinstance(v, dict)}
+    if attrs:
+        lines += [
+            "",
+            "## Semantic attributes (test nodules, each on its LIDC scale)",
+            "",
+            f"The attribute head beats predicting the train nodules' mean for "
+            f"{doc['attributes_test']['n_beating_train_mean']} of {len(attrs)} attributes.",
+            "",
+            "| attribute | MAE | train-mean MAE | Spearman | nodules |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for name, v in attrs.items():
+            lines.append(
+                f"| {name} | {_fmt(v['mae'])} | {_fmt(v['train_mean_mae'])} | "
+                f"{_fmt(v['spearman'])} | {v['n']} |"
+            )
+    spread = doc.get("spread_test") or {}
+    if spread:
+        lines += [
+            "",
+            "## Readers' spread (test nodules)",
+            "",
+            "The malignancy head predicts a Gaussian over one reader's rating: its mean above "
+            f"and its sd. Mean predicted sd {_fmt(spread['mean_pred_sd'])}, mean readers' sd "
+            f"{_fmt(spread['mean_reader_sd'])}; Spearman of the two "
+            f"{_fmt(spread['spearman_pred_vs_reader_sd'])}; sd MAE {_fmt(spread['sd_mae'])} "
+            f"(predicting the train nodules' mean sd: {_fmt(spread['sd_mae_train_mean'])}). "
+            f"Mean squared z-score {_fmt(spread['mean_z2'])} (1 if calibrated; above 1: the "
+            "predicted sd is too small for how far the readers' ratings lie from the "
+            f"predicted mean); NLL of the readers' ratings {_fmt(spread['nll'])}.",
+            "",
+            "| predicted-sd bin | mean predicted sd | observed RMS spread | mean readers' sd "
+            "| nodules |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for i, row in enumerate(spread["reliability"]):
+            lines.append(
+                f"| {i + 1} | {_fmt(row['pred_sd'])} | {_fmt(row['observed_rms'])} | "
+                f"{_fmt(row['reader_sd'])} | {row['n']} |"
+            )
+        lines += [
+            "",
+            "Observed RMS spread: the root mean squared distance of the readers' ratings from "
+            "the predicted mean, what the predicted sd estimates.",
+        ]
+    lines += [
+        "",
+        "`binary_auc`: mean rating <= 2 vs >= 4, nodules in between excluded "
+        f"({mal.get('n_binary', 0)} test nodules kept). The semantic oracle is gradient boosting "
+        "on "
+        "the readers' own ratings of the other eight characteristics plus diameter, fit on the "
+        "train split: an upper reference for what image-free reader descriptions explain.",
+        "",
+        "## Figures",
+        "",
+    ]
+    lines += [f"![{f.stem}](figures/{f.name})" for f in figures]
+    if gallery is not None:
+        lines += [
+            "",
+            "## Where the network looked (Grad-CAM gallery)",
+            "",
+            "Test cubes: true positives, false positives and false negatives at the threshold "
+            "above (most confident first), then the nodules rated most and least malignant. "
+            "Left: the axial CT through the cube centre, the readers' consensus outlined in "
+            "green. Then the Grad-CAM map of the detection logit (layer `backbone.layer3`, "
+            "red highest, drawn from 20% of its maximum) over the axial, coronal and sagittal "
+            "slices; the white cross marks the map's maximum. A map on the nodule means the "
+            "score rests on the nodule; a map elsewhere says what else drove it. How often the "
+            "maximum falls on the nodule, and whether the maps survive randomising the "
+            "weights, is measured in `reports/explain/metrics.json` (`dvc repro explain`).",
+            "",
+            f"![Grad-CAM gallery](figures/{gallery.name})",
+        ]
+    return "\n".join(lines) + "\n"
