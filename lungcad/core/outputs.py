@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,26 +62,62 @@ def removing_on_failure(*temporaries: Path) -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | Path, what: str, tmp: str | Path | None = None) -> Iterator[Path]:
+    """A temporary path beside ``path`` for the block to write (a file or a folder); renamed
+    into place when the block ends, removed when it fails.
+
+    Args:
+        path: the final file or folder.
+        what: the output, in words, for the error.
+        tmp: the temporary name (default ``<name>.tmp`` beside ``path``); a writer that may
+            race another (an orphaned worker) gives its own.
+
+    Raises:
+        OutputError: the place is full or read-only; the previous output is intact.
+    """
+    path = Path(path)
+    tmp = Path(tmp) if tmp is not None else path.with_name(path.name + ".tmp")
+    _remove(tmp)
+    try:
+        yield tmp
+    except OSError as exc:
+        _remove(tmp)
+        keep = f"the previous {path.name}" if path.exists() else "nothing"
+        raise write_failure(what, path, exc, keep) from exc
+    except BaseException:
+        _remove(tmp)
+        raise
+    if path.is_dir() and tmp.is_dir():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def write_text_atomic(path: str | Path, text: str, what: str) -> None:
     """Write ``text`` to ``path`` whole or not at all (see the module docstring).
 
     Raises:
         OutputError: the place is full or read-only; the previous file is intact.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with removing_on_failure(tmp):
-            tmp.write_text(text)
-    except OSError as exc:
-        keep = f"the previous {path.name}" if path.exists() else "nothing"
-        raise write_failure(what, path, exc, keep) from exc
-    os.replace(tmp, path)
+    with atomic_path(path, what) as tmp:
+        tmp.write_text(text)
 
 
-def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write a CSV next to ``path`` and rename it into place: whole or absent."""
-    os.replace(stage_csv(frame, path), path)
+def write_csv_atomic(frame: pd.DataFrame, path: Path, what: str = "the table") -> None:
+    """Write a CSV next to ``path`` and rename it into place: whole or absent.
+
+    Raises:
+        OutputError: the place is full or read-only; the previous file is intact.
+    """
+    with atomic_path(path, what, path.with_suffix(".tmp.csv")) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def stage_csv(frame: pd.DataFrame, path: Path) -> Path:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +31,7 @@ from lungcad.core.candidates import CANDIDATE_COLUMNS
 from lungcad.core.io.scans import ScanSource, find_scans
 from lungcad.core.io.series import SeriesError
 from lungcad.core.model.cam_findings import explain_findings, finding_stem
-from lungcad.core.outputs import write_csv_atomic, write_text_atomic
+from lungcad.core.outputs import atomic_path, write_csv_atomic, write_text_atomic
 from lungcad.core.runner import ScanParts
 from lungcad.detection.detector import detect_volume, detector_config
 from lungcad.detection.figures import scan_figure
@@ -98,14 +96,11 @@ def shown_findings(findings: pd.DataFrame, settings: DetectSettings) -> pd.DataF
 
 
 def _write_part(part: Path, tables: dict[str, pd.DataFrame], meta: dict) -> None:
-    tmp = part.with_name(part.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for name, table in tables.items():
-        table.to_csv(tmp / f"{name}.csv", index=False)
-    (tmp / "scan.json").write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, part)
+    with atomic_path(part, f"the detections of scan {meta['seriesuid']}") as tmp:
+        tmp.mkdir(parents=True)
+        for name, table in tables.items():
+            table.to_csv(tmp / f"{name}.csv", index=False)
+        (tmp / "scan.json").write_text(json.dumps(meta, indent=1))
 
 
 def _scan_job(args: tuple) -> str:
@@ -222,7 +217,10 @@ def detect_scans(
     Returns:
         ``scans.csv``: one row per scan with its status and timings.
     """
+    from lungcad.core.model.loading import cube_cut
+
     settings = settings or DetectSettings()
+    cube_cut(checkpoint)  # a foreign or unsafe checkpoint stops here, before any scan
     db = db or LidcDatabase()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

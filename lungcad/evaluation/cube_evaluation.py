@@ -10,7 +10,6 @@ bootstrap that resamples patients, not cubes. Outputs: ``metrics.json`` (DVC met
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from lungcad.core.model.attributes import ATTRIBUTES
 from lungcad.core.model.checkpoint import load_checkpoint
 from lungcad.core.model.loading import load_model, resolve_amp
 from lungcad.core.model.predict import predict_rows
+from lungcad.core.outputs import write_text_atomic
 from lungcad.evaluation.baselines import REFERENCE_REAL_LIDC, fit_predict_baselines
 from lungcad.evaluation.plots import write_plots
 
@@ -224,9 +224,7 @@ def evaluate_model(
         out_dir / "figures" / "gradcam_gallery.png",
     )
     (out_dir / "report.md").write_text(render_report(doc, figures, gallery))
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, out_dir / "metrics.json")
+    write_text_atomic(out_dir / "metrics.json", json.dumps(doc, indent=2), "the test metrics")
     return doc
 
 

@@ -17,8 +17,6 @@ Outputs in ``out_dir``:
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,7 @@ from lungcad.core.model.cam import (
 )
 from lungcad.core.model.network import NoduleNet
 from lungcad.core.model.predict import predict_hu_cubes
-from lungcad.core.outputs import write_csv_atomic
+from lungcad.core.outputs import write_csv_atomic, write_text_atomic
 from lungcad.explain.metrics import pointing, rank_correlation, summarise
 
 #: Cubes explained per step (maps of all methods, both weights, one figure each).
@@ -182,7 +180,7 @@ def explain_dataset(
     write_csv_atomic(skipped, out_dir / "skipped.csv")
     doc = {
         "split": config.split if cube_indices is None else "selected cubes",
-        "settings": asdict(config),
+        "settings": {**config.to_dict(), "spacing_mm": spacing_mm},
         "threshold": float(threshold),
     }
     for target in ("detection", "malignancy"):
@@ -194,7 +192,7 @@ def explain_dataset(
             config.seed,
         )
     doc["skipped"] = int(len(skipped))
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, out_dir / "metrics.json")
+    write_text_atomic(
+        out_dir / "metrics.json", json.dumps(doc, indent=2), "the explanation metrics"
+    )
     return doc

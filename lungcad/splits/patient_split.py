@@ -9,13 +9,13 @@ highest mean malignancy (none / benign-leaning <= 2.5 / indeterminate / malignan
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from lungcad.core.outputs import write_text_atomic
 from lungcad.core.splits import SPLITS, check_no_leak
 
 
@@ -97,7 +97,5 @@ def write_splits(
     doc = {"seed": seed, "unit": "patient_id", **splits, "summary": summary}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.json")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(doc, indent=2), "the patient split")
     return doc

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 
 from lungcad.config import TrainConfig
 from lungcad.core.dataset import CubeData, load_cube_data
+from lungcad.core.outputs import write_text_atomic
 from lungcad.distributed.ddp import DistContext
 from lungcad.tracking.mlflow_run import (
     MlflowEpochLogger,
@@ -144,7 +144,5 @@ def train_tracked(
             "best_metric": result.best_metric,
             "select_metric": config.select_metric,
         }
-        tmp = out_dir / (RUN_INFO + ".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, out_dir / RUN_INFO)
+        write_text_atomic(out_dir / RUN_INFO, json.dumps(info, indent=2), "the run info")
     return TrackedRun(run.info.run_id, experiment_id, result)

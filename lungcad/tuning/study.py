@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -420,7 +420,7 @@ def run_study(
                 "optuna_storage": redact_uri(tune.storage),
             }
         )
-        log_params_flat({**asdict(tune), "storage": redact_uri(tune.storage)}, prefix="tune.")
+        log_params_flat({**tune.to_dict(), "storage": redact_uri(tune.storage)}, prefix="tune.")
 
         def one_trial(trial: optuna.Trial, params: dict[str, Any]) -> None:
             trial_dir = out_dir / "trials" / f"{tune.study_name}-{trial.number}"

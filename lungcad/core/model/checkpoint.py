@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +92,12 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"{found.group(1)}, " if found else ""
         raise UnsafeCheckpointError(
             f"{path} is not a plain lungcad checkpoint and was not loaded: it pickles "
-            f"objects that could run code on loading ({reason}). Use a checkpoint written "
-            "by `lungcad train`, or re-save this one from a source you trust."
+            f"objects ({what}not tensors or plain data) that could run code on loading. Use a "
+            "checkpoint written by `lungcad train`, or re-save this one from a source you trust."
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise UnsafeCheckpointError(
