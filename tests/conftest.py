@@ -199,3 +199,14 @@ def postgres(tmp_path_factory):
     server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
     yield server.get_uri()
     server.cleanup()
+
+
+#: The settings the tests run with (tests/params-small.yaml: params.yaml with fewer negatives
+#: and a lower reporting threshold).
+TEST_PARAMS = Path(__file__).resolve().parent / "params-small.yaml"
+
+
+def small_params():
+    from lungcad.config import load_params
+
+    return load_params(TEST_PARAMS)

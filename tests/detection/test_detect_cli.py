@@ -3,7 +3,6 @@ LUNA16-style .mhd of the same volume, bad input reported, the output contract.""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,8 @@ from lungcad.core.model.attributes import ATTRIBUTES
 from lungcad.core.model.network import NoduleNet
 from tests.conftest import write_series
 from tests.detection.test_candidates import ORIGIN, SPACING, synthetic_chest
+
+TEST_PARAMS = Path(__file__).resolve().parents[1] / "params-small.yaml"
 
 runner = CliRunner()
 
@@ -70,7 +71,7 @@ def _detect(source: Path, out: Path, checkpoint: Path):
             "--threshold",
             "0.0",
             "--params",
-            str(out / "none.yaml"),
+            str(TEST_PARAMS),
         ],
     )
     return result
@@ -160,7 +161,7 @@ def test_test_time_flips_average_the_flipped_cubes_scores(checkpoint) -> None:
     assert flipped[0] == pytest.approx((plain[0] + mirror[0]) / 2, abs=1e-5)
     # A network with the attribute head: each candidate also gets the nine attributes, on
     # their LIDC scales (lungcad.core.model.attributes).
-    with_attributes = NoduleNet(replace(config.model, attributes=True)).eval()
+    with_attributes = NoduleNet(config.model.replace(attributes=True)).eval()
     *_, attrs = score_cubes(
         volume, centre, with_attributes, window, DetectorConfig(), "cpu", np.ones(1)
     )
@@ -184,7 +185,7 @@ def test_a_split_with_none_of_the_scans_is_a_clear_error(scans, checkpoint, tmp_
             "--splits",
             str(splits),
             "--params",
-            "none.yaml",
+            str(TEST_PARAMS),
         ],
     )
     assert result.exit_code != 0 and "no scan to detect" in result.output

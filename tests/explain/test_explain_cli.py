@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,8 @@ from lungcad.cli.main import app
 from lungcad.core.dataset import load_cube_data
 from lungcad.training.trainer import Trainer
 from tests.conftest import make_tiny_dataset, tiny_train_config
+
+TEST_PARAMS = Path(__file__).resolve().parents[1] / "params-small.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def _explain(dataset, splits, checkpoint, out, *extra):
             "--out",
             str(out),
             "--params",
-            str(out.parent / "no-params.yaml"),
+            str(TEST_PARAMS),
             "--threshold",
             "0.5",
             "--quiet",
@@ -98,7 +101,7 @@ def test_bad_rows_are_skipped_and_reported(trained) -> None:
     "extra, message",
     [
         (["--layer", "backbone.layer7"], "layer 'backbone.layer7' is not a module"),
-        (["--method", "saliency"], "method 'saliency' (explain.methods, --method)"),
+        (["--method", "saliency"], "explain.methods.0 = 'saliency'"),
     ],
 )
 def test_bad_layer_or_method_fails_clearly(trained, extra, message) -> None:

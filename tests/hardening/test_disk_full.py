@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lungcad.config import PreprocessConfig
 from lungcad.core.model.checkpoint import load_checkpoint
 from lungcad.preprocessing.build import build_dataset
-from tests.conftest import make_tiny_dataset, tiny_train_config
+from tests.conftest import TEST_PARAMS, make_tiny_dataset, small_params, tiny_train_config
 
 
 def _limited(limit: int):
@@ -52,12 +51,13 @@ def test_a_dataset_that_does_not_fit_is_one_clear_error_and_the_old_one_stays(
     tmp_path, slab_root, db
 ) -> None:
     out = tmp_path / "processed"
-    build_dataset(slab_root, out, PreprocessConfig(), db=db, progress=False)
+    build_dataset(slab_root, out, small_params().preprocess, db=db, progress=False)
     before = _snapshot(out)
     assert {"cubes.npy", "index.csv", "skipped.csv", "fingerprint.json"} <= set(before)
 
     result = _lungcad(
         tmp_path, "data", "build", "--raw", str(slab_root), "--out", str(out), "--quiet",
+        "--params", str(TEST_PARAMS),
         limit=256 << 10,  # half a cube: the slab gives one nodule cube
     )  # fmt: skip
     assert result.returncode == 2, result.stdout + result.stderr

@@ -19,6 +19,8 @@ import yaml
 from tests.conftest import REPO
 from tests.hardening.conftest import PHANTOM_SCANS
 
+TEST_PARAMS = Path(__file__).resolve().parents[1] / "params-small.yaml"
+
 
 def _lungcad(*args: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
@@ -56,7 +58,7 @@ def _kill_when_a_scan_is_done(proc: subprocess.Popen, out: Path, group: bool = F
 def test_data_build_killed_mid_scan_reruns_to_the_uninterrupted_dataset(
     phantom_root, tmp_path
 ) -> None:
-    build = ["data", "build", "--raw", str(phantom_root), "--params", "none.yaml", "--quiet"]
+    build = ["data", "build", "--raw", str(phantom_root), "--params", str(TEST_PARAMS), "--quiet"]
     _finish(_lungcad(*build, "--out", "straight", cwd=tmp_path))
 
     proc = _lungcad(*build, "--out", "killed", "--workers", "2", cwd=tmp_path)

@@ -24,7 +24,7 @@ def test_each_stage_depends_on_exactly_the_code_its_command_imports(stage) -> No
     assert sorted(deps) == sorted(expected), (
         f"dvc.yaml stage {stage}: its lungcad deps should be exactly\n  - "
         + "\n  - ".join(expected)
-        + "\n(python -m tests.tools.stage_code prints every stage's)"
+        + "\n(python -m tests.tools.stage_code --write puts them there)"
     )
 
 
@@ -39,7 +39,9 @@ def test_the_closure_follows_lazy_imports_inside_functions() -> None:
 def test_editing_code_the_trainer_imports_makes_dvc_status_list_train(tmp_path) -> None:
     root = tmp_path / "repo"
     root.mkdir()
-    shutil.copytree(REPO / "lungcad", root / "lungcad", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "lungcad", root / "lungcad", ignore=shutil.ignore_patterns("__pycache__")
+    )
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, root / name)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}

@@ -15,13 +15,13 @@ from lungcad.config import CandidatesConfig, PreprocessConfig
 from lungcad.core.masks import read_masks
 from lungcad.core.runner import ScanParts
 from lungcad.preprocessing.build import INDEX_COLUMNS, build_dataset, settings_key
-from tests.conftest import SERIES_0001, write_series
+from tests.conftest import SERIES_0001, small_params, write_series
 
 
 @pytest.fixture(scope="module")
 def slab_dataset(slab_root, db, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("slab_dataset")
-    build_dataset(slab_root, out, PreprocessConfig(), db=db, progress=False)
+    build_dataset(slab_root, out, small_params().preprocess, db=db, progress=False)
     return out
 
 
@@ -126,7 +126,12 @@ def test_each_bad_scan_is_skipped_with_its_reason_and_the_rest_continues(
 ) -> None:
     expected = _broken_root(tmp_path / "root", db, slab_files)
     index = build_dataset(
-        tmp_path / "root", tmp_path / "out", PreprocessConfig(), db=db, workers=2, progress=False
+        tmp_path / "root",
+        tmp_path / "out",
+        small_params().preprocess,
+        db=db,
+        workers=2,
+        progress=False,
     )
     assert (index["kind"] == "nodule").sum() == 1  # the real slab still gives its cube
     skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
@@ -140,7 +145,7 @@ def test_each_bad_scan_is_skipped_with_its_reason_and_the_rest_continues(
 def test_interrupted_build_reuses_finished_scans_and_settings_invalidate_them(
     tmp_path, slab_root, db
 ) -> None:
-    config = PreprocessConfig()
+    config = small_params().preprocess
     out = tmp_path / "out"
     build_dataset(slab_root, out, config, db=db, progress=False)
     first = np.load(out / "cubes.npy")
@@ -160,7 +165,7 @@ def test_interrupted_build_reuses_finished_scans_and_settings_invalidate_them(
     )
     build_dataset(slab_root, out, config, db=db, progress=False)
     assert np.load(out / "cubes.npy")[0, 0, 0, 0] == 1234  # reused, not recomputed
-    other = PreprocessConfig(lung_dilation_mm=6.0)
+    other = config.replace(lung_dilation_mm=6.0)
     parts.mkdir(parents=True)
     np.savez(
         parts / f"{SERIES_0001}.npz",

@@ -40,7 +40,7 @@ def test_report_measures_real_phantom_and_the_paired_phantom(report) -> None:
 
 
 def test_the_phantom_of_the_real_scan_is_as_real_as_the_targets_ask(report) -> None:
-    """The issue's targets on the phantom of LIDC-IDRI-0001 (same grid, same slices)."""
+    """The realism targets on the phantom of LIDC-IDRI-0001 (same grid, same slices)."""
     metrics, _ = report
     paired = metrics["targets"]["paired"]
     assert set(paired) == set(TARGET_STATS)

@@ -47,7 +47,7 @@ def test_known_vessels_and_noise_are_measured() -> None:
     assert stats.vessel_fraction == pytest.approx(truth_fraction, rel=1e-6)
     area_cm2 = core.sum() * PIXEL_MM**2 / 100  # over all 12 slices, each crossing 12 vessels
     assert stats.vessel_sections_per_cm2 == pytest.approx(12 * 12 / area_cm2, rel=1e-6)
-    # Vessel edges raise the high-pass figure (the definition keeps their halo).
+    # Vessel edges raise the high-pass figure (its definition keeps their halo).
     assert stats.highpass_noise_hu > 30.0
     assert stats.slices == 12
     # Core parenchyma is the lung eroded away from the pleura: inside the lungs, smaller.

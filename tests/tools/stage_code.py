@@ -3,7 +3,8 @@
 A stage's ``cmd`` names a ``lungcad`` command; the code it runs is the CLI package (imported
 whole when the command line starts), the command's function and every ``lungcad`` module
 that imports, transitively, counting imports inside functions too (lungcad imports heavy
-modules lazily). ``python -m tests.tools.stage_code`` prints the deps each stage needs.
+modules lazily). ``python -m tests.tools.stage_code`` prints the deps each stage needs;
+``--write`` puts them into dvc.yaml.
 """
 
 from __future__ import annotations
@@ -136,9 +137,30 @@ def minimal_deps(files: set[Path]) -> list[str]:
     return deps
 
 
+def write_deps(path: Path = REPO / "dvc.yaml") -> None:
+    """Replace each stage's lungcad deps in dvc.yaml by its closure (comments kept)."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    doc = yaml.load(path.read_text())
+    for stage in doc["stages"].values():
+        data = [d for d in stage["deps"] if not str(d).startswith("lungcad")]
+        stage["deps"] = data + minimal_deps(stage_files(str(stage["cmd"])))
+    with open(path, "w") as fh:
+        yaml.dump(doc, fh)
+
+
 def main() -> None:
+    import sys
+
     import yaml
 
+    if "--write" in sys.argv:
+        write_deps()
+        return
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         print(f"{name}:")

@@ -117,6 +117,13 @@ def test_pyfunc_model_gives_the_torch_model_outputs(tracked, monkeypatch) -> Non
     np.testing.assert_allclose(explained["nodule_prob"], prob, rtol=1e-5, atol=1e-6)
     maps = np.array(explained["detection_map"].tolist())
     assert maps.shape == (6, 8, 8, 8) and maps.max() <= 1.0 and (maps.max(axis=(1, 2, 3)) > 0).any()
+    # In-process (a notebook, a batch job) any number of cubes goes in one call; the
+    # 32-cube limit belongs to `lungcad serve` (tests/hardening/test_hostile_requests.py).
+    many = np.resize(cubes, (50, *cubes.shape[1:]))
+    out = pyfunc.predict(many)
+    prob, _, _ = predict_hu_cubes(model, many, config.window_hu, torch.device("cpu"))
+    assert len(out) == 50
+    np.testing.assert_allclose(out["nodule_prob"], prob, rtol=1e-5, atol=1e-6)
 
 
 def test_evaluation_outputs(tracked) -> None:

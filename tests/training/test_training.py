@@ -21,7 +21,7 @@ from tests.conftest import make_tiny_dataset, tiny_train_config
 
 
 def test_network_outputs_and_256_d_feature() -> None:
-    net = NoduleNet(TrainConfig().model)
+    net = NoduleNet(ModelConfig(attributes=False))
     logit, malignancy, attributes, spread = net(torch.zeros(2, 1, 64, 64, 64))
     assert logit.shape == (2,) and malignancy.shape == (2,) and attributes.shape == (2, 0)
     assert spread.shape == (2, 0) and net.output_names == ()
@@ -39,8 +39,8 @@ def test_attribute_head_shapes(hierarchical: bool) -> None:
     assert attributes.shape == (3, len(ATTRIBUTES)) == (3, 9)
     assert net.output_names == tuple(a.name for a in ATTRIBUTES)
     assert net.malignancy_head.in_features == 256 + (9 if hierarchical else 0)
-    with pytest.raises(ValueError, match="hierarchical needs"):
-        ModelConfig(hierarchical=True)
+    with pytest.raises(ValueError, match="hierarchical: true needs attributes"):
+        ModelConfig(hierarchical=True, attributes=False)
     with pytest.raises(ValueError, match="lambda_attr > 0 needs"):
         TrainConfig(lambda_attr=0.5, model=ModelConfig(attributes=False))
 
