@@ -1,6 +1,6 @@
 """Benchmark: the default phantom's size against what the heads learn and what `dvc repro` costs.
 
-Issue 14, item 5. For each phantom size (``phantom.scans``), in a clone of lungcad (its own
+For each phantom size (``phantom.scans``), in a clone of lungcad (its own
 folder, its own venv or the current one, its own MLflow store), sets ``phantom.scans``,
 runs the pipeline one stage at a time with ``dvc repro --single-item`` and records each
 stage's wall time, the dataset's size (scans, nodule cubes, training nodules, test nodules)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-#: Share of patients per split, as in the real LIDC cube set of issue 10.
+#: Share of patients per split, as in the real LIDC cube set.
 SPLIT_SHARES = {"train": 0.667, "val": 0.134, "test": 0.199}
 
 

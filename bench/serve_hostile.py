@@ -1,4 +1,4 @@
-"""Benchmark: the served champion under a bounded hostile load (issue 11's reliability figures).
+"""Benchmark: the served champion under a bounded hostile load.
 
 Starts the server `lungcad serve` runs (MLflow's scoring app behind lungcad's guard, default
 64 MiB body limit) on a free loopback port, warms it up, then sends --requests requests at

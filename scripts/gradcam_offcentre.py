@@ -9,7 +9,7 @@ of the maximum from the mask and the mean detection probability for both kinds o
 
     python scripts/gradcam_offcentre.py --model models/best.pt
 
-What it showed (issue 12, the workspace model of the phantom, 26 test nodules, 2-core CPU):
+What it showed (a model trained on the default phantom, 26 test nodules, 2-core CPU):
 centred cubes 0.731 (maximum 0.0 mm from the mask, median; mean probability 0.764),
 off-centre cubes 0.096 (30 mm; mean probability 0.169). The network is trained to say whether
 a nodule sits at the centre of the cube (training cubes move by at most ±4 mm,

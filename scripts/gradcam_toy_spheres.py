@@ -1,19 +1,19 @@
 """Where does Grad-CAM point on a tiny NoduleNet trained on synthetic spheres?
 
-Issue 12 asks for a test in which a tiny network, trained on cubes holding a bright sphere
-at a random place, has its detection map's maximum inside the sphere. This script is that
-experiment, kept so it can be rerun: it trains the network (lung noise, a chest wall along
-one face, vessel-like tubes in most cubes, a soft-tissue sphere in half of them), then prints,
+Does a tiny network, trained on cubes holding a bright sphere at a random place, have its
+detection map's maximum inside the sphere? This script is that experiment: it trains the
+network (lung noise, a chest wall along one face, vessel-like tubes in most cubes, a
+soft-tissue sphere in half of them), then prints,
 for spheres at known off-centre voxels, how far the map's maximum lies from the sphere's
 centre, for the trained weights and for random ones, per layer and method.
 
     PYTHONPATH=. python scripts/gradcam_toy_spheres.py --steps 150 --seeds 0 1 2
 
-What it showed (2-core CPU, issue 12; `--steps 150 --seeds 0`): the trained maps peak
+What it showed (2-core CPU; `--steps 150 --seeds 0`): the trained maps peak
 0-20 mm from the sphere's centre (mostly 6-14 mm, about one map cell towards the cube's
 origin; inside the radius-5 sphere for 2 of the 20 layer/method/position cases), the
-random-weight maps 31-61 mm away. Other seeds, sphere sizes and centred training (tried
-while writing issue 12) were no better.
+random-weight maps 31-61 mm away. Other seeds, sphere sizes and centred training were no
+better.
 """
 
 from __future__ import annotations

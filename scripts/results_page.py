@@ -1,0 +1,143 @@
+"""Write docs/results.md from the pipeline's own metrics files (`dvc repro` writes them):
+`python scripts/results_page.py`. No figure on that page is typed by hand."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _ci(section: dict, key: str) -> str:
+    lo, hi = section.get("ci95", {}).get(key, (None, None))
+    return "" if lo is None else f" ({lo:.3f}–{hi:.3f})"
+
+
+def _with_ci(section: dict, key: str) -> str:
+    value = section.get(key)
+    return "n/a" if value is None else f"{value:.3f}{_ci(section, key)}"
+
+
+def explanation_rows(cam: dict) -> list[str]:
+    """The Grad-CAM checks of the explain stage, both methods side by side."""
+    det = cam["detection"]
+    methods = [m for m in ("gradcam", "gradcampp") if m in det]
+    n_detected = det[methods[0]].get("n_detected")
+    rows = [
+        ("pointing game, detection map", "pointing_game"),
+        (f"… on the {n_detected} nodules the network detects", "pointing_game_detected"),
+        ("… with randomised weights", "pointing_game_random_weights"),
+        ("chance level (dilated mask / cube)", "pointing_chance"),
+        ("sanity: rank correlation trained vs random", "sanity_rank_correlation"),
+    ]
+    lines = [
+        f"| {det['n_nodule_cubes']} nodule cubes of the test split | " + " | ".join(methods) + " |",
+        "| --- |" + " --- |" * len(methods),
+    ]
+    for name, key in rows:
+        lines.append(f"| {name} | " + " | ".join(_with_ci(det[m], key) for m in methods) + " |")
+    mal = cam.get("malignancy", {})
+    if all(m in mal for m in methods):
+        lines.append(
+            "| pointing game, malignancy map | "
+            + " | ".join(_with_ci(mal[m], "pointing_game") for m in methods)
+            + " |"
+        )
+    return lines
+
+
+def realism_rows(realism: dict) -> list[str]:
+    """Phantom statistics beside the real slab's, over all phantom scans and for the
+    phantom of the real scan itself."""
+    targets = realism["targets"]
+    names = {
+        "vessel_fraction": "vessel voxels in the core lung",
+        "vessel_sections_per_cm2": "vessel cross-sections per cm² per slice",
+        "parenchyma_hu_width": "parenchyma HU p10–p90 width",
+        "highpass_noise_hu": "high-pass noise, HU",
+    }
+    lines = [
+        "| statistic | real slab | phantom of the same scan | other phantom scans | within "
+        f"±{targets['tolerance']:.0%} |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key, name in names.items():
+        a, p = targets["all"][key], (targets.get("paired") or {}).get(key)
+        ok = "yes" if a["within_tolerance"] and (p is None or p["within_tolerance"]) else "no"
+        paired = "n/a" if p is None else f"{p['phantom']:.3g}"
+        lines.append(f"| {name} | {a['real']:.3g} | {paired} | {a['phantom']:.3g} | {ok} |")
+    w = realism["wasserstein_hu"]
+    lines.append(
+        f"| lung HU Wasserstein distance to the real, HU | 0 | {w.get('paired', float('nan')):.1f}"
+        f" | {w['all']:.1f} | |"
+    )
+    pop = realism.get("domain_classifier_population") or {}
+    lines.append(
+        "| domain classifier ROC-AUC (0.5: indistinguishable) | | "
+        f"{realism['domain_classifier']['auc']:.3f} | "
+        f"{pop.get('auc', float('nan')):.3f} | |"
+    )
+    return lines
+
+
+def results_markdown(repo: Path = REPO) -> str:
+    cube = json.loads((repo / "reports/metrics.json").read_text())
+    froc = json.loads((repo / "reports/detection/metrics.json").read_text())
+    cam = json.loads((repo / "reports/explain/metrics.json").read_text())
+    realism = json.loads((repo / "reports/realism/metrics.json").read_text())
+    det, mal = cube["detection"], cube["malignancy"]
+    gradcam = cam["detection"]["gradcam"]
+    rows = [
+        ("detection AUC (test cubes)", f"{det['auc']:.3f}{_ci(det, 'auc')}"),
+        ("detection recall", f"{det['recall']:.3f}{_ci(det, 'recall')}"),
+        ("malignancy MAE (1–5 scale)", f"{mal['mae']:.3f}{_ci(mal, 'mae')}"),
+        ("malignancy Pearson", f"{mal['pearson']:.3f}{_ci(mal, 'pearson')}"),
+        (
+            f"whole-scan CPM (LUNA16 FROC, {froc['n_scans']} scans, {froc['n_nodules']} nodules)",
+            f"{froc['cpm']:.3f} ({froc['cpm_ci_low']:.3f}–{froc['cpm_ci_high']:.3f})",
+        ),
+        ("Grad-CAM pointing game", f"{gradcam['pointing_game']:.3f}"),
+    ]
+    lines = [
+        "# Results",
+        "",
+        "The figures of the committed pipeline run, read from `reports/metrics.json`,",
+        "`reports/detection/metrics.json`, `reports/explain/metrics.json` and",
+        "`reports/realism/metrics.json` (95 % patient- or",
+        "scan-bootstrap CIs in brackets) by `python scripts/results_page.py`. They are measured",
+        "on the embedded LIDC-grounded phantom's test split, not on real LIDC-IDRI pixels;",
+        "`dvc metrics show --md` prints every metric of the run.",
+        "",
+        f"Model: best epoch {cube['best_epoch']} of the `train` stage; test split "
+        f"{cube['split']!r}.",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        *(f"| {name} | {value} |" for name, value in rows),
+        "",
+        "## Explanations",
+        "",
+        "The explain stage's checks of its 3D Grad-CAM maps (`reports/explain/metrics.json`;",
+        "the explanations guide says what each means).",
+        "",
+        *explanation_rows(cam),
+        "",
+        "## Realism of the phantom",
+        "",
+        "The realism stage's statistics of the phantom's lungs beside the real LIDC slab",
+        "(`reports/realism/metrics.json`; the phantom guide says how each is measured).",
+        "",
+        *realism_rows(realism),
+        "",
+        "The training, detection and explanation guides say how each figure is measured and",
+        "what it means; BENCHMARKS.md gives the timings with their commands and machines.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    out = REPO / "docs" / "results.md"
+    out.write_text(results_markdown())
+    print(f"wrote {out}", file=sys.stderr)
