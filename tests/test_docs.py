@@ -23,6 +23,15 @@ def test_the_results_page_is_generated_from_the_metrics_files() -> None:
     )
 
 
+def test_the_cli_page_lists_every_command() -> None:
+    from lungcad.cli.main import app
+    from tests.tools.stage_code import cli_commands
+
+    page = (REPO / "docs/cli.md").read_text()
+    missing = [" ".join(c) for c in cli_commands(app) if f"lungcad {' '.join(c)} " not in page]
+    assert not missing, f"docs/cli.md does not list: {missing}"
+
+
 def test_the_readme_is_a_short_guide() -> None:
     assert len((REPO / "README.md").read_text().splitlines()) <= 200
 

@@ -47,11 +47,18 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="python")
+        """Plain data (lists, not tuples): safe for YAML, JSON and weights-only checkpoints."""
+        return self.model_dump(mode="json")
 
     def replace(self, **changes: Any):
-        """A copy with ``changes`` applied and validated again."""
-        return type(self).model_validate({**self.model_dump(), **changes})
+        """A copy with ``changes`` applied and validated again.
+
+        Raises:
+            ConfigError: a change the schema refuses, named.
+        """
+        from lungcad.config.loader import validate_section
+
+        return validate_section(type(self), {**self.model_dump(), **changes}, "changes", "")
 
 
 class DataConfig(Section):

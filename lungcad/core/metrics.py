@@ -213,7 +213,9 @@ def spread_calibration(
         ),
         "sd_mae": float(np.abs(pred_sd - reader_sd).mean()),
         "nll": float(
-            reader_nll(*(torch.as_tensor(v) for v in (pred_mean, pred_sd, reader_mean, reader_sd)))
+            reader_nll(
+                *(torch.tensor(np.asarray(v)) for v in (pred_mean, pred_sd, reader_mean, reader_sd))
+            )
             .mean()
             .item()
         ),

@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +58,24 @@ from lungcad.training.tracked import train_tracked
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _optuna_quiet() -> Iterator[None]:
+    """Silence Optuna's advice that does not apply here: lungcad uses its experimental
+    stale-trial callback and plots knowingly, and beats each trial's heartbeat itself
+    (``_Heartbeat``), which is what ``Study.optimize`` would do."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
+
+
 class StaleTrialHandler:
     """What happens to a trial whose worker died: its MLflow run and the dead worker's parent
     run are closed as KILLED (with a tag saying why), then it is queued again."""
 
     def __init__(self, max_retries: int) -> None:
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+        with _optuna_quiet():
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         from mlflow.tracking import MlflowClient
@@ -385,7 +397,8 @@ class _TrialBudget:
                     self.study.sampler = optuna.samplers.TPESampler(
                         seed=self.config.seed * 100_003 + len(trials)
                     )
-                    trial = self.study.ask()
+                    with _optuna_quiet():
+                        trial = self.study.ask()
                     return trial, suggest(trial, self.config.space)
                 running = any(t.state == TrialState.RUNNING for t in counted)
             if not running or (deadline is not None and time.monotonic() > deadline):
@@ -511,7 +524,8 @@ def summarise(study: optuna.Study, out_dir: Path, parent_run_id: str, seconds: f
             except (RuntimeError, ValueError) as exc:
                 log.warning("parameter importances unavailable: %s", exc)
         for name, plot in plots.items():
-            ax = plot(study)
+            with _optuna_quiet():
+                ax = plot(study)
             fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
             fig.set_size_inches(8, 5)
             fig.tight_layout()

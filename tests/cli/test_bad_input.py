@@ -86,6 +86,7 @@ def test_a_crafted_checkpoint_is_one_error_line_and_runs_nothing(
     assert not crafted["marker"].exists()  # the pickled os.system never ran
 
 
+@pytest.mark.slow
 def test_ordinary_commands_print_no_library_warnings(tmp_path) -> None:
     import subprocess
     import sys

@@ -16,10 +16,8 @@ from lungcad.cli.main import app
 from lungcad.config import TrainConfig
 from lungcad.core.model.attributes import ATTRIBUTES
 from lungcad.core.model.network import NoduleNet
-from tests.conftest import write_series
+from tests.conftest import TEST_PARAMS, write_series
 from tests.detection.test_candidates import ORIGIN, SPACING, synthetic_chest
-
-TEST_PARAMS = Path(__file__).resolve().parents[1] / "params-small.yaml"
 
 runner = CliRunner()
 

@@ -74,6 +74,7 @@ def test_one_process_gathers_nothing() -> None:
     assert gather_predictions(np.arange(2), (prob,), 2, DistContext())[0] is prob
 
 
+@pytest.mark.slow
 def test_gathered_validation_equals_one_process_on_the_same_weights(setup) -> None:
     workdir, config, _ = setup
     history = json.loads((workdir / "straight" / "history.json").read_text())
@@ -116,6 +117,7 @@ def _rank_process(proc: subprocess.Popen, rank: int) -> psutil.Process:
     raise AssertionError(f"no worker of rank {rank} appeared")
 
 
+@pytest.mark.slow
 def test_a_killed_rank_stops_the_job_and_resume_finishes_it(setup) -> None:
     workdir, _, _ = setup
     last = workdir / "killed" / "checkpoints" / "last.pt"

@@ -125,6 +125,7 @@ def test_explainer_leaves_the_callers_model_untouched() -> None:
     )
 
 
+@pytest.mark.slow
 def test_trained_maps_find_an_off_centre_sphere_and_random_weights_do_not() -> None:
     # A tiny network trained in the test to find spheres anywhere in the cube (not only at
     # its centre); spheres of radius 5 at five known off-centre voxels.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,9 +13,7 @@ from typer.testing import CliRunner
 from lungcad.cli.main import app
 from lungcad.core.dataset import load_cube_data
 from lungcad.training.trainer import Trainer
-from tests.conftest import make_tiny_dataset, tiny_train_config
-
-TEST_PARAMS = Path(__file__).resolve().parents[1] / "params-small.yaml"
+from tests.conftest import TEST_PARAMS, make_tiny_dataset, tiny_train_config
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,14 @@ import pytest
 from tests.conftest import REPO
 
 PHANTOM_SCANS = 3
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every hardening test kills, starves or attacks real processes: all are ``slow``."""
+    for item in items:
+        if Path(str(item.path)).resolve().is_relative_to(HERE):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

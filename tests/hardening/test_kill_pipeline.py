@@ -16,10 +16,8 @@ import pandas as pd
 import psutil
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TEST_PARAMS
 from tests.hardening.conftest import PHANTOM_SCANS
-
-TEST_PARAMS = Path(__file__).resolve().parents[1] / "params-small.yaml"
 
 
 def _lungcad(*args: str, cwd: Path) -> subprocess.Popen:

@@ -90,6 +90,7 @@ def test_scan_choice_is_deterministic_and_has_qualifying_nodules(db) -> None:
         assert any(n.n_readers >= 3 for n in cluster_nodules(scan, db.annotations(scan.scan_id)))
 
 
+@pytest.mark.slow
 def test_write_phantom_manifest_and_index(tmp_path, db) -> None:
     written = write_phantom(tmp_path, n_scans=1, seed=3, progress=False, db=db)
     manifest = json.loads((tmp_path / "phantom.json").read_text())
@@ -100,6 +101,7 @@ def test_write_phantom_manifest_and_index(tmp_path, db) -> None:
     assert not index.unreadable
 
 
+@pytest.mark.slow
 def test_same_seed_writes_the_same_bytes_and_another_seed_does_not(phantom_0001, db, tmp_path):
     root, scan, nodules = phantom_0001
     write_phantom_scan(scan, nodules, tmp_path / "a", seed=0, min_readers=3, margin_mm=34.0)

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # a pipeline pushed and pulled through a DVC remote
 
 STAGES = ("phantom", "preprocess", "split")
 

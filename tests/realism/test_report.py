@@ -22,6 +22,7 @@ def report(slab_root, db, tmp_path_factory):
     return realism_report(slab_root, phantom_root, out, patches=120, progress=False), out
 
 
+@pytest.mark.slow
 def test_report_measures_real_phantom_and_the_paired_phantom(report) -> None:
     metrics, out = report
     scans = pd.read_csv(out / "scans.csv")

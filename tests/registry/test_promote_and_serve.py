@@ -23,6 +23,8 @@ from lungcad.training.tracked import train_tracked
 from tests.conftest import make_tiny_dataset, tiny_train_config
 from tests.tools.serving import free_port, wait_until_serving
 
+pytestmark = pytest.mark.slow  # registry promotion and a served model
+
 EVAL = EvaluateConfig(bootstrap=20)
 
 

@@ -80,13 +80,14 @@ def closure(modules: set[str]) -> set[str]:
     return seen
 
 
-def _commands(app: typer.Typer, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+def cli_commands(app: typer.Typer, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+    """Every command of ``app`` by its words (``("data", "build")``) with its function."""
     out: dict[tuple[str, ...], object] = {}
     for info in app.registered_commands:
         name = info.name or info.callback.__name__.replace("_", "-")
         out[(*prefix, name)] = info.callback
     for group in app.registered_groups:
-        out.update(_commands(group.typer_instance, (*prefix, group.name)))
+        out.update(cli_commands(group.typer_instance, (*prefix, group.name)))
     return out
 
 
@@ -94,7 +95,7 @@ def command_modules(argv: list[str]) -> set[str]:
     """The modules ``lungcad <argv>`` runs: the CLI package and its command's imports."""
     from lungcad.cli.main import app
 
-    commands = _commands(app)
+    commands = cli_commands(app)
     words = tuple(w for w in argv if not w.startswith("-"))
     key = next((words[:n] for n in (2, 1) if words[:n] in commands), None)
     if key is None:

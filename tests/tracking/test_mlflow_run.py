@@ -57,7 +57,7 @@ def test_run_has_params_tags_epoch_metrics_report_and_model(tracked, monkeypatch
     client = MlflowClient()
     data = client.get_run(run.run_id).data
     assert (
-        data.params["train.lr"] == "0.003" and data.params["train.model.widths"] == "(4, 8, 8, 16)"
+        data.params["train.lr"] == "0.003" and data.params["train.model.widths"] == "[4, 8, 8, 16]"
     )
     assert data.params["train.lambda_det"] == "1.0"
     for tag in ("git_commit", "dvc_data_md5", "device", "torch_version", "cuda_version"):
@@ -121,7 +121,7 @@ def test_pyfunc_model_gives_the_torch_model_outputs(tracked, monkeypatch) -> Non
     # 32-cube limit belongs to `lungcad serve` (tests/hardening/test_hostile_requests.py).
     many = np.resize(cubes, (50, *cubes.shape[1:]))
     out = pyfunc.predict(many)
-    prob, _, _ = predict_hu_cubes(model, many, config.window_hu, torch.device("cpu"))
+    prob, _ = predict_hu_cubes(model, many, config.window_hu, torch.device("cpu"))
     assert len(out) == 50
     np.testing.assert_allclose(out["nodule_prob"], prob, rtol=1e-5, atol=1e-6)
 

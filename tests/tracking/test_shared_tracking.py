@@ -18,8 +18,10 @@ from typer.testing import CliRunner
 
 from lungcad.cli.main import app
 from lungcad.tracking.mlflow_run import TrackingUnreachableError, check_tracking, redact_uri
-from tests.conftest import REPO, make_tiny_dataset, tiny_train_config
+from tests.conftest import REPO, TEST_PARAMS, make_tiny_dataset, tiny_train_config
 from tests.tools.serving import free_port, wait_until_serving
+
+pytestmark = pytest.mark.slow  # an MLflow server, several processes
 
 
 def _lungcad(workdir: Path, env: dict, *args: str) -> str:
@@ -114,7 +116,17 @@ def test_an_unreachable_server_stops_the_command_at_once_without_the_password(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     result = CliRunner().invoke(
-        app, ["train", "--dataset", "dataset", "--splits", "dataset/splits.json", "--quiet"]
+        app,
+        [
+            "train",
+            "--dataset",
+            "dataset",
+            "--splits",
+            "dataset/splits.json",
+            "--params",
+            str(TEST_PARAMS),
+            "--quiet",
+        ],
     )
     assert result.exit_code == 2
     assert "unreachable" in result.output and "s3cret" not in result.output
