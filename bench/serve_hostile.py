@@ -8,8 +8,8 @@ summary: 2xx/4xx/5xx counts, status codes per malformed kind, p50/p95 of the val
 server RSS before / at half / after.
 
 Usage:
-    python bench/serve_hostile.py [--model-uri models:/lungcad@champion] [--requests 1000]
-                                  [--concurrency 8] [--workers 1] [--out reports/serve_hostile.json]
+    PYTHONPATH=. python bench/serve_hostile.py [--model-uri models:/lungcad@champion]
+        [--requests 1000] [--concurrency 8] [--workers 1] [--out reports/serve_hostile.json]
 """
 
 from __future__ import annotations

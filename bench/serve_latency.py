@@ -9,8 +9,8 @@ Requests carry real cubes from the dataset, in each encoding the server understa
 JSON {"inputs": [...]} (float32 HU as text) and Parquet (lungcad.registry.client).
 
 Usage:
-    python bench/serve_latency.py [--dataset data/processed] [--requests 40] [--workers 2]
-                                  [--encodings json parquet]
+    PYTHONPATH=. python bench/serve_latency.py [--dataset data/processed] [--requests 40]
+        [--workers 2] [--encodings json parquet]
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lungcad.core.model.attributes import attribute_targets
+from lungcad.core.model.attributes import StaleDatasetError, attribute_targets
 from lungcad.core.splits import load_splits
 from lungcad.errors import LungcadError
 
@@ -251,7 +251,7 @@ class TrainTargets:
         if agreement_weights or reader_spread:
             if "malignancy_std" not in rows.columns:
                 need = "mal_weighting=agreement" if agreement_weights else "model.spread"
-                raise KeyError(
+                raise StaleDatasetError(
                     f"train.{need} needs index.csv's malignancy_std column: "
                     "rebuild the dataset (`dvc repro preprocess`)"
                 )

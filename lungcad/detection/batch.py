@@ -77,11 +77,11 @@ def _model(checkpoint: str, detect: DetectConfig):
     key = f"{checkpoint}:{detect.model_dump_json()}"
     if key not in _MODEL_CACHE:
         from lungcad.core.model.cam import CubeExplainer
-        from lungcad.core.model.loading import cube_cut, load_model
+        from lungcad.core.model.loading import load_model_and_cut
 
         _MODEL_CACHE.clear()
-        model, config = load_model(checkpoint, "cpu")
-        detector = detector_config(cube_cut(checkpoint), detect)
+        model, config, cut = load_model_and_cut(checkpoint, "cpu")
+        detector = detector_config(cut, detect)
         explainer = CubeExplainer(model, tuple(config.window_hu))
         _MODEL_CACHE[key] = model, config, detector, explainer
     return _MODEL_CACHE[key]

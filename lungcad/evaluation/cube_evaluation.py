@@ -30,7 +30,7 @@ from lungcad.core.metrics import (
     youden_threshold,
 )
 from lungcad.core.model.attributes import ATTRIBUTES
-from lungcad.core.model.checkpoint import load_checkpoint
+from lungcad.core.model.checkpoint import CheckpointMissingError, load_checkpoint
 from lungcad.core.model.loading import load_model, resolve_amp
 from lungcad.core.model.predict import predict_rows
 from lungcad.core.outputs import write_text_atomic
@@ -141,7 +141,7 @@ def evaluate_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
-        raise FileNotFoundError(
+        raise CheckpointMissingError(
             f"{checkpoint} does not exist: run `dvc repro train` (or `lungcad train`) first"
         )
     data = load_cube_data(dataset_dir, splits_file)

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from lungcad.config import EvaluateConfig
 from lungcad.core.metrics import validation_objective
+from lungcad.errors import LungcadError
 from lungcad.evaluation.cube_evaluation import evaluate_model
 from lungcad.tracking.mlflow_run import ensure_experiment, log_evaluation
 from lungcad.tracking.model_ref import CHAMPION, PREVIOUS, REGISTERED_MODEL
@@ -33,6 +34,10 @@ DISCLAIMER = (
     "Intended use: research on lung nodule detection and malignancy estimation. Not a medical "
     "device; not for diagnosis or patient management."
 )
+
+
+class NoCandidateError(LungcadError, LookupError):
+    """No finished training run with a logged model to promote."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ def best_candidate(experiment: str, criterion: str = "metrics.best_val_metric") 
         output_format="list",
     )
     if not runs:
-        raise LookupError(
+        raise NoCandidateError(
             f"experiment {experiment!r} has no finished training run with a logged model: run "
             "`lungcad train` (DVC stage `train`) first"
         )

@@ -54,6 +54,10 @@ from lungcad.training.telemetry import EpochTelemetry
 log = logging.getLogger(__name__)
 
 
+class TrainingSetupError(LungcadError, ValueError):
+    """Training cannot start as asked (empty splits, a checkpoint of other settings)."""
+
+
 class NonFiniteLossError(LungcadError, RuntimeError):
     """The loss became NaN or infinite; training stopped, the last good checkpoint is kept."""
 
@@ -127,7 +131,9 @@ class Trainer:
         self.extra_state: dict[str, Any] = {}  # saved with checkpoints (e.g. MLflow run id)
         train_rows, val_rows = data.subset("train"), data.subset("val")
         if len(train_rows) == 0 or len(val_rows) == 0:
-            raise ValueError("the train and val splits must both hold cubes; re-run the split")
+            raise TrainingSetupError(
+                "the train and val splits must both hold cubes; re-run the split"
+            )
         self.train_rows, self.val_rows = train_rows, val_rows
         index = np.concatenate([train_rows["cube_index"], val_rows["cube_index"]])
         nbytes = len(index) * int(np.prod(data.cubes.shape[1:])) * data.cubes.dtype.itemsize
@@ -370,7 +376,7 @@ class Trainer:
     def load_state(self, path: Path) -> None:
         state = load_checkpoint(path, self.device)
         if state["config"] != self.config.to_dict():
-            raise ValueError(
+            raise TrainingSetupError(
                 f"{path} was written with other train settings; remove it or drop --resume"
             )
         self.model.load_state_dict(state["model"])

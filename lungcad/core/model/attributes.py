@@ -14,6 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from lungcad.errors import LungcadError
+
+
+class StaleDatasetError(LungcadError, KeyError):
+    """The cube dataset was built by an older lungcad and lacks a column: rebuild it."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
 
 @dataclass(frozen=True)
 class Attribute:
@@ -58,11 +67,11 @@ def attribute_targets(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     exist (nodule cubes with the column present and finite). Missing entries are 0.
 
     Raises:
-        KeyError: naming an attribute column the index does not have.
+        StaleDatasetError: naming an attribute column the index does not have.
     """
     missing = [a.column for a in ATTRIBUTES if a.column not in rows.columns]
     if missing:
-        raise KeyError(
+        raise StaleDatasetError(
             f"index.csv lacks the attribute column(s) {missing}: rebuild the dataset with "
             "`lungcad data build` (or `dvc repro preprocess`)"
         )

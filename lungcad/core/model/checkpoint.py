@@ -23,6 +23,10 @@ from lungcad.core.outputs import removing_on_failure, write_failure
 from lungcad.errors import LungcadError
 
 
+class CheckpointMissingError(LungcadError, FileNotFoundError):
+    """No checkpoint at that path."""
+
+
 class UnsafeCheckpointError(LungcadError, ValueError):
     """The file holds pickled objects other than tensors and plain data."""
 
@@ -85,7 +89,7 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointMissingError(f"checkpoint {path} does not exist")
     try:
         # Checkpoints written before the plain format stored torch.__version__ as a
         # TorchVersion (a str subclass); allowing that one class keeps them loadable.

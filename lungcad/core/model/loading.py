@@ -11,15 +11,20 @@ import torch
 from lungcad.config import CandidatesConfig, PreprocessConfig, TrainConfig, validate_section
 from lungcad.core.model.checkpoint import load_checkpoint
 from lungcad.core.model.network import NoduleNet
+from lungcad.errors import LungcadError
 
 log = logging.getLogger(__name__)
+
+
+class DeviceError(LungcadError, RuntimeError):
+    """The device asked for is not on this machine."""
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available; use auto or cpu")
+        raise DeviceError("train.device=cuda but no CUDA device is available; use auto or cpu")
     return torch.device(name)
 
 
@@ -44,12 +49,21 @@ def load_model(
 ) -> tuple[NoduleNet, TrainConfig]:
     """Rebuild the network of a lungcad checkpoint with its weights (in channels_last_3d,
     for faster inference, when it was trained so)."""
+    model, config, _ = load_model_and_cut(checkpoint, device)
+    return model, config
+
+
+def load_model_and_cut(
+    checkpoint: str | Path, device: torch.device | str = "cpu"
+) -> tuple[NoduleNet, TrainConfig, CubeCut]:
+    """``load_model`` and ``cube_cut`` from one read of the checkpoint."""
     state = load_checkpoint(checkpoint, device)
-    config = validate_section(TrainConfig, state["config"], f"checkpoint {checkpoint}", "train")
+    source = f"checkpoint {checkpoint}"
+    config = validate_section(TrainConfig, state["config"], source, "train")
     model = build_model(config, torch.device(device))
     model.load_state_dict(state["model"])
     model.eval()
-    return model, config
+    return model, config, _cut(state, config, source)
 
 
 @dataclass(frozen=True)
@@ -71,7 +85,10 @@ def cube_cut(checkpoint: str | Path) -> CubeCut:
     """
     state = load_checkpoint(checkpoint)
     source = f"checkpoint {checkpoint}"
-    config = validate_section(TrainConfig, state["config"], source, "train")
+    return _cut(state, validate_section(TrainConfig, state["config"], source, "train"), source)
+
+
+def _cut(state: dict, config: TrainConfig, source: str) -> CubeCut:
     cut = state.get("cut_settings") or {}
     if not cut:
         log.warning("%s carries no cube settings; using the default preprocess settings", source)
