@@ -68,17 +68,27 @@ def apply_params(
     params: ParamsFile = Path("params.yaml"),
 ) -> None:
     """Merge the keys of BEST into params.yaml, keeping its comments and order."""
+    import io
+
+    import yaml as plain_yaml
     from ruamel.yaml import YAML
 
-    if not best.exists():
-        fail(f"{best} does not exist: run `lungcad tune` first")
+    from lungcad.config import Params, validate_section
+    from lungcad.core.outputs import write_text_atomic
+
+    for path, hint in ((best, "run `lungcad tune` first"), (params, "pass --params")):
+        if not path.is_file():
+            fail(f"{path} does not exist: {hint}")
     yaml = YAML()
-    target = yaml.load(params.read_text()) if params.exists() else {}
+    target = yaml.load(params.read_text())
     for section, values in (yaml.load(best.read_text()) or {}).items():
         target.setdefault(section, {})
         for key, value in values.items():
             target[section][key] = value
             typer.echo(f"{section}.{key} = {value}")
-    with params.open("w") as fh:
-        yaml.dump(target, fh)
+    text = io.StringIO()
+    yaml.dump(target, text)
+    # the merged file must be valid before it replaces the old one
+    validate_section(Params, plain_yaml.safe_load(text.getvalue()) or {}, str(params), "")
+    write_text_atomic(params, text.getvalue(), "the params file")
     typer.echo(f"updated {params}")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -135,3 +136,22 @@ def test_bad_params_file_names_the_parameter(tmp_path, slab_root) -> None:
     )
     assert result.exit_code == 2 and "cube_sise" in result.output
     assert not pd.io.common.file_exists(tmp_path / "o" / "index.csv")
+
+
+def test_apply_params_merges_keeps_comments_and_refuses_a_bad_value(tmp_path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    best = tmp_path / "best.yaml"
+    best.write_text("train:\n  lr: 0.0042\n  lambda_mal: 0.8\n")
+    result = runner.invoke(app, ["apply-params", str(best), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    text = params.read_text()
+    assert "lr: 0.0042" in text and "# One section per stage" in text
+    from lungcad.config import load_params
+
+    assert load_params(params).train.lambda_mal == 0.8
+    before = params.read_text()
+    best.write_text("train:\n  lr: fast\n")
+    result = runner.invoke(app, ["apply-params", str(best), "--params", str(params)])
+    assert result.exit_code == 2 and "train.lr = 'fast'" in result.output
+    assert params.read_text() == before  # nothing written
