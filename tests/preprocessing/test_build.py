@@ -11,7 +11,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from lungcad.config import CandidatesConfig, PreprocessConfig
+from lungcad.config import CandidatesConfig, ConfigError, PreprocessConfig, validate_section
 from lungcad.core.masks import read_masks
 from lungcad.core.runner import ScanParts
 from lungcad.preprocessing.build import INDEX_COLUMNS, build_dataset, settings_key
@@ -182,5 +182,5 @@ def test_interrupted_build_reuses_finished_scans_and_settings_invalidate_them(
 def test_config_rejects_out_of_range_and_unknown_parameters() -> None:
     with pytest.raises(ValueError, match="min_readers"):
         PreprocessConfig(min_readers=5)
-    with pytest.raises(ValueError, match="cube_sise"):
-        PreprocessConfig.model_validate({"cube_sise": 64})
+    with pytest.raises(ConfigError, match="unknown parameter preprocess.cube_sise"):
+        validate_section(PreprocessConfig, {"cube_sise": 64}, "params.yaml", "preprocess")
