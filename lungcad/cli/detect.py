@@ -50,21 +50,20 @@ def detect(
     quiet: Quiet = False,
 ) -> None:
     """Find the nodules in CT scans: candidates, network scores, NMS; CSVs, pictures, report."""
-    from lungcad.config import load_params
+    from lungcad.config import load_params, with_changes
     from lungcad.detection.batch import DetectSettings, detect_scans, top_findings
     from lungcad.tracking.model_ref import resolve_checkpoint
 
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        fail(f"--threshold {threshold}: a probability between 0 and 1")
-    settings = DetectSettings(load_params(params).detect, threshold, figures=figures)
+    config = with_changes(load_params(params).detect, "detect", threshold=threshold, split=split)
+    settings = DetectSettings(config, figures=figures)
     patients = None
     if splits is not None:
         from lungcad.core.splits import load_splits
 
         try:
-            patients = set(load_splits(splits)[split or settings.detect.split])
+            patients = set(load_splits(splits)[config.split])
         except (OSError, KeyError, ValueError) as exc:
-            fail(f"--splits {splits} --split {split}: {exc}")
+            fail(f"--splits {splits} --split {config.split}: {exc}")
     require_tracking_for(model)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, label = resolve_checkpoint(model, tmp)
@@ -73,7 +72,7 @@ def detect(
         )
     if len(scans) == 0:
         fail(f"{input_path}: no scan to detect (check the path, and --splits/--split if given)")
-    for line in top_findings(out, settings.min_probability):
+    for line in top_findings(out, config.threshold):
         typer.echo(line)
     bad = int((scans["status"] != "ok").sum())
     typer.echo(f"{len(scans) - bad} scan(s) done, {bad} not usable -> {out / 'report.md'}")

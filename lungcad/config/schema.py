@@ -102,7 +102,7 @@ class RealismConfig(Section):
 
     real_root: str = "../shared/data/lidc-slabs"
     max_scans: Annotated[Int, Field(ge=1)] = 20
-    patches: Annotated[Int, Field(ge=10)] = 400
+    patches: Annotated[Int, Field(ge=20)] = 400
     seed: Seed = 0
 
 

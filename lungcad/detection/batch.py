@@ -57,15 +57,10 @@ class DetectSettings:
     """What a detection run is asked to do (all of it goes into the resume digest); the
     cube geometry, lung mask and candidate generator come with the model."""
 
-    detect: DetectConfig = DetectConfig()
-    threshold: float | None = None  # findings at or above it are drawn and printed
+    detect: DetectConfig = DetectConfig()  # its threshold: findings drawn and printed
     top: int = 4  # findings shown in each scan's figure
     figures: bool = True
     explain: bool = True  # a Grad-CAM picture and NIfTI map of each finding shown
-
-    @property
-    def min_probability(self) -> float:
-        return self.detect.threshold if self.threshold is None else self.threshold
 
 
 _MODEL_CACHE: dict[str, tuple] = {}
@@ -92,7 +87,7 @@ def shown_findings(findings: pd.DataFrame, settings: DetectSettings) -> pd.DataF
     ``settings.top``, most probable first."""
     if findings.empty:
         return findings
-    return findings[findings["probability"] >= settings.min_probability].head(settings.top)
+    return findings[findings["probability"] >= settings.detect.threshold].head(settings.top)
 
 
 def _write_part(part: Path, tables: dict[str, pd.DataFrame], meta: dict) -> None:
@@ -130,7 +125,7 @@ def _scan_job(args: tuple) -> str:
                 det.findings,
                 Path(figure_dir) / name,
                 settings.top,
-                settings.min_probability,
+                settings.detect.threshold,
                 ref[0] if ref else None,
             )
             if settings.explain:
@@ -167,7 +162,7 @@ def _scan_job(args: tuple) -> str:
         seconds_total=float(sum(seconds.values())),
         candidates=len(det.candidates),
         findings_above_threshold=int(
-            (det.findings["probability"] >= settings.min_probability).sum()
+            (det.findings["probability"] >= settings.detect.threshold).sum()
         ),
     )
     _write_part(part, tables, meta)
@@ -310,7 +305,7 @@ def _report(
         "# lungcad detect",
         "",
         f"Model: `{model}`. {len(ok)} scan(s) read, {len(scans) - len(ok)} not usable. "
-        f"Findings at or above probability {settings.min_probability:.2f} are listed.",
+        f"Findings at or above probability {settings.detect.threshold:.2f} are listed.",
         "*Research use only; not a diagnostic device.*",
         "",
     ]
@@ -330,7 +325,7 @@ def _report(
     lines += ["## Findings", ""]
     for r in ok.itertuples():
         f = findings[findings["seriesuid"] == r.seriesuid] if len(findings) else findings
-        top = f[f["probability"] >= settings.min_probability] if len(f) else f
+        top = f[f["probability"] >= settings.detect.threshold] if len(f) else f
         note = f" ({r.reason})" if isinstance(r.reason, str) and r.reason else ""
         name = f"{r.patient_id}_{r.seriesuid[-12:]}.png"
         lines.append(f"### {r.patient_id} `{r.seriesuid}`{note}")
