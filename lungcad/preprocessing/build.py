@@ -450,11 +450,7 @@ def build_dataset(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     index = index_lidc_root(raw_root, workers=workers, progress=progress)
-    try:
-        write_csv_atomic(index.to_frame(), out_dir / "series_index.csv")
-    except OSError as exc:
-        keep = f"the previous dataset in {out_dir}"
-        raise write_failure("the dataset", out_dir, exc, keep) from exc
+    write_csv_atomic(index.to_frame(), out_dir / "series_index.csv", "the dataset's series index")
     skipped, mixed = _index_skips(index)
 
     parts = ScanParts(out_dir, settings_key(config, candidates), ".npz")
