@@ -53,7 +53,7 @@ def main() -> None:
         torch.manual_seed(0)
         config = params.train
         model = NoduleNet(config.model).to(device).eval()
-        cut = CubeCut(params.preprocess, params.candidates, tuple(config.window_hu))
+        cut = CubeCut(params.preprocess, params.candidates)
     else:
         model, config = load_model(args.model, device)
         cut = cube_cut(args.model)

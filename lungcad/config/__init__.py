@@ -4,7 +4,6 @@ only reader of params files (``load_params``)."""
 from lungcad.config.loader import (
     ConfigError,
     load_params,
-    load_section,
     validate_section,
     with_changes,
 )
@@ -46,7 +45,6 @@ __all__ = [
     "TrainConfig",
     "TuneConfig",
     "load_params",
-    "load_section",
     "validate_section",
     "with_changes",
 ]

@@ -106,11 +106,6 @@ def load_params(path: str | Path, *overlays: str | Path) -> Params:
         raise describe(exc, source) from None
 
 
-def load_section(path: str | Path, section: str) -> Any:
-    """One section of a params file (the whole file is validated)."""
-    return getattr(load_params(path), section)
-
-
 def validate_section(kind: type[S], values: dict[str, Any], source: str, prefix: str) -> S:
     """``values`` (a section's mapping, e.g. a checkpoint's stored settings) as ``kind``.
 

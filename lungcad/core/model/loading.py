@@ -63,18 +63,17 @@ def load_model_and_cut(
     model = build_model(config, torch.device(device))
     model.load_state_dict(state["model"])
     model.eval()
-    return model, config, _cut(state, config, source)
+    return model, config, _cut(state, source)
 
 
 @dataclass(frozen=True)
 class CubeCut:
-    """How a model's input cubes are cut and windowed: the training data's preprocess and
-    candidate settings and the train HU window, carried by the checkpoint so that
-    detection, explanation and serving cut cubes exactly as the model was trained on."""
+    """How a model's input cubes are cut: the training data's preprocess and candidate
+    settings, carried by the checkpoint so that detection and explanation cut cubes exactly
+    as the model was trained on (the HU window is in the train settings)."""
 
     preprocess: PreprocessConfig
     candidates: CandidatesConfig
-    window_hu: tuple[float, float]
 
 
 def cube_cut(checkpoint: str | Path) -> CubeCut:
@@ -83,17 +82,14 @@ def cube_cut(checkpoint: str | Path) -> CubeCut:
     A checkpoint written before it carried its cut gets the schema's defaults (the
     settings lungcad has always cut cubes with), and a warning says so.
     """
-    state = load_checkpoint(checkpoint)
-    source = f"checkpoint {checkpoint}"
-    return _cut(state, validate_section(TrainConfig, state["config"], source, "train"), source)
+    return _cut(load_checkpoint(checkpoint), f"checkpoint {checkpoint}")
 
 
-def _cut(state: dict, config: TrainConfig, source: str) -> CubeCut:
+def _cut(state: dict, source: str) -> CubeCut:
     cut = state.get("cut_settings") or {}
     if not cut:
         log.warning("%s carries no cube settings; using the default preprocess settings", source)
     return CubeCut(
         validate_section(PreprocessConfig, cut.get("preprocess", {}), source, "preprocess"),
         validate_section(CandidatesConfig, cut.get("candidates", {}), source, "candidates"),
-        tuple(config.window_hu),
     )
