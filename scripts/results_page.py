@@ -82,6 +82,50 @@ def realism_rows(realism: dict) -> list[str]:
     return lines
 
 
+def _num(value, digits: int = 3, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def findings_rows(cube: dict, froc: dict) -> list[str]:
+    """Segmentation against the readers, and the findings of whole-scan detection."""
+    seg = cube.get("segmentation_test") or {}
+    per = froc.get("per_nodule") or {}
+    off = froc.get("offcentre") or {}
+    lines = ["| measure | value |", "| --- | --- |"]
+    if seg.get("n_nodules"):
+        lines += [
+            f"| Dice with the readers' consensus ({seg['n_nodules']} test nodules, mean) | "
+            f"{_with_ci(seg, 'dice_mean')} |",
+            f"| readers' own pairwise Dice, same nodules ({seg['n_with_readers']}) | "
+            f"{_num(seg['readers_pairwise_dice_mean'])} (network: "
+            f"{_num(seg['dice_mean_same_nodules'])}) |",
+            f"| median abs. volume error vs the consensus | "
+            f"{_num(seg['volume_error_pct_median_abs'], 1, ' %')} |",
+        ]
+    if per:
+        lines += [
+            f"| findings per detected nodule (probability ≥ {per['threshold']:.2f}) | "
+            f"{_num(per['findings_per_detected_nodule'], 2)} |",
+            f"| sensitivity at that threshold | {_num(per['sensitivity_at_threshold'])} |",
+            f"| median abs. size error of the best finding vs the readers' diameter | "
+            f"{_num(per.get('size_error_mm_median_abs'), 1, ' mm')} "
+            f"({_num(per.get('size_error_pct_median_abs'), 1, ' %')}) |",
+        ]
+        for group in ("sensitivity_by_type", "sensitivity_by_size"):
+            for name, v in (per.get(group) or {}).items():
+                lines.append(
+                    f"| sensitivity, {name} ({v['n']} nodules) | {_num(v['sensitivity'])} |"
+                )
+    if off.get("n_cubes"):
+        lines += [
+            f"| nodules recut 8–14 mm off-centre ({off['n_cubes']} cubes): mean probability | "
+            f"{_num(off['probability_mean'])} |",
+            f"| … their mask centroid's distance from the nodule (median) | "
+            f"{_num(off['localisation_error_mm_median'], 1, ' mm')} |",
+        ]
+    return lines
+
+
 def results_markdown(repo: Path = REPO) -> str:
     cube = json.loads((repo / "reports/metrics.json").read_text())
     froc = json.loads((repo / "reports/detection/metrics.json").read_text())
@@ -116,6 +160,15 @@ def results_markdown(repo: Path = REPO) -> str:
         "| measure | value |",
         "| --- | --- |",
         *(f"| {name} | {value} |" for name, value in rows),
+        "",
+        "## Findings",
+        "",
+        "The segmentation head against the readers (`reports/metrics.json`,",
+        "`segmentation_test`) and the merged findings of whole-scan detection",
+        "(`reports/detection/metrics.json`, `per_nodule` and `offcentre`); the detection",
+        "guide says how each is measured.",
+        "",
+        *findings_rows(cube, froc),
         "",
         "## Explanations",
         "",

@@ -45,6 +45,14 @@ def detect(
     figures: Annotated[
         bool, typer.Option("--figures/--no-figures", help="A picture per scan.")
     ] = True,
+    offcentre_check: Annotated[
+        bool,
+        typer.Option(
+            "--offcentre-check",
+            help="Also recut each reference nodule 8-14 mm off-centre and score it "
+            "(offcentre.csv; scans the LIDC database knows).",
+        ),
+    ] = False,
     params: ParamsFile = Path("params.yaml"),
     workers: Workers = 1,
     quiet: Quiet = False,
@@ -55,7 +63,7 @@ def detect(
     from lungcad.tracking.model_ref import resolve_checkpoint
 
     config = with_changes(load_params(params).detect, "detect", threshold=threshold, split=split)
-    settings = DetectSettings(config, figures=figures)
+    settings = DetectSettings(config, figures=figures, offcentre=offcentre_check)
     patients = None
     if splits is not None:
         from lungcad.core.splits import load_splits
@@ -110,7 +118,15 @@ def evaluate_detection(
         fail("--excluded needs --annotations")
     config = load_params(params).detect
     try:
-        m = run(detections, out, annotations, excluded, config.bootstrap, config.seed)
+        m = run(
+            detections,
+            out,
+            annotations,
+            excluded,
+            config.bootstrap,
+            config.seed,
+            config.threshold,
+        )
     except ValueError as exc:
         fail(str(exc))
     if run_info is not None and run_info.exists():

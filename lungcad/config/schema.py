@@ -192,6 +192,11 @@ class ModelConfig(Section):
             ``attributes``).
         spread: malignancy as a Gaussian over one reader's rating (mean, sd), trained by
             the likelihood of the readers' ratings.
+        segmentation: a decoder with skip connections from the backbone's stages predicts
+            the nodule's mask in the cube (trained on the readers' consensus).
+        decoder_widths: channels of the decoder's levels, coarsest first: one per residual
+            stage (the finest reads the stem, at half the input resolution), or one more
+            (a last level at the input's full resolution, reading the input).
     """
 
     widths: tuple[Annotated[Int, Field(ge=1)], ...] = (32, 64, 128, 256)
@@ -201,6 +206,8 @@ class ModelConfig(Section):
     attributes: Bool = True
     hierarchical: Bool = False
     spread: Bool = False
+    segmentation: Bool = True
+    decoder_widths: tuple[Annotated[Int, Field(ge=1)], ...] = (32, 16, 8, 8)
 
     @model_validator(mode="after")
     def _shape(self) -> ModelConfig:
@@ -208,6 +215,14 @@ class ModelConfig(Section):
             raise ValueError(
                 f"widths {list(self.widths)} and blocks {list(self.blocks)} need one entry "
                 "per residual stage each"
+            )
+        if self.segmentation and len(self.decoder_widths) not in (
+            len(self.widths),
+            len(self.widths) + 1,
+        ):
+            raise ValueError(
+                f"decoder_widths {list(self.decoder_widths)} need one entry per residual "
+                f"stage ({len(self.widths)}), or one more for full resolution"
             )
         if self.hierarchical and not self.attributes:
             raise ValueError("hierarchical: true needs attributes: true")
@@ -220,13 +235,30 @@ class AugmentConfig(Section):
     Attributes:
         flip: random flips along each axis.
         rot90: random 90-degree rotations in the axial plane.
-        shift_mm: largest random shift of the cube content (voxels are 1 mm).
+        crop_size: the network trains on random crops of this many voxels per side of
+            each cube (0: the whole cube); inference reads whole cubes (the network is
+            convolutional up to its global pooling).
+        shift_mm: air padding on each side before the crop: with ``crop_size`` 0, the
+            largest random shift of the cube content (voxels are 1 mm).
+        offcentre_margin_mm: a nodule cube's crop centre lands anywhere in a ball of the
+            nodule's radius plus this margin around the nodule (as far as the cube
+            allows): a candidate beside a nodule is still scored and outlined as it.
+        offcentre_share: share of the nodule cubes cropped that way; the others move like
+            every other cube (``negative_shift_mm``), so the centred nodule stays the
+            common case.
+        negative_shift_mm: other cubes' crop centres move by at most this along each axis
+            (kept small: a candidate negative a few mm beyond a nodule's edge must not be
+            cropped onto the nodule).
         hu_jitter: largest random HU offset added to a cube.
     """
 
     flip: Bool = True
     rot90: Bool = True
+    crop_size: Annotated[Int, Field(ge=0)] = 0
     shift_mm: Annotated[Int, Field(ge=0)] = 4
+    offcentre_margin_mm: NonNegativeFloat = 3.0
+    offcentre_share: Probability = 0.5
+    negative_shift_mm: Annotated[Int, Field(ge=0)] = 4
     hu_jitter: NonNegativeFloat = 20.0
 
 
@@ -240,6 +272,11 @@ class TrainConfig(Section):
         lambda_det, lambda_mal: loss weights, L = lambda_det * L_det + lambda_mal * L_mal.
         lambda_attr: weight of the attribute loss (nodule cubes); 0 keeps the head
             untrained; > 0 needs ``model.attributes``.
+        lambda_seg: weight of the segmentation loss (Dice + BCE against the readers'
+            consensus mask; empty on cubes without a nodule); > 0 needs
+            ``model.segmentation``.
+        seg_cubes: cubes of each batch the decoder trains on: the nodule cubes first, then
+            others at random (0: all); the decoder costs as much as the rest of the network.
         det_loss: BCE with logits, or the focal loss.
         focal_gamma: focusing parameter of the focal loss.
         mal_on: SmoothL1 on nodule cubes only, or on all cubes (negatives target 1).
@@ -272,6 +309,8 @@ class TrainConfig(Section):
     lambda_det: NonNegativeFloat = 1.0
     lambda_mal: NonNegativeFloat = 0.5
     lambda_attr: NonNegativeFloat = 0.5
+    lambda_seg: NonNegativeFloat = 1.0
+    seg_cubes: Annotated[Int, Field(ge=0)] = 8
     det_loss: Literal["bce", "focal"] = "bce"
     focal_gamma: NonNegativeFloat = 2.0
     mal_on: Literal["nodules", "all"] = "nodules"
@@ -303,6 +342,8 @@ class TrainConfig(Section):
     def _consistent(self) -> TrainConfig:
         if self.lambda_attr > 0 and not self.model.attributes:
             raise ValueError("lambda_attr > 0 needs model.attributes: true (the attribute head)")
+        if self.lambda_seg > 0 and not self.model.segmentation:
+            raise ValueError("lambda_seg > 0 needs model.segmentation: true (the decoder)")
         if self.window_hu[0] >= self.window_hu[1]:
             raise ValueError(f"window_hu {list(self.window_hu)} must be [low, high], low < high")
         return self

@@ -47,6 +47,8 @@ class CubeData:
     #: How the cubes were cut (fingerprint.json's preprocess and candidates sections): a
     #: checkpoint carries it, so inference cuts cubes the same way.
     cut_settings: dict = field(default_factory=dict)
+    #: The folder the dataset was read from (its ``masks.npy`` holds the nodule masks).
+    dataset_dir: Path | None = None
 
     def subset(self, split: str) -> pd.DataFrame:
         return self.index[self.index["split"] == split]
@@ -82,7 +84,7 @@ def load_cube_data(dataset_dir: str | Path, splits_file: str | Path) -> CubeData
             f"{missing.sum()} cubes belong to patients absent from {splits_file}: "
             "re-run `dvc repro split` after rebuilding the dataset"
         )
-    return CubeData(cubes, index, read_cut_settings(dataset_dir))
+    return CubeData(cubes, index, read_cut_settings(dataset_dir), dataset_dir)
 
 
 def read_cut_settings(dataset_dir: str | Path) -> dict:
@@ -93,6 +95,34 @@ def read_cut_settings(dataset_dir: str | Path) -> dict:
         return {}
     doc = json.loads(path.read_text())
     return {k: doc[k] for k in ("preprocess", "candidates") if k in doc}
+
+
+class MaskStore:
+    """The bit-packed consensus masks of some index rows (``lungcad.core.masks``), resident
+    on the device (1/8 of a bool array) and unpacked there per batch.
+
+    Args:
+        dataset_dir: the dataset whose ``masks.npy`` is read.
+        cube_index: rows this store serves, in its own order (as its ``CubeStore``).
+        size: voxels per cube side.
+        device: where batches are needed.
+    """
+
+    def __init__(
+        self, dataset_dir: Path, cube_index: np.ndarray, size: int, device: torch.device | str
+    ) -> None:
+        from lungcad.core.masks import read_packed_masks
+
+        packed = read_packed_masks(dataset_dir, cube_index, size)
+        self.packed = torch.from_numpy(packed).to(device)
+        self.bits = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=device)
+        self.size = size
+
+    def take(self, positions: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S, S) float32 masks (0/1) of these positions."""
+        packed = self.packed.index_select(0, positions)
+        bits = (packed[..., None] & self.bits) > 0  # np.packbits order: most significant first
+        return bits.reshape(len(packed), 1, *(self.size,) * 3).float()
 
 
 def read_cube_rows(cubes: np.ndarray, cube_index: np.ndarray) -> np.ndarray:

@@ -90,6 +90,11 @@ def read_masks(dataset_dir: str | Path, cube_indices, size: int = 64) -> np.ndar
     Raises:
         MasksMissingError: the dataset has no masks.npy (built by an older lungcad).
     """
+    return unpack_masks(read_packed_masks(dataset_dir, cube_indices, size), size)
+
+
+def read_packed_masks(dataset_dir: str | Path, cube_indices, size: int = 64) -> np.ndarray:
+    """``read_masks`` still bit-packed: uint8 (len(cube_indices), S, S, S/8)."""
     path = Path(dataset_dir) / MASKS_FILE
     if not path.exists():
         raise MasksMissingError(
@@ -99,4 +104,4 @@ def read_masks(dataset_dir: str | Path, cube_indices, size: int = 64) -> np.ndar
     packed = np.load(path, mmap_mode="r")
     if packed.shape[1:] != (size, size, size // 8):
         raise ValueError(f"{path}: shape {packed.shape} is not (N, {size}, {size}, {size // 8})")
-    return unpack_masks(packed[np.asarray(cube_indices, dtype=int)], size)
+    return np.ascontiguousarray(packed[np.asarray(cube_indices, dtype=int)])

@@ -6,12 +6,18 @@ where it stopped, and a run with another model or other settings does not reuse 
 outputs are assembled in series-UID order and written atomically:
 
 - ``detections.csv``: LUNA16's submission columns ``seriesuid, coordX, coordY, coordZ,
-  probability`` plus ``patient_id, malignancy, diameter_mm``;
+  probability`` plus ``patient_id, malignancy``, the finding's sizes (``diameter_mm``: longest
+  axial diameter; ``mean_diameter_mm``: Lung-RADS' mean diameter; ``volume_mm3``), ``type``,
+  ``solid_diameter_mm``, ``lung_rads``, ``sizing`` (how it was sized) and ``cubes`` (the
+  candidates merged into it);
 - ``candidates.csv``: every stage-1 candidate with its blob measures and network scores;
 - ``annotations.csv`` / ``annotations_excluded.csv``: the reference nodules of the scans the
   LIDC database knows (LUNA16's columns), for ``lungcad evaluate-detection``;
+- ``offcentre.csv`` (when asked): each reference nodule recut 8-14 mm off-centre, its
+  probability and localisation error;
 - ``scans.csv``: one row per scan: status, reason, size, seconds per step;
-- ``figures/<patient>_<series>.png`` and ``report.md``.
+- ``figures/<patient>_<series>.png``, ``maps/<finding>_mask.nii.gz`` (each shown finding's
+  mask in patient mm) and ``report.md``.
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ import pandas as pd
 from lungcad.config import DetectConfig
 from lungcad.core.annotations.lidc_db import LidcDatabase
 from lungcad.core.candidates import CANDIDATE_COLUMNS
+from lungcad.core.findings.lungrads import LUNG_RADS_LABEL, scan_category
+from lungcad.core.io.nifti import write_mask_nifti
 from lungcad.core.io.scans import ScanSource, find_scans
 from lungcad.core.io.series import SeriesError
 from lungcad.core.model.cam_findings import explain_findings, finding_stem
 from lungcad.core.outputs import atomic_path, write_csv_atomic, write_text_atomic
 from lungcad.core.runner import ScanParts
-from lungcad.detection.detector import detect_volume, detector_config
+from lungcad.detection.detector import detect_volume, detector_config, offcentre_recut
 from lungcad.detection.figures import scan_figure
 from lungcad.detection.reference import REFERENCE_COLUMNS, lidc_reference
 
@@ -48,6 +56,13 @@ DETECTION_COLUMNS = [
     "patient_id",
     "malignancy",
     "diameter_mm",
+    "mean_diameter_mm",
+    "volume_mm3",
+    "type",
+    "solid_diameter_mm",
+    "lung_rads",
+    "sizing",
+    "cubes",
 ]
 STEPS = ("read", "lung_mask", "candidates", "scoring")
 
@@ -61,6 +76,7 @@ class DetectSettings:
     top: int = 4  # findings shown in each scan's figure
     figures: bool = True
     explain: bool = True  # a Grad-CAM picture and NIfTI map of each finding shown
+    offcentre: bool = False  # recut each reference nodule 8-14 mm off-centre and score it
 
 
 _MODEL_CACHE: dict[str, tuple] = {}
@@ -118,6 +134,11 @@ def _scan_job(args: tuple) -> str:
         model, train_config, detector, explainer = _model(checkpoint, settings.detect)
         det = detect_volume(volume, model, tuple(train_config.window_hu), detector)
         ref = lidc_reference(volume, LidcDatabase(db_path)) if db_path else None
+        offcentre = empty
+        if settings.offcentre and ref is not None:
+            offcentre = offcentre_recut(
+                volume, ref[0], model, tuple(train_config.window_hu), detector
+            )
         if settings.figures:
             name = f"{volume.patient_id}_{volume.series_uid[-12:]}.png"
             scan_figure(
@@ -127,7 +148,14 @@ def _scan_job(args: tuple) -> str:
                 settings.top,
                 settings.detect.threshold,
                 ref[0] if ref else None,
+                det.masks,
             )
+            for rank in range(1, len(shown_findings(det.findings, settings)) + 1):
+                if rank - 1 in det.masks:
+                    mask, origin, spacing = det.masks[rank - 1]
+                    stem = finding_stem(volume.patient_id, volume.series_uid, rank)
+                    maps = Path(figure_dir).parent / "maps"
+                    write_mask_nifti(mask, origin, spacing, maps / f"{stem}_mask.nii.gz")
             if settings.explain:
                 explain_findings(
                     volume,
@@ -148,6 +176,7 @@ def _scan_job(args: tuple) -> str:
         "candidates": det.candidates.assign(**uid),
         "reference": ref[0] if ref else empty,
         "excluded": ref[1] if ref else empty,
+        "offcentre": offcentre.assign(**uid) if len(offcentre) else empty,
     }
     seconds = {"read": read_s, **det.seconds}
     meta.update(
@@ -164,9 +193,20 @@ def _scan_job(args: tuple) -> str:
         findings_above_threshold=int(
             (det.findings["probability"] >= settings.detect.threshold).sum()
         ),
+        lung_rads=scan_category(
+            det.findings.loc[det.findings["probability"] >= settings.detect.threshold, "lung_rads"]
+        ),
+        sizing=_sizing(det.findings),
     )
     _write_part(part, tables, meta)
     return source.series_uid
+
+
+def _sizing(findings: pd.DataFrame) -> str:
+    """How a scan's findings were sized: "mask" (the segmentation head) or "cube centre"."""
+    if findings.empty:
+        return "n/a"
+    return "cube centre" if (findings["sizing"] == "cube centre").all() else "mask"
 
 
 def _digest(checkpoint: Path, settings: DetectSettings) -> str:
@@ -251,7 +291,7 @@ def _assemble(
     model_label: str,
 ) -> pd.DataFrame:
     tables: dict[str, list[pd.DataFrame]] = {
-        k: [] for k in ("findings", "candidates", "reference", "excluded")
+        k: [] for k in ("findings", "candidates", "reference", "excluded", "offcentre")
     }
     metas = []
     for s in sources:
@@ -283,9 +323,11 @@ def _assemble(
         "malignancy",
     ]
     _write_atomic(candidates, out_dir / "candidates.csv", cand_cols)
-    ref_cols = [*REFERENCE_COLUMNS, "nodule_id", "n_readers", "malignancy"]
+    ref_cols = [*REFERENCE_COLUMNS, "nodule_id", "n_readers", "malignancy", "texture"]
     _write_atomic(cat("reference"), out_dir / "annotations.csv", ref_cols)
     _write_atomic(cat("excluded"), out_dir / "annotations_excluded.csv", ref_cols)
+    if settings.offcentre:
+        _write_atomic(cat("offcentre"), out_dir / "offcentre.csv")
     scans = pd.DataFrame(metas)
     first = ["seriesuid", "patient_id", "status", "reason"]  # present even with no scan
     scans = scans.reindex(columns=[*first, *(c for c in scans.columns if c not in first)])
@@ -309,6 +351,16 @@ def _report(
         "*Research use only; not a diagnostic device.*",
         "",
     ]
+    if len(ok) and "sizing" in ok:
+        sizing = ", ".join(sorted(set(ok["sizing"].dropna()) - {"n/a"})) or "n/a"
+        lines += [
+            f"Sizing: {sizing}. `mask`: each finding is the fused predicted mask of the "
+            "candidates on one nodule (longest axial diameter, Lung-RADS mean diameter, "
+            "volume); `cube centre`: the model has no segmentation head, findings are sized "
+            "from the dense part at the cube's centre and merged by box NMS. "
+            f"Lung-RADS: {LUNG_RADS_LABEL}.",
+            "",
+        ]
     if len(ok):
         secs = {k: ok[f"seconds_{k}"].mean() for k in STEPS if f"seconds_{k}" in ok}
         lines += [
@@ -330,15 +382,23 @@ def _report(
         name = f"{r.patient_id}_{r.seriesuid[-12:]}.png"
         lines.append(f"### {r.patient_id} `{r.seriesuid}`{note}")
         lines.append("")
+        category = getattr(r, "lung_rads", "n/a")
         if len(top) == 0:
-            lines.append("No finding at or above the threshold.")
+            lines.append(f"No finding at or above the threshold (Lung-RADS {category}).")
         else:
-            lines.append("| # | x, y, z (mm) | probability | malignancy (1–5) | diameter (mm) |")
-            lines.append("|---|---|---|---|---|")
+            lines.append(f"Scan Lung-RADS category: **{category}**.")
+            lines.append("")
+            lines.append(
+                "| # | x, y, z (mm) | probability | malignancy (1–5) | diameter (mm) | "
+                "mean diameter (mm) | volume (mm³) | type | Lung-RADS | cubes |"
+            )
+            lines.append("|---|---|---|---|---|---|---|---|---|---|")
             for i, x in enumerate(top.itertuples(), start=1):
                 lines.append(
                     f"| {i} | {x.coordX:.1f}, {x.coordY:.1f}, {x.coordZ:.1f} | "
-                    f"{x.probability:.3f} | {x.malignancy:.2f} | {x.diameter_mm:.1f} |"
+                    f"{x.probability:.3f} | {x.malignancy:.2f} | {_mm(x.diameter_mm)} | "
+                    f"{_mm(x.mean_diameter_mm)} | {_mm(x.volume_mm3, 0)} | {x.type} | "
+                    f"{x.lung_rads} | {x.cubes} |"
                 )
         if settings.figures:
             lines += ["", f"![{r.patient_id}](figures/{name})"]
@@ -354,6 +414,10 @@ def _report(
                 lines.append(f"![finding {i}](figures/{stem}_cam.png)")
         lines.append("")
     return "\n".join(lines)
+
+
+def _mm(value: float, digits: int = 1) -> str:
+    return "n/a" if pd.isna(value) else f"{value:.{digits}f}"
 
 
 def top_findings(out_dir: str | Path, threshold: float, per_scan: int = 5) -> list[str]:
@@ -372,8 +436,11 @@ def top_findings(out_dir: str | Path, threshold: float, per_scan: int = 5) -> li
         note = f" ({r.reason})" if isinstance(r.reason, str) and r.reason else ""
         lines.append(f"{r.patient_id} {r.seriesuid}: {len(f)} finding(s) >= {threshold:.2f}{note}")
         for x in f.head(per_scan).itertuples():
+            size = "size n/a" if pd.isna(x.diameter_mm) else f"{x.diameter_mm:.1f} mm"
+            kind = "" if x.type == "n/a" else f" {x.type}"
+            rads = "" if x.lung_rads == "n/a" else f"  Lung-RADS {x.lung_rads}"
             lines.append(
                 f"  ({x.coordX:7.1f}, {x.coordY:7.1f}, {x.coordZ:7.1f}) mm  p={x.probability:.3f}  "
-                f"malignancy {x.malignancy:.1f}  ~{x.diameter_mm:.0f} mm"
+                f"malignancy {x.malignancy:.1f}  {size}{kind}{rads}"
             )
     return lines

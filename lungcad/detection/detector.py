@@ -1,13 +1,18 @@
 """Whole-scan detection of one CT: lung mask → candidates → 64³ cubes scored by the network →
-non-maximum suppression in mm.
+one finding per nodule, sized and typed from its mask.
 
 Each candidate's cube is cut with the same physically exact extraction as the training
 cubes (``extract_cube``: a 1 mm grid centred on the candidate's patient-mm position) from
 the volume mirrored in z (``mirror_pad_z``), so a candidate near the first or last slice
 gets anatomy rather than air around it, as the candidate negatives of the training set do.
-Duplicates (two candidates on one nodule) are merged by MONAI's box NMS on mm boxes of the
-candidate's blob size, overlap measured on the smaller box (a blob inside a bigger
-nodule's box is the same finding).
+With a segmentation decoder, each cube's predicted mask, placed in patient mm, tells which
+candidates lie on one nodule (``lungcad.core.findings.merge``): they become one finding at the
+centroid of their fused mask, sized three ways and typed from it
+(``lungcad.core.findings.measure``) with its Lung-RADS category
+(``lungcad.core.findings.lungrads``). Findings without a mask (and every finding of a model
+without the decoder, then sized from the dense part at the cube's centre) are merged by
+MONAI's box NMS on mm boxes of their size, overlap measured on the smaller box (a blob
+inside a bigger nodule's box is the same finding).
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from scipy import ndimage
 from lungcad.config import DetectConfig
 from lungcad.core.candidates import CandidateConfig, generate_candidates
 from lungcad.core.cubes import extract_cube, mirror_pad_z
+from lungcad.core.findings.lungrads import lung_rads
+from lungcad.core.findings.measure import measure_mask, nodule_type
+from lungcad.core.findings.merge import FindingMask, cube_finding_mask, fuse_masks, group_findings
 from lungcad.core.io.series import CtVolume
 from lungcad.core.lung_mask import lung_mask
 from lungcad.core.model.loading import CubeCut
@@ -42,8 +50,18 @@ FINDING_COLUMNS = [
     "probability",
     "malignancy",
     "diameter_mm",
+    "mean_diameter_mm",
+    "volume_mm3",
+    "type",
+    "solid_diameter_mm",
+    "lung_rads",
+    "sizing",
+    "cubes",
     "candidate_score",
 ]
+#: How a finding was sized: from its fused predicted mask; from the dense part at its cube's
+#: centre (a model without the decoder); or not at all (the decoder outlined nothing).
+SIZINGS = ("mask", "cube centre", "n/a")
 
 
 @dataclass(frozen=True)
@@ -102,6 +120,9 @@ class ScanDetections:
     findings: pd.DataFrame
     seconds: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    #: Each finding's fused mask (row of ``findings`` -> (bool (z, y, x), origin (x, y, z)
+    #: patient mm of voxel (0, 0, 0), spacing mm)); absent for findings without one.
+    masks: dict[int, tuple[np.ndarray, np.ndarray, float]] = field(default_factory=dict)
 
 
 def box_iomin(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
@@ -181,23 +202,32 @@ def score_cubes(
     config: DetectorConfig,
     device: torch.device,
     blob_diameters_mm: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Nodule probability, malignancy, diameter (``cube_diameter_mm``) and the network's
-    optional outputs ((N, k), columns ``model.output_names``: the attributes on their LIDC
-    scales, the readers' predicted malignancy sd) of the cube centred on each point."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[FindingMask] | None]:
+    """Nodule probability, malignancy, diameter (``cube_diameter_mm``, for a model without
+    the decoder) and the network's optional outputs ((N, k), columns ``model.output_names``:
+    the attributes on their LIDC scales, the readers' predicted malignancy sd) of the cube
+    centred on each point, and each cube's nodule mask in patient mm (None without the
+    decoder)."""
+    segments = model.segments
     if len(centres_mm) == 0:
         empty = np.zeros((0, len(model.output_names)), np.float32)
-        return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0), empty
+        return (
+            np.zeros(0, np.float32),
+            np.zeros(0, np.float32),
+            np.zeros(0),
+            empty,
+            [] if segments else None,
+        )
     hu, geometry = mirror_pad_z(volume, config.cube_size * config.spacing_mm)
     image = geometry.to_sitk(hu)
-    probs, mals, sizes, attrs = [], [], [], []
+    probs, mals, sizes, attrs, masks = [], [], [], [], []
     for start in range(0, len(centres_mm), config.batch_size):
         chunk = centres_mm[start : start + config.batch_size]
         cubes = np.stack(
             [extract_cube(image, c, config.cube_size, config.spacing_mm) for c in chunk]
         )
-        p, m, a = predict_hu_cubes(
-            model, cubes, window_hu, device, config.batch_size, named_outputs=True
+        p, m, a, cube_masks = predict_hu_cubes(
+            model, cubes, window_hu, device, config.batch_size, named_outputs=True, masks=True
         )
         for flip in config.tta_flips:  # flipped copies along these cube axes (z, y, x)
             pf, mf, af = predict_hu_cubes(
@@ -213,9 +243,64 @@ def score_cubes(
         probs.append(p / n)
         mals.append(m / n)
         attrs.append(a / n)
-        fallback = blob_diameters_mm[start : start + config.batch_size]
-        sizes.extend(cube_diameter_mm(c, config.spacing_mm, f) for c, f in zip(cubes, fallback))
-    return np.concatenate(probs), np.concatenate(mals), np.array(sizes), np.concatenate(attrs)
+        if segments:
+            masks.extend(
+                cube_finding_mask(mk, cube, c, config.spacing_mm)
+                for mk, cube, c in zip(cube_masks, cubes, chunk)
+            )
+            sizes.extend([np.nan] * len(chunk))
+        else:
+            fallback = blob_diameters_mm[start : start + config.batch_size]
+            sizes.extend(cube_diameter_mm(c, config.spacing_mm, f) for c, f in zip(cubes, fallback))
+    return (
+        np.concatenate(probs),
+        np.concatenate(mals),
+        np.array(sizes),
+        np.concatenate(attrs),
+        masks if segments else None,
+    )
+
+
+def _texture(cands: pd.DataFrame, i: int) -> float | None:
+    return float(cands["attr_texture"].iat[i]) if "attr_texture" in cands else None
+
+
+def mask_findings(
+    cands: pd.DataFrame, masks: list[FindingMask]
+) -> tuple[pd.DataFrame, dict[int, tuple[np.ndarray, np.ndarray, float]]]:
+    """One row per nodule from scored candidates and their cube masks: the best member's
+    scores at the fused mask's centroid, with its sizes, type and Lung-RADS category, and
+    the fused masks (keyed by row)."""
+    centres = cands[["coordX", "coordY", "coordZ"]].to_numpy(float)
+    groups = group_findings(masks, centres, cands["probability"].to_numpy())
+    rows, fused = [], {}
+    for members in groups:
+        best = members[0]
+        row = cands.iloc[best].to_dict()
+        mask, origin, hu = fuse_masks([masks[i] for i in members])
+        spacing = masks[best].spacing_mm
+        measures = measure_mask(mask, origin, spacing, hu)
+        kind = nodule_type(_texture(cands, best), measures)
+        row["cubes"] = len(members)
+        row["type"] = kind
+        if measures.empty:
+            row["sizing"] = "n/a"
+            for column in ("diameter_mm", "mean_diameter_mm", "volume_mm3", "solid_diameter_mm"):
+                row[column] = np.nan
+            row["lung_rads"] = "n/a"
+        else:
+            fused[len(rows)] = (mask, origin, spacing)
+            row["coordX"], row["coordY"], row["coordZ"] = measures.centroid_mm
+            row["sizing"] = "mask"
+            row["diameter_mm"] = measures.diameter_mm
+            row["mean_diameter_mm"] = measures.mean_diameter_mm
+            row["volume_mm3"] = measures.volume_mm3
+            row["solid_diameter_mm"] = measures.solid_mean_diameter_mm
+            row["lung_rads"] = lung_rads(
+                kind, measures.mean_diameter_mm, measures.solid_mean_diameter_mm
+            )
+        rows.append(row)
+    return pd.DataFrame(rows).reset_index(drop=True), fused
 
 
 def detect_volume(
@@ -249,7 +334,7 @@ def detect_volume(
     seconds["candidates"] = time.perf_counter() - t
     t = time.perf_counter()
     centres = cands[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float)
-    prob, mal, size, attrs = score_cubes(
+    prob, mal, size, attrs, masks = score_cubes(
         volume, centres, model, window_hu, config, device, cands["diameter_mm"].to_numpy(float)
     )
     cands = cands.assign(probability=prob, malignancy=mal, blob_diameter_mm=cands["diameter_mm"])
@@ -257,17 +342,99 @@ def detect_volume(
     for i, column in enumerate(attr_columns):  # the readers' attributes (and sd), as predicted
         cands[column] = attrs[:, i]
     cands["diameter_mm"] = size
+    scored = cands.rename(columns={"score": "candidate_score"})
+    fused: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+    if masks is None:
+        notes.append("sized from the dense part at each cube's centre (no segmentation head)")
+        nodules = scored.assign(
+            sizing="cube centre",
+            cubes=1,
+            type="n/a",
+            mean_diameter_mm=np.nan,
+            volume_mm3=np.nan,
+            solid_diameter_mm=np.nan,
+            lung_rads="n/a",
+        )
+    elif len(scored):
+        nodules, fused = mask_findings(scored, masks)
+    else:
+        nodules = scored.reindex(columns=[*scored.columns, *FINDING_COLUMNS[6:]])
+    # Findings without a mask (and those of a model without the decoder): box NMS.
+    box_mm = nodules["diameter_mm"].fillna(nodules["blob_diameter_mm"]).to_numpy(float)
     keep = nms_mm(
-        centres, cands["diameter_mm"].to_numpy(), prob, config.nms_overlap, config.min_box_mm
+        nodules[["coordX", "coordY", "coordZ"]].to_numpy(float),
+        box_mm,
+        nodules["probability"].to_numpy(float),
+        config.nms_overlap,
+        config.min_box_mm,
     )
-    findings = (
-        cands.iloc[keep]
-        .rename(columns={"score": "candidate_score"})
-        .sort_values("probability", ascending=False, kind="stable")[
-            [*FINDING_COLUMNS, *attr_columns]
-        ]
-        .reset_index(drop=True)
-    )
+    findings = nodules.iloc[keep]
+    order = np.argsort(-findings["probability"].to_numpy(), kind="stable")
+    old_rows = findings.index.to_numpy()[order]
+    findings = findings.iloc[order][[*FINDING_COLUMNS, *attr_columns]].reset_index(drop=True)
     findings["malignancy"] = findings["malignancy"].clip(1.0, 5.0)
+    masks_kept = {new: fused[old] for new, old in enumerate(old_rows) if old in fused}
     seconds["scoring"] = time.perf_counter() - t
-    return ScanDetections(volume.series_uid, volume.patient_id, cands, findings, seconds, notes)
+    return ScanDetections(
+        volume.series_uid, volume.patient_id, cands, findings, seconds, notes, masks_kept
+    )
+
+
+#: Off-centre check: each reference nodule is recut this far (mm, from its centre to the
+#: cube's) in random directions.
+OFFCENTRE_MM = (8.0, 14.0)
+
+
+def offcentre_recut(
+    volume: CtVolume,
+    reference: pd.DataFrame,
+    model: NoduleNet,
+    window_hu: tuple[float, float],
+    config: DetectorConfig,
+    moves: int = 2,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Score each reference nodule's cube recut with the nodule ``OFFCENTRE_MM`` off the
+    cube's centre (``moves`` random directions, seeded by the series and nodule): the
+    probability the network gives it and how far its mask's centroid lies from the nodule's
+    centre (``localisation_error_mm``; NaN where it outlines nothing, or without the
+    decoder)."""
+    columns = ["nodule_id", "offset_mm", "probability", "localisation_error_mm", "diameter_mm"]
+    if reference is None or reference.empty:
+        return pd.DataFrame(columns=columns)
+    rng = np.random.default_rng([seed, *(ord(ch) for ch in volume.series_uid[-16:])])
+    centres, rows = [], []
+    for ref in reference.itertuples():
+        nodule = np.array([ref.coordX, ref.coordY, ref.coordZ], float)
+        for _ in range(moves):
+            direction = rng.normal(size=3)
+            distance = rng.uniform(*OFFCENTRE_MM)
+            centres.append(nodule + direction / np.linalg.norm(direction) * distance)
+            rows.append({"nodule_id": ref.nodule_id, "offset_mm": distance, "nodule": nodule})
+    prob, _, _, _, masks = score_cubes(
+        volume,
+        np.array(centres),
+        model,
+        window_hu,
+        config,
+        torch.device("cpu"),
+        np.full(len(centres), np.nan),
+    )
+    out = []
+    for row, p, i in zip(rows, prob, range(len(rows))):
+        error, size = np.nan, np.nan
+        if masks is not None and len(masks[i]):
+            mask, origin, hu = fuse_masks([masks[i]])
+            measures = measure_mask(mask, origin, masks[i].spacing_mm, hu)
+            error = float(np.linalg.norm(np.array(measures.centroid_mm) - row["nodule"]))
+            size = measures.diameter_mm
+        out.append(
+            {
+                "nodule_id": row["nodule_id"],
+                "offset_mm": row["offset_mm"],
+                "probability": float(p),
+                "localisation_error_mm": error,
+                "diameter_mm": size,
+            }
+        )
+    return pd.DataFrame(out, columns=columns)

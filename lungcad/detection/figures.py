@@ -28,11 +28,14 @@ def scan_figure(
     top: int = 4,
     threshold: float = 0.5,
     reference: pd.DataFrame | None = None,
+    masks: dict[int, tuple[np.ndarray, np.ndarray, float]] | None = None,
 ) -> None:
     """An overview (maximum intensity projection: coronal, or axial for a volume shorter
     than ``AXIAL_OVERVIEW_BELOW_MM`` in z) with the ``top`` most probable findings numbered,
     then the axial slice through each of them. Reference nodules, when given, are drawn
-    dashed in green; findings below ``threshold`` are marked as such in their title."""
+    dashed in green; findings below ``threshold`` are marked as such in their title. A
+    finding's mask (``masks``: row -> (mask (z, y, x), origin (x, y, z) mm, spacing mm)) is
+    outlined in red on its slice; one without is circled."""
     geometry = volume.geometry
     shown = findings.head(top)
     n = 1 + max(len(shown), 1)
@@ -70,8 +73,15 @@ def scan_figure(
         r0 = int(np.clip(round(r) - half, 0, volume.hu.shape[1] - 1))
         crop = volume.hu[k_int, r0 : r0 + 2 * half, c0 : c0 + 2 * half]
         ax.imshow(crop, cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1])
-        radius = max(f.diameter_mm / 2 + 3, 5) / sx
-        ax.add_patch(Circle((c - c0, r - r0), radius, fill=False, color="red", lw=1.5))
+        outlined = (
+            masks is not None
+            and (j - 1) in masks
+            and _outline(ax, masks[j - 1], geometry, k_int, c0, r0)
+        )
+        if not outlined:
+            size = f.diameter_mm if np.isfinite(f.diameter_mm) else 8.0
+            radius = max(size / 2 + 3, 5) / sx
+            ax.add_patch(Circle((c - c0, r - r0), radius, fill=False, color="red", lw=1.5))
         if reference is not None:
             for ref in reference.itertuples():
                 rc, rr, rk = geometry.mm_to_index([ref.coordX, ref.coordY, ref.coordZ])
@@ -87,9 +97,14 @@ def scan_figure(
                         )
                     )
         below = "" if f.probability >= threshold else " (below threshold)"
+        size = "size n/a" if not np.isfinite(f.diameter_mm) else f"{f.diameter_mm:.1f} mm"
+        kind = getattr(f, "type", "n/a")
+        rads = getattr(f, "lung_rads", "n/a")
+        extra = "" if kind == "n/a" else f" {kind}"
+        extra += "" if rads == "n/a" else f", Lung-RADS {rads}"
         ax.set_title(
             f"#{j}  p = {f.probability:.3f}{below}  malignancy {f.malignancy:.1f}\n"
-            f"~{f.diameter_mm:.0f} mm at ({f.coordX:.0f}, {f.coordY:.0f}, {f.coordZ:.0f}) mm",
+            f"{size}{extra} at ({f.coordX:.0f}, {f.coordY:.0f}, {f.coordZ:.0f}) mm",
             fontsize=9,
         )
         ax.axis("off")
@@ -99,6 +114,28 @@ def scan_figure(
     fig.tight_layout()
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
+
+
+def _outline(ax, mask_entry, geometry, k: int, c0: int, r0: int) -> bool:
+    """Draw the mask's outline where it crosses axial slice ``k`` of the volume (an axial
+    series: its rows and columns along the patient's y and x); whether any of it does."""
+    mask, origin, spacing = mask_entry
+    z_mm = geometry.index_to_mm(np.array([0.0, 0.0, k]))[2]
+    plane = int(round((z_mm - origin[2]) / spacing))
+    if not 0 <= plane < mask.shape[0] or not mask[plane].any():
+        return False
+    ny, nx = mask.shape[1:]
+    x_mm = origin[0] + np.arange(-1, nx + 1) * spacing  # one empty voxel around the mask
+    y_mm = origin[1] + np.arange(-1, ny + 1) * spacing
+    cols = geometry.mm_to_index(
+        np.stack([x_mm, np.full_like(x_mm, origin[1]), np.full_like(x_mm, z_mm)], 1)
+    )[:, 0]
+    rows = geometry.mm_to_index(
+        np.stack([np.full_like(y_mm, origin[0]), y_mm, np.full_like(y_mm, z_mm)], 1)
+    )[:, 1]
+    padded = np.pad(mask[plane].astype(float), 1)
+    ax.contour(cols - c0, rows - r0, padded, levels=[0.5], colors="red", linewidths=1.2)
+    return True
 
 
 def froc_figure(

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lungcad.core.findings.measure import texture_type
 from lungcad.detection.figures import froc_figure
 from lungcad.detection.froc import FP_RATES, bootstrap_cpm, froc, label_findings
 from lungcad.detection.reference import read_luna_csv
@@ -26,6 +27,80 @@ def candidate_sensitivity(
     return hit / len(annotations), int(hit)
 
 
+#: Size bands of the per-size sensitivity (readers' diameter, mm).
+SIZE_BANDS = (
+    (0.0, 6.0, "< 6 mm"),
+    (6.0, 10.0, "6-10 mm"),
+    (10.0, 20.0, "10-20 mm"),
+    (20.0, np.inf, ">= 20 mm"),
+)
+
+
+def nodule_findings(
+    findings: pd.DataFrame, annotations: pd.DataFrame, excluded: pd.DataFrame, threshold: float
+) -> dict:
+    """Per reference nodule at the detection threshold: detected or not, how many findings
+    lie on it (duplicates), the size error of its best finding; and the sensitivity per
+    texture (from the readers' texture rating) and per size band."""
+    if len(annotations) == 0:
+        return {}
+    above = findings[findings["probability"] >= threshold]
+    labelled = label_findings(above, annotations, excluded)
+    hits = labelled[labelled["label"] == "hit"]
+    ref = annotations.reset_index(drop=True)
+    per = hits.groupby("nodule")
+    count = per.size().reindex(ref.index, fill_value=0)
+    detected = count > 0
+    out: dict = {
+        "threshold": threshold,
+        "sensitivity_at_threshold": float(detected.mean()),
+        "findings_per_detected_nodule": float(count[detected].mean()) if detected.any() else None,
+        "nodules_listed_more_than_once": int((count > 1).sum()),
+    }
+    if "diameter_mm" in hits and detected.any():
+        best = hits.sort_values("probability", ascending=False).groupby("nodule").head(1)
+        best = best.set_index("nodule")
+        sized = best["diameter_mm"].notna()
+        err = best.loc[sized, "diameter_mm"] - ref.loc[best.index[sized], "diameter_mm"]
+        pct = 100 * err / ref.loc[best.index[sized], "diameter_mm"]
+        out.update(
+            size_error_mm_median_abs=float(err.abs().median()) if len(err) else None,
+            size_error_pct_median_abs=float(pct.abs().median()) if len(pct) else None,
+            size_error_mm_median=float(err.median()) if len(err) else None,
+            n_sized=int(sized.sum()),
+        )
+    if "texture" in ref:
+        kinds = ref["texture"].map(lambda t: texture_type(t) if np.isfinite(t) else "unknown")
+        out["sensitivity_by_type"] = {
+            k: {"sensitivity": float(detected[kinds == k].mean()), "n": int((kinds == k).sum())}
+            for k in ("solid", "part-solid", "ground glass")
+            if (kinds == k).any()
+        }
+    band = {}
+    for lo, hi, name in SIZE_BANDS:
+        inside = (ref["diameter_mm"] >= lo) & (ref["diameter_mm"] < hi)
+        if inside.any():
+            band[name] = {"sensitivity": float(detected[inside].mean()), "n": int(inside.sum())}
+    out["sensitivity_by_size"] = band
+    return out
+
+
+def offcentre_summary(table: pd.DataFrame, threshold: float) -> dict:
+    """The off-centre recut (``lungcad detect --offcentre-check``): mean probability, share
+    at or above the threshold, median localisation error of the outlined ones."""
+    if table.empty:
+        return {"n_cubes": 0}
+    located = table["localisation_error_mm"].dropna()
+    return {
+        "n_cubes": int(len(table)),
+        "offset_mm": [float(table["offset_mm"].min()), float(table["offset_mm"].max())],
+        "probability_mean": float(table["probability"].mean()),
+        "share_at_threshold": float((table["probability"] >= threshold).mean()),
+        "n_outlined": int(len(located)),
+        "localisation_error_mm_median": float(located.median()) if len(located) else None,
+    }
+
+
 def evaluate_detection(
     detection_dir: str | Path,
     out_dir: str | Path,
@@ -33,10 +108,12 @@ def evaluate_detection(
     excluded: str | Path | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
+    threshold: float = 0.9,
 ) -> dict:
     """Score the run in ``detection_dir`` (``lungcad detect``'s output) against reference
     nodules: its own ``annotations.csv`` / ``annotations_excluded.csv`` (from the LIDC
-    database) unless LUNA16's files are given.
+    database) unless LUNA16's files are given. ``threshold``: the detection threshold the
+    per-nodule figures (duplicates, size error, sensitivity per type and size) are taken at.
 
     Scans that could not be read are listed and left out of the scan count (their nodules
     cannot be attributed to a series the detector saw).
@@ -65,6 +142,7 @@ def evaluate_detection(
     cand_sens, cand_hits = candidate_sensitivity(
         candidates[candidates.seriesuid.isin(series)], ref[ref.seriesuid.isin(series)], exc
     )
+    per_nodule = nodule_findings(findings, ref[ref.seriesuid.isin(series)], exc, threshold)
     metrics = {
         **result.as_dict(),
         **ci,
@@ -81,6 +159,11 @@ def evaluate_detection(
     metrics = {
         k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()
     }
+    metrics["per_nodule"] = per_nodule
+    if (detection_dir / "offcentre.csv").is_file():
+        metrics["offcentre"] = offcentre_summary(
+            pd.read_csv(detection_dir / "offcentre.csv"), threshold
+        )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     pd.DataFrame(  # from no false positives up (the curve is stored from many down)
         {"fps_per_scan": result.fps_per_scan[::-1], "sensitivity": result.sensitivity[::-1]}
@@ -143,4 +226,44 @@ Seconds per scan: {_fmt(m["seconds_per_scan"])} (read {_fmt(m.get("seconds_read"
 {_fmt(m.get("seconds_scoring"))}). Scans not usable: {m["scans_not_usable"]}.
 
 ![FROC](froc.png)
+
+{_per_nodule_report(m.get("per_nodule") or {})}
+{_offcentre_report(m.get("offcentre") or {})}
 """
+
+
+def _offcentre_report(o: dict) -> str:
+    if not o.get("n_cubes"):
+        return ""
+    lo, hi = o["offset_mm"]
+    return (
+        f"\n## Off-centre recut\n\n{o['n_cubes']} cubes recut with their nodule {lo:.1f}–"
+        f"{hi:.1f} mm from the cube's centre: mean probability {_fmt(o['probability_mean'])}, "
+        f"{_fmt(o['share_at_threshold'])} at or above the threshold; the mask's centroid "
+        f"{_fmt(o['localisation_error_mm_median'])} mm from the nodule's centre (median, "
+        f"{o['n_outlined']} outlined).\n"
+    )
+
+
+def _per_nodule_report(p: dict) -> str:
+    if not p:
+        return ""
+    lines = [
+        f"## One finding per nodule (findings at probability >= {p['threshold']:.2f})",
+        "",
+        f"Sensitivity {_fmt(p['sensitivity_at_threshold'])}; findings per detected nodule "
+        f"{_fmt(p['findings_per_detected_nodule'])} ({p['nodules_listed_more_than_once']} "
+        "nodule(s) listed more than once).",
+    ]
+    if p.get("n_sized"):
+        lines.append(
+            f"Size of the best finding against the readers' diameter ({p['n_sized']} nodules): "
+            f"median |error| {_fmt(p['size_error_mm_median_abs'])} mm "
+            f"({_fmt(p['size_error_pct_median_abs'])} %), median error "
+            f"{_fmt(p['size_error_mm_median'])} mm."
+        )
+    lines += ["", "| nodules | n | sensitivity |", "|---|---|---|"]
+    for group in ("sensitivity_by_type", "sensitivity_by_size"):
+        for name, v in (p.get(group) or {}).items():
+            lines.append(f"| {name} | {v['n']} | {_fmt(v['sensitivity'])} |")
+    return "\n".join(lines)

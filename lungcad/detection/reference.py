@@ -51,9 +51,12 @@ def lidc_reference(
                 "nodule_id": n.nodule_id,
                 "n_readers": n.n_readers,
                 "malignancy": n.malignancy_mean,
+                "texture": n.characteristics_mean.get("texture", float("nan")),
             }
         )
-    table = pd.DataFrame(rows, columns=[*REFERENCE_COLUMNS, "nodule_id", "n_readers", "malignancy"])
+    table = pd.DataFrame(
+        rows, columns=[*REFERENCE_COLUMNS, "nodule_id", "n_readers", "malignancy", "texture"]
+    )
     counted = (table["n_readers"] >= min_readers) & (table["diameter_mm"] >= min_diameter_mm)
     return table[counted].reset_index(drop=True), table[~counted].reset_index(drop=True)
 

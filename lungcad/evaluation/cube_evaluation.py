@@ -19,6 +19,7 @@ import torch
 from scipy import stats
 
 from lungcad.config import EvaluateConfig
+from lungcad.core.annotations.lidc_db import LidcDatabase
 from lungcad.core.dataset import load_cube_data
 from lungcad.core.figures import write_gallery
 from lungcad.core.metrics import (
@@ -36,6 +37,11 @@ from lungcad.core.model.predict import predict_rows
 from lungcad.core.outputs import write_text_atomic
 from lungcad.evaluation.baselines import REFERENCE_REAL_LIDC, fit_predict_baselines
 from lungcad.evaluation.plots import write_plots
+from lungcad.evaluation.segmentation import (
+    nodule_segmentation,
+    readers_dice,
+    segmentation_summary,
+)
 
 DETECTION_CI = ("auc", "accuracy", "precision", "recall", "specificity", "f1")
 MALIGNANCY_CI = ("mae", "rmse", "pearson", "spearman", "binary_auc")
@@ -182,6 +188,23 @@ def evaluate_model(
                 config.seed,
             )
 
+    segmentation: dict[str, Any] = {}
+    if model.segments:
+        test_rows = data.subset("test")
+        table = nodule_segmentation(
+            model,
+            data.cubes,
+            dataset_dir,
+            test_rows[test_rows["label"] == 1],
+            train_config.window_hu,
+            device,
+            float(data.cut_settings.get("preprocess", {}).get("spacing_mm", 1.0)),
+            train_config.eval_batch_size,
+        )
+        readers = readers_dice(table["nodule_id"], LidcDatabase()) if len(table) else {}
+        segmentation = segmentation_summary(table, readers, config.bootstrap, config.seed)
+        table.to_csv(out_dir / "segmentation.csv", index=False)
+
     doc = {
         "split": "test",
         "threshold": {
@@ -195,6 +218,7 @@ def evaluate_model(
         "cnn_minus_baseline_test": versus,
         "attributes_test": attribute_metrics(preds["test"], nodules["train"]),
         "spread_test": spread_metrics(preds["test"], nodules["train"]),
+        "segmentation_test": segmentation,
         "reference_real_lidc": REFERENCE_REAL_LIDC,
         "checkpoint": str(checkpoint),
         "best_epoch": int(load_checkpoint(checkpoint)["best_epoch"]),
@@ -312,6 +336,21 @@ def render_report(doc: dict[str, Any], figures: list[Path], gallery: Path | None
                 f"| {name} | {_fmt(v['mae'])} | {_fmt(v['train_mean_mae'])} | "
                 f"{_fmt(v['spearman'])} | {v['n']} |"
             )
+    seg = doc.get("segmentation_test") or {}
+    if seg.get("n_nodules"):
+        lines += [
+            "",
+            "## Segmentation (test nodule cubes, against the readers' consensus)",
+            "",
+            f"Dice {_fmt(seg['dice_mean'])} (mean; 95% CI {_ci(seg, 'dice_mean')}; median "
+            f"{_fmt(seg['dice_median'])}) over {seg['n_nodules']} nodules; the readers' own "
+            f"pairwise Dice on {seg['n_with_readers']} of them: "
+            f"{_fmt(seg['readers_pairwise_dice_mean'])} (the network on the same nodules: "
+            f"{_fmt(seg['dice_mean_same_nodules'])}). Of the {seg['n_outlined']} nodules "
+            f"outlined, median |volume error| {_fmt(seg['volume_error_pct_median_abs'])} %, "
+            f"median |size error| {_fmt(seg['size_error_mm_median_abs'])} mm "
+            f"({_fmt(seg['size_error_pct_median_abs'])} %) against the readers' diameter.",
+        ]
     spread = doc.get("spread_test") or {}
     if spread:
         lines += [

@@ -242,6 +242,9 @@ def log_evaluation(run_id: str, report_dir: str | Path, doc: dict[str, Any]) -> 
     for key, value in (doc.get("spread_test") or {}).items():
         if isinstance(value, (int, float)) and value == value:
             metrics[f"test_spread_{key}"] = float(value)
+    for key, value in (doc.get("segmentation_test") or {}).items():
+        if isinstance(value, (int, float)) and value == value:
+            metrics[f"test_seg_{key}"] = float(value)
     for baseline, diff in doc.get("cnn_minus_baseline_test", {}).items():
         for key, value in diff.items():
             if key.endswith("_diff") and value == value:
@@ -259,6 +262,9 @@ def log_detection(run_id: str, report_dir: str | Path, metrics: dict[str, Any]) 
         for k, v in metrics.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
     }
+    for k, v in (metrics.get("per_nodule") or {}).items():  # duplicates, size error
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:
+            values[f"test_scan_nodule_{k}"] = float(v)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(values)
         mlflow.log_artifacts(str(report_dir), artifact_path="detection")

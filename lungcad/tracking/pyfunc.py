@@ -1,4 +1,6 @@
-"""The trained model as an MLflow pyfunc: HU cubes in, nodule probability and malignancy out.
+"""The trained model as an MLflow pyfunc: HU cubes in, nodule probability and malignancy out
+(and, for a model with the segmentation head, the nodule outlined at each cube's centre in
+compact form: its sizes, type and Lung-RADS category).
 
 Input is validated before inference (shape, dtype, finiteness, non-empty batch); a bad
 request raises an MlflowException with INVALID_PARAMETER_VALUE, which MLflow's scoring
@@ -32,16 +34,27 @@ EXPLAIN_POOL = 4
 
 
 def model_signature(
-    cube_size: int = 64, with_decision: bool = False, output_names: tuple[str, ...] = ()
+    cube_size: int = 64,
+    with_decision: bool = False,
+    output_names: tuple[str, ...] = (),
+    findings: bool = False,
 ) -> ModelSignature:
     """Input: float32 (N, 1, D, D, D) HU cubes; output per cube: nodule_prob, malignancy
     (and the 0/1 ``nodule`` decision when the model carries a threshold, and the network's
     optional outputs ``output_names``: the predicted attributes, each on its LIDC scale, and
-    the readers' predicted malignancy sd)."""
+    the readers' predicted malignancy sd; with ``findings`` the outlined nodule's
+    ``CUBE_FINDING_COLUMNS``)."""
+    from lungcad.core.findings.cube import CUBE_FINDING_COLUMNS
+
     outputs = [ColSpec("double", "nodule_prob"), ColSpec("double", "malignancy")]
     if with_decision:
         outputs.append(ColSpec("long", "nodule"))
     outputs += [ColSpec("double", name) for name in output_names]
+    if findings:
+        outputs += [
+            ColSpec("string" if name in ("type", "lung_rads") else "double", name)
+            for name in CUBE_FINDING_COLUMNS
+        ]
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, cube_size, cube_size, cube_size))]),
         outputs=Schema(outputs),
@@ -89,10 +102,13 @@ class LungcadPyfunc(PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from lungcad.core.model.loading import load_model, resolve_amp
+        from lungcad.core.model.loading import load_model_and_cut, resolve_amp
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.config = load_model(context.artifacts["checkpoint"], self.device)
+        self.model, self.config, cut = load_model_and_cut(
+            context.artifacts["checkpoint"], self.device
+        )
+        self.spacing_mm = float(cut.preprocess.spacing_mm)
         self.amp_dtype = resolve_amp(self.config.amp, self.device)
         config = context.model_config or {}
         self.threshold = float(config["threshold"]) if "threshold" in config else None
@@ -107,7 +123,7 @@ class LungcadPyfunc(PythonModel):
         from lungcad.core.model.predict import predict_hu_cubes
 
         cubes = validate_cubes(model_input, self.cube_size, self.max_cubes)
-        prob, mal, attrs = predict_hu_cubes(
+        prob, mal, attrs, masks = predict_hu_cubes(
             self.model,
             cubes,
             self.config.window_hu,
@@ -115,12 +131,21 @@ class LungcadPyfunc(PythonModel):
             self.config.eval_batch_size,
             self.amp_dtype,
             named_outputs=True,
+            masks=True,
         )
         out = pd.DataFrame({"nodule_prob": prob.astype(float), "malignancy": mal.astype(float)})
         if self.threshold is not None:
             out["nodule"] = (prob >= self.threshold).astype(np.int64)
         for i, name in enumerate(self.model.output_names):  # attributes on their LIDC scales
             out[name] = attrs[:, i].astype(float)
+        if masks is not None:  # the nodule outlined at each cube's centre, compact
+            from lungcad.core.findings.cube import cube_finding
+
+            texture = out["texture"].to_numpy() if "texture" in out else [None] * len(out)
+            rows = [
+                cube_finding(m, c[0], self.spacing_mm, t) for m, c, t in zip(masks, cubes, texture)
+            ]
+            out = pd.concat([out, pd.DataFrame(rows, index=out.index)], axis=1)
         if (params or {}).get("explain"):
             out["detection_map"] = self._maps(cubes)
         return out
@@ -153,15 +178,13 @@ def log_pyfunc_model(
     import mlflow
 
     import lungcad
-    from lungcad.config import TrainConfig, validate_section
     from lungcad.core.model.checkpoint import load_checkpoint
+    from lungcad.core.model.loading import checkpoint_train_config
     from lungcad.core.model.network import output_names
 
     cube_size = int(input_example.shape[-1])
     config = {"cube_size": cube_size, **(model_config or {})}
-    trained = validate_section(
-        TrainConfig, load_checkpoint(checkpoint)["config"], f"checkpoint {checkpoint}", "train"
-    )
+    trained = checkpoint_train_config(load_checkpoint(checkpoint), f"checkpoint {checkpoint}")
     names = output_names(trained.model)
     return mlflow.pyfunc.log_model(
         name=name,
@@ -169,7 +192,10 @@ def log_pyfunc_model(
         artifacts={"checkpoint": str(checkpoint)},
         code_paths=[str(Path(lungcad.__file__).parent)],
         signature=model_signature(
-            cube_size, with_decision="threshold" in config, output_names=names
+            cube_size,
+            with_decision="threshold" in config,
+            output_names=names,
+            findings=trained.model.segmentation,
         ),
         input_example=input_example.astype(np.float32),
         model_config=config,

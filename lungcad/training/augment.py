@@ -4,7 +4,15 @@ holds the batch.
 The random draws of a whole epoch are made up front on the CPU from one generator seeded
 with (seed, epoch), so the same cube gets the same augmentation on the CPU and on a GPU,
 at any batch size, and a resumed run draws exactly what an uninterrupted one drew.
-Shift, flips and the axial 90-degree rotation are folded into one gather per batch.
+Crop (or shift), flips and the axial 90-degree rotation are folded into one gather per
+batch, applied alike to a cube and to its nodule mask.
+
+With ``crop_size`` the network sees a random ``crop_size``³ part of each cube (without it,
+the whole cube, shifted by up to ``shift_mm`` with air padding). A share ``offcentre_share``
+of the nodule cubes are moved so that the network's centre lands anywhere within the
+nodule's radius plus ``offcentre_margin_mm`` of the nodule, as far as the cube (or the
+padding) allows: a candidate beside a nodule is still a nodule to the network. Every other
+cube moves by up to ``negative_shift_mm`` (or ``shift_mm``) along each axis.
 
 The distributions are those of the per-sample MONAI chain lungcad used before
 (``BorderPad`` + ``RandSpatialCrop``, ``RandFlip`` per axis with p 0.5, ``RandRotate90``
@@ -26,12 +34,14 @@ class AugmentDraws:
 
     Attributes:
         start: (N, 3) int64 crop start per axis (z, y, x) in the air-padded cube; the
-            content moves by ``shift_mm - start`` voxels.
+            content moves by ``shift_mm - start`` voxels (and the crop's centre sits
+            ``start + crop / 2 - shift_mm`` voxels into the cube).
         flip: (N, 3) bool, flip along z, y, x (applied after the shift).
         rot90: (N,) int64 in 0..3, quarter turns in the axial (y, x) plane, as
             ``torch.rot90(cube, k, dims=(y, x))`` (applied after the flips).
         offset: (N,) float32 added to the windowed cube (HU jitter / window width).
         shift_mm: the padding on each side (voxels are 1 mm).
+        crop: voxels per side of the output (0: the input's size).
     """
 
     start: torch.Tensor
@@ -39,6 +49,7 @@ class AugmentDraws:
     rot90: torch.Tensor
     offset: torch.Tensor
     shift_mm: int
+    crop: int = 0
 
     def __len__(self) -> int:
         return len(self.rot90)
@@ -50,6 +61,7 @@ class AugmentDraws:
             self.rot90[positions],
             self.offset[positions],
             self.shift_mm,
+            self.crop,
         )
 
     def to(self, device: torch.device | str) -> AugmentDraws:
@@ -59,7 +71,14 @@ class AugmentDraws:
             self.rot90.to(device),
             self.offset.to(device),
             self.shift_mm,
+            self.crop,
         )
+
+
+def crop_size(config: AugmentConfig, cube_size: int) -> int:
+    """Voxels per side the network trains on: ``config.crop_size``, or the whole cube when
+    that is 0 or not smaller than the cube."""
+    return config.crop_size if 0 < config.crop_size < cube_size else cube_size
 
 
 def draw_augmentation(
@@ -67,31 +86,55 @@ def draw_augmentation(
     config: AugmentConfig,
     window: tuple[float, float],
     generator: torch.Generator,
+    cube_size: int | None = None,
+    radius_mm: torch.Tensor | None = None,
 ) -> AugmentDraws:
     """Draw the augmentation of ``n`` cubes (always the same number of draws, so the
-    generator's stream does not depend on which augmentations are switched on)."""
-    shift = int(config.shift_mm)
-    start = torch.randint(0, 2 * shift + 1, (n, 3), generator=generator)
+    generator's stream does not depend on which augmentations are switched on).
+
+    Args:
+        cube_size: voxels per side of the cubes (needed for a crop; without it the cubes
+            are not cropped).
+        radius_mm: (n,) each nodule cube's nodule radius, NaN for the other cubes: a
+            share ``offcentre_share`` of the nodules' crop centres land in a ball of
+            radius + ``offcentre_margin_mm``.
+    """
+    shift = max(int(config.shift_mm), 0)
+    crop = crop_size(config, cube_size) if cube_size else 0
+    room = 2 * shift + (cube_size - crop if cube_size else 0)  # start in [0, room]
+    reach = min(room // 2, int(config.negative_shift_mm)) if crop else room // 2
+    other = room // 2 - reach + torch.randint(0, 2 * reach + 1, (n, 3), generator=generator)
+    direction = torch.randn((n, 3), generator=generator)
+    radial = torch.rand(n, generator=generator) ** (1 / 3)  # uniform in the ball
+    moved = torch.rand(n, generator=generator) < config.offcentre_share
     flip = torch.rand((n, 3), generator=generator) < 0.5
     rot90 = torch.randint(0, 4, (n,), generator=generator)  # p 0.75 of k in 1..3 = uniform 0..3
     applied = torch.rand(n, generator=generator) < 0.8
     scale = config.hu_jitter / (window[1] - window[0])
     offset = (torch.rand(n, generator=generator) * 2 - 1) * scale
-    if shift <= 0:
+    start = other
+    if radius_mm is not None:
+        radius = torch.as_tensor(radius_mm, dtype=torch.float32) + config.offcentre_margin_mm
+        ball = direction / direction.norm(dim=1, keepdim=True).clamp(min=1e-6)
+        ball = ball * (radial * radius)[:, None]
+        near = (room // 2 + torch.round(ball)).long().clamp(0, room)
+        start = torch.where((torch.isnan(radius) | ~moved)[:, None], other, near)
+    if room <= 0:
         start = torch.zeros_like(start)
     if not config.flip:
         flip = torch.zeros_like(flip)
     if not config.rot90:
         rot90 = torch.zeros_like(rot90)
     offset = torch.where(applied, offset, 0.0) if config.hu_jitter > 0 else torch.zeros(n)
-    return AugmentDraws(start, flip, rot90, offset.float(), max(shift, 0))
+    return AugmentDraws(start, flip, rot90, offset.float(), shift, crop)
 
 
-def augment_batch(x: torch.Tensor, draws: AugmentDraws) -> torch.Tensor:
-    """Shift (air padding), flip, rotate and offset a windowed (B, 1, S, S, S) batch.
+def augment_batch(x: torch.Tensor, draws: AugmentDraws, intensity: bool = True) -> torch.Tensor:
+    """Crop or shift (air padding), flip, rotate and offset a windowed (B, 1, S, S, S) batch.
 
     Air is 0 after windowing, so the padding is 0 before the HU offset is added (as the
-    MONAI chain did). ``draws`` must be on ``x``'s device.
+    MONAI chain did). ``intensity`` False leaves the values alone (a batch of masks, moved
+    exactly as their cubes). ``draws`` must be on ``x``'s device.
     """
     b, _, depth, height, width = x.shape
     if height != width:
@@ -99,7 +142,9 @@ def augment_batch(x: torch.Tensor, draws: AugmentDraws) -> torch.Tensor:
     s = draws.shift_mm
     if s > 0:
         x = torch.nn.functional.pad(x, (s,) * 6)
-    size = height
+    size = draws.crop or height
+    if draws.crop:
+        depth = draws.crop
     ar = torch.arange(size, device=x.device)
     z = torch.arange(depth, device=x.device)
     # Source of output (y, x) in the flipped cube, for k quarter turns (torch.rot90 rule):
@@ -118,4 +163,6 @@ def augment_batch(x: torch.Tensor, draws: AugmentDraws) -> torch.Tensor:
     )
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     out = x[batch, 0, src_z[:, :, None, None], src_y[:, None], src_x[:, None]]
-    return (out + draws.offset[:, None, None, None]).unsqueeze(1)
+    if intensity:
+        out = out + draws.offset[:, None, None, None]
+    return out.unsqueeze(1)

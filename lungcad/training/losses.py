@@ -1,4 +1,10 @@
-"""Multi-task loss: L = lambda_det * L_det + lambda_mal * L_mal (+ lambda_attr * L_attr).
+"""Multi-task loss: L = lambda_det * L_det + lambda_mal * L_mal (+ lambda_attr * L_attr)
+(+ lambda_seg * L_seg).
+
+L_seg is the soft Dice loss over the batch's nodule cubes together (their voxels pooled:
+one small nodule does not weigh as much as a whole cube) plus the voxel-wise BCE over every
+cube, so cubes without a nodule (an empty target) are taught to outline nothing. Dice over
+the negatives too would be swamped by their background.
 
 With the spread head (``train.model.spread``) L_mal is the Gaussian negative log-likelihood
 of the readers' ratings rather than SmoothL1 on their mean: a nodule rated r_1..r_n, with
@@ -18,28 +24,47 @@ from lungcad.config import TrainConfig
 from lungcad.core.metrics import reader_nll
 
 
+def nodule_dice_loss(
+    mask_logit: torch.Tensor, target: torch.Tensor, is_nodule: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """1 - soft Dice of the nodule cubes' voxels pooled over the batch (0 without any nodule
+    cube; no host sync). ``mask_logit`` and ``target``: (N, 1, ...); ``is_nodule``: (N,)."""
+    prob = torch.sigmoid(mask_logit).flatten(1)
+    target = target.flatten(1)
+    weight = is_nodule.float()
+    inter = ((prob * target).sum(1) * weight).sum()
+    denom = ((prob + target).sum(1) * weight).sum()
+    return 1 - (2 * inter + eps) / (denom + eps)
+
+
 class MultiTaskLoss(torch.nn.Module):
     """Detection (BCE with logits, or focal) plus malignancy (SmoothL1) loss, plus the
-    attribute loss (SmoothL1 on the normalised attributes) when ``lambda_attr`` > 0.
+    attribute loss (SmoothL1 on the normalised attributes) when ``lambda_attr`` > 0, plus
+    the segmentation loss (Dice on the nodule cubes + BCE) when ``lambda_seg`` > 0 and mask
+    logits are given.
 
     Args:
-        config: lambda_det, lambda_mal, lambda_attr, det_loss, focal_gamma and mal_on.
+        config: lambda_det, lambda_mal, lambda_attr, lambda_seg, det_loss, focal_gamma and
+            mal_on.
 
     ``forward`` takes the network's outputs and the batch's targets; ``spread`` is the
     predicted readers' sd, (N, 1) (the likelihood loss, which needs ``reader_sd``) or (N, 0)
     (SmoothL1).
 
     Returns (from ``forward``):
-        (total, detection part, malignancy part, attribute part); the malignancy part
+        (total, detection part, malignancy part, attribute part, segmentation part); the
+        malignancy part
         averages over the nodule cubes of the batch (all cubes with ``mal_on="all"``,
         negatives targeting 1) and is 0 for a batch without any; the attribute part averages
-        over the attribute values that exist (nodule cubes only) and is 0 without any.
+        over the attribute values that exist (nodule cubes only) and is 0 without any; the
+        segmentation part is 0 without mask logits.
     """
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
         self.lambda_det, self.lambda_mal = config.lambda_det, config.lambda_mal
         self.lambda_attr = config.lambda_attr
+        self.lambda_seg = config.lambda_seg
         self.mal_on_all = config.mal_on == "all"
         self.focal = (
             FocalLoss(gamma=config.focal_gamma, use_softmax=False, reduction="mean")
@@ -60,7 +85,10 @@ class MultiTaskLoss(torch.nn.Module):
         has_attr: torch.Tensor | None = None,
         spread: torch.Tensor | None = None,
         reader_sd: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask_logit: torch.Tensor | None = None,
+        mask_target: torch.Tensor | None = None,
+        mask_label: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         logit, malignancy = logit.float(), malignancy.float()
         if self.focal is not None:
             det = self.focal(logit[:, None], label[:, None])
@@ -83,4 +111,12 @@ class MultiTaskLoss(torch.nn.Module):
             per_value = F.smooth_l1_loss(attributes.float(), attr_target, reduction="none")
             attr = (per_value * has_attr).sum() / has_attr.sum().clamp(min=1)
             total = total + self.lambda_attr * attr
-        return total, det, mal, attr
+        seg = logit.sum() * 0.0
+        if mask_logit is not None and mask_logit.shape[1] and mask_target is not None:
+            mask_logit = mask_logit.float()
+            is_nodule = label if mask_label is None else mask_label
+            seg = nodule_dice_loss(mask_logit, mask_target, is_nodule) + (
+                F.binary_cross_entropy_with_logits(mask_logit, mask_target)
+            )
+            total = total + self.lambda_seg * seg
+        return total, det, mal, attr, seg

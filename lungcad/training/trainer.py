@@ -27,11 +27,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from lungcad.config import TrainConfig
-from lungcad.core.dataset import CubeData, CubeStore, TrainTargets, resolve_data_on_device
+from lungcad.core.dataset import (
+    CubeData,
+    CubeStore,
+    MaskStore,
+    TrainTargets,
+    resolve_data_on_device,
+)
 from lungcad.core.metrics import malignancy_metrics, safe_auc, validation_objective
 from lungcad.core.model.checkpoint import load_checkpoint, save_checkpoint
 from lungcad.core.model.loading import build_model, resolve_amp, resolve_device
@@ -159,6 +166,27 @@ class Trainer:
             agreement_weights=config.mal_weighting == "agreement",
             reader_spread=config.model.spread,
         )
+        self.cube_size = int(data.cubes.shape[-1])
+        self.segments = config.model.segmentation and config.lambda_seg > 0
+        self.train_masks = None
+        if self.segments:
+            if data.dataset_dir is None:
+                raise TrainingSetupError(
+                    "train.lambda_seg > 0 needs the dataset's masks.npy: load the data with "
+                    "load_cube_data, or set train.lambda_seg: 0"
+                )
+            self.train_masks = MaskStore(
+                data.dataset_dir,
+                train_rows["cube_index"].to_numpy(),
+                self.cube_size,
+                self.device,
+            )
+        # Each nodule cube's nodule radius (NaN elsewhere): how far off-centre its crop goes.
+        diameter = train_rows.get("diameter_mm", pd.Series(np.nan, index=train_rows.index))
+        self.train_radius_mm = torch.as_tensor(
+            np.where(train_rows["label"].to_numpy() == 1, diameter.to_numpy(float) / 2, np.nan),
+            dtype=torch.float32,
+        )
         self.telemetry = EpochTelemetry(self.device)
 
     # -- hooks ---------------------------------------------------------------------------
@@ -166,6 +194,9 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         if self.config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+            # Deterministic mode also fills every new tensor (NaN) to expose reads of
+            # uninitialised memory: a debugging aid that took ~1/5 of each CPU step.
+            torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = not self.config.deterministic
         self.model = build_model(self.config, self.device)
         self.forward = self.model
@@ -201,34 +232,53 @@ class Trainer:
         generator = torch.Generator().manual_seed(seed)
         if not self.dist.enabled:
             order = torch.randperm(n, generator=generator)
-        draws = draw_augmentation(len(order), self.config.augment, self.config.window_hu, generator)
+        draws = draw_augmentation(
+            len(order),
+            self.config.augment,
+            self.config.window_hu,
+            generator,
+            self.cube_size,
+            self.train_radius_mm[order],
+        )
         return EpochPlan(order, draws, self.config.batch_size, len(order) > self.config.batch_size)
 
     def batches(self, plan: EpochPlan):
         """(windowed, augmented cubes, label, malignancy target, malignancy mask and weight,
-        attribute targets, attribute mask, readers' malignancy sd) per batch of ``plan``, all
-        on the device."""
+        attribute targets, attribute mask, readers' malignancy sd, the nodule masks moved
+        with their cubes or None) per batch of ``plan``, all on the device."""
         draws = plan.draws.to(self.device)
         size = plan.batch_size
         stream = self.train_store.batches(plan.order, size, plan.drop_last)
         for i, (positions, cubes) in enumerate(stream):
-            x = augment_batch(
-                window_hu(cubes[:, None], self.config.window_hu),
-                draws.take(slice(i * size, i * size + len(positions))),
-            )
-            yield (x, *self.train_targets.take(positions))
+            batch_draws = draws.take(slice(i * size, i * size + len(positions)))
+            x = augment_batch(window_hu(cubes[:, None], self.config.window_hu), batch_draws)
+            masks = None
+            if self.train_masks is not None:
+                masks = augment_batch(self.train_masks.take(positions), batch_draws, False)
+            yield (x, *self.train_targets.take(positions), masks)
 
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """One optimiser step on a batch already on the device; returns the (total,
-        detection, malignancy, attribute) losses as device tensors (no host sync)."""
-        x, label, mal_target, has_mal, mal_weight, attr_target, has_attr, reader_sd = batch
+        detection, malignancy, attribute, segmentation) losses as device tensors (no host
+        sync)."""
+        x, label, mal_target, has_mal, mal_weight, attr_target, has_attr, reader_sd, masks = batch
         with torch.autocast(
             self.device.type,
             dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
         ):
-            logit, malignancy, attributes, spread = self.forward(x)
-        loss, det, mal, attr = self.loss_fn(
+            rows = None
+            if masks is not None and 0 < self.config.seg_cubes < len(x):
+                # the nodule cubes first, then others at random (seeded: the epoch's RNG)
+                order = label + torch.rand(len(label), device=label.device) * 0.5
+                rows = torch.topk(order, self.config.seg_cubes).indices
+                masks, seg_label = masks.index_select(0, rows), label.index_select(0, rows)
+            else:
+                seg_label = label
+            logit, malignancy, attributes, spread, *mask_logit = self.forward(
+                x, with_mask=masks is not None, mask_rows=rows
+            )
+        loss, det, mal, attr, seg = self.loss_fn(
             logit,
             malignancy,
             label,
@@ -240,6 +290,9 @@ class Trainer:
             has_attr,
             spread,
             reader_sd,
+            mask_logit[0] if mask_logit else None,
+            masks,
+            seg_label,
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -247,15 +300,16 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.detach(), det.detach(), mal.detach(), attr.detach()
+        return loss.detach(), det.detach(), mal.detach(), attr.detach(), seg.detach()
 
     def _raise_if_non_finite(self, first_bad: torch.Tensor, bad_parts: torch.Tensor, epoch: int):
         step = int(first_bad.item())  # the host sync
         if step < 0:
             return
-        loss, det, mal, attr = bad_parts.tolist()
+        loss, det, mal, attr, seg = bad_parts.tolist()
         raise NonFiniteLossError(
-            f"loss is {loss} (detection {det}, malignancy {mal}, attributes {attr}) at epoch "
+            f"loss is {loss} (detection {det}, malignancy {mal}, attributes {attr}, "
+            f"segmentation {seg}) at epoch "
             f"{epoch + 1}, "
             f"batch {step + 1}: training stopped; the last good checkpoint is "
             f"{self.ckpt_dir / 'last.pt'}. Lower train.lr or check the data."
@@ -263,9 +317,9 @@ class Trainer:
 
     def train_epoch(self, epoch: int, plan: EpochPlan) -> dict[str, float]:
         self.model.train()
-        sums = torch.zeros(4, device=self.device)  # loss, detection, malignancy, attrs x cubes
+        sums = torch.zeros(5, device=self.device)  # loss, det, mal, attrs, seg x cubes
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        bad_parts = torch.zeros(4, device=self.device)
+        bad_parts = torch.zeros(5, device=self.device)
         n = 0
         bar = tqdm(
             total=len(plan),
@@ -296,11 +350,13 @@ class Trainer:
         bar.close()
         self._raise_if_non_finite(first_bad, bad_parts, epoch)
         totals = all_sum(torch.cat([sums, torch.tensor([n], device=self.device)]), self.dist)
-        sums, n = totals[:4], int(totals[4].item())  # over all ranks
+        sums, n = totals[:5], int(totals[5].item())  # over all ranks
         names = ("train_loss", "train_loss_det", "train_loss_mal", "train_loss_attr")
-        metrics = dict(zip(names, (sums / max(n, 1)).tolist()))
+        metrics = dict(zip((*names, "train_loss_seg"), (sums / max(n, 1)).tolist()))
         if not self.model.n_attributes:
             metrics.pop("train_loss_attr")
+        if not self.segments:
+            metrics.pop("train_loss_seg")
         return {**metrics, **self.telemetry.stop(n)}
 
     def validate(self) -> dict[str, float]:

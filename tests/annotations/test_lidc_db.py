@@ -68,3 +68,20 @@ def test_no_nodule_has_more_annotations_than_readers(db: LidcDatabase) -> None:
 def test_missing_database_file_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(LidcDatabaseError, match="does not exist"):
         LidcDatabase(tmp_path / "nope.sqlite")
+
+
+def test_readers_pairwise_dice_of_known_nodules(db: LidcDatabase) -> None:
+    from lungcad.core.annotations.nodules import reader_pairwise_dice
+    from lungcad.evaluation.segmentation import readers_dice
+
+    scan = db.scan_by_patient("LIDC-IDRI-0078")[0]
+    annotations = db.annotations(scan.scan_id)
+    nodules = cluster_nodules(scan, annotations)
+    by_readers = {n.n_readers: n for n in nodules}
+    dice = reader_pairwise_dice(scan, annotations, by_readers[4])
+    assert 0.4 < dice < 0.98  # four radiologists agree well, never voxel for voxel
+    assert np.isnan(reader_pairwise_dice(scan, annotations, by_readers[1]))
+    ids = [n.nodule_id for n in nodules] + ["LIDC-IDRI-0078:999999:0", "not-an-id"]
+    table = readers_dice(ids, db)
+    assert table[by_readers[4].nodule_id] == pytest.approx(dice)
+    assert np.isnan(table["LIDC-IDRI-0078:999999:0"]) and np.isnan(table["not-an-id"])

@@ -160,9 +160,10 @@ def test_test_time_flips_average_the_flipped_cubes_scores(checkpoint) -> None:
     # A network with the attribute head: each candidate also gets the nine attributes, on
     # their LIDC scales (lungcad.core.model.attributes).
     with_attributes = NoduleNet(config.model.replace(attributes=True)).eval()
-    *_, attrs = score_cubes(
+    *_, attrs, masks = score_cubes(
         volume, centre, with_attributes, window, DetectorConfig(), "cpu", np.ones(1)
     )
+    assert len(masks) == 1  # the decoder's mask of the one cube, in patient mm
     assert attrs.shape == (1, len(ATTRIBUTES))
     assert all(a.low <= v <= a.high for a, v in zip(ATTRIBUTES, attrs[0]))
 
@@ -187,3 +188,28 @@ def test_a_split_with_none_of_the_scans_is_a_clear_error(scans, checkpoint, tmp_
         ],
     )
     assert result.exit_code != 0 and "no scan to detect" in result.output
+
+
+def test_a_model_from_before_the_decoder_still_detects_and_says_how_it_sized(
+    scans, tmp_path
+) -> None:
+    torch.manual_seed(0)
+    config = TrainConfig.model_validate(
+        {
+            "lambda_seg": 0.0,
+            "model": {"widths": [4, 8, 8, 16], "feature_dim": 16, "segmentation": False},
+        }
+    )
+    saved = config.to_dict()
+    for key in ("segmentation", "decoder_widths"):  # written before these settings existed
+        del saved["model"][key]
+    del saved["lambda_seg"]
+    path = tmp_path / "old.pt"
+    torch.save({"model": NoduleNet(config.model).state_dict(), "config": saved}, path)
+    result = _detect(scans["dicom"] / "P1", tmp_path / "out", path)
+    assert result.exit_code == 0, result.output
+    found = pd.read_csv(tmp_path / "out" / "detections.csv")
+    assert len(found) and (found["sizing"] == "cube centre").all()
+    assert found["diameter_mm"].notna().all() and (found["cubes"] == 1).all()
+    assert pd.read_csv(tmp_path / "out" / "scans.csv")["sizing"].tolist() == ["cube centre"]
+    assert "Sizing: cube centre" in (tmp_path / "out" / "report.md").read_text()

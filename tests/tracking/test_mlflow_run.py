@@ -11,6 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from lungcad.config import EvaluateConfig
+from lungcad.core.findings.cube import CUBE_FINDING_COLUMNS
 from lungcad.core.model.attributes import ATTRIBUTES
 from lungcad.core.model.loading import load_model
 from lungcad.core.model.network import SPREAD_FLOOR
@@ -99,10 +100,13 @@ def test_pyfunc_model_gives_the_torch_model_outputs(tracked, monkeypatch) -> Non
     cubes = np.load(dataset_dir / "cubes.npy")[:6].astype(np.float32)[:, None]
     out = pyfunc.predict(cubes)
     named = [*(a.name for a in ATTRIBUTES), "malignancy_sd"]  # LIDC scales, then the spread
-    assert list(out.columns) == ["nodule_prob", "malignancy", *named] and len(out) == 6
-    outputs = [c.name for c in pyfunc.metadata.get_output_schema().inputs]
-    assert outputs == ["nodule_prob", "malignancy", *named]
     model, config = load_model(tmp_path / "models" / "best.pt")
+    # the outlined nodule's sizes, type and Lung-RADS category, with the segmentation head
+    found = list(CUBE_FINDING_COLUMNS) if model.segments else []
+    assert list(out.columns) == ["nodule_prob", "malignancy", *named, *found] and len(out) == 6
+    outputs = [c.name for c in pyfunc.metadata.get_output_schema().inputs]
+    assert outputs == ["nodule_prob", "malignancy", *named, *found]
+    assert out["lung_rads"].isin(["2", "3", "4A", "4B", "n/a"]).all() if found else True
     prob, mal, extra = predict_hu_cubes(
         model, cubes, config.window_hu, torch.device("cpu"), named_outputs=True
     )
@@ -113,7 +117,13 @@ def test_pyfunc_model_gives_the_torch_model_outputs(tracked, monkeypatch) -> Non
         assert out[a.name].between(a.low, a.high).all(), a.name
     assert (out["malignancy_sd"] >= SPREAD_FLOOR).all()
     explained = pyfunc.predict(cubes, params={"explain": True})
-    assert list(explained.columns) == ["nodule_prob", "malignancy", *named, "detection_map"]
+    assert list(explained.columns) == [
+        "nodule_prob",
+        "malignancy",
+        *named,
+        *found,
+        "detection_map",
+    ]
     np.testing.assert_allclose(explained["nodule_prob"], prob, rtol=1e-5, atol=1e-6)
     maps = np.array(explained["detection_map"].tolist())
     assert maps.shape == (6, 8, 8, 8) and maps.max() <= 1.0 and (maps.max(axis=(1, 2, 3)) > 0).any()

@@ -101,7 +101,7 @@ def test_epoch_batches_keep_labels_and_are_reproducible(tiny_dataset, tmp_path) 
     train = data.subset("train")
     for k, ci in enumerate(train["cube_index"]):
         cubes[ci, 12:20, 12:20, 12:20] = -1000 + 10 * k
-    marked = type(data)(cubes, data.index)
+    marked = type(data)(cubes, data.index, dataset_dir=data.dataset_dir)
     config = tiny_train_config(augment={"shift_mm": 2, "hu_jitter": 0.0})
     trainer = Trainer(config, marked, tmp_path / "m", progress=False)
     plan = trainer.on_epoch_start(1)

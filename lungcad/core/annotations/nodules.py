@@ -238,3 +238,30 @@ def nodule_center_mm(nodule: Nodule, volume: CtVolume) -> np.ndarray | None:
         return None
     k = float(np.interp(z_mm, z[order], order.astype(float)))
     return volume.geometry.index_to_mm(np.array([col, row, k]))
+
+
+def reader_pairwise_dice(
+    scan: ScanRecord, annotations: list[ReaderAnnotation], nodule: Nodule
+) -> float:
+    """Mean Dice over every pair of the nodule's readers' filled outlines on the database's
+    slice grid: how well radiologists agree on its extent (NaN with fewer than two)."""
+    own = set(nodule.annotation_ids)
+    masks = [annotation_mask(a, scan) for a in annotations if a.annotation_id in own and a.contours]
+    if len(masks) < 2:
+        return float("nan")
+    lo = np.min([m.offset for m in masks], axis=0)
+    hi = np.max([np.add(m.offset, m.mask.shape) for m in masks], axis=0)
+    boxes = []
+    for m in masks:
+        box = np.zeros(tuple(hi - lo), bool)
+        at = tuple(
+            slice(m.offset[i] - lo[i], m.offset[i] - lo[i] + m.mask.shape[i]) for i in range(3)
+        )
+        box[at] = m.mask
+        boxes.append(box)
+    dice = [
+        2 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
+        for i, a in enumerate(boxes)
+        for b in boxes[i + 1 :]
+    ]
+    return float(np.mean(dice))

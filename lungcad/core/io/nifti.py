@@ -22,3 +22,17 @@ def write_map_nifti(
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), useCompression=True)
     return path
+
+
+def write_mask_nifti(
+    mask_zyx: np.ndarray, origin_mm: np.ndarray, spacing_mm: float, path: str | Path
+) -> Path:
+    """Write a (z, y, x) mask on an axis-aligned grid whose voxel (0, 0, 0) is at
+    ``origin_mm`` (x, y, z) as a uint8 NIfTI label map in patient mm."""
+    image = sitk.GetImageFromArray(np.asarray(mask_zyx, dtype=np.uint8))
+    image.SetOrigin(tuple(float(v) for v in origin_mm))
+    image.SetSpacing((float(spacing_mm),) * 3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return path

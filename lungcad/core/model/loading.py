@@ -59,11 +59,22 @@ def load_model_and_cut(
     """``load_model`` and ``cube_cut`` from one read of the checkpoint."""
     state = load_checkpoint(checkpoint, device)
     source = f"checkpoint {checkpoint}"
-    config = validate_section(TrainConfig, state["config"], source, "train")
+    config = checkpoint_train_config(state, source)
     model = build_model(config, torch.device(device))
     model.load_state_dict(state["model"])
     model.eval()
     return model, config, _cut(state, source)
+
+
+def checkpoint_train_config(state: dict, source: str) -> TrainConfig:
+    """The validated train settings of a loaded checkpoint. One written before the
+    segmentation decoder existed has none: its network is rebuilt without it (``detect``
+    then sizes findings from the cube's centre)."""
+    config = state["config"]
+    model = config.get("model", {}) if isinstance(config, dict) else {}
+    if isinstance(model, dict) and "segmentation" not in model:
+        config = {**config, "lambda_seg": 0.0, "model": {**model, "segmentation": False}}
+    return validate_section(TrainConfig, config, source, "train")
 
 
 @dataclass(frozen=True)

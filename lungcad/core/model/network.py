@@ -1,11 +1,14 @@
 """Multi-task 3D CNN: MONAI ResNet backbone -> 256-d feature -> detection and malignancy heads,
-and optionally a head for the radiologists' semantic attributes (``lungcad.core.model.attributes``);
-in the hierarchical variant the malignancy head reads the predicted attributes too."""
+and optionally a head for the radiologists' semantic attributes (``lungcad.core.model.attributes``)
+and a segmentation decoder with skip connections from the backbone's stages (the nodule's mask
+in the cube); in the hierarchical variant the malignancy head reads the predicted attributes
+too."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from monai.networks.blocks import UnetBasicBlock
 from monai.networks.nets import ResNet
 from torch import nn
 
@@ -28,6 +31,39 @@ def output_names(config: ModelConfig) -> tuple[str, ...]:
     return names + ((SPREAD_NAME,) if config.spread else ())
 
 
+class MaskDecoder(nn.Module):
+    """U-Net decoder over a backbone's stages: from the deepest, each level upsamples to the
+    next finer stage (trilinear, to its exact size: any input size works), concatenates it
+    and applies a MONAI ``UnetBasicBlock``; a 1x1x1 convolution of the last level gives the
+    mask logit, upsampled to the input's size (the last level reads the stem, at half the
+    input resolution, or the input itself when it is given as the finest stage).
+
+    Args:
+        skip_channels: channels of the stages, finest first, deepest last.
+        widths: channels of the decoder's levels, coarsest first (len(skip_channels) - 1).
+    """
+
+    def __init__(self, skip_channels: tuple[int, ...], widths: tuple[int, ...]) -> None:
+        super().__init__()
+        if len(widths) != len(skip_channels) - 1:
+            raise ValueError(f"{len(skip_channels) - 1} decoder widths needed, got {widths}")
+        levels = []
+        current = skip_channels[-1]
+        for skip, width in zip(reversed(skip_channels[:-1]), widths):
+            levels.append(UnetBasicBlock(3, current + skip, width, 3, 1, norm_name="batch"))
+            current = width
+        self.levels = nn.ModuleList(levels)
+        self.head = nn.Conv3d(current, 1, kernel_size=1)
+
+    def forward(self, stages: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
+        """(N, 1, *size) mask logits from the stages (finest first)."""
+        x = stages[-1]
+        for level, skip in zip(self.levels, reversed(stages[:-1])):
+            x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
+            x = level(torch.cat([x, skip], dim=1))
+        return F.interpolate(self.head(x), size=size, mode="trilinear", align_corners=False)
+
+
 class NoduleNet(nn.Module):
     """Nodule detector and malignancy regressor on 64^3 cubes.
 
@@ -39,7 +75,9 @@ class NoduleNet(nn.Module):
         >>> net = NoduleNet(ModelConfig())
         >>> logit, malignancy, attributes, spread = net(torch.zeros(2, 1, 64, 64, 64))
         >>> logit.shape, malignancy.shape, attributes.shape, spread.shape
-        (torch.Size([2]), torch.Size([2]), torch.Size([2, 0]), torch.Size([2, 0]))
+        (torch.Size([2]), torch.Size([2]), torch.Size([2, 9]), torch.Size([2, 0]))
+        >>> net(torch.zeros(2, 1, 48, 48, 48), with_mask=True)[4].shape  # mask logits
+        torch.Size([2, 1, 48, 48, 48])
     """
 
     def __init__(self, config: ModelConfig, in_channels: int = 1) -> None:
@@ -69,6 +107,18 @@ class NoduleNet(nn.Module):
         mal_inputs = config.feature_dim + (self.n_attributes if config.hierarchical else 0)
         self.n_spread = 1 if config.spread else 0
         self.malignancy_head = nn.Linear(mal_inputs, 1 + self.n_spread)
+        self.full_resolution = len(config.decoder_widths) == len(config.widths) + 1
+        skips = (config.widths[0], *config.widths)  # the stem, then the residual stages
+        if self.full_resolution:
+            skips = (in_channels, *skips)
+        self.decoder = (
+            MaskDecoder(skips, tuple(config.decoder_widths)) if config.segmentation else None
+        )
+
+    @property
+    def segments(self) -> bool:
+        """Whether the network outlines the nodule (has the decoder)."""
+        return self.decoder is not None
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -82,17 +132,45 @@ class NoduleNet(nn.Module):
         self.channels_last = True
         return self
 
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's stem (before max pooling) and residual stages, finest first."""
+        b = self.backbone
+        stem = b.act(b.bn1(b.conv1(x)))
+        out = [stem]
+        y = stem if b.no_max_pool else b.maxpool(stem)
+        for layer in (b.layer1, b.layer2, b.layer3, b.layer4)[: len(self.config.widths)]:
+            y = layer(y)
+            out.append(y)
+        return out
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, feature_dim) shared feature of a batch of windowed cubes."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.feature(self.backbone(x))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, x: torch.Tensor, with_mask: bool = False, mask_rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """(detection logit (N,), malignancy on the 1-5 scale (N,), normalised attributes
         (N, 9) or (N, 0) without the attribute head, the readers' predicted spread: a
-        standard deviation >= ``SPREAD_FLOOR`` (N, 1), or (N, 0) without the spread head)."""
-        f = self.features(x)
+        standard deviation >= ``SPREAD_FLOOR`` (N, 1), or (N, 0) without the spread head),
+        and with ``with_mask`` the nodule mask's logits (N, 1, *x's size; (N, 0) without
+        the decoder); ``mask_rows``: outline only these rows of the batch (training spends
+        the decoder's cost on the cubes that teach it most)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        if self.decoder is None or not with_mask:
+            f = self.features(x)
+            return (*self._heads(f), f.new_zeros(len(f), 0)) if with_mask else self._heads(f)
+        stages = self.stages(x)
+        out = self._heads(self.feature(torch.flatten(self.backbone.avgpool(stages[-1]), 1)))
+        skips = [x, *stages] if self.full_resolution else stages
+        if mask_rows is not None:
+            skips = [t.index_select(0, mask_rows) for t in skips]
+        return (*out, self.decoder(skips, tuple(x.shape[2:])))
+
+    def _heads(self, f: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.attribute_head is None:
             attributes = f.new_zeros(len(f), 0)
         else:

@@ -17,6 +17,9 @@ import torch
 from lungcad.core.model.attributes import to_lidc_scale
 from lungcad.core.model.network import NoduleNet, window_hu
 
+#: A voxel belongs to the predicted nodule mask at this probability or above.
+MASK_THRESHOLD = 0.5
+
 #: Cubes per forward pass when the caller does not say (64 cubes of 64^3 in fp32 are
 #: 64 MB of input; activations of the default network stay well under 1 GB).
 PREDICT_BATCH_SIZE = 64
@@ -30,6 +33,7 @@ def predict_batches(
     device: torch.device | str,
     amp_dtype: torch.dtype | None = None,
     named_outputs: bool = False,
+    masks: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Nodule probability and malignancy for HU batches of shape (B, S, S, S) or
     (B, 1, S, S, S), any dtype, on any device; the HU window is applied on ``device``
@@ -37,10 +41,13 @@ def predict_batches(
     ``named_outputs``: also return the network's optional outputs, (N, k), columns named by
     ``model.output_names``: the attributes on their LIDC scales
     (``lungcad.core.model.attributes``), then the readers' predicted malignancy sd; (N, 0)
-    for a model with neither head."""
+    for a model with neither head.
+    ``masks``: also return (last) the predicted nodule masks, bool (N, S, S, S): mask
+    probability >= ``MASK_THRESHOLD``; None for a model without the decoder."""
     device = torch.device(device)
     model.eval()
-    probs, mals, attrs = [], [], []
+    with_masks = masks and model.segments
+    probs, mals, attrs, mask_list = [], [], [], []
     for x in batches:
         x = x.to(device, non_blocking=True)
         if x.ndim == 4:
@@ -49,7 +56,9 @@ def predict_batches(
         with torch.autocast(
             device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
         ):
-            logit, mal, attr, spread = model(x)
+            logit, mal, attr, spread, *mask_logit = model(x, with_mask=with_masks)
+        if with_masks:
+            mask_list.append((torch.sigmoid(mask_logit[0][:, 0].float()) >= MASK_THRESHOLD).cpu())
         probs.append(torch.sigmoid(logit.float()))
         mals.append(mal.float())
         attrs.append(torch.cat([attr.float(), spread.float()], dim=1))
@@ -61,7 +70,12 @@ def predict_batches(
         raw = np.zeros((0, len(model.output_names)), np.float32)
     k = model.n_attributes
     named = np.concatenate([to_lidc_scale(raw[:, :k]), raw[:, k:]], axis=1)
-    return (*out, named) if named_outputs else out
+    out = (*out, named) if named_outputs else out
+    if not masks:
+        return out
+    if not with_masks:
+        return (*out, None)
+    return (*out, torch.cat(mask_list).numpy() if mask_list else np.zeros((0, 0, 0, 0), bool))
 
 
 def predict_hu_cubes(
@@ -72,10 +86,12 @@ def predict_hu_cubes(
     batch_size: int = PREDICT_BATCH_SIZE,
     amp_dtype: torch.dtype | None = None,
     named_outputs: bool = False,
+    masks: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Nodule probability and malignancy (and with ``named_outputs`` the network's optional
-    outputs, see ``predict_batches``) for (N, S, S, S) or (N, 1, S, S, S) HU cubes (a numpy array,
-    memory-mapped or not, or a tensor already on the device)."""
+    outputs, with ``masks`` the predicted masks, see ``predict_batches``) for (N, S, S, S)
+    or (N, 1, S, S, S) HU cubes (a numpy array, memory-mapped or not, or a tensor already
+    on the device)."""
 
     def chunks():
         for start in range(0, len(cubes_hu), batch_size):
@@ -86,7 +102,9 @@ def predict_hu_cubes(
                 else torch.from_numpy(np.ascontiguousarray(chunk))
             )
 
-    return predict_batches(model, chunks(), window, device, amp_dtype, named_outputs=named_outputs)
+    return predict_batches(
+        model, chunks(), window, device, amp_dtype, named_outputs=named_outputs, masks=masks
+    )
 
 
 def predict_rows(
