@@ -155,7 +155,7 @@ def nms_mm(
     half = np.maximum(np.asarray(diameters_mm, float), min_mm)[:, None] / 2
     boxes = torch.from_numpy(np.concatenate([centres_mm - half, centres_mm + half], axis=1))
     keep = non_max_suppression(
-        boxes, torch.from_numpy(np.asarray(scores, float)), overlap, box_overlap_metric=box_iomin
+        boxes, torch.from_numpy(np.array(scores, float)), overlap, box_overlap_metric=box_iomin
     )
     return np.asarray(keep, dtype=int)
 

@@ -61,8 +61,10 @@ def scan_figure(
     for i, f in enumerate(shown.itertuples(), start=1):
         c, r, k = geometry.mm_to_index([f.coordX, f.coordY, f.coordZ])
         xy = (c, r) if axial else (c, k)
-        ax.add_patch(Circle(xy, max(f.diameter_mm, 8) / sx, fill=False, color="red", lw=1))
-        ax.text(xy[0] + max(f.diameter_mm, 8) / sx, xy[1], str(i), color="yellow", fontsize=9)
+        size = f.diameter_mm if np.isfinite(f.diameter_mm) else 0.0  # "size n/a"
+        radius = max(size / 2 + 3, 5) / sx
+        ax.add_patch(Circle(xy, radius, fill=False, color="red", lw=1))
+        ax.text(xy[0] + radius, xy[1], str(i), color="yellow", fontsize=9)
     ax.axis("off")
     for j, f in enumerate(shown.itertuples(), start=1):
         ax = axes[j]
