@@ -75,6 +75,8 @@ def scan_figure(
         r0 = int(np.clip(round(r) - half, 0, volume.hu.shape[1] - 1))
         crop = volume.hu[k_int, r0 : r0 + 2 * half, c0 : c0 + 2 * half]
         ax.imshow(crop, cmap="gray", vmin=LUNG_WINDOW[0], vmax=LUNG_WINDOW[1])
+        ax.set_xlim(-0.5, 2 * half - 0.5)  # the same 80 mm field at the volume's edge
+        ax.set_ylim(2 * half - 0.5, -0.5)
         outlined = (
             masks is not None
             and (j - 1) in masks
