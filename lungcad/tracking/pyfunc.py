@@ -52,7 +52,7 @@ def model_signature(
     outputs += [ColSpec("double", name) for name in output_names]
     if findings:
         outputs += [
-            ColSpec("string" if name in ("type", "lung_rads") else "double", name)
+            ColSpec("double" if name.startswith("mask_") else "string", name)
             for name in CUBE_FINDING_COLUMNS
         ]
     return ModelSignature(

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from lungcad.cli.main import app
 from lungcad.config import EvaluateConfig
+from lungcad.core.findings.cube import CUBE_FINDING_COLUMNS
 from lungcad.registry.client import encode_cubes, predict_remote
 from lungcad.registry.promote import REGISTERED_MODEL, promote
 from lungcad.registry.serve_command import serve_command
@@ -140,14 +141,17 @@ def test_champion_is_served_and_bad_input_gets_4xx(registry) -> None:
         status, body = _post(port, json.dumps({"inputs": cubes.tolist()}).encode())
         assert status == 200, body
         rows = body["predictions"]
-        assert len(rows) == 3 and set(rows[0]) == {"nodule_prob", "malignancy", "nodule"}
+        # the nodule outlined at each cube's centre, compact (the champion segments)
+        found = set(CUBE_FINDING_COLUMNS)
+        assert len(rows) == 3 and set(rows[0]) == {"nodule_prob", "malignancy", "nodule", *found}
+        assert all(r["lung_rads"] in ("2", "3", "4A", "4B", "n/a") for r in rows)
         assert all(0 <= r["nodule_prob"] <= 1 and r["nodule"] in (0, 1) for r in rows)
         # Asked for, the detection map comes back too: 32³ cubes pooled by 4 -> 8³ values.
         ask = {"inputs": cubes.tolist(), "params": {"explain": True}}
         status, body = _post(port, json.dumps(ask).encode())
         assert status == 200, body
         explained = body["predictions"]
-        assert set(explained[0]) == {"nodule_prob", "malignancy", "nodule", "detection_map"}
+        assert set(explained[0]) == {"nodule_prob", "malignancy", "nodule", *found, "detection_map"}
         for plain, r in zip(rows, explained):
             assert r["nodule_prob"] == pytest.approx(plain["nodule_prob"], abs=1e-6)
             cam = np.array(r["detection_map"])

@@ -10,8 +10,15 @@ from lungcad.core.findings.lungrads import lung_rads
 from lungcad.core.findings.measure import measure_mask, nodule_type
 from lungcad.core.findings.merge import nodule_part
 
-#: What ``cube_finding`` returns, in order: names of the served answer's columns.
-CUBE_FINDING_COLUMNS = ("diameter_mm", "mean_diameter_mm", "volume_mm3", "type", "lung_rads")
+#: What ``cube_finding`` returns, in order: names of the served answer's columns (``mask_``:
+#: measured from the predicted outline, beside the attribute head's ``diameter_mm``).
+CUBE_FINDING_COLUMNS = (
+    "mask_diameter_mm",
+    "mask_mean_diameter_mm",
+    "mask_volume_mm3",
+    "type",
+    "lung_rads",
+)
 
 
 def cube_finding(
@@ -25,9 +32,9 @@ def cube_finding(
     m = measure_mask(part, origin, spacing_mm, hu_zyx)
     kind = nodule_type(texture, m)
     return {
-        "diameter_mm": m.diameter_mm,
-        "mean_diameter_mm": m.mean_diameter_mm,
-        "volume_mm3": m.volume_mm3 if not m.empty else float("nan"),
+        "mask_diameter_mm": m.diameter_mm,
+        "mask_mean_diameter_mm": m.mean_diameter_mm,
+        "mask_volume_mm3": m.volume_mm3 if not m.empty else float("nan"),
         "type": kind,
         "lung_rads": lung_rads(kind, m.mean_diameter_mm, m.solid_mean_diameter_mm),
     }

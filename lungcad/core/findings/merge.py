@@ -6,9 +6,10 @@ cube was cut for: the network is trained to outline the nodule within its radius
 mm of the centre, not others in the cube) and put on a global 1 mm grid in patient mm
 (voxel keys ``floor(mm / spacing)``: the grid cell a voxel's centre falls in), so masks of
 differently centred cubes can be compared.
-Findings are taken best first; one joins an earlier nodule when their masks share at least
-``MERGE_SHARE`` of the smaller one, or when its centre lies inside that nodule's mask. A
-nodule's mask is the majority of its members' masks where their cubes cover it.
+Findings are taken best first; one joins an earlier nodule when its mask and the mask of
+that nodule's best finding share at least ``MERGE_SHARE`` of the smaller one, or when its
+centre lies inside that mask. A nodule's mask is the majority of its best ``FUSED_MEMBERS``
+members' masks where their cubes cover it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from lungcad.core.cubes import cube_grid_origin
 MERGE_SHARE = 0.1
 #: A cube's mask part counts only when it comes this close (mm) to the cube's centre.
 NEAR_CENTRE_MM = 5.0
+#: A mask part larger than a sphere of this diameter is not a nodule's outline (LIDC
+#: nodules are at most 30 mm; an untrained or confused decoder outlines whole regions):
+#: its finding is left unsized, and merging stays cheap.
+MAX_NODULE_DIAMETER_MM = 45.0
+#: A nodule's mask is fused from at most this many of its best findings' masks.
+FUSED_MEMBERS = 8
 _BIAS = 1 << 20  # keys are offset to be non-negative before packing into one int64
 
 
@@ -80,7 +87,9 @@ def nodule_part(mask_zyx: np.ndarray, spacing_mm: float) -> np.ndarray:
     nearest = int(np.argmin(dist))
     if dist[nearest] > NEAR_CENTRE_MM:
         return np.zeros(mask_zyx.shape, bool)
-    return labels == labels[tuple(idx[nearest])]
+    part = labels == labels[tuple(idx[nearest])]
+    largest = np.pi / 6 * (MAX_NODULE_DIAMETER_MM / spacing_mm) ** 3
+    return part if part.sum() <= largest else np.zeros(mask_zyx.shape, bool)
 
 
 def cube_finding_mask(
@@ -119,34 +128,41 @@ def group_findings(
     first index of each group is its best finding)."""
     order = np.argsort(-np.asarray(scores, float), kind="stable")
     groups: list[list[int]] = []
-    union: list[np.ndarray] = []
+    heads: list[FindingMask] = []  # each nodule's best finding's mask
+    boxes: list[np.ndarray] = []  # (2, 3) lowest and highest (z, y, x) key of each head
     for i in order:
         m = masks[i]
-        own_centre = _pack(key_of(centres_mm[i], m.spacing_mm)[None])
+        own = key_of(centres_mm[i], m.spacing_mm)
+        own_centre = _pack(own[None])
+        zyx = _unpack(m.keys) if len(m) else own[None]
+        box = np.stack([zyx.min(axis=0), zyx.max(axis=0)])
         target = -1
-        for g, keys in enumerate(union):
-            if len(m) and len(keys):
-                shared = np.isin(m.keys, keys, assume_unique=True).sum()
-                if shared >= MERGE_SHARE * min(len(m), len(keys)):
+        for g, head in enumerate(heads):
+            if not len(head) or (box[0] > boxes[g][1]).any() or (box[1] < boxes[g][0]).any():
+                continue  # no mask, or apart: no voxel, nor the centre, can be shared
+            if len(m):
+                shared = np.isin(m.keys, head.keys, assume_unique=True).sum()
+                if shared >= MERGE_SHARE * min(len(m), len(head)):
                     target = g
                     break
-            if len(keys) and np.isin(own_centre, keys).any():
+            if np.isin(own_centre, head.keys).any():
                 target = g
                 break
         if target < 0:
             groups.append([int(i)])
-            union.append(m.keys)
+            heads.append(m)
+            boxes.append(box)
         else:
             groups[target].append(int(i))
-            union[target] = np.union1d(union[target], m.keys)
     return groups
 
 
 def fuse_masks(members: list[FindingMask]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A nodule's mask from its members': each voxel kept where at least half of the
-    members whose cubes cover it hold it. Returns (bool mask (z, y, x), origin (x, y, z)
+    members whose cubes cover it hold it (the first ``FUSED_MEMBERS`` with a mask: the
+    best, as ``group_findings`` lists them). Returns (bool mask (z, y, x), origin (x, y, z)
     patient mm of its voxel (0, 0, 0), HU under it); an empty (0, 0, 0) mask without any."""
-    members = [m for m in members if len(m)]
+    members = [m for m in members if len(m)][:FUSED_MEMBERS]
     if not members:
         return np.zeros((0, 0, 0), bool), np.zeros(3), np.zeros((0, 0, 0), np.int16)
     keys = np.unique(np.concatenate([m.keys for m in members]))
