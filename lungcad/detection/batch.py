@@ -41,28 +41,23 @@ from lungcad.core.io.series import SeriesError
 from lungcad.core.model.cam_findings import explain_findings, finding_stem
 from lungcad.core.outputs import atomic_path, write_csv_atomic, write_text_atomic
 from lungcad.core.runner import ScanParts
-from lungcad.detection.detector import detect_volume, detector_config, offcentre_recut
+from lungcad.detection.detector import (
+    FINDING_COLUMNS,
+    detect_volume,
+    detector_config,
+    offcentre_recut,
+)
 from lungcad.detection.figures import scan_figure
 from lungcad.detection.reference import REFERENCE_COLUMNS, lidc_reference
 
 log = logging.getLogger(__name__)
 
+#: LUNA16's submission columns first, then the patient and the findings' own columns.
 DETECTION_COLUMNS = [
     "seriesuid",
-    "coordX",
-    "coordY",
-    "coordZ",
-    "probability",
+    *FINDING_COLUMNS[:4],  # coordX, coordY, coordZ, probability
     "patient_id",
-    "malignancy",
-    "diameter_mm",
-    "mean_diameter_mm",
-    "volume_mm3",
-    "type",
-    "solid_diameter_mm",
-    "lung_rads",
-    "sizing",
-    "cubes",
+    *(c for c in FINDING_COLUMNS[4:] if c != "candidate_score"),
 ]
 STEPS = ("read", "lung_mask", "candidates", "scoring")
 

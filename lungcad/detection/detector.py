@@ -59,9 +59,9 @@ FINDING_COLUMNS = [
     "cubes",
     "candidate_score",
 ]
-#: How a finding was sized: from its fused predicted mask; from the dense part at its cube's
-#: centre (a model without the decoder); or not at all (the decoder outlined nothing).
-SIZINGS = ("mask", "cube centre", "n/a")
+#: ``sizing`` says how a finding was sized: "mask" (its fused predicted mask), "cube centre"
+#: (the dense part at its cube's centre: a model without the decoder) or "n/a" (the decoder
+#: outlined nothing).
 
 
 @dataclass(frozen=True)
@@ -421,7 +421,7 @@ def offcentre_recut(
         np.full(len(centres), np.nan),
     )
     out = []
-    for row, p, i in zip(rows, prob, range(len(rows))):
+    for i, (row, p) in enumerate(zip(rows, prob)):
         error, size = np.nan, np.nan
         if masks is not None and len(masks[i]):
             mask, origin, hu = fuse_masks([masks[i]])

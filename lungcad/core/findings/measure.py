@@ -26,8 +26,6 @@ from scipy.spatial import ConvexHull, QhullError
 #: Solid (soft-tissue) attenuation within a nodule: the solid component of a part-solid
 #: nodule is the part of its mask at or above this.
 SOLID_HU = -300.0
-#: Types a finding is given (Lung-RADS' three).
-TYPES = ("solid", "part-solid", "ground glass")
 #: LIDC texture rating (1 non-solid .. 5 solid) at or above which the texture head's
 #: prediction calls a nodule solid, and below which ground glass.
 SOLID_TEXTURE, GROUND_GLASS_TEXTURE = 4.0, 2.0
