@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from lungcad import __version__
-from lungcad.cli import data, params
+from lungcad.cli import cv, data, params
 from lungcad.cli.common import fail
 from lungcad.cli.detect import detect, evaluate_detection
 from lungcad.cli.doctor import doctor
@@ -44,6 +44,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(params.app, name="params")
+app.add_typer(cv.app, name="cv")
 app.command()(train)
 app.command()(evaluate)
 app.command()(explain)

@@ -10,6 +10,7 @@ from lungcad.config.loader import (
 from lungcad.config.schema import (
     AugmentConfig,
     CandidatesConfig,
+    CvConfig,
     DataConfig,
     DetectConfig,
     EvaluateConfig,
@@ -42,6 +43,7 @@ __all__ = [
     "RealismConfig",
     "SearchSpace",
     "SplitConfig",
+    "CvConfig",
     "TrainConfig",
     "TuneConfig",
     "load_params",

@@ -179,6 +179,29 @@ class SplitConfig(Section):
         return self
 
 
+class CvConfig(Section):
+    """Patient-level k-fold cross-validation (the pipeline in ``crossval/dvc.yaml``).
+
+    Attributes:
+        folds: the fold numbers ``[0, 1, ..., K-1]``; their count is K. Each fold holds out
+            a K-th of the patients (stratified like the split) and trains on the rest, with
+            ``split.val_fraction`` of all patients for validation. DVC runs one train,
+            evaluate and detect stage per number: ``dvc exp run crossval/dvc.yaml -S
+            'cv.folds=[0,1,2]'`` runs a 3-fold cross-validation.
+    """
+
+    folds: list[int] = [0, 1, 2, 3, 4]
+
+    @model_validator(mode="after")
+    def _numbered(self) -> CvConfig:
+        if self.folds != list(range(len(self.folds))) or len(self.folds) < 2:
+            raise ValueError(
+                f"folds={self.folds}: list the fold numbers 0 to K-1 in order, K >= 2 "
+                "(e.g. [0, 1, 2, 3, 4] for 5 folds)"
+            )
+        return self
+
+
 class ModelConfig(Section):
     """Network shape: a MONAI 3D ResNet backbone, a shared feature, the heads.
 
@@ -504,6 +527,7 @@ class Params(Section):
     candidates: CandidatesConfig = CandidatesConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     split: SplitConfig = SplitConfig()
+    cv: CvConfig = CvConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     explain: ExplainConfig = ExplainConfig()

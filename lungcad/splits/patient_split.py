@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from lungcad.core.outputs import write_text_atomic
 from lungcad.core.splits import SPLITS, check_no_leak
@@ -98,4 +98,86 @@ def write_splits(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(doc, indent=2), "the patient split")
+    return doc
+
+
+def make_folds(
+    index: pd.DataFrame, n_folds: int, val_fraction: float, seed: int
+) -> list[dict[str, list[str]]]:
+    """K-fold patient-level cross-validation: fold k tests on the k-th part of the patients
+    and trains on the others, keeping ``val_fraction`` of all patients for validation.
+
+    The parts are stratified like :func:`make_splits` (on nodule presence and malignancy)
+    when every stratum has at least ``n_folds`` patients, else drawn at random. Every patient
+    is tested in exactly one fold.
+
+    Raises:
+        ValueError: fewer than 2 folds, more folds than patients with nodules (a fold
+            without nodules has no detection or malignancy figure), or a val share that
+            leaves no patient to train on.
+    """
+    strata = patient_strata(index)
+    with_nodules = int((strata != "no_nodule").sum())
+    if n_folds < 2:
+        raise ValueError(f"cv.folds lists {n_folds} fold(s): a cross-validation needs >= 2")
+    if n_folds > with_nodules:
+        raise ValueError(
+            f"cv.folds lists {n_folds} folds but only {with_nodules} patient(s) have nodules: "
+            f"every fold needs one; use at most {with_nodules} folds"
+        )
+    ids = strata.index.to_numpy()
+    labels = strata.to_numpy()
+    _, counts = np.unique(labels, return_counts=True)
+    if counts.min() >= n_folds:
+        parts = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(ids, labels)
+    else:  # still give every fold patients with nodules: deal them out first
+        order = np.random.default_rng(seed).permutation(len(ids))
+        order = np.r_[order[labels[order] != "no_nodule"], order[labels[order] == "no_nodule"]]
+        fold_of = np.empty(len(ids), int)
+        fold_of[order] = np.arange(len(ids)) % n_folds
+        parts = [
+            (np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)) for k in range(n_folds)
+        ]
+    val_share = val_fraction / (1 - 1 / n_folds)
+    if val_share >= 1:
+        raise ValueError(
+            f"split.val_fraction={val_fraction} with {n_folds} folds leaves no patient to train on"
+        )
+    folds = []
+    for k, (rest_idx, test_idx) in enumerate(parts):
+        rest = ids[rest_idx]
+        train, val = _split_off(rest, labels[rest_idx], val_share, seed + 1 + k)
+        splits = {
+            "train": train.tolist(),
+            "val": val.tolist(),
+            "test": np.sort(ids[test_idx]).tolist(),
+        }
+        check_no_leak(splits)
+        folds.append(splits)
+    return folds
+
+
+def write_folds(
+    folds: list[dict[str, list[str]]], index: pd.DataFrame, out_dir: str | Path, seed: int
+) -> dict:
+    """Write ``fold<k>.json`` (a splits.json per fold: its train, val and held-out test
+    patients) and ``folds.json`` (each patient's test fold, the per-fold counts)."""
+    out_dir = Path(out_dir)
+    tested = [pid for f in folds for pid in f["test"]]
+    if sorted(tested) != sorted(index["patient_id"].unique()) or len(set(tested)) != len(tested):
+        raise ValueError("the folds must test every patient exactly once")
+    summary = [
+        write_splits(f, index, out_dir / f"fold{k}.json", seed)["summary"]
+        for k, f in enumerate(folds)
+    ]
+    doc = {
+        "seed": seed,
+        "unit": "patient_id",
+        "folds": len(folds),
+        "test_fold": {pid: k for k, f in enumerate(folds) for pid in f["test"]},
+        "summary": summary,
+    }
+    write_text_atomic(
+        out_dir / "folds.json", json.dumps(doc, indent=2), "the cross-validation folds"
+    )
     return doc

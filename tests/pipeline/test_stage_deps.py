@@ -12,17 +12,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.tools.stage_code import REPO, minimal_deps, stage_files
+from tests.tools.stage_code import PIPELINES, REPO, minimal_deps, stage_files
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+ALL_STAGES = {
+    f"{path.relative_to(REPO)}:{name}": stage
+    for path in PIPELINES
+    for name, stage in yaml.safe_load(path.read_text())["stages"].items()
+}
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
+@pytest.mark.parametrize("stage", sorted(ALL_STAGES))
 def test_each_stage_depends_on_exactly_the_code_its_command_imports(stage) -> None:
-    deps = [str(d) for d in STAGES[stage]["deps"] if str(d).startswith("lungcad")]
-    expected = minimal_deps(stage_files(STAGES[stage]["cmd"]))
+    deps = [str(d) for d in ALL_STAGES[stage]["deps"] if str(d).startswith("lungcad")]
+    expected = minimal_deps(stage_files(ALL_STAGES[stage]["cmd"]))
     assert sorted(deps) == sorted(expected), (
-        f"dvc.yaml stage {stage}: its lungcad deps should be exactly\n  - "
+        f"stage {stage}: its lungcad deps should be exactly\n  - "
         + "\n  - ".join(expected)
         + "\n(python -m tests.tools.stage_code --write puts them there)"
     )

@@ -4,7 +4,7 @@ A stage's ``cmd`` names a ``lungcad`` command; the code it runs is the CLI packa
 whole when the command line starts), the command's function and every ``lungcad`` module
 that imports, transitively, counting imports inside functions too (lungcad imports heavy
 modules lazily). ``python -m tests.tools.stage_code`` prints the deps each stage needs;
-``--write`` puts them into dvc.yaml.
+``--write`` puts them into dvc.yaml and crossval/dvc.yaml.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import typer
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "lungcad"
+#: The pipeline files: the default pipeline and the cross-validation.
+PIPELINES = (REPO / "dvc.yaml", REPO / "crossval" / "dvc.yaml")
 
 
 def module_file(module: str) -> Path | None:
@@ -138,7 +140,7 @@ def minimal_deps(files: set[Path]) -> list[str]:
     return deps
 
 
-def write_deps(path: Path = REPO / "dvc.yaml") -> None:
+def write_deps(path: Path) -> None:
     """Replace each stage's lungcad deps in dvc.yaml by its closure (comments kept)."""
     from ruamel.yaml import YAML
 
@@ -159,14 +161,15 @@ def main() -> None:
 
     import yaml
 
-    if "--write" in sys.argv:
-        write_deps()
-        return
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
-        print(f"{name}:")
-        for dep in minimal_deps(stage_files(stage["cmd"])):
-            print(f"  - {dep}")
+    for path in PIPELINES:
+        if "--write" in sys.argv:
+            write_deps(path)
+            continue
+        stages = yaml.safe_load(path.read_text())["stages"]
+        for name, stage in stages.items():
+            print(f"{path.relative_to(REPO)}:{name}:")
+            for dep in minimal_deps(stage_files(stage["cmd"])):
+                print(f"  - {dep}")
 
 
 if __name__ == "__main__":

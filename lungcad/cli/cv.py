@@ -1,0 +1,87 @@
+"""`lungcad cv …`: patient-level k-fold cross-validation (folds, then the out-of-fold report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from lungcad.cli.common import fail
+from lungcad.cli.options import Dataset, ParamsFile
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Cross-validation: fold splits, and figures pooled over every held-out patient.",
+)
+
+
+@app.command()
+def split(
+    index: Annotated[Path, typer.Option("--index", help="index.csv of a built dataset.")] = Path(
+        "data/processed/index.csv"
+    ),
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for fold<k>.json and folds.json.")
+    ] = Path("data/cv"),
+    params: ParamsFile = Path("params.yaml"),
+) -> None:
+    """Split the patients into cv.folds folds; fold<k>.json is fold k's splits.json."""
+    from lungcad.config import load_params
+    from lungcad.splits.patient_split import make_folds, write_folds
+
+    p = load_params(params)
+    if not index.exists():
+        fail(f"{index} does not exist: run `lungcad data build` (DVC stage `preprocess`) first")
+    table = pd.read_csv(index)
+    try:
+        folds = make_folds(table, len(p.cv.folds), p.split.val_fraction, p.split.seed)
+    except ValueError as exc:
+        fail(f"{index}: {exc}")
+    doc = write_folds(folds, table, out, p.split.seed)
+    for k, s in enumerate(doc["summary"]):
+        typer.echo(
+            f"fold {k}: test {s['test']['patients']:3d} patients {s['test']['nodules']:4d} "
+            f"nodules; train {s['train']['patients']:3d}, val {s['val']['patients']:3d} -> "
+            f"{out / f'fold{k}.json'}"
+        )
+
+
+@app.command()
+def report(
+    folds: Annotated[
+        Path, typer.Option("--folds", help="Folder written by `lungcad cv split`.")
+    ] = Path("data/cv"),
+    models: Annotated[
+        Path, typer.Option("--models", help="Folder of the fold models (fold<k>/best.pt).")
+    ] = Path("models/cv"),
+    evaluations: Annotated[
+        Path,
+        typer.Option("--evaluations", help="Folder of the folds' `lungcad evaluate` outputs."),
+    ] = Path("reports/cv/evaluate"),
+    detections: Annotated[
+        Path,
+        typer.Option("--detections", help="Folder of the folds' `lungcad detect` outputs."),
+    ] = Path("reports/cv/detect"),
+    dataset: Dataset = Path("data/processed"),
+    out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("reports/cv/summary"),
+    params: ParamsFile = Path("params.yaml"),
+) -> None:
+    """Out-of-fold figures over every patient, the per-fold table, one MLflow parent run."""
+    from lungcad.config import load_params
+    from lungcad.crossval.report import CvInputs, cross_validation_report
+
+    p = load_params(params)
+    inputs = CvInputs(folds, models, evaluations, detections, dataset)
+    try:
+        doc = cross_validation_report(inputs, out, p)
+    except ValueError as exc:
+        fail(str(exc))
+    c, d = doc["cubes"]["detection"], doc["detection"]
+    cpm = "n/a" if d.get("cpm") is None else f"{d['cpm']:.3f}"
+    typer.echo(
+        f"{doc['n_folds']} folds, out of fold over {doc['n_patients']} patients: cube AUC "
+        f"{c['auc']:.3f}, malignancy MAE {doc['cubes']['malignancy']['mae']:.3f}, CPM {cpm} on "
+        f"{d['n_scans']} scans / {d['n_nodules']} nodules -> {out / 'report.md'}"
+    )
