@@ -126,6 +126,63 @@ def findings_rows(cube: dict, froc: dict) -> list[str]:
     return lines
 
 
+def crossval_rows(cv: dict, folds: list[dict]) -> list[str]:
+    """The out-of-fold figures of the cross-validation pipeline, then one row per fold."""
+    det, mal, scan = cv["cubes"]["detection"], cv["cubes"]["malignancy"], cv["detection"]
+    cpm = _num(scan.get("cpm"))
+    if scan.get("cpm_ci_low") is not None:
+        cpm += f" ({scan['cpm_ci_low']:.3f}–{scan['cpm_ci_high']:.3f})"
+    lines = [
+        f"| out of fold: {cv['n_patients']} patients, {cv['folds_done']} of {cv['n_folds']} "
+        "folds | value |",
+        "| --- | --- |",
+        f"| detection AUC ({det['n_cubes']} cubes) | {_with_ci(det, 'auc')} |",
+        f"| recall at each fold's threshold | {_with_ci(det, 'recall')} |",
+        f"| malignancy MAE ({mal['n_nodules']} nodule cubes) | {_with_ci(mal, 'mae')} |",
+        f"| malignancy Pearson | {_with_ci(mal, 'pearson')} |",
+        f"| whole-scan CPM ({scan['n_scans']} scans, {scan['n_nodules']} nodules) | {cpm} |",
+    ]
+    for name, b in (cv.get("baselines") or {}).items():
+        lines.append(f"| malignancy MAE, {name.replace('_', ' ')} baseline | {_num(b['mae'])} |")
+    lines += ["", "| fold | test patients | nodules | best epoch | AUC | MAE | CPM |"]
+    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+    for f in folds:
+        lines.append(
+            f"| {f['fold']} | {f['test_patients']} | {f['test_nodules']} | {f['best_epoch']} | "
+            f"{_num(f['auc'])} | {_num(f['mae'])} | {_num(f['cpm'])} |"
+        )
+    for key, v in (cv.get("fold_spread") or {}).items():
+        lines.append(f"\nAcross the folds, {key}: mean {_num(v['mean'])}, sd {_num(v['sd'])}.")
+    return lines
+
+
+def crossval_section(repo: Path) -> list[str]:
+    """The cross-validation section, when its metrics are committed."""
+    path = repo / "reports/cv/summary/metrics.json"
+    if not path.is_file():
+        return []
+    import csv
+
+    with open(repo / "reports/cv/summary/folds.csv") as fh:
+        folds = [
+            {
+                k: (None if v == "" else float(v) if k in ("auc", "mae", "cpm") else v)
+                for k, v in r.items()
+            }
+            for r in csv.DictReader(fh)
+        ]
+    return [
+        "## Cross-validation",
+        "",
+        "The cross-validation pipeline (`dvc repro crossval/dvc.yaml`, read from",
+        "`reports/cv/summary/metrics.json` and `folds.csv`): every patient scored by the one",
+        "fold model that never trained on it; the cross-validation guide says how.",
+        "",
+        *crossval_rows(json.loads(path.read_text()), folds),
+        "",
+    ]
+
+
 def results_markdown(repo: Path = REPO) -> str:
     cube = json.loads((repo / "reports/metrics.json").read_text())
     froc = json.loads((repo / "reports/detection/metrics.json").read_text())
@@ -170,6 +227,7 @@ def results_markdown(repo: Path = REPO) -> str:
         "",
         *findings_rows(cube, froc),
         "",
+        *crossval_section(repo),
         "## Explanations",
         "",
         "The explain stage's checks of its 3D Grad-CAM maps (`reports/explain/metrics.json`;",

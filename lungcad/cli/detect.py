@@ -90,8 +90,13 @@ def detect(
 
 def evaluate_detection(
     detections: Annotated[
-        Path, typer.Option("--detections", help="Folder written by `lungcad detect`.")
-    ] = Path("detections"),
+        list[Path] | None,
+        typer.Option(
+            "--detections",
+            help="Folder written by `lungcad detect`; repeat it to pool runs of disjoint scans "
+            "(e.g. cross-validation folds) into one FROC.",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("reports/detection"),
     annotations: Annotated[
         Path | None,
@@ -119,7 +124,7 @@ def evaluate_detection(
     config = load_params(params).detect
     try:
         m = run(
-            detections,
+            detections or [Path("detections")],
             out,
             annotations,
             excluded,

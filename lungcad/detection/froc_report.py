@@ -4,6 +4,7 @@ seconds per scan; metrics.json (DVC metrics), froc.csv (DVC plot), froc.png, rep
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,7 @@ def offcentre_summary(table: pd.DataFrame, threshold: float) -> dict:
 
 
 def evaluate_detection(
-    detection_dir: str | Path,
+    detection_dir: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     annotations: str | Path | None = None,
     excluded: str | Path | None = None,
@@ -115,28 +116,30 @@ def evaluate_detection(
     database) unless LUNA16's files are given. ``threshold``: the detection threshold the
     per-nodule figures (duplicates, size error, sensitivity per type and size) are taken at.
 
+    Several runs (e.g. each cross-validation fold's detections of its held-out scans) are
+    pooled into one FROC over all their scans, as LUNA16 scores its ten folds; a scan may be
+    in one run only.
+
     Scans that could not be read are listed and left out of the scan count (their nodules
     cannot be attributed to a series the detector saw).
 
     Raises:
-        ValueError: missing files or columns, with the path and what to do.
+        ValueError: missing files or columns, or a scan in two runs, with the path and what
+            to do.
     """
-    detection_dir, out_dir = Path(detection_dir), Path(out_dir)
+    dirs = (
+        [Path(detection_dir)]
+        if isinstance(detection_dir, (str, Path))
+        else list(map(Path, detection_dir))
+    )
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    scans_file = detection_dir / "scans.csv"
-    if not scans_file.is_file():
-        raise ValueError(
-            f"{scans_file}: no such file; run `lungcad detect ... --out {detection_dir}`"
-        )
-    scans = pd.read_csv(scans_file, dtype={"seriesuid": str})
+    run = read_runs(dirs, own_reference=annotations is None)
+    scans, findings, candidates = run["scans"], run["detections"], run["candidates"]
     ok = scans[scans["status"] == "ok"]
     series = ok["seriesuid"].astype(str).tolist()
-    findings = read_findings(detection_dir / "detections.csv", "detections")
-    candidates = read_findings(detection_dir / "candidates.csv", "candidates")
-    ref = read_luna_csv(annotations or detection_dir / "annotations.csv", "annotations")
-    exc = read_luna_csv(
-        excluded or detection_dir / "annotations_excluded.csv", "excluded annotations"
-    )
+    ref = read_luna_csv(annotations, "annotations") if annotations else run["annotations"]
+    exc = read_luna_csv(excluded, "excluded annotations") if excluded else run["excluded"]
     result = froc(findings, ref, exc, series)
     ci = bootstrap_cpm(findings, ref[ref.seriesuid.isin(series)], exc, series, bootstrap, seed)
     cand_sens, cand_hits = candidate_sensitivity(
@@ -160,10 +163,8 @@ def evaluate_detection(
         k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()
     }
     metrics["per_nodule"] = per_nodule
-    if (detection_dir / "offcentre.csv").is_file():
-        metrics["offcentre"] = offcentre_summary(
-            pd.read_csv(detection_dir / "offcentre.csv"), threshold
-        )
+    if run["offcentre"] is not None:
+        metrics["offcentre"] = offcentre_summary(run["offcentre"], threshold)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     pd.DataFrame(  # from no false positives up (the curve is stored from many down)
         {"fps_per_scan": result.fps_per_scan[::-1], "sensitivity": result.sensitivity[::-1]}
@@ -175,8 +176,50 @@ def evaluate_detection(
         result.cpm,
         out_dir / "froc.png",
     )
-    (out_dir / "report.md").write_text(_report(metrics, scans, detection_dir))
+    where = ", ".join(f"`{d}`" for d in dirs)
+    (out_dir / "report.md").write_text(_report(metrics, scans, where))
     return metrics
+
+
+def read_runs(dirs: Sequence[Path], own_reference: bool = True) -> dict[str, pd.DataFrame | None]:
+    """The tables of one or more ``lungcad detect`` runs, concatenated: scans, detections,
+    candidates, offcentre (None when no run has it) and, with ``own_reference``, the runs'
+    annotations and excluded annotations (LUNA16 columns; else None).
+
+    Raises:
+        ValueError: a run without scans.csv or its tables, or a scan in two runs.
+    """
+    parts: dict[str, list[pd.DataFrame]] = {}
+    for d in dirs:
+        scans_file = d / "scans.csv"
+        if not scans_file.is_file():
+            raise ValueError(f"{scans_file}: no such file; run `lungcad detect ... --out {d}`")
+        parts.setdefault("scans", []).append(pd.read_csv(scans_file, dtype={"seriesuid": str}))
+        parts.setdefault("detections", []).append(read_findings(d / "detections.csv", "detections"))
+        parts.setdefault("candidates", []).append(read_findings(d / "candidates.csv", "candidates"))
+        if own_reference:
+            parts.setdefault("annotations", []).append(
+                read_luna_csv(d / "annotations.csv", "annotations")
+            )
+            parts.setdefault("excluded", []).append(
+                read_luna_csv(d / "annotations_excluded.csv", "excluded annotations")
+            )
+        if (d / "offcentre.csv").is_file():
+            parts.setdefault("offcentre", []).append(pd.read_csv(d / "offcentre.csv"))
+    tables: dict[str, pd.DataFrame | None] = {
+        k: pd.concat(v, ignore_index=True) for k, v in parts.items()
+    }
+    for optional in ("offcentre", "annotations", "excluded"):
+        tables.setdefault(optional, None)
+    uids = tables["scans"]["seriesuid"].astype(str)
+    twice = sorted(set(uids[uids.duplicated()]))
+    if twice:
+        raise ValueError(
+            f"scan {twice[0]} is in more than one of the detection runs "
+            f"{', '.join(map(str, dirs))}: pool runs of disjoint scans (e.g. the folds' "
+            "held-out scans)"
+        )
+    return tables
 
 
 def read_findings(path: Path, what: str) -> pd.DataFrame:
@@ -197,7 +240,7 @@ def _fmt(v) -> str:
     return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
-def _report(m: dict, scans: pd.DataFrame, detection_dir: Path) -> str:
+def _report(m: dict, scans: pd.DataFrame, detection_dir: str) -> str:
     ci = ""
     if "cpm_ci_low" in m:
         ci = f" (95 % CI {m['cpm_ci_low']:.3f}–{m['cpm_ci_high']:.3f}, bootstrap over scans)"
@@ -209,7 +252,7 @@ def _report(m: dict, scans: pd.DataFrame, detection_dir: Path) -> str:
     rows = "\n".join(lines)
     return f"""# Whole-scan detection: FROC (LUNA16 rules)
 
-Detections: `{detection_dir}` ({m["n_scans"]} scans, {m["n_nodules"]} reference nodules:
+Detections: {detection_dir} ({m["n_scans"]} scans, {m["n_nodules"]} reference nodules:
 ≥ 3 readers and ≥ 3 mm; findings on other outlined lesions ignored: {m["ignored_findings"]}).
 
 **CPM {_fmt(m["cpm"])}**{ci}. Highest sensitivity reached: {_fmt(m["max_sensitivity"])}.

@@ -290,3 +290,31 @@ def log_explanation(run_id: str, explain_dir: str | Path, doc: dict[str, Any]) -
         mlflow.log_metrics(metrics)
         for name in ("metrics.json", "cubes.csv"):
             mlflow.log_artifact(str(Path(explain_dir) / name), artifact_path="explain")
+
+
+def log_cross_validation(
+    experiment: str, fold_run_ids: list[str], report_dir: str | Path, doc: dict[str, Any]
+) -> str:
+    """One parent run holding a cross-validation's out-of-fold metrics and report, with the
+    fold runs nested under it (MLflow's ``mlflow.parentRunId`` tag); returns its id."""
+    setup_tracking()
+    experiment_id = ensure_experiment(experiment)
+    metrics = {}
+    for section, values in (
+        ("oof_detection", doc["cubes"]["detection"]),
+        ("oof_malignancy", doc["cubes"]["malignancy"]),
+        ("oof_scan", doc["detection"]),
+    ):
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+                metrics[f"{section}_{key}"] = float(value)
+    client = MlflowClient()
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"cv-{doc['n_folds']}-folds"
+    ) as run:
+        mlflow.set_tags({"lungcad.kind": "cross-validation", "lungcad.folds": doc["n_folds"]})
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(report_dir), artifact_path="cross_validation")
+        for run_id in fold_run_ids:
+            client.set_tag(run_id, "mlflow.parentRunId", run.info.run_id)
+    return run.info.run_id

@@ -112,3 +112,12 @@ def test_the_configuration_page_is_generated_from_the_schema() -> None:
         "docs/configuration.md is out of date: python -m lungcad.config.reference > "
         "docs/configuration.md"
     )
+
+
+@pytest.mark.parametrize("folds", [[0], [1, 2], [0, 2, 1], []])
+def test_cv_folds_must_number_two_or_more_folds_from_zero(folds) -> None:
+    from lungcad.config import CvConfig
+
+    with pytest.raises(ValueError, match="fold numbers 0 to K-1"):
+        CvConfig(folds=folds)
+    assert CvConfig(folds=[0, 1, 2]).folds == [0, 1, 2]

@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from lungcad.core.splits import SplitLeakError, check_no_leak, load_splits
-from lungcad.splits.patient_split import make_splits, patient_strata, write_splits
+from lungcad.splits.patient_split import (
+    make_folds,
+    make_splits,
+    patient_strata,
+    write_folds,
+    write_splits,
+)
 
 
 def _index(n_patients: int = 40, seed: int = 0) -> pd.DataFrame:
@@ -68,3 +74,84 @@ def test_too_few_patients_or_bad_fractions_are_errors() -> None:
         make_splits(_index(2), 0.15, 0.2, 0)
     with pytest.raises(ValueError, match="sum to less than 1"):
         make_splits(_index(), 0.5, 0.5, 0)
+
+
+@pytest.mark.parametrize(("n_patients", "k"), [(40, 5), (60, 10), (7, 3)])
+def test_folds_test_every_patient_once_and_never_train_on_it(n_patients, k) -> None:
+    index = _index(n_patients)
+    folds = make_folds(index, k, 0.15, seed=0)
+    assert len(folds) == k
+    tested = [pid for f in folds for pid in f["test"]]
+    assert sorted(tested) == sorted(index["patient_id"].unique())  # each exactly once
+    for f in folds:
+        check_no_leak(f)
+        assert set(f["train"]) | set(f["val"]) | set(f["test"]) == set(index["patient_id"])
+        assert f["train"] and f["val"]
+    sizes = [len(f["test"]) for f in folds]
+    assert max(sizes) - min(sizes) <= 1 if n_patients >= 40 else min(sizes) >= 1
+    # every fold tests patients with nodules
+    with_nodules = set(index.loc[index["label"] == 1, "patient_id"])
+    assert all(with_nodules & set(f["test"]) for f in folds)
+    assert make_folds(index, k, 0.15, seed=0) == folds
+    assert make_folds(index, k, 0.15, seed=1) != folds
+
+
+def test_folds_are_stratified_on_malignancy() -> None:
+    index = _index(100)
+    strata = patient_strata(index)
+    overall = strata.value_counts(normalize=True)
+    for f in make_folds(index, 5, 0.15, seed=0):
+        mix = strata.loc[f["test"]].value_counts(normalize=True)
+        for stratum, share in overall.items():
+            assert abs(mix.get(stratum, 0) - share) < 0.1
+
+
+def test_more_folds_than_patients_with_nodules_names_both_numbers() -> None:
+    index = _index(12)
+    n = int((patient_strata(index) != "no_nodule").sum())
+    with pytest.raises(ValueError, match=f"lists {n + 1} folds but only {n} patient"):
+        make_folds(index, n + 1, 0.15, 0)
+    with pytest.raises(ValueError, match="needs >= 2"):
+        make_folds(index, 1, 0.15, 0)
+
+
+def test_written_folds_are_splits_files(tmp_path) -> None:
+    index = _index(30)
+    folds = make_folds(index, 3, 0.15, 0)
+    doc = write_folds(folds, index, tmp_path, seed=0)
+    for k, f in enumerate(folds):
+        assert load_splits(tmp_path / f"fold{k}.json") == f
+        assert all(doc["test_fold"][pid] == k for pid in f["test"])
+    assert json.loads((tmp_path / "folds.json").read_text())["folds"] == 3
+    with pytest.raises(ValueError, match="every patient exactly once"):
+        write_folds(folds[:2], index, tmp_path / "bad", seed=0)
+
+
+def test_cv_split_with_too_many_folds_is_one_error_line(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from lungcad.cli.main import app
+
+    index = _index(6)
+    index.to_csv(tmp_path / "index.csv", index=False)
+    n = int((patient_strata(index) != "no_nodule").sum())
+    params = tmp_path / "params.yaml"
+    params.write_text(f"cv:\n  folds: {list(range(n + 1))}\n")
+    result = CliRunner().invoke(
+        app,
+        [
+            "cv",
+            "split",
+            "--index",
+            str(tmp_path / "index.csv"),
+            "--out",
+            str(tmp_path / "cv"),
+            "--params",
+            str(params),
+        ],
+    )
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "index.csv" in lines[0]
+    assert f"lists {n + 1} folds but only {n} patient(s) have nodules" in lines[0]
+    assert not (tmp_path / "cv").exists()
