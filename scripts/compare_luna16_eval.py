@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lungcad.core.annotations.luna16 import REFERENCE_COLUMNS
 from lungcad.detection.froc import FP_RATES, froc
-from lungcad.detection.reference import REFERENCE_COLUMNS
 
 
 def main() -> None:

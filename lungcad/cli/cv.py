@@ -27,18 +27,29 @@ def split(
     ] = Path("data/cv"),
     params: ParamsFile = Path("params.yaml"),
 ) -> None:
-    """Split the patients into cv.folds folds; fold<k>.json is fold k's splits.json."""
+    """Split the patients into cv.folds folds (or one per LUNA16 subset, cv.split_by);
+    fold<k>.json is fold k's splits.json."""
     from lungcad.config import load_params
-    from lungcad.splits.patient_split import make_folds, write_folds
+    from lungcad.splits.patient_split import make_folds, subset_folds, write_folds
 
     p = load_params(params)
     if not index.exists():
         fail(f"{index} does not exist: run `lungcad data build` (DVC stage `preprocess`) first")
     table = pd.read_csv(index)
+    k, notes = len(p.cv.folds), []
     try:
-        folds = make_folds(table, len(p.cv.folds), p.split.val_fraction, p.split.seed)
+        if p.cv.split_by == "luna16_subsets":
+            series_file = index.parent / "series_index.csv"
+            if not series_file.is_file():
+                fail(f"{series_file} does not exist: build the dataset with `lungcad data build`")
+            series = pd.read_csv(series_file, dtype={"folder": str})
+            folds, notes = subset_folds(table, series, k, p.split.val_fraction, p.split.seed)
+        else:
+            folds = make_folds(table, k, p.split.val_fraction, p.split.seed)
     except ValueError as exc:
         fail(f"{index}: {exc}")
+    for note in notes:
+        typer.echo(f"note: {note}")
     doc = write_folds(folds, table, out, p.split.seed)
     for k, s in enumerate(doc["summary"]):
         typer.echo(

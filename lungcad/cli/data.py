@@ -47,6 +47,18 @@ def phantom(
         bool,
         typer.Option("--full", help="Write every slice of each real scan (real size), not a slab."),
     ] = False,
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="dicom (LIDC-IDRI's layout) or luna16 (subset<k>/<uid>.mhd, annotations.csv) "
+            "(phantom.format).",
+        ),
+    ] = None,
+    subsets: Annotated[
+        int | None,
+        typer.Option("--subsets", min=1, help="LUNA16 subsets (phantom.luna16_subsets)."),
+    ] = None,
     workers: Workers = 1,
     quiet: Quiet = False,
 ) -> None:
@@ -61,15 +73,26 @@ def phantom(
         seed=seed,
         min_readers=min_readers,
         margin_mm=margin_mm,
+        format=layout,
+        luna16_subsets=subsets,
     )
     written = write_phantom(
-        out, c.scans, c.seed, c.min_readers, c.margin_mm, workers, progress=not quiet, full=full
+        out,
+        c.scans,
+        c.seed,
+        c.min_readers,
+        c.margin_mm,
+        workers,
+        progress=not quiet,
+        full=full,
+        layout=c.format,
+        subsets=c.luna16_subsets,
     )
     n_slices = sum(w.n_slices for w in written)
     n_nodules = sum(len(w.nodule_ids) for w in written)
     typer.echo(
         f"wrote {len(written)} scans, {n_slices} slices, {n_nodules} annotated nodules "
-        f"in the slabs -> {out}"
+        f"in the slabs ({c.format}) -> {out}"
     )
 
 

@@ -81,12 +81,17 @@ class PhantomConfig(Section):
         seed: seeds the synthetic anatomy and noise.
         min_readers: each chosen scan has a nodule outlined by at least this many readers.
         margin_mm: slab margin around the nodules; >= 32 keeps 64 mm cubes whole.
+        format: ``dicom`` (TCIA's LIDC-IDRI layout) or ``luna16`` (``subset<k>/<uid>.mhd``
+            with ``annotations.csv`` and ``annotations_excluded.csv``).
+        luna16_subsets: with ``format: luna16``, the subsets the scans are dealt into.
     """
 
     scans: Annotated[Int, Field(ge=1)] = 60
     seed: Seed = 0
     min_readers: Annotated[Int, Field(ge=1, le=4)] = 3
     margin_mm: NonNegativeFloat = 34.0
+    format: Literal["dicom", "luna16"] = "dicom"
+    luna16_subsets: Annotated[Int, Field(ge=1)] = 10
 
 
 class RealismConfig(Section):
@@ -188,9 +193,13 @@ class CvConfig(Section):
             ``split.val_fraction`` of all patients for validation. DVC runs one train,
             evaluate and detect stage per number: ``dvc exp run crossval/dvc.yaml -S
             'cv.folds=[0,1,2]'`` runs a 3-fold cross-validation.
+        split_by: ``patients`` (folds dealt from the patients, stratified) or
+            ``luna16_subsets`` (LUNA16's protocol: fold k is the k-th ``subset<k>`` folder of
+            a LUNA16 root; list one fold per subset).
     """
 
     folds: list[int] = [0, 1, 2, 3, 4]
+    split_by: Literal["patients", "luna16_subsets"] = "patients"
 
     @model_validator(mode="after")
     def _numbered(self) -> CvConfig:

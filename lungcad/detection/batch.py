@@ -33,6 +33,7 @@ import pandas as pd
 
 from lungcad.config import DetectConfig
 from lungcad.core.annotations.lidc_db import LidcDatabase
+from lungcad.core.annotations.luna16 import REFERENCE_COLUMNS, lidc_reference
 from lungcad.core.candidates import CANDIDATE_COLUMNS
 from lungcad.core.findings.lungrads import LUNG_RADS_LABEL, scan_category
 from lungcad.core.io.nifti import write_mask_nifti
@@ -48,7 +49,6 @@ from lungcad.detection.detector import (
     offcentre_recut,
 )
 from lungcad.detection.figures import scan_figure
-from lungcad.detection.reference import REFERENCE_COLUMNS, lidc_reference
 
 log = logging.getLogger(__name__)
 

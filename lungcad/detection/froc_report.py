@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lungcad.core.annotations.luna16 import read_luna_csv
 from lungcad.core.findings.measure import texture_type
 from lungcad.detection.figures import froc_figure
 from lungcad.detection.froc import FP_RATES, bootstrap_cpm, froc, label_findings
-from lungcad.detection.reference import read_luna_csv
 
 
 def candidate_sensitivity(

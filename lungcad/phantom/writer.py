@@ -11,6 +11,7 @@ slab are absent from the series, just as in any partial download.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -193,6 +194,8 @@ def write_phantom(
     db: LidcDatabase | None = None,
     progress: bool = True,
     full: bool = False,
+    layout: str = "dicom",
+    subsets: int = 10,
 ) -> list[PhantomScan]:
     """Write the phantom for ``n_scans`` LIDC scans chosen deterministically by ``seed``.
 
@@ -205,7 +208,23 @@ def write_phantom(
         workers: processes writing scans in parallel.
         full: write every slice of each real scan (512 x 512 x 100-700), not a slab: for
             measuring whole-scan cost at real size.
+        layout: ``dicom`` (TCIA's layout) or ``luna16``: ``subset<k>/<uid>.mhd`` in
+            ``subsets`` subsets with annotations.csv and annotations_excluded.csv
+            (``lungcad.phantom.luna16``).
     """
+    if layout not in ("dicom", "luna16"):
+        raise ValueError(f"--format must be dicom or luna16 (got {layout!r})")
+    if layout == "luna16":
+        from lungcad.phantom.luna16 import move_to_luna16
+
+        staging = Path(out_root).parent / f".{Path(out_root).name}.dicom"
+        if staging.exists():
+            shutil.rmtree(staging)
+        written = write_phantom(
+            staging, n_scans, seed, min_readers, margin_mm, workers, db, progress, full
+        )
+        move_to_luna16(staging, Path(out_root), subsets)
+        return written
     if n_scans < 1:
         raise ValueError(f"--scans must be >= 1 (got {n_scans})")
     db = db or LidcDatabase()

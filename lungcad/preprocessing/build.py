@@ -27,8 +27,9 @@ from lungcad.core.annotations.lidc_db import CHARACTERISTICS, LidcDatabase
 from lungcad.core.annotations.nodules import Nodule, cluster_nodules, nodule_center_mm
 from lungcad.core.candidates import CandidateConfig, generate_candidates
 from lungcad.core.cubes import extract_cube, mirror_pad_z
-from lungcad.core.io.dicom_index import DicomIndex, index_lidc_root
-from lungcad.core.io.series import CtVolume, SeriesError, read_series
+from lungcad.core.io.dicom_index import DicomIndex, LidcRootError, index_lidc_root
+from lungcad.core.io.scans import ScanSource
+from lungcad.core.io.series import CtVolume, SeriesError
 from lungcad.core.lung_mask import block_max, lung_mask
 from lungcad.core.masks import MASKS_FILE, nodule_cube_mask, pack_masks
 from lungcad.core.outputs import removing_on_failure, stage_csv, write_csv_atomic, write_failure
@@ -136,8 +137,9 @@ def process_scan(
                 )
             ],
         )
+    kind = "mhd" if len(files) == 1 and Path(files[0]).suffix.lower() == ".mhd" else "dicom"
     try:
-        volume = read_series(files)
+        volume = ScanSource(series_uid, scan.patient_id, kind, tuple(files)).read()
     except SeriesError as exc:
         return ScanResult(
             series_uid,
@@ -429,6 +431,50 @@ def _index_skips(index: DicomIndex) -> tuple[list[dict], set[str]]:
     return rows, mixed
 
 
+def luna16_series(
+    raw_root: str | Path, db: LidcDatabase
+) -> tuple[pd.DataFrame, dict[str, list[Path]], list[dict]] | None:
+    """A LUNA16 root (``subset<k>/<SeriesInstanceUID>.mhd`` with ``annotations.csv``): its
+    series index (``folder`` is the subset), each series' file, and skip rows for what
+    cannot be used; None for a root without ``.mhd`` volumes (a DICOM root).
+
+    Raises:
+        LidcRootError: ``.mhd`` volumes without LUNA16's ``annotations.csv`` beside them.
+    """
+    root = Path(raw_root)
+    mhds = sorted(root.rglob("*.mhd")) if root.is_dir() else []
+    if not mhds:
+        return None
+    if not (root / "annotations.csv").is_file():
+        raise LidcRootError(
+            f"{root}: .mhd volumes but no annotations.csv: point data.raw_root at the LUNA16 "
+            "folder that holds annotations.csv and the subset folders"
+        )
+    rows, files_of, skipped = [], {}, []
+    for path in mhds:
+        uid = path.stem
+        if uid in files_of:
+            skipped.append(
+                _skip("", uid, "scan", f"{path}: a second volume of series {uid}; kept the first")
+            )
+            continue
+        record = db.scan_by_series(uid)
+        files_of[uid] = [path]
+        rows.append(
+            {
+                "series_uid": uid,
+                "study_uid": record.study_uid if record else "",
+                "patient_id": record.patient_id if record else "",
+                "modality": "CT",
+                "n_files": 1,
+                "folder": str(path.parent.relative_to(root)),
+            }
+        )
+    columns = ["series_uid", "study_uid", "patient_id", "modality", "n_files", "folder"]
+    frame = pd.DataFrame(rows, columns=columns).sort_values("series_uid", ignore_index=True)
+    return frame, dict(sorted(files_of.items())), skipped
+
+
 def build_dataset(
     raw_root: str | Path,
     out_dir: str | Path,
@@ -449,16 +495,20 @@ def build_dataset(
     db = db or LidcDatabase()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    index = index_lidc_root(raw_root, workers=workers, progress=progress)
-    write_csv_atomic(index.to_frame(), out_dir / "series_index.csv", "the dataset's series index")
-    skipped, mixed = _index_skips(index)
+    luna = luna16_series(raw_root, db)
+    if luna is not None:
+        series_frame, files_of, skipped = luna
+        mixed: set[str] = set()
+    else:
+        index = index_lidc_root(raw_root, workers=workers, progress=progress)
+        series_frame = index.to_frame()
+        files_of = {uid: e.files for uid, e in index.series.items()}
+        skipped, mixed = _index_skips(index)
+    write_csv_atomic(series_frame, out_dir / "series_index.csv", "the dataset's series index")
 
     parts = ScanParts(out_dir, settings_key(config, candidates), ".npz")
-    todo = [uid for uid in index.series if uid not in mixed]
-    jobs = {
-        uid: (index.series[uid].files, uid, db.path, config, candidates, parts.path(uid))
-        for uid in todo
-    }
+    todo = [uid for uid in files_of if uid not in mixed]
+    jobs = {uid: (files_of[uid], uid, db.path, config, candidates, parts.path(uid)) for uid in todo}
     try:
         parts.run(_scan_job, jobs, workers, "preprocess scans", progress)
         results = [_load_part(parts.path(uid), uid) for uid in todo]

@@ -41,6 +41,11 @@ def _split_off(ids: np.ndarray, strata: np.ndarray, fraction: float, seed: int):
     if fraction <= 0:
         return ids, np.array([], dtype=ids.dtype)
     n_take = max(1, int(round(fraction * len(ids))))
+    if n_take >= len(ids):
+        raise ValueError(
+            f"{len(ids)} patient(s) cannot give {n_take} to the smaller side of a split and "
+            "keep one for the other: build more scans or lower the fraction"
+        )
     _, counts = np.unique(strata, return_counts=True)
     # Stratify when every stratum can give a patient to both sides; else fall back to random.
     can_stratify = counts.min() >= 2 and n_take >= len(counts) and len(ids) - n_take >= len(counts)
@@ -155,6 +160,70 @@ def make_folds(
         check_no_leak(splits)
         folds.append(splits)
     return folds
+
+
+def subset_folds(
+    index: pd.DataFrame,
+    series: pd.DataFrame,
+    n_folds: int,
+    val_fraction: float,
+    seed: int,
+) -> tuple[list[dict[str, list[str]]], list[str]]:
+    """LUNA16's protocol: fold k tests on the patients of the k-th subset folder (in
+    natural order: subset0, subset1, ..., subset9) and trains on the others, keeping
+    ``val_fraction`` of all patients for validation.
+
+    Args:
+        index: the dataset's index.csv.
+        series: its series_index.csv (``folder``: each series' subset).
+
+    Returns:
+        (the folds, a note for each patient whose scans are in more than one subset: it is
+        tested with its first subset, so that no patient is in two folds).
+
+    Raises:
+        ValueError: a subset count other than ``n_folds``, or a fold without nodules.
+    """
+    series = series[series["patient_id"].isin(index["patient_id"])]
+    names = sorted(series["folder"].astype(str).unique(), key=_natural)
+    if len(names) != n_folds:
+        raise ValueError(
+            f"cv.folds lists {n_folds} folds but the dataset's scans are in {len(names)} "
+            f"subset folder(s) ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): "
+            "list one fold per subset (cv.split_by luna16_subsets needs a LUNA16 root)"
+        )
+    rank = {name: k for k, name in enumerate(names)}
+    notes, fold_of = [], {}
+    for pid, group in series.groupby("patient_id"):
+        ks = sorted({rank[str(f)] for f in group["folder"]})
+        fold_of[pid] = ks[0]
+        if len(ks) > 1:
+            notes.append(
+                f"{pid} has scans in {', '.join(names[k] for k in ks)}: tested with "
+                f"{names[ks[0]]} (a patient is in one fold only)"
+            )
+    strata = patient_strata(index)
+    ids = strata.index.to_numpy()
+    labels = strata.to_numpy()
+    val_share = val_fraction / (1 - 1 / n_folds)
+    folds = []
+    for k in range(n_folds):
+        test = np.array(sorted(p for p in ids if fold_of[p] == k), dtype=ids.dtype)
+        if not (strata.loc[test] != "no_nodule").any():
+            raise ValueError(f"{names[k]} has no patient with nodules: every fold needs one")
+        rest_mask = np.array([fold_of[p] != k for p in ids])
+        train, val = _split_off(ids[rest_mask], labels[rest_mask], val_share, seed + 1 + k)
+        splits = {"train": train.tolist(), "val": val.tolist(), "test": test.tolist()}
+        check_no_leak(splits)
+        folds.append(splits)
+    return folds, notes
+
+
+def _natural(name: str) -> tuple:
+    """subset2 before subset10."""
+    import re
+
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
 def write_folds(

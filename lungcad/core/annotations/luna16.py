@@ -1,4 +1,4 @@
-"""Reference nodules for FROC, in LUNA16's table format, from the LIDC database or from
+"""Reference nodules in LUNA16's table format (FROC, the LUNA16 layout), from the LIDC database or
 LUNA16's own ``annotations.csv`` / ``annotations_excluded.csv``.
 
 From the LIDC database (a phantom or a real download), a scan's nodules are clustered from
