@@ -89,6 +89,8 @@ def report(
         doc = cross_validation_report(inputs, out, p)
     except ValueError as exc:
         fail(str(exc))
+    for why in doc["missing"]:
+        typer.echo(f"not included: {why}")
     c, d = doc["cubes"]["detection"], doc["detection"]
     cpm = "n/a" if d.get("cpm") is None else f"{d['cpm']:.3f}"
     typer.echo(

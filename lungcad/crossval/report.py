@@ -237,11 +237,18 @@ def cross_validation_report(inputs: CvInputs, out_dir: str | Path, params: Param
     oof.to_csv(out_dir / "predictions.csv", index=False)
     (out_dir / "report.md").write_text(render_report(doc, folds))
     if run_ids:
-        from lungcad.tracking.mlflow_run import log_cross_validation
+        from lungcad.tracking.mlflow_run import log_cross_validation, redact_uri, tracking_uri
 
-        doc["mlflow_parent_run"] = log_cross_validation(
+        doc["mlflow_parent_run"], absent = log_cross_validation(
             params.train.experiment, run_ids, out_dir, doc
         )
+        doc["missing"] += [
+            f"fold run {r} is not in this MLflow store ({redact_uri(tracking_uri())}): "
+            "not nested under the cross-validation's run"
+            for r in absent
+        ]
+        if absent:
+            (out_dir / "report.md").write_text(render_report(doc, folds))
     write_text_atomic(
         out_dir / "metrics.json", json.dumps(_finite(doc), indent=2), "the out-of-fold metrics"
     )

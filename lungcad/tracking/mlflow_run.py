@@ -294,9 +294,10 @@ def log_explanation(run_id: str, explain_dir: str | Path, doc: dict[str, Any]) -
 
 def log_cross_validation(
     experiment: str, fold_run_ids: list[str], report_dir: str | Path, doc: dict[str, Any]
-) -> str:
+) -> tuple[str, list[str]]:
     """One parent run holding a cross-validation's out-of-fold metrics and report, with the
-    fold runs nested under it (MLflow's ``mlflow.parentRunId`` tag); returns its id."""
+    fold runs nested under it (MLflow's ``mlflow.parentRunId`` tag). Returns its id and the
+    fold runs this tracking store does not hold (left unnested)."""
     setup_tracking()
     experiment_id = ensure_experiment(experiment)
     metrics = {}
@@ -309,6 +310,7 @@ def log_cross_validation(
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
                 metrics[f"{section}_{key}"] = float(value)
     client = MlflowClient()
+    absent = []
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"cv-{doc['n_folds']}-folds"
     ) as run:
@@ -316,5 +318,8 @@ def log_cross_validation(
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(report_dir), artifact_path="cross_validation")
         for run_id in fold_run_ids:
-            client.set_tag(run_id, "mlflow.parentRunId", run.info.run_id)
-    return run.info.run_id
+            try:
+                client.set_tag(run_id, "mlflow.parentRunId", run.info.run_id)
+            except MlflowException:
+                absent.append(run_id)
+    return run.info.run_id, absent

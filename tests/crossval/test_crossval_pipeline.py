@@ -47,7 +47,7 @@ def project(tmp_path_factory) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["phantom"]["scans"] = 4
     params["preprocess"].update(negatives_per_positive=2.0, candidate_negative_fraction=0.0)
-    params["candidates"]["max_candidates"] = 30  # an untrained decoder's masks are slow to merge
+    params["candidates"]["max_candidates"] = 10  # an untrained decoder's masks are slow to merge
     params["cv"]["folds"] = [0, 1]
     params["train"].update(
         epochs=2, batch_size=4, seg_cubes=0, channels_last=False, lambda_attr=0.0
@@ -130,3 +130,30 @@ def test_one_mlflow_parent_run_holds_the_fold_runs(project) -> None:
 def test_a_second_repro_reruns_nothing(project) -> None:
     out = _run(project, sys.executable, "-m", "dvc", "status", "crossval/dvc.yaml")
     assert "up to date" in out, out
+
+
+def test_a_fold_without_its_evaluation_is_named_and_left_out(project, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from lungcad.cli.main import app
+
+    evaluations = tmp_path / "evaluate"
+    shutil.copytree(project / "reports/cv/evaluate/fold0", evaluations / "fold0")
+    out = tmp_path / "summary"
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    args = ["cv", "report", "--folds", str(project / "data/cv"), "--models"]
+    args += [str(project / "models/cv"), "--evaluations", str(evaluations), "--detections"]
+    args += [str(project / "reports/cv/detect"), "--dataset", str(project / "data/processed")]
+    args += ["--out", str(out), "--params", str(project / "params.yaml")]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "metrics.json").read_text())
+    fold0 = json.loads((project / "data/cv/fold0.json").read_text())
+    assert doc["folds_done"] == 1 and doc["n_patients"] == len(fold0["test"])
+    evaluate, store = doc["missing"]  # fold 1's evaluation; fold 0's run is in another store
+    assert "fold1/predictions.csv is missing" in evaluate
+    assert "not in this MLflow store" in store and "mlflow.db" in store
+    assert "evaluate@1" in (out / "report.md").read_text()
+    shutil.rmtree(evaluations / "fold0")
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 2 and "no fold has its evaluation" in result.output
