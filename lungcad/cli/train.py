@@ -90,6 +90,6 @@ def train(
         return
     r = run.result
     typer.echo(
-        f"best epoch {r.best_epoch} ({config.select_metric}={r.best_metric:.4f}) -> "
-        f"{r.best_checkpoint}; MLflow run {run.run_id}"
+        f"{r.selected} ({config.select_metric}={r.best_metric:.4f}; best epoch "
+        f"{r.best_epoch}) -> {r.best_checkpoint}; MLflow run {run.run_id}"
     )

@@ -320,6 +320,13 @@ class TrainConfig(Section):
         device: where to train.
         select_metric: validation metric that picks the best epoch (higher is better):
             val_objective = val_auc - val_mae / 4.
+        selection: the model ``best.pt`` holds. "average": the weights averaged over the
+            last ``average_last`` epochs (stochastic weight averaging on the cosine
+            schedule's tail, batch-norm statistics recomputed on the train cubes), so
+            that it does not hinge on one lucky epoch of a small validation split.
+            "best_epoch": the epoch with the highest ``select_metric``. ``best_epoch.pt``
+            holds that epoch either way.
+        average_last: epochs averaged by ``selection: average`` (all when fewer).
         num_workers: DataLoader worker processes of the streaming input path.
         deterministic: deterministic algorithms (reproducible, slower on GPU).
         channels_last: channels_last_3d memory format (faster on CPUs and tensor cores).
@@ -352,6 +359,8 @@ class TrainConfig(Section):
     amp: Literal["auto", "fp16", "bf16", "off"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     select_metric: Literal["val_objective", "val_auc", "neg_val_mae"] = "val_objective"
+    selection: Literal["average", "best_epoch"] = "average"
+    average_last: Annotated[Int, Field(ge=1)] = 8
     num_workers: Annotated[Int, Field(ge=0)] = 0
     deterministic: Bool = True
     channels_last: Bool = True

@@ -135,6 +135,13 @@ def spread_metrics(test: pd.DataFrame, train_nodules: pd.DataFrame) -> dict[str,
     return out
 
 
+def _selection(state: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's best validation epoch and which model it holds (``selected``:
+    "epoch 12" or "mean of epochs 18-25"; older checkpoints hold their best epoch)."""
+    best_epoch = int(state["best_epoch"])
+    return {"best_epoch": best_epoch, "selected": state.get("selected", f"epoch {best_epoch}")}
+
+
 def evaluate_model(
     dataset_dir: str | Path,
     splits_file: str | Path,
@@ -221,7 +228,7 @@ def evaluate_model(
         "segmentation_test": segmentation,
         "reference_real_lidc": REFERENCE_REAL_LIDC,
         "checkpoint": str(checkpoint),
-        "best_epoch": int(load_checkpoint(checkpoint)["best_epoch"]),
+        **_selection(load_checkpoint(checkpoint)),
     }
     all_preds = pd.concat([p.assign(split=s) for s, p in preds.items()])
     cols = [
@@ -268,7 +275,7 @@ def render_report(doc: dict[str, Any], figures: list[Path], gallery: Path | None
     lines = [
         "# lungcad evaluation report",
         "",
-        f"Checkpoint `{doc['checkpoint']}` (best epoch {doc['best_epoch']}), test split: "
+        f"Checkpoint `{doc['checkpoint']}` ({doc.get('selected', doc['best_epoch'])}), test split: "
         f"{det['n_cubes']} cubes, {mal['n_nodules']} nodules. Detection threshold "
         f"{doc['threshold']['value']:.3f} ({doc['threshold']['rule']}). "
         "95% CIs: patient bootstrap.",

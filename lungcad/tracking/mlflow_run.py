@@ -223,6 +223,7 @@ class MlflowEpochLogger:
 
     def on_train_end(self, trainer, result) -> None:
         mlflow.log_metrics({"best_epoch": result.best_epoch, "best_val_metric": result.best_metric})
+        mlflow.set_tag("lungcad.selected", result.selected)
 
 
 def log_evaluation(run_id: str, report_dir: str | Path, doc: dict[str, Any]) -> None:

@@ -143,6 +143,7 @@ def train_tracked(
             "best_epoch": result.best_epoch,
             "best_metric": result.best_metric,
             "select_metric": config.select_metric,
+            "selected": result.selected,
         }
         write_text_atomic(out_dir / RUN_INFO, json.dumps(info, indent=2), "the run info")
     return TrackedRun(run.info.run_id, experiment_id, result)

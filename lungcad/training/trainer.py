@@ -7,6 +7,12 @@ randomness of an epoch (shuffling, augmentation, dropout) is derived from (seed,
 so ``resume=True`` after an interruption ends with the same weights as an uninterrupted
 run on the CPU.
 
+What ``best.pt`` holds is ``train.selection``: by default the weights averaged over the last
+``train.average_last`` epochs (``torch.optim.swa_utils``; the batch-norm statistics are
+recomputed on the train cubes once training ends), or the epoch with the best validation
+metric. A best epoch chosen on a few dozen validation cubes moves from run to run with the
+seed; the average of the schedule's tail does not depend on that choice.
+
 A training step never waits for the device: losses are summed on it and the first
 non-finite loss of an epoch is recorded there; the host looks every ``sync_every`` steps
 and at the end of the epoch.
@@ -29,6 +35,8 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm.auto import tqdm
 
 from lungcad.config import TrainConfig
@@ -95,11 +103,28 @@ class EpochPlan:
 
 @dataclass
 class TrainResult:
+    """``best_epoch``: the best validation epoch; ``best_metric``: the validation metric of
+    the model in ``best_checkpoint`` (the averaged weights under ``selection: average``);
+    ``selected``: which model that is, in words."""
+
     best_epoch: int
     best_metric: float
     best_checkpoint: Path
     last_checkpoint: Path
     history: list[dict[str, float]] = field(default_factory=list)
+    selected: str = ""
+
+
+class _WithMask(nn.Module):
+    """The network with its decoder on, so that recomputing the batch-norm statistics
+    covers the decoder's layers too."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        return self.net(x, with_mask=True)
 
 
 class Trainer:
@@ -108,7 +133,8 @@ class Trainer:
     Args:
         config: training settings.
         data: the cube dataset with splits.
-        out_dir: receives ``checkpoints/last.pt`` (every epoch), ``best.pt`` and
+        out_dir: receives ``checkpoints/last.pt`` (every epoch), ``best.pt`` (the model
+            ``selection`` picks), ``best_epoch.pt`` (the best validation epoch) and
             ``history.json``.
         callbacks: objects with ``on_epoch_end`` / ``on_train_end`` (tracking, pruning).
         progress: show progress bars (rank 0 only).
@@ -220,6 +246,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.start_epoch, self.best_metric, self.best_epoch = 0, -math.inf, -1
         self.history: list[dict[str, float]] = []
+        self.averaged = AveragedModel(self.model) if self.config.selection == "average" else None
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     def on_epoch_start(self, epoch: int) -> EpochPlan:
@@ -359,13 +386,15 @@ class Trainer:
             metrics.pop("train_loss_seg")
         return {**metrics, **self.telemetry.stop(n)}
 
-    def validate(self) -> dict[str, float]:
+    def validate(self, model: nn.Module | None = None) -> dict[str, float]:
+        """Validation metrics of ``model`` (the one being trained by default)."""
+        model = self.model if model is None else model
         started = time.perf_counter()
-        broadcast_buffers(self.model, self.dist)  # validate (and save) rank 0's statistics
+        broadcast_buffers(model, self.dist)  # validate (and save) rank 0's statistics
         n = len(self.val_store)
         order = torch.arange(self.dist.rank, n, self.dist.world_size)  # all rows on one rank
         prob, mal = predict_batches(
-            self.model,
+            model,
             (x for _, x in self.val_store.batches(order, self.config.eval_batch_size)),
             self.config.window_hu,
             self.device,
@@ -391,17 +420,27 @@ class Trainer:
         value = -metrics["val_mae"] if name == "neg_val_mae" else metrics[name]
         return -math.inf if math.isnan(value) else value
 
+    @property
+    def first_averaged_epoch(self) -> int:
+        """The first (1-based) of the epochs ``selection: average`` averages."""
+        return max(1, self.config.epochs - self.config.average_last + 1)
+
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.history.append({"epoch": epoch + 1, **metrics})
         value = self.selection_value(metrics)
         improved = value > self.best_metric
         if improved:
             self.best_metric, self.best_epoch = value, epoch + 1
+        if self.averaged is not None and epoch + 1 >= self.first_averaged_epoch:
+            self.averaged.update_parameters(self.model)
         if self.dist.is_main:
             state = self.state_dict(epoch + 1)
             save_checkpoint(state, self.ckpt_dir / "last.pt")
             if improved:
-                save_checkpoint(state, self.out_dir / "best.pt")
+                state = {**state, "selected": f"epoch {epoch + 1}"}
+                save_checkpoint(state, self.out_dir / "best_epoch.pt")
+                if self.averaged is None:
+                    save_checkpoint(state, self.out_dir / "best.pt")
             write_text_atomic(
                 self.out_dir / "history.json", json.dumps(self.history, indent=2), "the history"
             )
@@ -423,6 +462,7 @@ class Trainer:
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "history": self.history,
+            "averaged": None if self.averaged is None else self.averaged.state_dict(),
             "config": self.config.to_dict(),
             "cut_settings": self.data.cut_settings,
             "extra": self.extra_state,
@@ -442,6 +482,8 @@ class Trainer:
         self.start_epoch = state["epochs_done"]
         self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
         self.history = list(state["history"])
+        if self.averaged is not None:
+            self.averaged.load_state_dict(state["averaged"])
         self.extra_state = dict(state.get("extra", {}))
 
     def resumable_state(self) -> dict[str, Any] | None:
@@ -465,18 +507,55 @@ class Trainer:
             self.scheduler.step()
             metrics.update(self.validate())
             self.on_epoch_end(epoch, metrics)
+        selected, selected_metric = f"epoch {self.best_epoch}", self.best_metric
+        if self.averaged is not None:
+            selected, selected_metric = self.finish_average()
         result = TrainResult(
-            self.best_epoch, self.best_metric, self.out_dir / "best.pt", last, self.history
+            self.best_epoch,
+            selected_metric,
+            self.out_dir / "best.pt",
+            last,
+            self.history,
+            selected,
         )
         log.info(
-            "trained %d epochs in %.0f s; best epoch %d (%s=%.4f)"
+            "trained %d epochs in %.0f s; best epoch %d (%s=%.4f); best.pt: %s (%.4f)"
             + ("" if self.dist.is_main else f" (rank {self.dist.rank})"),
             self.config.epochs - self.start_epoch,
             time.perf_counter() - started,
             self.best_epoch,
             self.config.select_metric,
             self.best_metric,
+            selected,
+            selected_metric,
         )
         for cb in self.callbacks:
             cb.on_train_end(self, result)
         return result
+
+    def finish_average(self) -> tuple[str, float]:
+        """Recomputes the averaged weights' batch-norm statistics on the train cubes (HU
+        window, no augmentation), validates them and writes them as ``best.pt``; returns
+        (what they are, their validation metric)."""
+        n = len(self.train_store)
+        order = torch.arange(n)
+        batches = (
+            window_hu(x[:, None], self.config.window_hu)
+            for _, x in self.train_store.batches(order, self.config.eval_batch_size)
+        )
+        update_bn(batches, _WithMask(self.averaged.module), self.device)
+        metrics = self.validate(self.averaged.module)
+        first, last = self.first_averaged_epoch, self.config.epochs
+        selected = f"mean of epochs {first}-{last}" if first < last else f"epoch {last}"
+        value = self.selection_value(metrics)
+        if self.dist.is_main:
+            state = {
+                **self.state_dict(self.config.epochs),
+                "model": self.averaged.module.state_dict(),
+                "selected": selected,
+                "selected_val": metrics,
+            }
+            save_checkpoint(state, self.out_dir / "best.pt")
+            summary = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            log.info(f"{selected} averaged: {summary}")
+        return selected, value

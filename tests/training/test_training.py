@@ -11,7 +11,7 @@ from scipy import stats
 from lungcad.config import ModelConfig, TrainConfig, load_params
 from lungcad.core.dataset import DatasetMissingError, TrainTargets, load_cube_data
 from lungcad.core.masks import read_masks
-from lungcad.core.metrics import reader_nll
+from lungcad.core.metrics import reader_nll, safe_auc
 from lungcad.core.model.attributes import ATTRIBUTES, attribute_targets, to_lidc_scale
 from lungcad.core.model.loading import load_model
 from lungcad.core.model.network import SPREAD_FLOOR, NoduleNet
@@ -190,6 +190,69 @@ def test_resume_ends_with_the_same_model_as_an_uninterrupted_run(
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert straight.history[-1]["val_auc"] == resumed.history[-1]["val_auc"]
+    # The weight average is carried by the last checkpoint: best.pt is the same too.
+    a = torch.load(straight.best_checkpoint, weights_only=True)["model"]
+    b = torch.load(resumed.best_checkpoint, weights_only=True)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+class _KeepWeights:
+    """Copies the weights at the end of every epoch."""
+
+    def __init__(self) -> None:
+        self.weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_epoch_end(self, trainer, epoch, metrics) -> None:
+        self.weights[epoch] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    def on_train_end(self, trainer, result) -> None:
+        pass
+
+
+def test_best_pt_holds_the_mean_of_the_last_epochs_weights(tiny_dataset, tmp_path) -> None:
+    data = load_cube_data(*tiny_dataset)
+    kept = _KeepWeights()
+    config = tiny_train_config(epochs=4, average_last=2)
+    result = Trainer(config, data, tmp_path / "m", callbacks=[kept], progress=False).fit()
+    assert result.selected == "mean of epochs 3-4"
+    best = torch.load(result.best_checkpoint, weights_only=True)
+    assert best["selected"] == "mean of epochs 3-4"
+    for key, value in best["model"].items():
+        if "running_" in key or "num_batches" in key:
+            continue  # batch-norm statistics: recomputed for the averaged weights
+        mean = (kept.weights[3][key] + kept.weights[4][key]) / 2
+        torch.testing.assert_close(value, mean, msg=key)
+    # ... whose batch-norm statistics are their own, not those of either epoch.
+    stats = [k for k in best["model"] if k.endswith("running_mean")]
+    assert stats and all(not torch.equal(best["model"][k], kept.weights[4][k]) for k in stats)
+    # The best validation epoch is kept beside it, as it was at that epoch.
+    epoch = torch.load(tmp_path / "m" / "best_epoch.pt", weights_only=True)
+    assert epoch["selected"] == f"epoch {result.best_epoch}"
+    for key, value in epoch["model"].items():
+        assert torch.equal(value, kept.weights[result.best_epoch][key]), key
+    # best.pt's validation metric is the one of the model it holds.
+    model, _ = load_model(result.best_checkpoint)
+    val = data.subset("val").sort_values("cube_index")
+    pred = predict_rows(model, data.cubes, val, config.window_hu, "cpu")
+    auc = safe_auc(val["label"].to_numpy(), pred["nodule_prob"].to_numpy())
+    assert best["selected_val"]["val_auc"] == pytest.approx(auc, abs=1e-6)
+    assert result.best_metric == pytest.approx(best["selected_val"]["val_objective"])
+
+
+def test_best_epoch_selection_keeps_the_best_validation_epoch(tiny_dataset, tmp_path) -> None:
+    data = load_cube_data(*tiny_dataset)
+    kept = _KeepWeights()
+    config = tiny_train_config(epochs=3, selection="best_epoch")
+    result = Trainer(config, data, tmp_path / "m", callbacks=[kept], progress=False).fit()
+    objectives = [h["val_objective"] for h in result.history]
+    assert result.best_epoch == 1 + int(np.argmax(objectives))
+    assert result.selected == f"epoch {result.best_epoch}"
+    best = torch.load(result.best_checkpoint, weights_only=True)["model"]
+    epoch = torch.load(tmp_path / "m" / "best_epoch.pt", weights_only=True)["model"]
+    for key, value in best.items():
+        assert torch.equal(value, kept.weights[result.best_epoch][key]), key
+        assert torch.equal(epoch[key], value), key
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(tiny_dataset, tmp_path) -> None:
