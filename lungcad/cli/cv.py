@@ -25,17 +25,38 @@ def split(
     out: Annotated[
         Path, typer.Option("--out", help="Folder for fold<k>.json and folds.json.")
     ] = Path("data/cv"),
+    splits: Annotated[
+        Path,
+        typer.Option(
+            "--splits",
+            help="The default split, whose test patients cv.holdout: test keeps out of every fold.",
+        ),
+    ] = Path("data/splits.json"),
     params: ParamsFile = Path("params.yaml"),
 ) -> None:
     """Split the patients into cv.folds folds (or one per LUNA16 subset, cv.split_by);
     fold<k>.json is fold k's splits.json."""
     from lungcad.config import load_params
+    from lungcad.core.splits import load_splits
     from lungcad.splits.patient_split import make_folds, subset_folds, write_folds
 
     p = load_params(params)
     if not index.exists():
         fail(f"{index} does not exist: run `lungcad data build` (DVC stage `preprocess`) first")
     table = pd.read_csv(index)
+    held_out: list[str] = []
+    if p.cv.holdout == "test":
+        if not splits.is_file():
+            fail(
+                f"cv.holdout: test keeps the test patients of {splits} out, but it does not "
+                "exist: run `lungcad data split` (DVC stage `split`) first"
+            )
+        try:
+            held_out = sorted(load_splits(splits)["test"])
+        except (ValueError, KeyError) as exc:
+            fail(f"{splits} is not a splits.json ({exc}): re-run `lungcad data split`")
+        table = table[~table["patient_id"].isin(held_out)]
+        typer.echo(f"held out of every fold: the {len(held_out)} test patients of {splits}")
     k, notes = len(p.cv.folds), []
     try:
         if p.cv.split_by == "luna16_subsets":
@@ -50,7 +71,7 @@ def split(
         fail(f"{index}: {exc}")
     for note in notes:
         typer.echo(f"note: {note}")
-    doc = write_folds(folds, table, out, p.split.seed)
+    doc = write_folds(folds, table, out, p.split.seed, held_out)
     for k, s in enumerate(doc["summary"]):
         typer.echo(
             f"fold {k}: test {s['test']['patients']:3d} patients {s['test']['nodules']:4d} "
@@ -98,3 +119,59 @@ def report(
         f"{c['auc']:.3f}, malignancy MAE {doc['cubes']['malignancy']['mae']:.3f}, CPM {cpm} on "
         f"{d['n_scans']} scans / {d['n_nodules']} nodules -> {out / 'report.md'}"
     )
+
+
+@app.command()
+def ensemble(
+    models: Annotated[
+        Path, typer.Option("--models", help="Folder of the fold models (fold<k>/best.pt).")
+    ] = Path("models/cv"),
+    folds: Annotated[
+        Path, typer.Option("--folds", help="Folder written by `lungcad cv split`.")
+    ] = Path("data/cv"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for the ensemble's best.pt.")] = Path(
+        "models/ensemble"
+    ),
+    track: Annotated[
+        bool,
+        typer.Option(
+            "--track/--no-track",
+            help="Log it as an MLflow run with its pyfunc model (a promotion candidate when "
+            "the folds held the default test split out, cv.holdout: test).",
+        ),
+    ] = True,
+    dataset: Dataset = Path("data/processed"),
+    params: ParamsFile = Path("params.yaml"),
+) -> None:
+    """The fold models as one model: their outputs averaged (evaluate, detect, explain and
+    serve take its best.pt like any checkpoint)."""
+    import json
+
+    from lungcad.config import load_params
+    from lungcad.core.model.ensemble import EnsembleError
+    from lungcad.crossval.ensemble import build_fold_ensemble, log_fold_ensemble
+
+    p = load_params(params)
+    k = len(p.cv.folds)
+    try:
+        checkpoint = build_fold_ensemble(models, k, out)
+    except EnsembleError as exc:
+        fail(str(exc))
+    typer.echo(f"ensemble of {k} fold models -> {checkpoint}")
+    if not track:
+        return
+    import numpy as np
+
+    cubes = dataset / "cubes.npy"
+    if not cubes.is_file():
+        fail(f"{cubes} does not exist: the ensemble's MLflow model takes the dataset's cube size")
+    size = int(np.load(cubes, mmap_mode="r").shape[-1])
+    folds_doc = folds / "folds.json"
+    held_out = json.loads(folds_doc.read_text()).get("held_out", []) if folds_doc.is_file() else []
+    info = log_fold_ensemble(checkpoint, models, k, p.train.experiment, bool(held_out), size)
+    why = (
+        "a promotion candidate"
+        if held_out
+        else "not a promotion candidate: its folds covered the test patients (cv.holdout: none)"
+    )
+    typer.echo(f"MLflow run {info['run_id']}, {why}")

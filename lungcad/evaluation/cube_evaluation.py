@@ -138,7 +138,7 @@ def spread_metrics(test: pd.DataFrame, train_nodules: pd.DataFrame) -> dict[str,
 def _selection(state: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint's best validation epoch and which model it holds (``selected``:
     "epoch 12" or "mean of epochs 18-25"; older checkpoints hold their best epoch)."""
-    best_epoch = int(state["best_epoch"])
+    best_epoch = state.get("best_epoch")  # an ensemble has none of its own
     return {"best_epoch": best_epoch, "selected": state.get("selected", f"epoch {best_epoch}")}
 
 

@@ -227,10 +227,15 @@ def _natural(name: str) -> tuple:
 
 
 def write_folds(
-    folds: list[dict[str, list[str]]], index: pd.DataFrame, out_dir: str | Path, seed: int
+    folds: list[dict[str, list[str]]],
+    index: pd.DataFrame,
+    out_dir: str | Path,
+    seed: int,
+    held_out: list[str] = (),
 ) -> dict:
     """Write ``fold<k>.json`` (a splits.json per fold: its train, val and held-out test
-    patients) and ``folds.json`` (each patient's test fold, the per-fold counts)."""
+    patients) and ``folds.json`` (each patient's test fold, the per-fold counts, and the
+    patients ``held_out`` of every fold). ``index`` holds the patients the folds cover."""
     out_dir = Path(out_dir)
     tested = [pid for f in folds for pid in f["test"]]
     if sorted(tested) != sorted(index["patient_id"].unique()) or len(set(tested)) != len(tested):
@@ -244,6 +249,7 @@ def write_folds(
         "unit": "patient_id",
         "folds": len(folds),
         "test_fold": {pid: k for k, f in enumerate(folds) for pid in f["test"]},
+        "held_out": sorted(held_out),
         "summary": summary,
     }
     write_text_atomic(

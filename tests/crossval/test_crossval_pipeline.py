@@ -127,6 +127,35 @@ def test_one_mlflow_parent_run_holds_the_fold_runs(project) -> None:
         assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
 
 
+def test_the_fold_ensemble_is_one_model_that_detects_like_any_other(project, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from lungcad.cli.main import app
+    from lungcad.core.model.checkpoint import load_checkpoint
+
+    checkpoint = project / "models/ensemble/best.pt"
+    state = load_checkpoint(checkpoint)
+    assert [m["source"] for m in state["members"]] == [f"models/cv/fold{k}/best.pt" for k in (0, 1)]
+    info = json.loads((project / "models/ensemble/ensemble_run.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    run = client.get_run(info["run_id"])
+    folds = [
+        json.loads((project / f"models/cv/fold{k}/train_run.json").read_text()) for k in (0, 1)
+    ]
+    assert run.data.tags["lungcad.members"] == ",".join(f["run_id"] for f in folds)
+    # Its folds covered every patient (cv.holdout: none): not a promotion candidate.
+    assert "lungcad.has_model" not in run.data.tags and not info["promotion_candidate"]
+    out = tmp_path / "detect"
+    args = ["detect", str(project / "data/raw/LIDC-IDRI"), "--model", str(checkpoint)]
+    args += ["--out", str(out), "--splits", str(project / "data/cv/fold0.json"), "--split"]
+    args += ["test", "--params", str(project / "params.yaml"), "--workers", "0", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    fold0 = json.loads((project / "data/cv/fold0.json").read_text())
+    findings = pd.read_csv(out / "detections.csv")
+    assert set(findings["patient_id"]) <= set(fold0["test"]) and len(findings) > 0
+
+
 def test_a_second_repro_reruns_nothing(project) -> None:
     out = _run(project, sys.executable, "-m", "dvc", "status", "crossval/dvc.yaml")
     assert "up to date" in out, out

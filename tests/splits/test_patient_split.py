@@ -155,3 +155,42 @@ def test_cv_split_with_too_many_folds_is_one_error_line(tmp_path) -> None:
     assert len(lines) == 1 and "index.csv" in lines[0]
     assert f"lists {n + 1} folds but only {n} patient(s) have nodules" in lines[0]
     assert not (tmp_path / "cv").exists()
+
+
+def _cv_split(tmp_path, params_text: str, splits) -> object:
+    from typer.testing import CliRunner
+
+    from lungcad.cli.main import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text(params_text)
+    args = ["cv", "split", "--index", str(tmp_path / "index.csv"), "--out", str(tmp_path / "cv")]
+    return CliRunner().invoke(app, [*args, "--splits", str(splits), "--params", str(params)])
+
+
+def test_holdout_test_keeps_the_default_test_patients_out_of_every_fold(tmp_path) -> None:
+    index = _index(40)
+    index.to_csv(tmp_path / "index.csv", index=False)
+    split = make_splits(index, 0.15, 0.2, 0)
+    write_splits(split, index, tmp_path / "splits.json", 0)
+    result = _cv_split(
+        tmp_path, "cv:\n  folds: [0, 1, 2]\n  holdout: test\n", tmp_path / "splits.json"
+    )
+    assert result.exit_code == 0, result.output
+    assert f"the {len(split['test'])} test patients" in result.output
+    doc = json.loads((tmp_path / "cv" / "folds.json").read_text())
+    assert doc["held_out"] == sorted(split["test"])
+    covered = set()
+    for k in range(3):
+        fold = load_splits(tmp_path / "cv" / f"fold{k}.json")
+        members = {pid for part in fold.values() for pid in part}
+        assert not members & set(split["test"])  # no fold trains, validates or tests on them
+        covered |= set(fold["test"])
+    assert covered == set(split["train"]) | set(split["val"])  # the others tested once
+    # Without the default split the command says what to run, in one line.
+    result = _cv_split(
+        tmp_path, "cv:\n  folds: [0, 1, 2]\n  holdout: test\n", tmp_path / "none.json"
+    )
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "none.json" in lines[0] and "lungcad data split" in lines[0]

@@ -26,6 +26,7 @@ from monai.visualize import GradCAM, GradCAMpp
 from monai.visualize.class_activation_maps import ModelWithHooks
 from torch import nn
 
+from lungcad.core.model.ensemble import EnsembleNet
 from lungcad.core.model.network import NoduleNet, window_hu
 from lungcad.errors import LungcadError
 
@@ -116,7 +117,8 @@ class CubeExplainer:
     """Heat maps of one network output over HU cubes.
 
     Args:
-        model: a NoduleNet (weights are not changed; it is put in eval mode).
+        model: a NoduleNet (weights are not changed; it is put in eval mode), or an
+            EnsembleNet: each member's map of the layer, averaged.
         window_hu: the HU window the network was trained with.
         settings: target, method and layer.
         device: where to compute.
@@ -136,6 +138,10 @@ class CubeExplainer:
         settings: CamSettings = CamSettings(),
         device: torch.device | str = "cpu",
     ) -> None:
+        self._members = None
+        if isinstance(model, EnsembleNet):
+            self._members = [CubeExplainer(m, window_hu, settings, device) for m in model.members]
+            return
         names = layer_names(model)
         if settings.layer not in names:
             stages = [n for n in names if n.count(".") <= 1]
@@ -161,6 +167,12 @@ class CubeExplainer:
     ) -> np.ndarray:
         """(N, S, S, S) float32 maps in [0, 1] (1 at each map's maximum) of (N, S, S, S) or
         (N, 1, S, S, S) HU cubes of any dtype."""
+        if self._members is not None:
+            mean = np.mean([explain(cubes_hu, batch_size) for explain in self._members], axis=0)
+            if not len(mean):
+                return mean.astype(np.float32)
+            peak = mean.reshape(len(mean), -1).max(axis=1, initial=0).clip(min=1e-12)
+            return (mean / peak.reshape(-1, *[1] * (mean.ndim - 1))).astype(np.float32)
         cubes = (
             torch.as_tensor(np.asarray(cubes_hu)) if isinstance(cubes_hu, np.ndarray) else cubes_hu
         )
@@ -185,7 +197,9 @@ class CubeExplainer:
 def randomized_like(model: NoduleNet, seed: int = 0) -> NoduleNet:
     """The same architecture with freshly initialised weights (the model-randomisation
     sanity check of Adebayo et al., 2018): a map that survives this is not explaining what
-    the network learned."""
+    the network learned. An ensemble: each member randomised (seeds ``seed``, ``seed`` + 1, …)."""
+    if isinstance(model, EnsembleNet):
+        return EnsembleNet([randomized_like(m, seed + i) for i, m in enumerate(model.members)])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = NoduleNet(model.config, model.in_channels)

@@ -10,6 +10,7 @@ import torch
 
 from lungcad.config import CandidatesConfig, PreprocessConfig, TrainConfig, validate_section
 from lungcad.core.model.checkpoint import load_checkpoint
+from lungcad.core.model.ensemble import EnsembleNet, is_ensemble
 from lungcad.core.model.network import NoduleNet
 from lungcad.errors import LungcadError
 
@@ -48,7 +49,8 @@ def load_model(
     checkpoint: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[NoduleNet, TrainConfig]:
     """Rebuild the network of a lungcad checkpoint with its weights (in channels_last_3d,
-    for faster inference, when it was trained so)."""
+    for faster inference, when it was trained so); an :class:`EnsembleNet` of its members
+    for an ensemble checkpoint."""
     model, config, _ = load_model_and_cut(checkpoint, device)
     return model, config
 
@@ -60,10 +62,21 @@ def load_model_and_cut(
     state = load_checkpoint(checkpoint, device)
     source = f"checkpoint {checkpoint}"
     config = checkpoint_train_config(state, source)
-    model = build_model(config, torch.device(device))
-    model.load_state_dict(state["model"])
-    model.eval()
+    if is_ensemble(state):
+        members = [
+            _build_loaded(member, f"{source}, member {i}", device)
+            for i, member in enumerate(state["members"])
+        ]
+        model = EnsembleNet(members).eval()
+    else:
+        model = _build_loaded(state, source, device)
     return model, config, _cut(state, source)
+
+
+def _build_loaded(state: dict, source: str, device: torch.device | str) -> NoduleNet:
+    model = build_model(checkpoint_train_config(state, source), torch.device(device))
+    model.load_state_dict(state["model"])
+    return model.eval()
 
 
 def checkpoint_train_config(state: dict, source: str) -> TrainConfig:
