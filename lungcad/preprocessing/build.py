@@ -116,8 +116,13 @@ def process_scan(
     db: LidcDatabase,
     config: PreprocessConfig,
     candidates: CandidatesConfig = CandidatesConfig(),
+    listed_candidates: np.ndarray | None = None,
 ) -> ScanResult:
-    """Read one series and cut its nodule and negative cubes (see module docstring)."""
+    """Read one series and cut its nodule and negative cubes (see module docstring).
+
+    ``listed_candidates``: (N, 3) patient-mm centres of a candidate list's false positives
+    (LUNA16's ``candidates_V2.csv``, class 0); the candidate negatives are drawn from them
+    instead of from lungcad's own candidate generator."""
     empty = np.zeros((0, *(config.cube_size,) * 3), dtype=np.int16)
     no_masks = pack_masks(empty.astype(bool))
     scan = db.scan_by_series(series_uid)
@@ -223,6 +228,7 @@ def process_scan(
             rng,
             scan.patient_id,
             scan.scan_id,
+            listed_candidates,
         )
         if len(rows_c) < n_cand:
             skipped.append(
@@ -230,8 +236,13 @@ def process_scan(
                     scan.patient_id,
                     series_uid,
                     "negatives",
-                    f"only {len(rows_c)} of {n_cand} candidate negatives: the candidate "
-                    "generator found too few false positives; the rest are hard/random",
+                    f"only {len(rows_c)} of {n_cand} candidate negatives: the "
+                    + (
+                        "candidate list holds"
+                        if listed_candidates is not None
+                        else "candidate generator found"
+                    )
+                    + " too few false positives; the rest are hard/random",
                 )
             )
         rows.extend(rows_c)
@@ -316,26 +327,36 @@ def _candidate_negatives(
     rng: np.random.Generator,
     patient_id: str,
     scan_id: int,
+    listed: np.ndarray | None = None,
 ) -> tuple[list[dict], list[np.ndarray]]:
     """Up to ``n`` false positives of the whole-scan candidate generator, drawn with
     probability proportional to their blob score (the strong look-alikes the detector meets
-    most), cut like ``lungcad detect`` cuts them (z-mirrored volume)."""
-    cands = generate_candidates(
-        image,
-        lungs,
-        volume.geometry,
-        CandidateConfig(
-            min_response=candidates.min_response, max_candidates=candidates.max_candidates
-        ),
-    )
-    pts = cands[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float)
+    most), cut like ``lungcad detect`` cuts them (z-mirrored volume). With ``listed`` (a
+    candidate list's false positives, (N, 3) mm), drawn from those instead, uniformly (those
+    centred outside the scan are left out)."""
+    if listed is None:
+        cands = generate_candidates(
+            image,
+            lungs,
+            volume.geometry,
+            CandidateConfig(
+                min_response=candidates.min_response, max_candidates=candidates.max_candidates
+            ),
+        )
+        pts = cands[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float)
+        weight = np.maximum(cands["score"].to_numpy(dtype=float), 1e-9)
+    else:
+        pts = np.asarray(listed, dtype=float).reshape(-1, 3)
+        idx = volume.geometry.mm_to_index(pts) if len(pts) else np.zeros((0, 3))
+        inside = np.all((idx >= 0) & (idx <= np.array(volume.hu.shape[::-1]) - 1), axis=1)
+        pts = pts[inside]
+        weight = np.ones(len(pts))
     if len(nodule_centers_mm) and len(pts):
         d = np.linalg.norm(pts[:, None] - nodule_centers_mm[None], axis=2)
         far = np.all(d >= nodule_radii_mm[None] + config.candidate_min_distance_mm, axis=1)
-        pts, cands = pts[far], cands[far]
+        pts, weight = pts[far], weight[far]
     if len(pts) == 0:
         return [], []
-    weight = np.maximum(cands["score"].to_numpy(dtype=float), 1e-9)
     pick = rng.choice(len(pts), size=min(n, len(pts)), replace=False, p=weight / weight.sum())
     hu, geometry = mirror_pad_z(volume, config.cube_size * config.spacing_mm)
     mirrored_image = geometry.to_sitk(hu)
@@ -395,10 +416,10 @@ def _load_part(path: Path, series_uid: str) -> ScanResult:
 
 
 def _scan_job(args: tuple) -> str:
-    files, series_uid, db_path, config, candidates, part = args
+    files, series_uid, db_path, config, candidates, part, listed = args
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # one scan per worker process
     try:
-        result = process_scan(files, series_uid, LidcDatabase(db_path), config, candidates)
+        result = process_scan(files, series_uid, LidcDatabase(db_path), config, candidates, listed)
     except Exception as exc:  # a batch job reports the bad scan and keeps going
         log.exception("scan %s failed", series_uid)
         empty = np.zeros((0, *(config.cube_size,) * 3), np.int16)
@@ -429,6 +450,35 @@ def _index_skips(index: DicomIndex) -> tuple[list[dict], set[str]]:
                 )
             )
     return rows, mixed
+
+
+#: LUNA16's candidate lists, newest first: the false positives (class 0) of the first one
+#: present become the candidate negatives.
+LUNA16_CANDIDATES = ("candidates_V2.csv", "candidates.csv")
+
+
+def luna16_candidates(root: Path) -> tuple[Path | None, dict[str, np.ndarray]]:
+    """The candidate list of a LUNA16 root and its class-0 centres (mm) per series; (None,
+    {}) when the root has none.
+
+    Raises:
+        LidcRootError: a list without LUNA16's columns.
+    """
+    path = next((root / n for n in LUNA16_CANDIDATES if (root / n).is_file()), None)
+    if path is None:
+        return None, {}
+    table = pd.read_csv(path)
+    need = {"seriesuid", "coordX", "coordY", "coordZ", "class"}
+    if not need <= set(table.columns):
+        raise LidcRootError(
+            f"{path}: not a LUNA16 candidate list (needs the columns "
+            f"{', '.join(sorted(need))}); remove or rename it to build without it"
+        )
+    negatives = table[table["class"] == 0]
+    coords = ["coordX", "coordY", "coordZ"]
+    return path, {
+        uid: rows[coords].to_numpy(dtype=float) for uid, rows in negatives.groupby("seriesuid")
+    }
 
 
 def luna16_series(
@@ -496,9 +546,25 @@ def build_dataset(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     luna = luna16_series(raw_root, db)
+    listed, listed_key = {}, ""
     if luna is not None:
         series_frame, files_of, skipped = luna
         mixed: set[str] = set()
+        source, listed = luna16_candidates(Path(raw_root))
+        if source is not None:  # parts cut without (or with another) list are redone
+            listed_key = "-" + hashlib.sha1(source.read_bytes()).hexdigest()[:8]
+            log.info("candidate negatives from %s", source)
+            skipped += [
+                _skip(
+                    "",
+                    uid,
+                    "negatives",
+                    f"note: {source.name} lists no candidate of this series; its candidate "
+                    "negatives come from lungcad's candidate generator",
+                )
+                for uid in files_of
+                if uid not in listed
+            ]
     else:
         index = index_lidc_root(raw_root, workers=workers, progress=progress)
         series_frame = index.to_frame()
@@ -506,9 +572,12 @@ def build_dataset(
         skipped, mixed = _index_skips(index)
     write_csv_atomic(series_frame, out_dir / "series_index.csv", "the dataset's series index")
 
-    parts = ScanParts(out_dir, settings_key(config, candidates), ".npz")
+    parts = ScanParts(out_dir, settings_key(config, candidates) + listed_key, ".npz")
     todo = [uid for uid in files_of if uid not in mixed]
-    jobs = {uid: (files_of[uid], uid, db.path, config, candidates, parts.path(uid)) for uid in todo}
+    jobs = {
+        uid: (files_of[uid], uid, db.path, config, candidates, parts.path(uid), listed.get(uid))
+        for uid in todo
+    }
     try:
         parts.run(_scan_job, jobs, workers, "preprocess scans", progress)
         results = [_load_part(parts.path(uid), uid) for uid in todo]

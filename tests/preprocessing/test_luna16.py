@@ -180,3 +180,52 @@ def test_luna16_subsets_are_the_cross_validation_folds(roots, tmp_path) -> None:
     )
     assert r.exit_code == 2
     assert "lists 3 folds but the dataset's scans are in 2 subset folder(s)" in r.output
+
+
+def test_luna16s_candidate_list_gives_the_candidate_negatives(roots, tmp_path) -> None:
+    listed_root = tmp_path / "listed"
+    shutil.copytree(roots["luna16"], listed_root)
+    first = pd.read_csv(roots["luna16_built"] / "index.csv")
+    centres = ["center_x_mm", "center_y_mm", "center_z_mm"]
+    rows = [
+        {
+            "seriesuid": r.series_uid,
+            "coordX": r.center_x_mm,
+            "coordY": r.center_y_mm,
+            "coordZ": r.center_z_mm,
+            "class": 0,
+        }
+        for r in first[first["label"] == 0].itertuples()
+    ]
+    nodules = first[first["label"] == 1]
+    for r in nodules.itertuples():  # the nodule itself (class 1), and a point 1 mm off it
+        at = {"seriesuid": r.series_uid, "coordX": r.center_x_mm, "coordY": r.center_y_mm}
+        rows.append({**at, "coordZ": r.center_z_mm, "class": 1})
+        rows.append({**at, "coordZ": r.center_z_mm + 1.0, "class": 0})
+    listed = pd.DataFrame(rows)
+    listed.to_csv(listed_root / "candidates_V2.csv", index=False)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"extends: {TEST_PARAMS}\npreprocess:\n  candidate_negative_fraction: 0.5\n")
+    out = tmp_path / "built"
+    args = ["data", "build", "--raw", str(listed_root), "--out", str(out), "--params", str(params)]
+    r = _invoke(*args, "--quiet")
+    assert r.exit_code == 0, r.output
+    index = pd.read_csv(out / "index.csv")
+    candidates = index[index["kind"] == "candidate"]
+    assert len(candidates) > 0
+    for c in candidates.itertuples():  # each one of the list's false positives of its scan
+        own = listed[(listed["seriesuid"] == c.series_uid) & (listed["class"] == 0)]
+        gap = np.abs(
+            own[["coordX", "coordY", "coordZ"]].to_numpy()
+            - [c.center_x_mm, c.center_y_mm, c.center_z_mm]
+        )
+        assert gap.max(axis=1).min() < 1e-6
+        # ... and never the false positive 1 mm off a nodule
+        near = nodules[nodules["series_uid"] == c.series_uid][centres].to_numpy()
+        assert (
+            np.linalg.norm(near - [c.center_x_mm, c.center_y_mm, c.center_z_mm], axis=1).min() > 5
+        )
+    (listed_root / "candidates_V2.csv").write_text("seriesuid,x\n1.2.3,4\n")
+    r = _invoke(*[a if a != str(out) else str(tmp_path / "bad") for a in args], "--quiet")
+    assert r.exit_code == 2 and r.output.count("error:") == 1
+    assert "candidates_V2.csv: not a LUNA16 candidate list" in r.output
