@@ -211,8 +211,8 @@ def results_markdown(repo: Path = REPO) -> str:
         "on the embedded LIDC-grounded phantom's test split, not on real LIDC-IDRI pixels;",
         "`dvc metrics show --md` prints every metric of the run.",
         "",
-        f"Model: {cube.get('selected', 'epoch %s' % cube['best_epoch'])} of the `train` stage "
-        f"(`train.selection`); test split "
+        f"Model: {cube.get('selected') or 'epoch ' + str(cube['best_epoch'])} of the `train` "
+        f"stage (`train.selection`); test split "
         f"{cube['split']!r}.",
         "",
         "| measure | value |",

@@ -134,6 +134,30 @@ def bootstrap_ci(
     }
 
 
+#: Cube detection and malignancy figures reported with patient-bootstrap CIs.
+DETECTION_CI = ("auc", "accuracy", "precision", "recall", "specificity", "f1")
+MALIGNANCY_CI = ("mae", "rmse", "pearson", "spearman", "binary_auc")
+
+
+def with_ci(
+    point: dict[str, float],
+    keys,
+    groups: np.ndarray,
+    stat_of: Callable[[np.ndarray], dict[str, float]],
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """``point`` with ``ci95``: the group-bootstrap CI of each of ``keys`` of
+    ``stat_of(row_indices)`` (NaN without resamples, ``n_boot`` 0)."""
+
+    def statistic(idx: np.ndarray) -> dict[str, float]:
+        values = stat_of(idx)
+        return {k: values[k] for k in keys}
+
+    cis = bootstrap_ci(groups, statistic, n_boot, seed) if n_boot > 0 else {}
+    return {**point, "ci95": {k: list(cis.get(k, (float("nan"), float("nan")))) for k in keys}}
+
+
 #: Malignancy figures compared between two predictors on the same nodules.
 PAIRED_METRICS = ("mae", "rmse", "pearson")
 

@@ -27,19 +27,19 @@ import pandas as pd
 
 from lungcad.config import Params
 from lungcad.core.metrics import (
-    bootstrap_ci,
+    DETECTION_CI,
+    MALIGNANCY_CI,
     detection_metrics,
     malignancy_metrics,
     paired_difference,
     safe_auc,
+    with_ci,
 )
 from lungcad.core.outputs import write_text_atomic
 from lungcad.detection.froc import froc
 from lungcad.detection.froc_report import evaluate_detection, read_runs
 from lungcad.evaluation.baselines import fit_predict_baselines
 
-DETECTION_CI = ("auc", "accuracy", "precision", "recall", "specificity", "f1")
-MALIGNANCY_CI = ("mae", "rmse", "pearson", "spearman", "binary_auc")
 FOLD_COLUMNS = [
     "fold",
     "test_patients",
@@ -73,13 +73,6 @@ def _fold_detection(y, p, thr) -> dict[str, float]:
     out["auc"] = safe_auc(y, p)
     out.pop("threshold")
     return out
-
-
-def _ci(point: dict, keys, groups, stat_of, n_boot: int, seed: int) -> dict:
-    if n_boot <= 0:
-        return point
-    cis = bootstrap_ci(groups, lambda i: {k: stat_of(i)[k] for k in keys}, n_boot, seed)
-    return {**point, "ci95": {k: list(cis.get(k, (float("nan"), float("nan")))) for k in keys}}
 
 
 def _read_fold(inputs: CvInputs, k: int) -> tuple[pd.DataFrame, dict, dict] | str:
@@ -174,7 +167,7 @@ def cross_validation_report(inputs: CvInputs, out_dir: str | Path, params: Param
 
     oof = pd.concat(tests, ignore_index=True)
     y, p, thr = (oof[c].to_numpy(float) for c in ("label", "nodule_prob", "threshold"))
-    cubes_det = _ci(
+    cubes_det = with_ci(
         _fold_detection(y, p, thr),
         DETECTION_CI,
         oof["patient_id"].to_numpy(),
@@ -186,7 +179,7 @@ def cross_validation_report(inputs: CvInputs, out_dir: str | Path, params: Param
     nod = oof[oof["label"] == 1]
     t, m = nod["malignancy_mean"].to_numpy(float), nod["malignancy_pred"].to_numpy(float)
     groups = nod["patient_id"].to_numpy()
-    mal = _ci(
+    mal = with_ci(
         malignancy_metrics(t, m),
         MALIGNANCY_CI,
         groups,

@@ -23,11 +23,13 @@ from lungcad.core.annotations.lidc_db import LidcDatabase
 from lungcad.core.dataset import load_cube_data
 from lungcad.core.figures import write_gallery
 from lungcad.core.metrics import (
-    bootstrap_ci,
+    DETECTION_CI,
+    MALIGNANCY_CI,
     detection_metrics,
     malignancy_metrics,
     paired_difference,
     spread_calibration,
+    with_ci,
     youden_threshold,
 )
 from lungcad.core.model.attributes import ATTRIBUTES
@@ -43,20 +45,6 @@ from lungcad.evaluation.segmentation import (
     segmentation_summary,
 )
 
-DETECTION_CI = ("auc", "accuracy", "precision", "recall", "specificity", "f1")
-MALIGNANCY_CI = ("mae", "rmse", "pearson", "spearman", "binary_auc")
-
-
-def _with_ci(
-    point: dict[str, float], keys, groups, stat_of, n_boot: int, seed: int
-) -> dict[str, Any]:
-    def statistic(idx: np.ndarray) -> dict[str, float]:
-        values = stat_of(idx)
-        return {k: values[k] for k in keys}
-
-    cis = bootstrap_ci(groups, statistic, n_boot, seed)
-    return {**point, "ci95": {k: list(cis.get(k, (float("nan"), float("nan")))) for k in keys}}
-
 
 def split_metrics(pred: pd.DataFrame, threshold: float, n_boot: int, seed: int) -> dict[str, Any]:
     """Detection metrics on all cubes and malignancy metrics on nodule cubes, with CIs."""
@@ -66,7 +54,7 @@ def split_metrics(pred: pd.DataFrame, threshold: float, n_boot: int, seed: int) 
     t, m = nod["malignancy_mean"].to_numpy(float), nod["malignancy_pred"].to_numpy(float)
     mal = malignancy_metrics(t, m)
     if n_boot > 0:
-        det = _with_ci(
+        det = with_ci(
             det,
             DETECTION_CI,
             pred["patient_id"].to_numpy(),
@@ -74,7 +62,7 @@ def split_metrics(pred: pd.DataFrame, threshold: float, n_boot: int, seed: int) 
             n_boot,
             seed,
         )
-        mal = _with_ci(
+        mal = with_ci(
             mal,
             MALIGNANCY_CI,
             nod["patient_id"].to_numpy(),

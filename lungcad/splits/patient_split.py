@@ -9,6 +9,7 @@ highest mean malignancy (none / benign-leaning <= 2.5 / indeterminate / malignan
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -221,8 +222,6 @@ def subset_folds(
 
 def _natural(name: str) -> tuple:
     """subset2 before subset10."""
-    import re
-
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
