@@ -6,6 +6,7 @@ import json
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -151,3 +152,26 @@ def test_members_that_cannot_form_one_model_are_named(folds) -> None:
         write_ensemble([one, nested], tmp_path / "x.pt")
     with pytest.raises(EnsembleError, match=r"fold2/best.pt; run `dvc repro crossval"):
         fold_checkpoints(tmp_path / "models", 3)
+
+
+def test_lungcad_explain_takes_the_ensemble_like_any_checkpoint(folds, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from lungcad.cli.main import app
+
+    root, dataset, _ = folds
+    checkpoint = build_fold_ensemble(root / "models", 2, root / "ens-explain")
+    params = tmp_path / "params.yaml"
+    params.write_text("explain:\n  bootstrap: 20\n")
+    out = tmp_path / "explain"
+    args = ["explain", "--dataset", str(dataset[0]), "--splits", str(dataset[1])]
+    args += ["--model", str(checkpoint), "--out", str(out), "--params", str(params)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "detection" in json.loads((out / "metrics.json").read_text())
+    # every test cube explained, by the ensemble: its own nodule probability
+    explained = pd.read_csv(out / "cubes.csv").sort_values("cube_index")
+    model, config = load_model(checkpoint)
+    cubes = np.load(dataset[0] / "cubes.npy")[explained["cube_index"].to_numpy()]
+    prob, _ = predict_hu_cubes(model, cubes, config.window_hu, "cpu")
+    np.testing.assert_allclose(explained["nodule_prob"], prob, atol=1e-5)
