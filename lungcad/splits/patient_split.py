@@ -88,9 +88,14 @@ def make_splits(
 
 
 def write_splits(
-    splits: dict[str, list[str]], index: pd.DataFrame, path: str | Path, seed: int
+    splits: dict[str, list[str]],
+    index: pd.DataFrame,
+    path: str | Path,
+    seed: int,
+    extra: dict | None = None,
 ) -> dict:
-    """Write splits.json (patient ids per split, cube and nodule counts) atomically."""
+    """Write splits.json (patient ids per split, cube and nodule counts, and ``extra``
+    keys) atomically."""
     check_no_leak(splits)
     summary = {}
     for name in SPLITS:
@@ -100,7 +105,7 @@ def write_splits(
             "cubes": int(len(part)),
             "nodules": int((part["label"] == 1).sum()),
         }
-    doc = {"seed": seed, "unit": "patient_id", **splits, "summary": summary}
+    doc = {"seed": seed, "unit": "patient_id", **splits, "summary": summary, **(extra or {})}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(doc, indent=2), "the patient split")
@@ -239,8 +244,11 @@ def write_folds(
     tested = [pid for f in folds for pid in f["test"]]
     if sorted(tested) != sorted(index["patient_id"].unique()) or len(set(tested)) != len(tested):
         raise ValueError("the folds must test every patient exactly once")
+    # A fold model's runs are promotion candidates (scored on the default test split) only
+    # when no fold holds a patient of that split.
+    extra = {"fold": None, "promotion_candidate": bool(held_out)}
     summary = [
-        write_splits(f, index, out_dir / f"fold{k}.json", seed)["summary"]
+        write_splits(f, index, out_dir / f"fold{k}.json", seed, {**extra, "fold": k})["summary"]
         for k, f in enumerate(folds)
     ]
     doc = {

@@ -135,7 +135,15 @@ def train_tracked(
         mlflow.log_artifact(str(out_dir / "history.json"))
         if log_model:
             log_pyfunc_model(result.best_checkpoint, _example_cube(data))
-            mlflow.set_tag("lungcad.has_model", "true")
+            candidate = json.loads(Path(splits_file).read_text()).get("promotion_candidate", True)
+            if candidate:
+                mlflow.set_tag("lungcad.has_model", "true")
+            else:  # a fold model whose folds covered the default test split
+                mlflow.set_tag(
+                    "lungcad.not_a_candidate",
+                    f"{splits_file}: a cross-validation fold that trained on patients of the "
+                    "default test split (cv.holdout: none)",
+                )
         info = {
             "run_id": run.info.run_id,
             "experiment_id": experiment_id,

@@ -124,7 +124,13 @@ def test_one_mlflow_parent_run_holds_the_fold_runs(project) -> None:
     )
     for k in (0, 1):
         run_id = json.loads((project / f"models/cv/fold{k}/train_run.json").read_text())["run_id"]
-        assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+        tags = client.get_run(run_id).data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        # trained on patients of the default test split: never a promotion candidate
+        assert (
+            "lungcad.has_model" not in tags
+            and "cv.holdout: none" in tags["lungcad.not_a_candidate"]
+        )
 
 
 def test_the_fold_ensemble_is_one_model_that_detects_like_any_other(project, tmp_path) -> None:

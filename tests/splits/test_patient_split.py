@@ -122,6 +122,8 @@ def test_written_folds_are_splits_files(tmp_path) -> None:
     for k, f in enumerate(folds):
         assert load_splits(tmp_path / f"fold{k}.json") == f
         assert all(doc["test_fold"][pid] == k for pid in f["test"])
+        written = json.loads((tmp_path / f"fold{k}.json").read_text())
+        assert written["fold"] == k and written["promotion_candidate"] is False
     assert json.loads((tmp_path / "folds.json").read_text())["folds"] == 3
     with pytest.raises(ValueError, match="every patient exactly once"):
         write_folds(folds[:2], index, tmp_path / "bad", seed=0)
@@ -185,6 +187,7 @@ def test_holdout_test_keeps_the_default_test_patients_out_of_every_fold(tmp_path
         fold = load_splits(tmp_path / "cv" / f"fold{k}.json")
         members = {pid for part in fold.values() for pid in part}
         assert not members & set(split["test"])  # no fold trains, validates or tests on them
+        assert json.loads((tmp_path / "cv" / f"fold{k}.json").read_text())["promotion_candidate"]
         covered |= set(fold["test"])
     assert covered == set(split["train"]) | set(split["val"])  # the others tested once
     # Without the default split the command says what to run, in one line.
