@@ -432,8 +432,11 @@ def top_findings(out_dir: str | Path, threshold: float, per_scan: int = 5) -> li
         lines.append(f"{r.patient_id} {r.seriesuid}: {len(f)} finding(s) >= {threshold:.2f}{note}")
         for x in f.head(per_scan).itertuples():
             size = "size n/a" if pd.isna(x.diameter_mm) else f"{x.diameter_mm:.1f} mm"
-            kind = "" if x.type == "n/a" else f" {x.type}"
-            rads = "" if x.lung_rads == "n/a" else f"  Lung-RADS {x.lung_rads}"
+            # "n/a" reads back from the CSV as NaN
+            kind = "" if pd.isna(x.type) or x.type == "n/a" else f" {x.type}"
+            rads = (
+                "" if pd.isna(x.lung_rads) or x.lung_rads == "n/a" else f"  Lung-RADS {x.lung_rads}"
+            )
             lines.append(
                 f"  ({x.coordX:7.1f}, {x.coordY:7.1f}, {x.coordZ:7.1f}) mm  p={x.probability:.3f}  "
                 f"malignancy {x.malignancy:.1f}  {size}{kind}{rads}"
