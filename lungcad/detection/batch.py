@@ -214,13 +214,21 @@ def _digest(checkpoint: Path, settings: DetectSettings) -> str:
     return h.hexdigest()[:16]
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path, words: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A table of a detect run (empty if absent); ``words``: columns read as text, missing
+    values as "n/a" (a Lung-RADS "3" is a category, not the number 3.0)."""
     if not path.exists() or path.stat().st_size <= 1:
         return pd.DataFrame()
     try:
-        return pd.read_csv(path, dtype={"seriesuid": str, "patient_id": str})
+        frame = pd.read_csv(
+            path, dtype={"seriesuid": str, "patient_id": str, **dict.fromkeys(words, str)}
+        )
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+    for column in words:
+        if column in frame:
+            frame[column] = frame[column].fillna("n/a")
+    return frame
 
 
 def _write_atomic(frame: pd.DataFrame, path: Path, columns: list[str] | None = None) -> None:
@@ -418,7 +426,7 @@ def _mm(value: float, digits: int = 1) -> str:
 def top_findings(out_dir: str | Path, threshold: float, per_scan: int = 5) -> list[str]:
     """Lines saying where the nodules are (the CLI prints them)."""
     out_dir = Path(out_dir)
-    findings = _read_csv(out_dir / "detections.csv")
+    findings = _read_csv(out_dir / "detections.csv", ("type", "lung_rads"))
     scans = _read_csv(out_dir / "scans.csv")
     lines = []
     for r in scans.itertuples():
@@ -433,10 +441,8 @@ def top_findings(out_dir: str | Path, threshold: float, per_scan: int = 5) -> li
         for x in f.head(per_scan).itertuples():
             size = "size n/a" if pd.isna(x.diameter_mm) else f"{x.diameter_mm:.1f} mm"
             # "n/a" reads back from the CSV as NaN
-            kind = "" if pd.isna(x.type) or x.type == "n/a" else f" {x.type}"
-            rads = (
-                "" if pd.isna(x.lung_rads) or x.lung_rads == "n/a" else f"  Lung-RADS {x.lung_rads}"
-            )
+            kind = "" if x.type == "n/a" else f" {x.type}"
+            rads = "" if x.lung_rads == "n/a" else f"  Lung-RADS {x.lung_rads}"
             lines.append(
                 f"  ({x.coordX:7.1f}, {x.coordY:7.1f}, {x.coordZ:7.1f}) mm  p={x.probability:.3f}  "
                 f"malignancy {x.malignancy:.1f}  {size}{kind}{rads}"
