@@ -155,11 +155,15 @@ def test_the_fold_ensemble_is_one_model_that_detects_like_any_other(project, tmp
     args = ["detect", str(project / "data/raw/LIDC-IDRI"), "--model", str(checkpoint)]
     args += ["--out", str(out), "--splits", str(project / "data/cv/fold0.json"), "--split"]
     args += ["test", "--params", str(project / "params.yaml"), "--workers", "0", "--quiet"]
+    args += ["--threshold", "0"]  # every finding reported, and explained (the members' maps)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     fold0 = json.loads((project / "data/cv/fold0.json").read_text())
     findings = pd.read_csv(out / "detections.csv")
     assert set(findings["patient_id"]) <= set(fold0["test"]) and len(findings) > 0
+    scans = pd.read_csv(out / "scans.csv")
+    assert (scans["status"] == "ok").all(), scans["reason"].tolist()
+    assert list((out / "figures").glob("*_cam.png")) and list((out / "maps").glob("*.nii.gz"))
 
 
 def test_a_second_repro_reruns_nothing(project) -> None:

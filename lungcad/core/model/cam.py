@@ -139,6 +139,9 @@ class CubeExplainer:
         device: torch.device | str = "cpu",
     ) -> None:
         self._members = None
+        self.window_hu = tuple(window_hu)
+        self.settings = settings
+        self.device = torch.device(device)
         if isinstance(model, EnsembleNet):
             self._members = [CubeExplainer(m, window_hu, settings, device) for m in model.members]
             return
@@ -149,9 +152,6 @@ class CubeExplainer:
                 f"layer {settings.layer!r} is not a module of this network; choose one of "
                 f"{', '.join(stages)} (or a deeper name such as backbone.layer3.0)"
             )
-        self.window_hu = tuple(window_hu)
-        self.settings = settings
-        self.device = torch.device(device)
         # MONAI hooks the layer for good: they go on a float32 copy, so the caller's model
         # (the one that serves plain predictions, say) runs as before.
         net = copy.deepcopy(model).float().to(self.device).eval()
