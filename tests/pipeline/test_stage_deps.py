@@ -65,7 +65,13 @@ def test_editing_code_the_trainer_imports_makes_dvc_status_list_train(tmp_path) 
     (root / "data" / "processed" / "index.csv").write_text("cube_index\n")
     (root / "data" / "splits.json").write_text("{}")
     (root / "models" / "checkpoints").mkdir(parents=True)
-    for out in ("best.pt", "history.json", "train_run.json", "checkpoints/last.pt"):
+    for out in (
+        "best.pt",
+        "best_epoch.pt",
+        "history.json",
+        "train_run.json",
+        "checkpoints/last.pt",
+    ):
         (root / "models" / out).write_text("x")
     run(*dvc, "commit", "--force", "-q", "train")
     run(*dvc, "commit", "--force", "-q", "split")
