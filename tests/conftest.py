@@ -64,6 +64,7 @@ def write_series(
         ds.PatientID = patient_id
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
+        ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[series_uid, "frame"])
         ds.InstanceNumber = len(z_positions) - k
         ds.ImagePositionPatient = [origin_xyz[0], origin_xyz[1], z]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
@@ -191,6 +192,21 @@ def tiny_train_config(**changes):
     )
 
 
+def write_tiny_checkpoint(path: Path) -> Path:
+    """A small seeded untrained network: for tests about geometry and I/O, not accuracy."""
+    import torch
+
+    from lungcad.config import TrainConfig
+    from lungcad.core.model.network import NoduleNet
+
+    torch.manual_seed(0)
+    config = TrainConfig.model_validate(
+        {"model": {"widths": [4, 8, 8, 16], "blocks": [1, 1, 1, 1], "feature_dim": 16}}
+    )
+    torch.save({"model": NoduleNet(config.model).state_dict(), "config": config.to_dict()}, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def postgres(tmp_path_factory):
     """A throwaway PostgreSQL server (pgserver ships its binaries); its database URL."""
@@ -210,3 +226,15 @@ def small_params():
     from lungcad.config import load_params
 
     return load_params(TEST_PARAMS)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say loudly when the PACS round trip could not run on this machine."""
+    from tests.dicom.conftest import orthanc_missing
+
+    missing = orthanc_missing()
+    if missing:
+        terminalreporter.section("PACS round trip NOT RUN", sep="!", red=True, bold=True)
+        terminalreporter.line(
+            f"{missing}: the DICOMweb tests against a real Orthanc were skipped.", red=True
+        )

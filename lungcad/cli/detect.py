@@ -16,12 +16,13 @@ from lungcad.cli.options import ParamsFile, Quiet, Workers
 
 def detect(
     input_path: Annotated[
-        Path,
+        Path | None,
         typer.Argument(
             help="A DICOM series folder, an LIDC root (every series in it), a LUNA16 .mhd "
-            "file or a folder of .mhd files."
+            "file or a folder of .mhd files (or --dicomweb and --study instead).",
+            show_default=False,
         ),
-    ],
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -53,17 +54,56 @@ def detect(
             "(offcentre.csv; scans the LIDC database knows).",
         ),
     ] = False,
+    dicom: Annotated[
+        bool,
+        typer.Option(
+            "--dicom/--no-dicom",
+            help="A DICOM SEG and SR (TID 1500) of each scan's findings (scans read from DICOM).",
+        ),
+    ] = True,
+    dicomweb: Annotated[
+        str | None,
+        typer.Option(
+            "--dicomweb",
+            help="A DICOMweb root (e.g. http://host:8042/dicom-web) to take the study from; "
+            "credentials from LUNGCAD_DICOMWEB_USER/_PASSWORD or LUNGCAD_DICOMWEB_TOKEN.",
+        ),
+    ] = None,
+    study: Annotated[
+        str | None,
+        typer.Option("--study", help="StudyInstanceUID on --dicomweb: its CT series are detected."),
+    ] = None,
+    store: Annotated[
+        bool,
+        typer.Option("--store", help="Store each scan's SEG and SR back into the study (STOW-RS)."),
+    ] = False,
     params: ParamsFile = Path("params.yaml"),
     workers: Workers = 1,
     quiet: Quiet = False,
 ) -> None:
-    """Find the nodules in CT scans: candidates, network scores, NMS; CSVs, pictures, report."""
+    """Find the nodules in CT scans: candidates, network scores, NMS; CSVs, DICOM SEG and SR,
+    pictures, report."""
     from lungcad.config import load_params, with_changes
     from lungcad.detection.batch import DetectSettings, detect_scans, top_findings
     from lungcad.tracking.model_ref import resolve_checkpoint
 
+    if (input_path is None) == (dicomweb is None):
+        fail("give a scan path or --dicomweb with --study (one of them)")
+    if dicomweb is not None and not study:
+        fail("--dicomweb needs --study <StudyInstanceUID>")
+    if (study or store) and dicomweb is None:
+        fail("--study and --store need --dicomweb <DICOMweb root URL>")
+    if store and not dicom:
+        fail("--store sends the DICOM SEG and SR: drop --no-dicom")
     config = with_changes(load_params(params).detect, "detect", threshold=threshold, split=split)
-    settings = DetectSettings(config, figures=figures, offcentre=offcentre_check)
+    settings = DetectSettings(config, figures=figures, offcentre=offcentre_check, dicom=dicom)
+    pacs = None
+    if dicomweb is not None:  # before any work: a bad server or study stops here
+        from lungcad.detection.pacs import study_ct_series
+        from lungcad.dicom.dicomweb import Pacs
+
+        pacs = Pacs.connect(dicomweb)
+        ct_series = study_ct_series(pacs, study, typer.echo)
     patients = None
     if splits is not None:
         from lungcad.core.splits import load_splits
@@ -73,11 +113,29 @@ def detect(
         except (OSError, KeyError, ValueError) as exc:
             fail(f"--splits {splits} --split {config.split}: {exc}")
     require_tracking_for(model)
+    failed_stores = 0
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, label = resolve_checkpoint(model, tmp)
-        scans = detect_scans(
-            input_path, out, checkpoint, settings, workers, not quiet, patients, label
-        )
+        if pacs is not None:
+            from lungcad.detection.pacs import detect_study
+
+            scans, failed_stores = detect_study(
+                pacs,
+                study,
+                ct_series,
+                out,
+                checkpoint,
+                settings,
+                store,
+                workers,
+                not quiet,
+                label,
+                typer.echo,
+            )
+        else:
+            scans = detect_scans(
+                input_path, out, checkpoint, settings, workers, not quiet, patients, label
+            )
     if len(scans) == 0:
         fail(f"{input_path}: no scan to detect (check the path, and --splits/--split if given)")
     for line in top_findings(out, config.threshold):
@@ -86,6 +144,8 @@ def detect(
     typer.echo(f"{len(scans) - bad} scan(s) done, {bad} not usable -> {out / 'report.md'}")
     if bad == len(scans):
         fail("no scan could be read (reasons above)")
+    if failed_stores:
+        fail(f"{failed_stores} scan(s)' DICOM objects were not stored (reasons above)")
 
 
 def evaluate_detection(

@@ -79,6 +79,9 @@ def main(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Their INFO lines narrate every module copied and request sent; warnings still show.
+    for chatty in ("highdicom", "dicomweb_client"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 if __name__ == "__main__":

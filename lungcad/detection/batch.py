@@ -16,6 +16,9 @@ outputs are assembled in series-UID order and written atomically:
 - ``offcentre.csv`` (when asked): each reference nodule recut 8-14 mm off-centre, its
   probability and localisation error;
 - ``scans.csv``: one row per scan: status, reason, size, seconds per step;
+- ``dicom/<series uid>/seg.dcm`` and ``sr.dcm`` (scans read from DICOM): the findings at or
+  above the threshold as a DICOM SEG and a TID 1500 SR measurement report
+  (``lungcad.dicom``);
 - ``figures/<patient>_<series>.png``, ``maps/<finding>_mask.nii.gz`` (each shown finding's
   mask in patient mm) and ``report.md``.
 """
@@ -49,6 +52,7 @@ from lungcad.detection.detector import (
     offcentre_recut,
 )
 from lungcad.detection.figures import scan_figure
+from lungcad.dicom.objects import checkpoint_label
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,7 @@ class DetectSettings:
     figures: bool = True
     explain: bool = True  # a Grad-CAM picture and NIfTI map of each finding shown
     offcentre: bool = False  # recut each reference nodule 8-14 mm off-centre and score it
+    dicom: bool = True  # a DICOM SEG and SR per scan read from DICOM
 
 
 _MODEL_CACHE: dict[str, tuple] = {}
@@ -93,12 +98,18 @@ def _model(checkpoint: str, detect: DetectConfig):
     return _MODEL_CACHE[key]
 
 
-def shown_findings(findings: pd.DataFrame, settings: DetectSettings) -> pd.DataFrame:
-    """The findings a scan's report lists with pictures: at or above the threshold, at most
-    ``settings.top``, most probable first."""
+def reported_findings(findings: pd.DataFrame, settings: DetectSettings) -> pd.DataFrame:
+    """The findings a scan reports (its report's table, SEG and SR): at or above the
+    threshold, most probable first."""
     if findings.empty:
         return findings
-    return findings[findings["probability"] >= settings.detect.threshold].head(settings.top)
+    return findings[findings["probability"] >= settings.detect.threshold]
+
+
+def shown_findings(findings: pd.DataFrame, settings: DetectSettings) -> pd.DataFrame:
+    """The findings a scan's report lists with pictures: the reported ones, at most
+    ``settings.top``, most probable first."""
+    return reported_findings(findings, settings).head(settings.top)
 
 
 def _write_part(part: Path, tables: dict[str, pd.DataFrame], meta: dict) -> None:
@@ -109,8 +120,47 @@ def _write_part(part: Path, tables: dict[str, pd.DataFrame], meta: dict) -> None
         (tmp / "scan.json").write_text(json.dumps(meta, indent=1))
 
 
+#: A scan's SEG and SR hold at most this many findings, the most probable (a SEG holds a
+#: full-size bit plane per segment and slice; scans.csv says when findings were left out).
+DICOM_MAX_FINDINGS = 20
+
+
+def _write_dicom(volume, det, settings: DetectSettings, out_dir: Path, algorithm: str) -> str:
+    """The scan's SEG and SR under ``out_dir/dicom/<series uid>/``; what was written (or
+    why not) for scans.csv."""
+    from lungcad.dicom.objects import Algorithm, DicomObjectError, write_findings_dicom
+    from lungcad.dicom.segments import finding_segment
+
+    if not volume.source_files:
+        return "n/a (not read from DICOM)"
+    reported = reported_findings(det.findings, settings)
+    note = ""
+    if len(reported) > DICOM_MAX_FINDINGS:
+        note = f" (the {DICOM_MAX_FINDINGS} most probable of {len(reported)} findings)"
+        reported = reported.head(DICOM_MAX_FINDINGS)
+    segments = [
+        finding_segment(
+            volume.geometry,
+            row[["coordX", "coordY", "coordZ"]].to_numpy(float),
+            float(row["diameter_mm"]),
+            det.masks.get(i),
+        )
+        for i, row in reported.iterrows()
+    ]
+    try:
+        written = write_findings_dicom(
+            volume, reported, segments, Algorithm(algorithm), out_dir / "dicom" / volume.series_uid
+        )
+    except DicomObjectError as exc:
+        log.warning("%s", exc)
+        return f"not written: {exc}"
+    if not written:
+        return "none (no finding at or above the threshold)"
+    return "+".join(p.stem for p in written) + note
+
+
 def _scan_job(args: tuple) -> str:
-    source, checkpoint, settings, part, figure_dir, db_path, threads = args
+    source, checkpoint, settings, part, figure_dir, db_path, threads, algorithm = args
     import torch
 
     if threads:
@@ -160,6 +210,9 @@ def _scan_job(args: tuple) -> str:
                     detector.cube_size,
                     detector.spacing_mm,
                 )
+        dicom = "off"
+        if settings.dicom:
+            dicom = _write_dicom(volume, det, settings, Path(figure_dir).parent, algorithm)
     except Exception as exc:  # a batch job reports the bad scan and keeps going
         log.exception("scan %s failed", source.series_uid)
         reason = f"unexpected error {type(exc).__name__}: {exc}"
@@ -192,6 +245,7 @@ def _scan_job(args: tuple) -> str:
             det.findings.loc[det.findings["probability"] >= settings.detect.threshold, "lung_rads"]
         ),
         sizing=_sizing(det.findings),
+        dicom=dicom,
     )
     _write_part(part, tables, meta)
     return source.series_uid
@@ -269,6 +323,7 @@ def detect_scans(
         sources = [s for s in sources if s.patient_id in patients]
     parts = ScanParts(out_dir, _digest(Path(checkpoint), settings))
     threads = 1 if workers > 1 else 0
+    algorithm = checkpoint_label(checkpoint, model_label or str(checkpoint))
     jobs = {
         s.series_uid: (
             s,
@@ -278,6 +333,7 @@ def detect_scans(
             figure_dir,
             db.path,
             threads,
+            algorithm,
         )
         for s in sources
     }
@@ -364,6 +420,13 @@ def _report(
             f"Lung-RADS: {LUNG_RADS_LABEL}.",
             "",
         ]
+    if settings.dicom and len(ok) and "dicom" in ok:
+        lines += [
+            "DICOM: each scan's reported findings are in `dicom/<series uid>/seg.dcm` (a SEG, "
+            "one segment per finding) and `sr.dcm` (a TID 1500 measurement report "
+            "referencing it); both open over the CT in 3D Slicer and OHIF.",
+            "",
+        ]
     if len(ok):
         secs = {k: ok[f"seconds_{k}"].mean() for k in STEPS if f"seconds_{k}" in ok}
         lines += [
@@ -386,6 +449,9 @@ def _report(
         lines.append(f"### {r.patient_id} `{r.seriesuid}`{note}")
         lines.append("")
         category = getattr(r, "lung_rads", "n/a")
+        dicom = getattr(r, "dicom", "off")
+        if settings.dicom and isinstance(dicom, str) and dicom != "seg+sr":
+            lines += [f"DICOM SEG/SR: {dicom}.", ""]
         if len(top) == 0:
             lines.append(f"No finding at or above the threshold (Lung-RADS {category}).")
         else:

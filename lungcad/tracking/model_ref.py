@@ -40,6 +40,22 @@ def _champion_exists() -> bool:
     return True
 
 
+def _with_version(ref: str) -> str:
+    """``models:/name@alias`` as ``models:/name/<version>`` (which model an alias named at
+    the time: what reports and DICOM objects must record); other references as given."""
+    if not ref.startswith("models:/") or "@" not in ref:
+        return ref
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    name, alias = ref.removeprefix("models:/").split("@", 1)
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        return ref
+    return f"models:/{name}/{version}"
+
+
 def resolve_checkpoint(ref: str | None, workdir: str | Path) -> tuple[Path, str]:
     """(local checkpoint path, what it is) for a model reference (see module docstring).
 
@@ -73,7 +89,7 @@ def resolve_checkpoint(ref: str | None, workdir: str | Path) -> tuple[Path, str]
         found = [local] if local.is_file() else sorted(local.rglob("*.pt"))
         if not found:
             raise ModelReferenceError(f"--model {ref}: the logged model holds no .pt checkpoint")
-        return found[0], ref
+        return found[0], _with_version(ref)
     path = Path(ref)
     if not path.is_file():
         raise ModelReferenceError(

@@ -16,7 +16,9 @@ from lungcad.cli.main import app
 from lungcad.config import TrainConfig
 from lungcad.core.model.attributes import ATTRIBUTES
 from lungcad.core.model.network import NoduleNet
-from tests.conftest import TEST_PARAMS, write_series
+from lungcad.detection.batch import DICOM_MAX_FINDINGS
+from lungcad.dicom.objects import read_findings_sr
+from tests.conftest import TEST_PARAMS, write_series, write_tiny_checkpoint
 from tests.detection.test_candidates import ORIGIN, SPACING, synthetic_chest
 
 runner = CliRunner()
@@ -25,13 +27,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A small seeded network: these tests are about geometry and I/O, not accuracy."""
-    torch.manual_seed(0)
-    config = TrainConfig.model_validate(
-        {"model": {"widths": [4, 8, 8, 16], "blocks": [1, 1, 1, 1], "feature_dim": 16}}
-    )
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.save({"model": NoduleNet(config.model).state_dict(), "config": config.to_dict()}, path)
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +96,15 @@ def test_mhd_gives_the_same_findings_as_its_dicom(scans, checkpoint, tmp_path) -
     assert len(maps) == shown
     report = (tmp_path / "dicom" / "report.md").read_text()
     assert all(f"figures/{f}" in report for f in figures)
+    # The reported findings (at most DICOM_MAX_FINDINGS) as a SEG and an SR from DICOM
+    # input; a .mhd volume has no images for them to reference.
+    sr = read_findings_sr(tmp_path / "dicom" / "dicom" / scans["uid"] / "sr.dcm")
+    assert len(sr) == min(len(da), DICOM_MAX_FINDINGS)
+    np.testing.assert_allclose(sr["probability"], da["probability"].head(len(sr)), rtol=1e-12)
+    assert (tmp_path / "dicom" / "dicom" / scans["uid"] / "seg.dcm").is_file()
+    mhd_scans = pd.read_csv(tmp_path / "mhd" / "scans.csv")
+    assert list(mhd_scans["dicom"]) == ["n/a (not read from DICOM)"]
+    assert not (tmp_path / "mhd" / "dicom").exists()
 
 
 def test_a_root_with_a_broken_series_and_a_lungless_one_goes_on(scans, checkpoint, tmp_path):

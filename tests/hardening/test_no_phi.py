@@ -4,7 +4,10 @@ headers hold marker strings, beside a small phantom; no marker appears in anythi
 writes, logs or answers.
 
 What lungcad does keep of a scan is its PatientID as LIDC publishes it (LIDC-IDRI-0001,
-the key of the annotation database and of the patient-level split) and its UIDs.
+the key of the annotation database and of the patient-level split) and its UIDs. The DICOM
+SEG and SR of the findings are the exception by design: they go back into the patient's
+study, so they carry the patient and study identity of the source (name, birth date,
+accession number, referring physician) and nothing else of its header.
 """
 
 from __future__ import annotations
@@ -118,7 +121,7 @@ def test_phi_markers_in_the_dicom_headers_appear_nowhere(tmp_path, slab_root, ph
     _run(log, "evaluate", env=env)
     _run(log, "promote", "--force", env=env)
     _run(log, "detect", str(raw / "LIDC-IDRI-0001"), "--model", "models/best.pt",
-         "--out", "reports/detect", "--quiet", env=env)  # fmt: skip
+         "--out", "reports/detect", "--quiet", "--threshold", "0", env=env)  # fmt: skip
 
     index = pd.read_csv(tmp_path / "data" / "processed" / "index.csv")
     slab_rows = index[index["patient_id"] == "LIDC-IDRI-0001"]
@@ -127,13 +130,21 @@ def test_phi_markers_in_the_dicom_headers_appear_nowhere(tmp_path, slab_root, ph
     answer = _serve_and_ask(tmp_path, cubes.astype(np.float32), env)
     (tmp_path / "logs" / "served_answer.json").write_bytes(answer)
 
+    dicom_objects = sorted((tmp_path / "reports" / "detect" / "dicom").rglob("*.dcm"))
+    assert [p.name for p in dicom_objects] == ["seg.dcm", "sr.dcm"]
+    identity = {b"markerova", b"phiona", b"19270314", b"acc93817phi", b"leakwell"}
+    for path in dicom_objects:
+        content = path.read_bytes().lower()
+        assert all(n in content for n in identity), path  # the patient's own study
+        assert [n for n in NEEDLES if n in content and n not in identity] == [], path
+
     searched, found = 0, []
     places = ["mlflow.db", "mlruns", "data", "reports", "models", "logs"]
     for place in places:
         target = tmp_path / place
         assert target.exists(), place
         for path in [target] if target.is_file() else sorted(target.rglob("*")):
-            if path.is_file():
+            if path.is_file() and path not in dicom_objects:
                 content = path.read_bytes().lower()
                 searched += 1
                 found += [(str(path), n.decode()) for n in NEEDLES if n in content]

@@ -42,6 +42,9 @@ class CtVolume:
     patient_id: str
     z_positions_mm: np.ndarray
     notes: list[str] = field(default_factory=list)
+    #: The DICOM file of each slice, in the volume's slice order (empty for a .mhd volume):
+    #: what derived DICOM objects reference.
+    source_files: tuple[Path, ...] = ()
 
 
 def _float_list(ds: pydicom.Dataset, keyword: str, path: Path) -> np.ndarray:
@@ -174,4 +177,5 @@ def read_series(files: list[Path], padding_hu_below: float = PADDING_HU_BELOW) -
         patient_id=str(first.get("PatientID", "")),
         z_positions_mm=np.array([r[1][2] for r in unique]),
         notes=notes,
+        source_files=tuple(r[2] for r in unique),
     )

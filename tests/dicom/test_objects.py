@@ -1,0 +1,144 @@
+"""The SEG and SR of a scan's findings: valid (dciodvfy), and read back equal to what
+detect found, on the real LIDC-IDRI-0001 slab."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.valuerep import DSfloat
+
+from lungcad.core.io.scans import find_scans
+from lungcad.dicom.objects import (
+    KEEP_FROM_SOURCE,
+    Algorithm,
+    DicomObjectError,
+    read_findings_sr,
+    read_segments,
+    write_findings_dicom,
+)
+from lungcad.dicom.segments import finding_segment
+from tests.dicom.conftest import dciodvfy_errors
+
+MEASURES = ["probability", "malignancy", "diameter_mm", "mean_diameter_mm", "volume_mm3"]
+
+
+@pytest.fixture(scope="module")
+def slab(slab_root):
+    sources, _ = find_scans(slab_root / "LIDC-IDRI-0001", progress=False)
+    return sources[0].read()
+
+
+def _findings(volume) -> tuple[pd.DataFrame, list]:
+    """Three findings: one with a predicted mask (a 6 mm cube of 1 mm voxels), one sized
+    without a mask (a sphere), one unsized (a marker)."""
+    g = volume.geometry
+    centres = g.index_to_mm(np.array([[256.4, 300.2, 7.6], [150.0, 250.0, 4.0], [380, 260, 10]]))
+    findings = pd.DataFrame(
+        {
+            "coordX": centres[:, 0],
+            "coordY": centres[:, 1],
+            "coordZ": centres[:, 2],
+            "probability": [0.9731234567891234, 0.91, 0.5],
+            "malignancy": [4.21, 2.0, 1.3],
+            "diameter_mm": [8.485, 6.0, np.nan],
+            "mean_diameter_mm": [7.9, np.nan, np.nan],
+            "volume_mm3": [216.0, np.nan, np.nan],
+            "type": ["part-solid", "n/a", "n/a"],
+            "solid_diameter_mm": [3.5, np.nan, np.nan],
+            "lung_rads": ["3", "n/a", "n/a"],
+        }
+    )
+    mask = np.zeros((8, 8, 8), bool)
+    mask[1:7, 1:7, 1:7] = True
+    segments = [
+        finding_segment(g, centres[0], 8.485, (mask, centres[0] - 3.5, 1.0)),
+        finding_segment(g, centres[1], 6.0, None),
+        finding_segment(g, centres[2], np.nan, None),
+    ]
+    return findings, segments
+
+
+def _sop_uids(volume) -> list[str]:
+    return [
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in volume.source_files
+    ]
+
+
+def test_seg_and_sr_are_valid_and_read_back_equal_to_the_findings(slab, tmp_path):
+    findings, segments = _findings(slab)
+    assert [s.source for s in segments] == ["predicted mask", "sphere", "marker"]
+    seg_path, sr_path = write_findings_dicom(
+        slab, findings, segments, Algorithm("models:/lungcad/3"), tmp_path
+    )
+    assert dciodvfy_errors(seg_path) == []
+    assert dciodvfy_errors(sr_path) == []
+
+    back = read_findings_sr(sr_path)
+    assert list(back["finding"]) == ["finding 1", "finding 2", "finding 3"]
+    centre = ["coordX", "coordY", "coordZ"]
+    assert np.abs(back[centre].to_numpy() - findings[centre].to_numpy()).max() < 1e-3
+    for column in [*MEASURES, "solid_diameter_mm"]:
+        for got, want in zip(back[column], findings[column]):
+            # an SR number is a decimal string of at most 16 characters (DS)
+            assert (np.isnan(got) and np.isnan(want)) or got == float(DSfloat(want, True))
+    assert list(back["type"]) == list(findings["type"])
+    assert list(back["lung_rads"]) == list(findings["lung_rads"])
+    seg = pydicom.dcmread(seg_path, stop_before_pixels=True)
+    assert set(back["segment_uid"]) == {seg.SOPInstanceUID}
+    assert list(back["segment_number"]) == [1, 2, 3]
+
+    masks = read_segments(seg_path, _sop_uids(slab))
+    for k, segment in enumerate(segments, start=1):
+        np.testing.assert_array_equal(masks[k], segment.mask)
+    labels = [s.SegmentLabel for s in seg.SegmentSequence]
+    assert labels == [
+        "finding 1: predicted mask",
+        "finding 2: sphere of 6.0 mm",
+        "finding 3: marker of 5.0 mm",
+    ]
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "lungcad" and "models:/lungcad/3" in str(
+        algorithm.AlgorithmParameters
+    )
+    if shutil.which("dsrdump"):  # dcmtk renders the report
+        text = subprocess.run(["dsrdump", str(sr_path)], capture_output=True, text=True).stdout
+        assert "Imaging Measurement Report" in text and "Lung-RADS 3" in text
+
+
+def test_the_objects_carry_the_patient_and_study_identity_and_nothing_else(slab, tmp_path):
+    findings, segments = _findings(slab)
+    paths = write_findings_dicom(slab, findings, segments, Algorithm("tiny.pt sha256:0"), tmp_path)
+    source = pydicom.dcmread(slab.source_files[0], stop_before_pixels=True)
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert ds.PatientID == source.PatientID == "LIDC-IDRI-0001"
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+        assert ds.SOPInstanceUID != source.SOPInstanceUID
+        assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+        copied = {
+            e.keyword
+            for e in ds
+            if e.tag in source and source[e.tag].value == e.value and not e.tag.is_private
+        }
+        assert copied <= KEEP_FROM_SOURCE, copied - KEEP_FROM_SOURCE
+        assert "PatientAge" not in ds  # the source has it; these objects need not
+
+
+def test_a_scan_without_findings_gets_no_objects(slab, tmp_path):
+    findings, _ = _findings(slab)
+    assert write_findings_dicom(slab, findings.iloc[:0], [], Algorithm("m"), tmp_path) == []
+
+
+def test_a_volume_not_read_from_dicom_cannot_have_objects(slab, tmp_path):
+    from dataclasses import replace
+
+    findings, segments = _findings(slab)
+    with pytest.raises(DicomObjectError, match="not read from DICOM"):
+        write_findings_dicom(
+            replace(slab, source_files=()), findings, segments, Algorithm("m"), tmp_path
+        )
