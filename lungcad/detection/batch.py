@@ -210,7 +210,7 @@ def _scan_job(args: tuple) -> str:
                     detector.cube_size,
                     detector.spacing_mm,
                 )
-        dicom = "off"
+        dicom = ""
         if settings.dicom:
             dicom = _write_dicom(volume, det, settings, Path(figure_dir).parent, algorithm)
     except Exception as exc:  # a batch job reports the bad scan and keeps going
@@ -245,7 +245,7 @@ def _scan_job(args: tuple) -> str:
             det.findings.loc[det.findings["probability"] >= settings.detect.threshold, "lung_rads"]
         ),
         sizing=_sizing(det.findings),
-        dicom=dicom,
+        **({"dicom": dicom} if settings.dicom else {}),
     )
     _write_part(part, tables, meta)
     return source.series_uid
@@ -449,7 +449,7 @@ def _report(
         lines.append(f"### {r.patient_id} `{r.seriesuid}`{note}")
         lines.append("")
         category = getattr(r, "lung_rads", "n/a")
-        dicom = getattr(r, "dicom", "off")
+        dicom = getattr(r, "dicom", "")
         if settings.dicom and isinstance(dicom, str) and dicom != "seg+sr":
             lines += [f"DICOM SEG/SR: {dicom}.", ""]
         if len(top) == 0:

@@ -12,6 +12,7 @@ from pydicom.valuerep import DSfloat
 from typer.testing import CliRunner
 
 from lungcad.cli.main import app
+from lungcad.dicom.dicomweb import DicomWebError, Pacs
 from lungcad.dicom.objects import read_findings_sr, read_segments
 from lungcad.phantom.writer import write_phantom
 from tests.conftest import TEST_PARAMS, write_series, write_tiny_checkpoint
@@ -67,7 +68,7 @@ def _detect(*args: str, env: dict | None = None):
 
 
 def test_detect_from_orthanc_stores_seg_and_sr_that_read_back_equal(
-    study, orthanc, checkpoint, tmp_path
+    study, orthanc, checkpoint, tmp_path, monkeypatch
 ):
     # the tiny untrained network scores every candidate alike: report its best four
     first = _detect(
@@ -140,6 +141,15 @@ def test_detect_from_orthanc_stores_seg_and_sr_that_read_back_equal(
     for k in from_pacs:
         assert from_pacs[k].any()
         np.testing.assert_array_equal(from_pacs[k], from_files[k])
+
+    # A store the server refuses (objects of another study) says which objects did not
+    # arrive, and none did.
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    objects = [local_seg, local_seg.with_name("sr.dcm")]
+    with pytest.raises(DicomWebError, match=r"store of seg.dcm, sr.dcm \(none arrived\)"):
+        Pacs.connect(orthanc).store("1.2.3.999", objects)
+    assert client.search_for_series(study_instance_uid="1.2.3.999") == []
 
 
 def test_a_study_without_ct_and_an_unknown_study_are_one_line_errors(study, orthanc, checkpoint):
