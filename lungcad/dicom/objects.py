@@ -158,7 +158,7 @@ def _segment_label(rank: int, segment: Segment) -> str:
 
 
 def _seg(
-    volume: CtVolume, ct: list[Dataset], segments: list[Segment], algorithm: Algorithm
+    ct: list[Dataset], segments: list[Segment], tracking: list[str], algorithm: Algorithm
 ) -> hd.seg.Segmentation:
     family = hd.AlgorithmIdentificationSequence(
         name=algorithm.name,
@@ -174,7 +174,7 @@ def _seg(
             segmented_property_type=lc.NODULE,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=family,
-            tracking_uid=generate_uid(),
+            tracking_uid=tracking[k - 1],
             tracking_id=f"finding {k}",
             anatomic_regions=[lc.LUNG],
         )
@@ -203,6 +203,7 @@ def _seg(
 def _group(
     rank: int,
     row: pd.Series,
+    tracking_uid: str,
     seg: hd.seg.Segmentation,
     series_uid: str,
     frame_uid: str,
@@ -239,7 +240,7 @@ def _group(
     )
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(), identifier=f"finding {rank}"
+            uid=tracking_uid, identifier=f"finding {rank}"
         ),
         referenced_segment=segment,
         finding_type=lc.NODULE,
@@ -264,11 +265,12 @@ def _sr(
     ct: list[Dataset],
     seg: hd.seg.Segmentation,
     findings: pd.DataFrame,
+    tracking: list[str],
     algorithm: Algorithm,
 ) -> hd.sr.Comprehensive3DSR:
     frame_uid = str(ct[0].FrameOfReferenceUID)
     groups = [
-        _group(rank, row, seg, volume.series_uid, frame_uid, algorithm)
+        _group(rank, row, tracking[rank - 1], seg, volume.series_uid, frame_uid, algorithm)
         for rank, (_, row) in enumerate(findings.iterrows(), start=1)
     ]
     observer = hd.sr.ObserverContext(
@@ -333,9 +335,11 @@ def write_findings_dicom(
         return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # One tracking UID per finding, shared by its SEG segment and its SR group.
+    tracking = [generate_uid() for _ in segments]
     try:
-        seg = _seg(volume, ct, segments, algorithm)
-        sr = _sr(volume, ct, seg, findings.reset_index(drop=True), algorithm)
+        seg = _seg(ct, segments, tracking, algorithm)
+        sr = _sr(volume, ct, seg, findings.reset_index(drop=True), tracking, algorithm)
     except (ValueError, TypeError, AttributeError) as exc:
         raise DicomObjectError(
             f"scan {volume.series_uid}: cannot write its DICOM SEG/SR ({exc})"
@@ -371,8 +375,9 @@ def _centre(group) -> tuple[float, float, float]:
 
 def read_findings_sr(path: str | Path) -> pd.DataFrame:
     """The findings of an SR lungcad wrote: one row per measurement group, in order, with
-    detect's column names plus ``segment_number`` (its SEG segment) and ``segment_uid``
-    (the SEG's SOP Instance UID)."""
+    detect's column names plus ``finding`` and ``tracking_uid`` (its tracking identifier
+    and UID, the same as its SEG segment's), ``segment_number`` (its SEG segment) and
+    ``segment_uid`` (the SEG's SOP Instance UID)."""
     try:
         sr = hd.sr.srread(path)
     except Exception as exc:  # pydicom and highdicom raise many types for broken files
@@ -385,6 +390,7 @@ def read_findings_sr(path: str | Path) -> pd.DataFrame:
         rows.append(
             {
                 "finding": group.tracking_identifier,
+                "tracking_uid": str(group.tracking_uid),
                 "coordX": x,
                 "coordY": y,
                 "coordZ": z,

@@ -95,6 +95,7 @@ def test_seg_and_sr_are_valid_and_read_back_equal_to_the_findings(slab, tmp_path
     masks = read_segments(seg_path, _sop_uids(slab))
     for k, segment in enumerate(segments, start=1):
         np.testing.assert_array_equal(masks[k], segment.mask)
+    assert list(back["tracking_uid"]) == [str(s.TrackingUID) for s in seg.SegmentSequence]
     labels = [s.SegmentLabel for s in seg.SegmentSequence]
     assert labels == [
         "finding 1: predicted mask",
