@@ -100,10 +100,14 @@ class Pacs:
         bare, session = _session(url)
         client = DICOMwebClient(bare, session=session, timeout=TIMEOUT_S)
         pacs = cls(url, client)
+        # The probe is not retried (dicomweb-client backs off for ~30 s by default); the
+        # work after it is, as a busy server may need.
+        client.set_http_retry_params(retry=False)
         try:
             client.search_for_studies(limit=1)
         except Exception as exc:  # requests and dicomweb-client raise many types
             raise DicomWebError(f"{safe_url(url)}: {_reason(exc)}") from exc
+        client.set_http_retry_params()
         return pacs
 
     def _fail(self, what: str, exc: Exception) -> DicomWebError:

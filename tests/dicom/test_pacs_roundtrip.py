@@ -170,19 +170,11 @@ def test_a_study_without_ct_and_an_unknown_study_are_one_line_errors(study, orth
     assert "no study 1.2.3.4" in result.output and "Traceback" not in result.output
 
 
-def test_wrong_credentials_and_an_unreachable_server_stop_before_any_work(orthanc, tmp_path):
+def test_wrong_credentials_stop_before_any_work(orthanc, tmp_path):
     wrong = {**CREDENTIALS, "LUNGCAD_DICOMWEB_PASSWORD": "not-the-password"}
-    result = _detect(
-        "--dicomweb", orthanc, "--study", "1.2.3", "--out", str(tmp_path / "a"), env=wrong
-    )
+    result = _detect("--dicomweb", orthanc, "--study", "1.2.3", "--out", str(tmp_path / "a"),
+                     env=wrong)  # fmt: skip
     assert result.exit_code == 2
     assert f"error: {orthanc}: HTTP 401: the server refused the credentials" in result.output
     assert "not-the-password" not in result.output
-    closed = (
-        orthanc.replace("http://", "http://someone:hunter2@").rsplit(":", 1)[0] + ":9/dicom-web"
-    )
-    result = _detect("--dicomweb", closed, "--study", "1.2.3", "--out", str(tmp_path / "b"))
-    assert result.exit_code == 2
-    assert "cannot connect" in result.output and "someone:***@" in result.output
-    assert "hunter2" not in result.output
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "a").exists()
