@@ -46,7 +46,7 @@ from pydicom.valuerep import DSfloat  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lungcad.core.io.scans import find_scans  # noqa: E402
 from lungcad.dicom.objects import read_findings_sr, read_segments  # noqa: E402
-from tests.dicom.conftest import (  # noqa: E402
+from tests.tools.orthanc import (  # noqa: E402
     ORTHANC_PASSWORD,
     ORTHANC_USER,
     dciodvfy_errors,

@@ -230,7 +230,7 @@ def small_params():
 
 def pytest_terminal_summary(terminalreporter) -> None:
     """Say loudly when the PACS round trip could not run on this machine."""
-    from tests.dicom.conftest import orthanc_missing
+    from tests.tools.orthanc import orthanc_missing
 
     missing = orthanc_missing()
     if missing:

@@ -52,7 +52,6 @@ from lungcad.detection.detector import (
     offcentre_recut,
 )
 from lungcad.detection.figures import scan_figure
-from lungcad.dicom.objects import checkpoint_label
 
 log = logging.getLogger(__name__)
 
@@ -238,12 +237,8 @@ def _scan_job(args: tuple) -> str:
         **{f"seconds_{k}": float(v) for k, v in seconds.items()},
         seconds_total=float(sum(seconds.values())),
         candidates=len(det.candidates),
-        findings_above_threshold=int(
-            (det.findings["probability"] >= settings.detect.threshold).sum()
-        ),
-        lung_rads=scan_category(
-            det.findings.loc[det.findings["probability"] >= settings.detect.threshold, "lung_rads"]
-        ),
+        findings_above_threshold=len(reported_findings(det.findings, settings)),
+        lung_rads=scan_category(reported_findings(det.findings, settings)["lung_rads"]),
         sizing=_sizing(det.findings),
         **({"dicom": dicom} if settings.dicom else {}),
     )
@@ -258,14 +253,10 @@ def _sizing(findings: pd.DataFrame) -> str:
     return "cube centre" if (findings["sizing"] == "cube centre").all() else "mask"
 
 
-def _digest(checkpoint: Path, settings: DetectSettings) -> str:
-    h = hashlib.sha256()
-    with open(checkpoint, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+def _digest(checkpoint_sha256: str, settings: DetectSettings) -> str:
     doc = {**asdict(settings), "detect": settings.detect.to_dict()}
-    h.update(json.dumps(doc, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
+    text = checkpoint_sha256 + json.dumps(doc, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _read_csv(path: Path, words: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -309,6 +300,7 @@ def detect_scans(
     Returns:
         ``scans.csv``: one row per scan with its status and timings.
     """
+    from lungcad.core.model.checkpoint import checkpoint_sha256
     from lungcad.core.model.loading import cube_cut
 
     settings = settings or DetectSettings()
@@ -321,9 +313,14 @@ def detect_scans(
     sources, problems = find_scans(input_path, db, workers, progress)
     if patients is not None:
         sources = [s for s in sources if s.patient_id in patients]
-    parts = ScanParts(out_dir, _digest(Path(checkpoint), settings))
+    checkpoint_sha = checkpoint_sha256(checkpoint)
+    parts = ScanParts(out_dir, _digest(checkpoint_sha, settings))
     threads = 1 if workers > 1 else 0
-    algorithm = checkpoint_label(checkpoint, model_label or str(checkpoint))
+    algorithm = ""  # how the DICOM objects name the model
+    if settings.dicom:
+        from lungcad.dicom.objects import model_label_for_dicom
+
+        algorithm = model_label_for_dicom(checkpoint, checkpoint_sha, model_label)
     jobs = {
         s.series_uid: (
             s,

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from lungcad.detection.batch import DetectSettings, detect_scans
 from lungcad.dicom.dicomweb import DicomWebError, Pacs
+from lungcad.dicom.objects import SEG_NAME, SR_NAME
 
 
 def study_ct_series(pacs: Pacs, study_uid: str, say: Callable[[str], None] = print) -> list[str]:
@@ -75,10 +76,11 @@ def detect_study(
     if store:
         for r in scans[scans["status"] == "ok"].itertuples():
             folder = out_dir / "dicom" / r.seriesuid
-            files = [folder / n for n in ("seg.dcm", "sr.dcm") if (folder / n).is_file()]
-            if not files:
+            files = [folder / n for n in (SEG_NAME, SR_NAME) if (folder / n).is_file()]
+            if not files:  # no finding (nothing to store), or the objects failed to write
                 say(f"series {r.seriesuid}: nothing stored: {r.dicom}")
-                failed += r.dicom.startswith("not written")
+                if r.dicom.startswith("not written"):
+                    failed += 1
                 continue
             try:
                 pacs.store(study_uid, files)

@@ -9,7 +9,6 @@ too; every message shows the URL with the password hidden.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +19,12 @@ import requests
 
 from lungcad.errors import LungcadError
 
-log = logging.getLogger(__name__)
-
 TOKEN_ENV = "LUNGCAD_DICOMWEB_TOKEN"
 USER_ENV = "LUNGCAD_DICOMWEB_USER"
 PASSWORD_ENV = "LUNGCAD_DICOMWEB_PASSWORD"
 #: Seconds to wait for the server (connect, read).
 TIMEOUT_S = (10, 300)
-_MODALITY, _SERIES_UID, _N_INSTANCES = "00080060", "0020000E", "00201209"
+_MODALITY, _SERIES_UID = "00080060", "0020000E"
 
 
 class DicomWebError(LungcadError, RuntimeError):

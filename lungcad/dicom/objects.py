@@ -11,7 +11,6 @@ require (highdicom copies the patient and study modules of the source images).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,17 +24,16 @@ from pydicom.uid import generate_uid
 
 from lungcad import __version__
 from lungcad.core.io.series import CtVolume
+from lungcad.core.outputs import atomic_path
 from lungcad.dicom import codes as lc
 from lungcad.dicom.segments import Segment
 from lungcad.errors import LungcadError
 
+SERIES_DESCRIPTION = "lungcad findings (research use only)"
 SEG_SERIES_NUMBER = 9001
 SR_SERIES_NUMBER = 9002
 SEG_NAME = "seg.dcm"
 SR_NAME = "sr.dcm"
-#: The finding columns an SR carries, with the measurement or evaluation that holds each.
-MEASURED = ("diameter_mm", "mean_diameter_mm", "volume_mm3", "solid_diameter_mm")
-SCORED = ("probability", "malignancy")
 
 
 class DicomObjectError(LungcadError, ValueError):
@@ -57,16 +55,13 @@ class Algorithm:
         )
 
 
-def checkpoint_label(path: str | Path, label: str) -> str:
-    """The model as the objects name it: a registry URI as given, a file by its name and
-    the first 12 hex digits of its SHA-256 (a local path can name a person)."""
+def model_label_for_dicom(checkpoint: str | Path, checkpoint_sha256: str, label: str) -> str:
+    """The model as the objects name it: a registry URI as given (``models:/lungcad/3``),
+    a file by its name and the first 12 hex digits of its SHA-256 (a local path can name a
+    person)."""
     if label.startswith(("models:/", "runs:/")):
         return label
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"{Path(path).name} sha256:{h.hexdigest()[:12]}"
+    return f"{Path(checkpoint).name} sha256:{checkpoint_sha256[:12]}"
 
 
 #: Type 2 attributes of the patient and study modules the derived objects copy: a source
@@ -196,7 +191,7 @@ def _seg(
         device_serial_number=algorithm.version,
         content_description="lungcad nodule findings",
         content_label="NODULES",
-        series_description="lungcad findings (research use only)",
+        series_description=SERIES_DESCRIPTION,
     )
 
 
@@ -296,7 +291,7 @@ def _sr(
         instance_number=1,
         manufacturer="lungcad",
         is_complete=True,
-        series_description="lungcad findings (research use only)",
+        series_description=SERIES_DESCRIPTION,
     )
     scheme = Dataset()
     scheme.CodingSchemeDesignator = lc.PRIVATE_SCHEME
@@ -347,9 +342,10 @@ def write_findings_dicom(
     written = []
     for name, ds in ((SEG_NAME, seg), (SR_NAME, sr)):
         _strip_copied(ds, ct[0])
-        tmp = out_dir / f".{name}.tmp"
-        ds.save_as(tmp, enforce_file_format=True)
-        tmp.replace(out_dir / name)
+        with atomic_path(
+            out_dir / name, f"the DICOM {ds.Modality} of scan {volume.series_uid}"
+        ) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
         written.append(out_dir / name)
     return written
 

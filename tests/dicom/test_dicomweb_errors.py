@@ -3,24 +3,17 @@ any work (no server needed: a closed loopback port)."""
 
 from __future__ import annotations
 
-import socket
-
 from typer.testing import CliRunner
 
 from lungcad.cli.main import app
 from lungcad.dicom.dicomweb import safe_url
+from tests.tools.serving import free_port
 
 runner = CliRunner()
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the block ends
-
-
 def test_an_unreachable_server_is_one_line_naming_it_without_the_password(tmp_path):
-    url = f"http://someone:hunter2@127.0.0.1:{_closed_port()}/dicom-web"
+    url = f"http://someone:hunter2@127.0.0.1:{free_port()}/dicom-web"
     result = runner.invoke(
         app, ["detect", "--dicomweb", url, "--study", "1.2.3", "--out", str(tmp_path / "out")]
     )

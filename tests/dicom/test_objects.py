@@ -22,7 +22,7 @@ from lungcad.dicom.objects import (
     write_findings_dicom,
 )
 from lungcad.dicom.segments import finding_segment
-from tests.dicom.conftest import dciodvfy_errors
+from tests.tools.orthanc import dciodvfy_errors
 
 MEASURES = ["probability", "malignancy", "diameter_mm", "mean_diameter_mm", "volume_mm3"]
 

@@ -16,7 +16,7 @@ from lungcad.dicom.dicomweb import DicomWebError, Pacs
 from lungcad.dicom.objects import read_findings_sr, read_segments
 from lungcad.phantom.writer import write_phantom
 from tests.conftest import TEST_PARAMS, write_series, write_tiny_checkpoint
-from tests.dicom.conftest import (
+from tests.tools.orthanc import (
     ORTHANC_PASSWORD,
     ORTHANC_USER,
     dciodvfy_errors,

@@ -20,6 +20,7 @@ from lungcad.core.findings.cube import CUBE_FINDING_COLUMNS
 from lungcad.registry.client import encode_cubes, predict_remote
 from lungcad.registry.promote import REGISTERED_MODEL, promote
 from lungcad.registry.serve_command import serve_command
+from lungcad.tracking.model_ref import resolve_checkpoint
 from lungcad.training.tracked import train_tracked
 from tests.conftest import make_tiny_dataset, tiny_train_config
 from tests.tools.serving import free_port, wait_until_serving
@@ -78,6 +79,11 @@ def test_best_run_becomes_the_champion_with_metrics_and_card(registry) -> None:
     assert "evaluation/report.md" in {
         a.path for a in client.list_artifacts(good.run_id, "evaluation")
     }
+    # detect and explain name the model by the version the alias points at
+    checkpoint, label = resolve_checkpoint(
+        f"models:/{REGISTERED_MODEL}@champion", registry["tmp"] / "download"
+    )
+    assert label == f"models:/{REGISTERED_MODEL}/1" and checkpoint.suffix == ".pt"
 
 
 def test_a_worse_candidate_is_refused_unless_forced(registry) -> None:

@@ -10,6 +10,7 @@ it runs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -43,6 +44,16 @@ def plain(value: Any) -> Any:
     if isinstance(value, str) and type(value) is not str:
         return str(value)
     return value
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """The SHA-256 of a checkpoint file, hex: what names a model that has no registry name
+    and keys the work done with it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
