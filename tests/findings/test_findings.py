@@ -10,7 +10,13 @@ import pytest
 from lungcad.core.cubes import cube_grid_origin
 from lungcad.core.findings.lungrads import lung_rads, scan_category
 from lungcad.core.findings.measure import measure_mask, nodule_type
-from lungcad.core.findings.merge import cube_finding_mask, fuse_masks, group_findings
+from lungcad.core.findings.merge import (
+    FindingMask,
+    _pack,
+    cube_finding_mask,
+    fuse_masks,
+    group_findings,
+)
 from lungcad.detection.detector import mask_findings
 
 SIZE = 64
@@ -149,3 +155,21 @@ def test_scan_category_is_the_most_suspicious_nodules() -> None:
     assert scan_category(["n/a"]) == "1"
     with pytest.raises(ValueError, match="unknown nodule type"):
         lung_rads("calcified", 5.0)
+
+
+def test_members_outlining_disjoint_parts_fuse_to_no_mask_not_an_error() -> None:
+    # Three cubes on one place, each outlining a different voxel: no voxel has half the
+    # votes of the cubes covering it, so the finding is unsized (as without masks).
+    members = [
+        FindingMask(
+            keys=_pack(np.array([[10, 10, 10 + k]])),
+            hu=np.array([40], np.int16),
+            centre_key=np.array([10, 10, 10]),
+            half_voxels=32,
+            spacing_mm=1.0,
+        )
+        for k in range(3)
+    ]
+    mask, origin, hu = fuse_masks(members)
+    assert mask.shape == (0, 0, 0) and hu.shape == (0, 0, 0)
+    assert measure_mask(mask, origin, 1.0, hu).empty

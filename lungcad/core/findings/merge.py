@@ -161,7 +161,8 @@ def fuse_masks(members: list[FindingMask]) -> tuple[np.ndarray, np.ndarray, np.n
     """A nodule's mask from its members': each voxel kept where at least half of the
     members whose cubes cover it hold it (the first ``FUSED_MEMBERS`` with a mask: the
     best, as ``group_findings`` lists them). Returns (bool mask (z, y, x), origin (x, y, z)
-    patient mm of its voxel (0, 0, 0), HU under it); an empty (0, 0, 0) mask without any."""
+    patient mm of its voxel (0, 0, 0), HU under it); an empty (0, 0, 0) mask without any,
+    or when no voxel has the votes (members that outline disjoint parts)."""
     members = [m for m in members if len(m)][:FUSED_MEMBERS]
     if not members:
         return np.zeros((0, 0, 0), bool), np.zeros(3), np.zeros((0, 0, 0), np.int16)
@@ -175,6 +176,8 @@ def fuse_masks(members: list[FindingMask]) -> tuple[np.ndarray, np.ndarray, np.n
         cover += m.covers(keys)
         hu[held] = m.hu[np.searchsorted(m.keys, keys[held])]
     keep = votes * 2 >= np.maximum(cover, 1)
+    if not keep.any():
+        return np.zeros((0, 0, 0), bool), np.zeros(3), np.zeros((0, 0, 0), np.int16)
     zyx = _unpack(keys[keep])
     lo = zyx.min(axis=0)
     shape = tuple(zyx.max(axis=0) - lo + 1)
