@@ -43,13 +43,19 @@ def write_series(
     patient_id: str = "TEST-0001",
     modality: str = "CT",
     z_positions: list[float] | None = None,
+    orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
+    positions: list[tuple[float, float, float]] | None = None,
 ) -> list[Path]:
-    """Write a (slice, row, col) HU volume as an axial DICOM series (stored = HU + 1024)."""
+    """Write a (slice, row, col) HU volume as a DICOM series (stored = HU + 1024): axial
+    at ``origin_xyz`` and ``z_positions`` by default; ``orientation`` (row and column
+    cosines) and ``positions`` (each slice's ImagePositionPatient) for any other stack."""
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or generate_uid()
     study_uid = generate_uid(entropy_srcs=[series_uid, "study"])
     if z_positions is None:
         z_positions = [origin_xyz[2] + k * spacing_xyz[2] for k in range(hu.shape[0])]
+    if positions is not None:
+        z_positions = [p[2] for p in positions]
     paths = []
     for k, z in enumerate(z_positions):
         meta = FileMetaDataset()
@@ -66,8 +72,10 @@ def write_series(
         ds.SeriesInstanceUID = series_uid
         ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[series_uid, "frame"])
         ds.InstanceNumber = len(z_positions) - k
-        ds.ImagePositionPatient = [origin_xyz[0], origin_xyz[1], z]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = (
+            list(positions[k]) if positions is not None else [origin_xyz[0], origin_xyz[1], z]
+        )
+        ds.ImageOrientationPatient = [float(v) for v in orientation]
         ds.PixelSpacing = [spacing_xyz[1], spacing_xyz[0]]
         ds.SliceThickness = spacing_xyz[2]
         ds.SamplesPerPixel = 1
@@ -80,6 +88,18 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def set_raw(path: Path, keyword: str, raw: bytes, vr: str = "DS") -> None:
+    """Write ``raw`` bytes as the value of ``keyword`` in a DICOM file, unchecked: the
+    malformed headers a careless or hostile writer produces."""
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+
+    ds = pydicom.dcmread(path)
+    tag = tag_for_keyword(keyword)
+    ds[tag] = RawDataElement(tag, vr, len(raw), raw, 0, False, True)
+    ds.save_as(path)
 
 
 def make_tiny_dataset(

@@ -115,7 +115,13 @@ def build(
 
     config = load_params(params)
     table = build_dataset(
-        raw, out, config.preprocess, config.candidates, workers=workers, progress=not quiet
+        raw,
+        out,
+        config.preprocess,
+        config.candidates,
+        workers=workers,
+        progress=not quiet,
+        read=config.limits.read,
     )
     skipped = pd.read_csv(out / "skipped.csv")
     counts = table["kind"].value_counts().to_dict()

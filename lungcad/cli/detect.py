@@ -95,14 +95,21 @@ def detect(
         fail("--study and --store need --dicomweb <DICOMweb root URL>")
     if store and not dicom:
         fail("--store sends the DICOM SEG and SR: drop --no-dicom")
-    config = with_changes(load_params(params).detect, "detect", threshold=threshold, split=split)
-    settings = DetectSettings(config, figures=figures, offcentre=offcentre_check, dicom=dicom)
+    all_params = load_params(params)
+    config = with_changes(all_params.detect, "detect", threshold=threshold, split=split)
+    settings = DetectSettings(
+        config,
+        figures=figures,
+        offcentre=offcentre_check,
+        dicom=dicom,
+        read=all_params.limits.read,
+    )
     pacs = None
     if dicomweb is not None:  # before any work: a bad server or study stops here
         from lungcad.detection.pacs import study_ct_series
         from lungcad.dicom.dicomweb import Pacs
 
-        pacs = Pacs.connect(dicomweb)
+        pacs = Pacs.connect(dicomweb, all_params.limits.dicomweb)
         ct_series = study_ct_series(pacs, study, typer.echo)
     patients = None
     if splits is not None:
@@ -136,14 +143,17 @@ def detect(
             scans = detect_scans(
                 input_path, out, checkpoint, settings, workers, not quiet, patients, label
             )
-    if len(scans) == 0:
-        fail(f"{input_path}: no scan to detect (check the path, and --splits/--split if given)")
     for line in top_findings(out, config.threshold):
         typer.echo(line)
-    bad = int((scans["status"] != "ok").sum())
-    typer.echo(f"{len(scans) - bad} scan(s) done, {bad} not usable -> {out / 'report.md'}")
-    if bad == len(scans):
-        fail("no scan could be read (reasons above)")
+    ok = int((scans["status"] == "ok").sum())
+    bad = scans[scans["status"] == "error"]
+    if ok + len(bad) == 0:
+        fail(f"{input_path}: no scan to detect (check the path, and --splits/--split if given)")
+    typer.echo(f"{ok} scan(s) done, {len(bad)} not usable -> {out / 'report.md'}")
+    if len(bad):
+        names = ", ".join(uid or "-" for uid in bad["seriesuid"].head(10))
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        fail(f"{len(bad)} of {ok + len(bad)} scan(s) not usable: {names}{more} (reasons above)")
     if failed_stores:
         fail(f"{failed_stores} scan(s)' DICOM objects were not stored (reasons above)")
 

@@ -24,7 +24,7 @@ from lungcad.cli.tune import apply_params, tune
 
 class LungcadGroup(TyperGroup):
     """Every error lungcad raises on purpose, in any command, is one ``error:`` line and
-    exit 2 (never a traceback)."""
+    exit 2; anything else is a bug: one line and exit 1, its traceback with ``--verbose``."""
 
     def invoke(self, ctx: click.Context):
         from lungcad.errors import LungcadError
@@ -33,6 +33,22 @@ class LungcadGroup(TyperGroup):
             return super().invoke(ctx)
         except LungcadError as exc:
             fail(str(exc))
+        except (
+            click.exceptions.Exit,
+            click.ClickException,
+            click.exceptions.Abort,
+            typer.Exit,
+            typer.Abort,
+        ):
+            raise
+        except Exception as exc:
+            logging.getLogger("lungcad").debug("unexpected error", exc_info=True)
+            text = " ".join(str(exc).split())[:300]
+            fail(
+                f"unexpected {type(exc).__name__}: {text} (a bug in lungcad: run again with "
+                "`lungcad --verbose ...` for the traceback, and report it)",
+                code=1,
+            )
 
 
 app = typer.Typer(

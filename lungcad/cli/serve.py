@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from lungcad.cli.common import fail, require_tracking_for
+from lungcad.cli.options import ParamsFile
 
 
 def serve(
@@ -20,17 +21,27 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Server processes.")] = 1,
     max_body_mb: Annotated[
-        float,
-        typer.Option("--max-body-mb", min=0.001, help="Larger request bodies get 413 unread."),
-    ] = 64.0,
+        float | None,
+        typer.Option(
+            "--max-body-mb",
+            min=0.001,
+            help="Larger request bodies get 413 unread (default: limits.serve.max_body_bytes).",
+        ),
+    ] = None,
+    params: ParamsFile = Path("params.yaml"),
 ) -> None:
     """Serve MODEL over HTTP: MLflow's scoring server (/invocations, /ping, the protocol of
-    `mlflow models serve`) behind a guard: body-size limit, no stack traces in answers."""
+    `mlflow models serve`) behind a guard: the request limits of limits.serve (body size,
+    cubes, decoded size, JSON depth), no stack traces in answers."""
+    from lungcad.config import load_params, with_changes
     from lungcad.registry.serve_command import serve_command
 
+    limits = load_params(params).limits.serve
+    if max_body_mb is not None:
+        limits = with_changes(limits, "limits.serve", max_body_bytes=int(max_body_mb * 1024**2))
     require_tracking_for(model_uri)
 
-    cmd, env = serve_command(model_uri, host, port, workers, int(max_body_mb * 1024 * 1024))
+    cmd, env = serve_command(model_uri, host, port, workers, limits)
     typer.echo(" ".join(cmd))
     raise typer.Exit(subprocess.call(cmd, env=env))
 

@@ -541,6 +541,73 @@ class PromoteConfig(Section):
     bootstrap: Annotated[Int, Field(ge=0)] = 200
 
 
+class ReadLimits(Section):
+    """What one scan read from outside (a DICOM series, a ``.mhd`` volume) may cost; checked
+    from the headers before any pixel is decoded.
+
+    Attributes:
+        max_slice_pixels: Rows x Columns (x frames) of one DICOM file.
+        max_series_voxels: voxels of one series or ``.mhd`` volume.
+        max_series_files: files of one DICOM series.
+        max_mhd_bytes: bytes of a ``.mhd`` volume's pixels once decompressed.
+        max_gap_slices: missing slices (an unreadable or left-out slice, or a gap in the
+            positions) filled by interpolation between their neighbours, with a note; a
+            wider gap refuses the series.
+    """
+
+    max_slice_pixels: Annotated[Int, Field(ge=1)] = 2048 * 2048
+    max_series_voxels: Annotated[Int, Field(ge=1)] = 1024 * 1024 * 1024
+    max_series_files: Annotated[Int, Field(ge=2)] = 5000
+    max_mhd_bytes: Annotated[Int, Field(ge=1)] = 4 * 1024**3
+    max_gap_slices: Annotated[Int, Field(ge=0)] = 2
+
+
+class DicomwebLimits(Section):
+    """What a DICOMweb server's answers may cost a ``lungcad detect --dicomweb`` run.
+
+    Attributes:
+        page_size: results asked for per query page.
+        max_pages: query pages per query (a server that pages forever is stopped).
+        max_instances: instances of one series.
+        max_response_bytes: bytes of one answer (a query page, one instance).
+        max_total_bytes: bytes of all answers of one run.
+        request_deadline_s: seconds one request may take, answer included, however slowly
+            the server sends it.
+    """
+
+    page_size: Annotated[Int, Field(ge=1)] = 100
+    max_pages: Annotated[Int, Field(ge=1)] = 100
+    max_instances: Annotated[Int, Field(ge=1)] = 5000
+    max_response_bytes: Annotated[Int, Field(ge=1)] = 64 * 1024**2
+    max_total_bytes: Annotated[Int, Field(ge=1)] = 16 * 1024**3
+    request_deadline_s: PositiveFloat = 120.0
+
+
+class ServeLimits(Section):
+    """What one request to ``lungcad serve`` may cost, checked before it is parsed.
+
+    Attributes:
+        max_body_bytes: bytes of a request body (413 beyond, unread).
+        max_cubes: cubes (rows) in one request; a Parquet body is checked from its footer.
+        max_decoded_bytes: bytes a Parquet body's values take once decoded.
+        max_json_depth: nesting of a JSON body (``{"inputs": [...]}`` of cubes is 6 deep).
+    """
+
+    max_body_bytes: Annotated[Int, Field(ge=1)] = 64 * 1024**2
+    max_cubes: Annotated[Int, Field(ge=1)] = 32
+    max_decoded_bytes: Annotated[Int, Field(ge=1)] = 64 * 1024**2
+    max_json_depth: Annotated[Int, Field(ge=1)] = 32
+
+
+class LimitsConfig(Section):
+    """Budgets on what outside input (scans, a PACS, requests to the served model) may cost;
+    over a budget is one line naming the item and the setting, and a batch goes on."""
+
+    read: ReadLimits = ReadLimits()
+    dicomweb: DicomwebLimits = DicomwebLimits()
+    serve: ServeLimits = ServeLimits()
+
+
 class Params(Section):
     """The whole params.yaml: one section per pipeline stage."""
 
@@ -557,3 +624,4 @@ class Params(Section):
     detect: DetectConfig = DetectConfig()
     tune: TuneConfig = TuneConfig()
     promote: PromoteConfig = PromoteConfig()
+    limits: LimitsConfig = LimitsConfig()

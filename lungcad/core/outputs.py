@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
+import socket
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,41 +67,58 @@ def removing_on_failure(*temporaries: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, what: str, tmp: str | Path | None = None) -> Iterator[Path]:
-    """A temporary path beside ``path`` for the block to write (a file or a folder); renamed
-    into place when the block ends, removed when it fails.
+def atomic_path(path: str | Path, what: str) -> Iterator[Path]:
+    """A temporary path for the block to write (a file or a folder), renamed onto ``path``
+    when the block ends and removed when it fails.
+
+    The temporary path lies in a private folder this call creates beside ``path`` (so two
+    writers never share it), and nothing else is ever removed: a previous output at
+    ``path`` of the same kind (file or folder) is replaced only once the new one is whole.
 
     Args:
         path: the final file or folder.
         what: the output, in words, for the error.
-        tmp: the temporary name (default ``<name>.tmp`` beside ``path``); a writer that may
-            race another (an orphaned worker) gives its own.
 
     Raises:
-        OutputError: the place is full or read-only; the previous output is intact.
+        OutputError: the place is full or read-only, or ``path`` is a folder where a file
+            was written (or the other way round); the previous output is intact.
     """
     path = Path(path)
-    tmp = Path(tmp) if tmp is not None else path.with_name(path.name + ".tmp")
-    _remove(tmp)
+    try:
+        scratch = Path(
+            tempfile.mkdtemp(prefix=f".{path.name[:48]}.", suffix=".tmp", dir=path.parent)
+        )
+    except OSError as exc:
+        raise write_failure(what, path, exc, _kept(path)) from exc
+    tmp = scratch / path.name
     try:
         yield tmp
+        _replace(tmp, path, scratch, what)
     except OSError as exc:
-        _remove(tmp)
-        keep = f"the previous {path.name}" if path.exists() else "nothing"
-        raise write_failure(what, path, exc, keep) from exc
-    except BaseException:
-        _remove(tmp)
-        raise
-    if path.is_dir() and tmp.is_dir():
-        shutil.rmtree(path)
+        raise write_failure(what, path, exc, _kept(path)) from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _kept(path: Path) -> str:
+    return f"the previous {path.name}" if path.exists() else "nothing"
+
+
+def _replace(tmp: Path, path: Path, scratch: Path, what: str) -> None:
+    """Move ``tmp`` onto ``path``; a previous folder there is first moved into ``scratch``
+    (removed with it), a previous file is replaced by the rename itself."""
+    if not tmp.exists():
+        raise ValueError(f"nothing was written at {tmp}")
+    old_is_dir = path.is_dir() and not path.is_symlink()
+    if (path.exists() or path.is_symlink()) and old_is_dir != tmp.is_dir():
+        kinds = ("folder", "file") if old_is_dir else ("file", "folder")
+        raise OutputError(
+            f"cannot write {what} to {path}: a {kinds[0]} is in the way of the {kinds[1]} "
+            "being written. Move it away or choose another output folder."
+        )
+    if old_is_dir:
+        os.replace(path, scratch / ".previous")
     os.replace(tmp, path)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | Path, text: str, what: str) -> None:
@@ -116,7 +137,7 @@ def write_csv_atomic(frame: pd.DataFrame, path: Path, what: str = "the table") -
     Raises:
         OutputError: the place is full or read-only; the previous file is intact.
     """
-    with atomic_path(path, what, path.with_suffix(".tmp.csv")) as tmp:
+    with atomic_path(path, what) as tmp:
         frame.to_csv(tmp, index=False)
 
 
@@ -125,3 +146,49 @@ def stage_csv(frame: pd.DataFrame, path: Path) -> Path:
     tmp = path.with_suffix(".tmp.csv")
     frame.to_csv(tmp, index=False)
     return tmp
+
+
+class OutputBusyError(LungcadError, RuntimeError):
+    """Another run holds the output folder."""
+
+
+@contextlib.contextmanager
+def owned_output(out_dir: str | Path, command: str) -> Iterator[Path]:
+    """Create ``out_dir`` if needed and hold it for this run: a second run on the same
+    folder stops at once, naming the process that holds it.
+
+    The lock is ``out_dir/.lock`` (an advisory ``flock``, released by the kernel when the
+    process ends, however it ends); it records which command and process hold it.
+
+    Raises:
+        OutputError: ``out_dir`` is a file, or cannot be created or written.
+        OutputBusyError: another process holds it.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"output folder {out_dir} is a file: give a folder (or a new name)")
+    lock = out_dir / ".lock"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise write_failure("the output folder's lock", lock, exc, "nothing") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            raise OutputBusyError(
+                f"output folder {out_dir} is in use by {holder}: wait for that run to end or "
+                "choose another output folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.pwrite(
+            fd,
+            f"{command} (pid {os.getpid()} on {socket.gethostname()}, since {since})".encode(),
+            0,
+        )
+        yield out_dir
+    finally:
+        os.close(fd)  # releases the lock

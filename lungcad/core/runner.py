@@ -4,8 +4,11 @@
 Each finished scan is kept under ``<out>/.parts/<key>/`` (the job writes it under a
 temporary name and renames it, so a part is whole or absent): a run that is interrupted
 resumes where it stopped, and a run with other settings (another ``key``) does not reuse
-it. Parts of other keys are removed when a run starts, and the whole ``.parts`` folder once
-the outputs are assembled.
+it. A job that fails for a passing reason (a full disk, a server's timeout) writes no part,
+so the next run tries that scan again. Parts of other keys are removed when a run starts,
+and the whole ``.parts`` folder once the outputs are assembled. A part is named after its
+series UID made safe (``lungcad.core.names.safe_name``): a UID from a header never names a
+place outside the run's folder.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lungcad.core.names import inside, safe_name
 from lungcad.core.parallel import progress_map
 
 log = logging.getLogger(__name__)
@@ -44,7 +48,7 @@ class ScanParts:
 
     def path(self, series_uid: str) -> Path:
         """Where the part of ``series_uid`` is (or will be) kept."""
-        return self.folder / f"{series_uid}{self.suffix}"
+        return inside(self.root, self.folder / f"{safe_name(series_uid)}{self.suffix}")
 
     def run(
         self,
@@ -53,9 +57,13 @@ class ScanParts:
         workers: int = 1,
         desc: str = "scans",
         progress: bool = True,
-    ) -> None:
+    ) -> dict[str, Any]:
         """Run ``job(args)`` for each ``series_uid: args`` of ``jobs`` whose part does not
-        exist yet; ``job`` writes the part at ``self.path(series_uid)``."""
+        exist yet; ``job`` writes the part at ``self.path(series_uid)``.
+
+        Returns:
+            ``series_uid: job's return value`` for the jobs run now.
+        """
         if self.root.exists():
             for old in self.root.iterdir():
                 if old != self.folder:
@@ -64,7 +72,7 @@ class ScanParts:
         todo = [uid for uid in jobs if not self.path(uid).exists()]
         if len(todo) < len(jobs):
             log.info("resuming: %d of %d scans already done", len(jobs) - len(todo), len(jobs))
-        progress_map(
+        results = progress_map(
             job,
             [jobs[uid] for uid in todo],
             workers,
@@ -74,6 +82,7 @@ class ScanParts:
             total=len(jobs),
             initial=len(jobs) - len(todo),
         )
+        return dict(zip(todo, results))
 
     def remove(self) -> None:
         """Drop every part (the run's outputs are assembled)."""

@@ -1,9 +1,15 @@
 """`lungcad detect` over many scans: parallel, resumable, one clear line per bad scan.
 
-Each finished scan is kept under ``<out>/.parts/<settings digest>/<series uid>/`` (written to
-a temporary folder and renamed, so a part is whole or absent): an interrupted run resumes
-where it stopped, and a run with another model or other settings does not reuse it. The
-outputs are assembled in series-UID order and written atomically:
+A run holds its output folder (a second run on it stops at once, naming the first). Each
+finished scan is kept under ``<out>/.parts/<settings digest>/<series uid>/`` with its tables,
+pictures and DICOM objects (written to a temporary folder and renamed, so a part is whole or
+absent): an interrupted run resumes where it stopped, and a run with another model or other
+settings does not reuse it. A scan that fails is one line and one row of ``scans.csv``,
+never the end of the batch; a failure for a passing reason (a full disk) is not kept, so the
+next run tries the scan again. Names from a scan's header (its series UID, its patient id)
+become file names only through ``lungcad.core.names``, and every file lands inside
+``--out``. The outputs are assembled in series-UID order and written atomically; each scan's
+pictures and DICOM objects replace those an earlier run left for it:
 
 - ``detections.csv``: LUNA16's submission columns ``seriesuid, coordX, coordY, coordZ,
   probability`` plus ``patient_id, malignancy``, the finding's sizes (``diameter_mm``: longest
@@ -18,32 +24,39 @@ outputs are assembled in series-UID order and written atomically:
 - ``scans.csv``: one row per scan: status, reason, size, seconds per step;
 - ``dicom/<series uid>/seg.dcm`` and ``sr.dcm`` (scans read from DICOM): the findings at or
   above the threshold as a DICOM SEG and a TID 1500 SR measurement report
-  (``lungcad.dicom``);
+  (``lungcad.dicom``); a scan without them has no folder;
 - ``figures/<patient>_<series>.png``, ``maps/<finding>_mask.nii.gz`` (each shown finding's
   mask in patient mm) and ``report.md``.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
-from lungcad.config import DetectConfig
+from lungcad.config import DetectConfig, ReadLimits
 from lungcad.core.annotations.lidc_db import LidcDatabase
 from lungcad.core.annotations.luna16 import REFERENCE_COLUMNS, lidc_reference
 from lungcad.core.candidates import CANDIDATE_COLUMNS
 from lungcad.core.findings.lungrads import LUNG_RADS_LABEL, scan_category
 from lungcad.core.io.nifti import write_mask_nifti
-from lungcad.core.io.scans import ScanSource, find_scans
-from lungcad.core.io.series import SeriesError
+from lungcad.core.io.scans import Problem, ScanSource, find_scans
 from lungcad.core.model.cam_findings import explain_findings, finding_stem
-from lungcad.core.outputs import atomic_path, write_csv_atomic, write_text_atomic
+from lungcad.core.names import inside, safe_name, scan_stem
+from lungcad.core.outputs import (
+    atomic_path,
+    owned_output,
+    write_csv_atomic,
+    write_text_atomic,
+)
 from lungcad.core.runner import ScanParts
 from lungcad.detection.detector import (
     FINDING_COLUMNS,
@@ -52,6 +65,7 @@ from lungcad.detection.detector import (
     offcentre_recut,
 )
 from lungcad.detection.figures import scan_figure
+from lungcad.errors import LungcadError
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +90,7 @@ class DetectSettings:
     explain: bool = True  # a Grad-CAM picture and NIfTI map of each finding shown
     offcentre: bool = False  # recut each reference nodule 8-14 mm off-centre and score it
     dicom: bool = True  # a DICOM SEG and SR per scan read from DICOM
+    read: ReadLimits = field(default_factory=ReadLimits)  # what one scan may cost to read
 
 
 _MODEL_CACHE: dict[str, tuple] = {}
@@ -111,22 +126,13 @@ def shown_findings(findings: pd.DataFrame, settings: DetectSettings) -> pd.DataF
     return reported_findings(findings, settings).head(settings.top)
 
 
-def _write_part(part: Path, tables: dict[str, pd.DataFrame], meta: dict) -> None:
-    with atomic_path(part, f"the detections of scan {meta['seriesuid']}") as tmp:
-        tmp.mkdir(parents=True)
-        for name, table in tables.items():
-            table.to_csv(tmp / f"{name}.csv", index=False)
-        (tmp / "scan.json").write_text(json.dumps(meta, indent=1))
-
-
 #: A scan's SEG and SR hold at most this many findings, the most probable (a SEG holds a
 #: full-size bit plane per segment and slice; scans.csv says when findings were left out).
 DICOM_MAX_FINDINGS = 20
 
 
-def _write_dicom(volume, det, settings: DetectSettings, out_dir: Path, algorithm: str) -> str:
-    """The scan's SEG and SR under ``out_dir/dicom/<series uid>/``; what was written (or
-    why not) for scans.csv."""
+def _write_dicom(volume, det, settings: DetectSettings, folder: Path, algorithm: str) -> str:
+    """The scan's SEG and SR in ``folder``; what was written (or why not) for scans.csv."""
     from lungcad.dicom.objects import Algorithm, DicomObjectError, write_findings_dicom
     from lungcad.dicom.segments import finding_segment
 
@@ -137,19 +143,20 @@ def _write_dicom(volume, det, settings: DetectSettings, out_dir: Path, algorithm
     if len(reported) > DICOM_MAX_FINDINGS:
         note = f" (the {DICOM_MAX_FINDINGS} most probable of {len(reported)} findings)"
         reported = reported.head(DICOM_MAX_FINDINGS)
-    segments = [
-        finding_segment(
-            volume.geometry,
+    # On the source stack's own grid: the SEG's frames are its images (a stack that was
+    # reordered or resampled for detection, or read around a missing slice, included).
+    grid, frames = volume.source_grid
+    segments = []
+    for i, row in reported.iterrows():
+        segment = finding_segment(
+            grid,
             row[["coordX", "coordY", "coordZ"]].to_numpy(float),
             float(row["diameter_mm"]),
             det.masks.get(i),
         )
-        for i, row in reported.iterrows()
-    ]
+        segments.append(replace(segment, mask=segment.mask[list(frames)]))
     try:
-        written = write_findings_dicom(
-            volume, reported, segments, Algorithm(algorithm), out_dir / "dicom" / volume.series_uid
-        )
+        written = write_findings_dicom(volume, reported, segments, Algorithm(algorithm), folder)
     except DicomObjectError as exc:
         log.warning("%s", exc)
         return f"not written: {exc}"
@@ -158,37 +165,90 @@ def _write_dicom(volume, det, settings: DetectSettings, out_dir: Path, algorithm
     return "+".join(p.stem for p in written) + note
 
 
-def _scan_job(args: tuple) -> str:
-    source, checkpoint, settings, part, figure_dir, db_path, threads, algorithm = args
+#: What a part holds beside its tables: each scan's pictures, maps and DICOM objects.
+PART_FOLDERS = ("figures", "maps", "dicom")
+#: errno values of failures that pass: the scan is tried again by the next run.
+PASSING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EAGAIN})
+
+
+def _passing(exc: BaseException) -> bool:
+    """Whether a scan's failure may pass by itself (a full disk, memory): not kept."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MemoryError):
+            return True
+        if isinstance(seen, OSError) and seen.errno in PASSING_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why a scan failed."""
+    text = (
+        str(exc)
+        if isinstance(exc, LungcadError)
+        else f"unexpected error {type(exc).__name__}: {exc}"
+    )
+    return " ".join(text.split())[:500]
+
+
+def _scan_job(args: tuple) -> dict | None:
+    """Detect one scan into its part; never raises. Returns None when the part holds the
+    outcome, else (a failure that may pass, kept nowhere) the scan's row of scans.csv."""
+    source, checkpoint, settings, part, db_path, threads, algorithm = args
+    meta = {"seriesuid": source.series_uid, "patient_id": source.patient_id, "status": "ok"}
+    try:
+        _detect_scan(source, checkpoint, settings, part, db_path, threads, algorithm, meta)
+        return None
+    except Exception as exc:  # a batch job reports the bad scan and keeps going
+        reason = _reason(exc)
+        log.warning("scan %s not usable: %s", source.series_uid, reason)
+        log.debug("scan %s failed", source.series_uid, exc_info=True)
+        failed = {**meta, "status": "error", "reason": reason}
+        if not _passing(exc):
+            try:
+                with atomic_path(part, f"the outcome of scan {source.series_uid}") as tmp:
+                    tmp.mkdir(parents=True)
+                    (tmp / "scan.json").write_text(json.dumps(failed, indent=1))
+                return None
+            except Exception:  # cannot even keep the outcome: reported, tried again
+                log.debug("scan %s: outcome not kept", source.series_uid, exc_info=True)
+        return {**failed, "reason": f"{reason} (not kept: the next run tries it again)"}
+
+
+def _detect_scan(
+    source: ScanSource,
+    checkpoint: str,
+    settings: DetectSettings,
+    part: Path,
+    db_path: str,
+    threads: int,
+    algorithm: str,
+    meta: dict,
+) -> None:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    meta = {"seriesuid": source.series_uid, "patient_id": source.patient_id, "status": "ok"}
     empty = pd.DataFrame()
     t = time.perf_counter()
-    try:
-        volume = source.read()
-    except SeriesError as exc:
-        log.warning("skip scan %s: %s", source.series_uid, exc)
-        _write_part(part, {}, {**meta, "status": "error", "reason": str(exc)})
-        return source.series_uid
-    try:
-        read_s = time.perf_counter() - t
-        model, train_config, detector, explainer = _model(checkpoint, settings.detect)
-        det = detect_volume(volume, model, tuple(train_config.window_hu), detector)
-        ref = lidc_reference(volume, LidcDatabase(db_path)) if db_path else None
-        offcentre = empty
-        if settings.offcentre and ref is not None:
-            offcentre = offcentre_recut(
-                volume, ref[0], model, tuple(train_config.window_hu), detector
-            )
+    volume = source.read(settings.read)
+    read_s = time.perf_counter() - t
+    model, train_config, detector, explainer = _model(checkpoint, settings.detect)
+    det = detect_volume(volume, model, tuple(train_config.window_hu), detector)
+    ref = lidc_reference(volume, LidcDatabase(db_path)) if db_path else None
+    offcentre = empty
+    if settings.offcentre and ref is not None:
+        offcentre = offcentre_recut(volume, ref[0], model, tuple(train_config.window_hu), detector)
+    with atomic_path(part, f"the detections of scan {source.series_uid}") as tmp:
+        for folder in PART_FOLDERS:
+            (tmp / folder).mkdir(parents=True)
         if settings.figures:
-            name = f"{volume.patient_id}_{volume.series_uid[-12:]}.png"
             scan_figure(
                 volume,
                 det.findings,
-                Path(figure_dir) / name,
+                tmp / "figures" / f"{scan_stem(volume.patient_id, volume.series_uid)}.png",
                 settings.top,
                 settings.detect.threshold,
                 ref[0] if ref else None,
@@ -198,52 +258,47 @@ def _scan_job(args: tuple) -> str:
                 if rank - 1 in det.masks:
                     mask, origin, spacing = det.masks[rank - 1]
                     stem = finding_stem(volume.patient_id, volume.series_uid, rank)
-                    maps = Path(figure_dir).parent / "maps"
-                    write_mask_nifti(mask, origin, spacing, maps / f"{stem}_mask.nii.gz")
+                    write_mask_nifti(mask, origin, spacing, tmp / "maps" / f"{stem}_mask.nii.gz")
             if settings.explain:
                 explain_findings(
                     volume,
                     shown_findings(det.findings, settings),
                     explainer,
-                    Path(figure_dir).parent,
+                    tmp,
                     detector.cube_size,
                     detector.spacing_mm,
                 )
         dicom = ""
         if settings.dicom:
-            dicom = _write_dicom(volume, det, settings, Path(figure_dir).parent, algorithm)
-    except Exception as exc:  # a batch job reports the bad scan and keeps going
-        log.exception("scan %s failed", source.series_uid)
-        reason = f"unexpected error {type(exc).__name__}: {exc}"
-        _write_part(part, {}, {**meta, "status": "error", "reason": reason})
-        return source.series_uid
-    uid = {"seriesuid": volume.series_uid, "patient_id": volume.patient_id}
-    tables = {
-        "findings": det.findings.assign(**uid),
-        "candidates": det.candidates.assign(**uid),
-        "reference": ref[0] if ref else empty,
-        "excluded": ref[1] if ref else empty,
-        "offcentre": offcentre.assign(**uid) if len(offcentre) else empty,
-    }
-    seconds = {"read": read_s, **det.seconds}
-    meta.update(
-        patient_id=volume.patient_id,
-        reason="; ".join(det.notes),
-        slices=int(volume.hu.shape[0]),
-        rows=int(volume.hu.shape[1]),
-        columns=int(volume.hu.shape[2]),
-        spacing_mm=[float(v) for v in volume.geometry.spacing_mm],
-        in_lidc_db=ref is not None,
-        **{f"seconds_{k}": float(v) for k, v in seconds.items()},
-        seconds_total=float(sum(seconds.values())),
-        candidates=len(det.candidates),
-        findings_above_threshold=len(reported_findings(det.findings, settings)),
-        lung_rads=scan_category(reported_findings(det.findings, settings)["lung_rads"]),
-        sizing=_sizing(det.findings),
-        **({"dicom": dicom} if settings.dicom else {}),
-    )
-    _write_part(part, tables, meta)
-    return source.series_uid
+            dicom = _write_dicom(volume, det, settings, tmp / "dicom", algorithm)
+        uid = {"seriesuid": volume.series_uid, "patient_id": volume.patient_id}
+        tables = {
+            "findings": det.findings.assign(**uid),
+            "candidates": det.candidates.assign(**uid),
+            "reference": ref[0] if ref else empty,
+            "excluded": ref[1] if ref else empty,
+            "offcentre": offcentre.assign(**uid) if len(offcentre) else empty,
+        }
+        seconds = {"read": read_s, **det.seconds}
+        meta.update(
+            patient_id=volume.patient_id,
+            reason="; ".join([*volume.notes, *det.notes]),
+            slices=int(volume.hu.shape[0]),
+            rows=int(volume.hu.shape[1]),
+            columns=int(volume.hu.shape[2]),
+            spacing_mm=[float(v) for v in volume.geometry.spacing_mm],
+            in_lidc_db=ref is not None,
+            **{f"seconds_{k}": float(v) for k, v in seconds.items()},
+            seconds_total=float(sum(seconds.values())),
+            candidates=len(det.candidates),
+            findings_above_threshold=len(reported_findings(det.findings, settings)),
+            lung_rads=scan_category(reported_findings(det.findings, settings)["lung_rads"]),
+            sizing=_sizing(det.findings),
+            **({"dicom": dicom} if settings.dicom else {}),
+        )
+        for name, table in tables.items():
+            table.to_csv(tmp / f"{name}.csv", index=False)
+        (tmp / "scan.json").write_text(json.dumps(meta, indent=1))
 
 
 def _sizing(findings: pd.DataFrame) -> str:
@@ -298,7 +353,13 @@ def detect_scans(
         model_label: how the model was named (path or models:/ URI), for the report.
 
     Returns:
-        ``scans.csv``: one row per scan with its status and timings.
+        ``scans.csv``: one row per scan (and per item that gave no scan) with its status
+        (``ok``, ``error``: a scan that could not be used, ``skipped``: not a CT image) and
+        timings.
+
+    Raises:
+        OutputBusyError: another run holds ``out_dir``.
+        OutputError: ``out_dir`` cannot be written.
     """
     from lungcad.core.model.checkpoint import checkpoint_sha256
     from lungcad.core.model.loading import cube_cut
@@ -306,42 +367,64 @@ def detect_scans(
     settings = settings or DetectSettings()
     cube_cut(checkpoint)  # a foreign or unsafe checkpoint stops here, before any scan
     db = db or LidcDatabase()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figure_dir = out_dir / "figures"
-    figure_dir.mkdir(exist_ok=True)
-    sources, problems = find_scans(input_path, db, workers, progress)
-    if patients is not None:
-        sources = [s for s in sources if s.patient_id in patients]
-    checkpoint_sha = checkpoint_sha256(checkpoint)
-    parts = ScanParts(out_dir, _digest(checkpoint_sha, settings))
-    threads = 1 if workers > 1 else 0
-    algorithm = ""  # how the DICOM objects name the model
-    if settings.dicom:
-        from lungcad.dicom.objects import model_label_for_dicom
+    with owned_output(out_dir, "lungcad detect") as out_dir:
+        sources, problems = find_scans(input_path, db, workers, progress)
+        if patients is not None:
+            sources = [s for s in sources if s.patient_id in patients]
+        checkpoint_sha = checkpoint_sha256(checkpoint)
+        parts = ScanParts(out_dir, _digest(checkpoint_sha, settings))
+        threads = 1 if workers > 1 else 0
+        algorithm = ""  # how the DICOM objects name the model
+        if settings.dicom:
+            from lungcad.dicom.objects import model_label_for_dicom
 
-        algorithm = model_label_for_dicom(checkpoint, checkpoint_sha, model_label)
-    jobs = {
-        s.series_uid: (
-            s,
-            str(checkpoint),
-            settings,
-            parts.path(s.series_uid),
-            figure_dir,
-            db.path,
-            threads,
-            algorithm,
+            algorithm = model_label_for_dicom(checkpoint, checkpoint_sha, model_label)
+        jobs = {
+            s.series_uid: (
+                s,
+                str(checkpoint),
+                settings,
+                parts.path(s.series_uid),
+                db.path,
+                threads,
+                algorithm,
+            )
+            for s in sources
+        }
+        failed = parts.run(_scan_job, jobs, workers, "detect", progress)
+        return _assemble(
+            sources, problems, parts, failed, out_dir, settings, model_label or str(checkpoint)
         )
-        for s in sources
-    }
-    parts.run(_scan_job, jobs, workers, "detect", progress)
-    return _assemble(sources, problems, parts, out_dir, settings, model_label or str(checkpoint))
+
+
+def _install(part: Path, source: ScanSource, out_dir: Path) -> None:
+    """Put a scan's pictures, maps and DICOM objects from its part (none for a scan that
+    failed) in place of those an earlier run left for it. Copied, not moved: the part
+    stays whole until every scan is assembled, so an interrupted assembly loses nothing."""
+    stem = scan_stem(source.patient_id, source.series_uid)
+    dicom = inside(out_dir, out_dir / "dicom" / safe_name(source.series_uid))
+    if dicom.is_dir():
+        shutil.rmtree(dicom)
+    for folder in ("figures", "maps"):
+        for old in (out_dir / folder).glob(f"{stem}[._]*"):
+            if old.name == f"{stem}.png" or old.name.startswith(f"{stem}_f"):
+                old.unlink()
+    for folder in ("figures", "maps"):
+        for new in sorted((part / folder).glob("*")) if part.is_dir() else []:
+            target = inside(out_dir, out_dir / folder / new.name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(new, target)
+    if part.is_dir() and (part / "dicom").is_dir() and any((part / "dicom").iterdir()):
+        dicom.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dicom, f"the DICOM objects of scan {source.series_uid}") as tmp:
+            shutil.copytree(part / "dicom", tmp)
 
 
 def _assemble(
     sources: list[ScanSource],
-    problems: list[tuple[str, str]],
+    problems: list[Problem],
     parts: ScanParts,
+    failed: dict[str, dict | None],
     out_dir: Path,
     settings: DetectSettings,
     model_label: str,
@@ -352,12 +435,21 @@ def _assemble(
     metas = []
     for s in sources:
         part = parts.path(s.series_uid)
-        metas.append(json.loads((part / "scan.json").read_text()))
-        for name in tables:
-            tables[name].append(_read_csv(part / f"{name}.csv"))
-    for item, reason in problems:
+        if part.is_dir():
+            metas.append(json.loads((part / "scan.json").read_text()))
+            for name in tables:
+                tables[name].append(_read_csv(part / f"{name}.csv"))
+        else:  # failed for a passing reason: reported, kept nowhere, tried again next time
+            metas.append(failed[s.series_uid])
+        _install(part, s, out_dir)
+    for problem in problems:
         metas.append(
-            {"seriesuid": "", "patient_id": "", "status": "error", "reason": f"{item}: {reason}"}
+            {
+                "seriesuid": "",
+                "patient_id": "",
+                "status": problem.status,
+                "reason": f"{problem.item}: {problem.reason}",
+            }
         )
 
     def cat(name: str) -> pd.DataFrame:
@@ -399,10 +491,13 @@ def _report(
     scans: pd.DataFrame, findings: pd.DataFrame, settings: DetectSettings, model: str
 ) -> str:
     ok = scans[scans["status"] == "ok"]
+    errors = int((scans["status"] == "error").sum())
+    skipped = int((scans["status"] == "skipped").sum())
     lines = [
         "# lungcad detect",
         "",
-        f"Model: `{model}`. {len(ok)} scan(s) read, {len(scans) - len(ok)} not usable. "
+        f"Model: `{model}`. {len(ok)} scan(s) read, {errors} not usable, {skipped} item(s) "
+        "skipped (not CT images). "
         f"Findings at or above probability {settings.detect.threshold:.2f} are listed.",
         "*Research use only; not a diagnostic device.*",
         "",
@@ -432,17 +527,18 @@ def _report(
             + f"); mean candidates per scan {ok['candidates'].mean():.0f}.",
             "",
         ]
-    bad = scans[scans["status"] != "ok"]
-    if len(bad):
-        lines += ["## Not usable", ""]
-        lines += [f"- `{r.seriesuid or '-'}`: {r.reason}" for r in bad.itertuples()]
-        lines.append("")
+    for status, title in (("error", "Not usable"), ("skipped", "Skipped")):
+        bad = scans[scans["status"] == status]
+        if len(bad):
+            lines += [f"## {title}", ""]
+            lines += [f"- `{r.seriesuid or '-'}`: {r.reason}" for r in bad.itertuples()]
+            lines.append("")
     lines += ["## Findings", ""]
     for r in ok.itertuples():
         f = findings[findings["seriesuid"] == r.seriesuid] if len(findings) else findings
         top = f[f["probability"] >= settings.detect.threshold] if len(f) else f
         note = f" ({r.reason})" if isinstance(r.reason, str) and r.reason else ""
-        name = f"{r.patient_id}_{r.seriesuid[-12:]}.png"
+        name = f"{scan_stem(r.patient_id, r.seriesuid)}.png"
         lines.append(f"### {r.patient_id} `{r.seriesuid}`{note}")
         lines.append("")
         category = getattr(r, "lung_rads", "n/a")
@@ -486,13 +582,25 @@ def _mm(value: float, digits: int = 1) -> str:
     return "n/a" if pd.isna(value) else f"{value:.{digits}f}"
 
 
+#: The console names at most this many skipped items (scans.csv lists them all).
+SKIPPED_SHOWN = 5
+
+
 def top_findings(out_dir: str | Path, threshold: float, per_scan: int = 5) -> list[str]:
-    """Lines saying where the nodules are (the CLI prints them)."""
+    """Lines saying where the nodules are, which scans were not usable and what was
+    skipped (the CLI prints them)."""
     out_dir = Path(out_dir)
     findings = _read_csv(out_dir / "detections.csv", ("type", "lung_rads"))
     scans = _read_csv(out_dir / "scans.csv")
     lines = []
+    skipped = scans[scans["status"] == "skipped"] if len(scans) else scans
+    for r in skipped.head(SKIPPED_SHOWN).itertuples():
+        lines.append(f"skipped: {r.reason}")
+    if len(skipped) > SKIPPED_SHOWN:
+        lines.append(f"skipped: {len(skipped) - SKIPPED_SHOWN} more (scans.csv lists them)")
     for r in scans.itertuples():
+        if r.status == "skipped":
+            continue
         if r.status != "ok":
             lines.append(f"{r.seriesuid or '-'}: not usable: {r.reason}")
             continue

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from lungcad.core.names import safe_name
 from lungcad.detection.batch import DetectSettings, detect_scans
 from lungcad.dicom.dicomweb import DicomWebError, Pacs
 from lungcad.dicom.objects import SEG_NAME, SR_NAME
@@ -48,8 +49,8 @@ def detect_study(
     ``pacs``.
 
     Each series that cannot be retrieved gets one line through ``say``; the others go on.
-    With ``store``, each scan's SEG and SR go back to the study in one STOW-RS request (all
-    of a scan's objects or none).
+    With ``store``, each scan's SEG and SR written by this run go back to the study in one
+    STOW-RS request (all of a scan's objects or none).
 
     Returns:
         (``scans.csv`` as ``detect_scans`` returns it, how many scans' objects failed to
@@ -63,10 +64,13 @@ def detect_study(
         got = 0
         for uid in tqdm(ct, desc="retrieve", unit="series", disable=not progress):
             try:
-                pacs.retrieve_series(study_uid, uid, Path(tmp) / uid)
+                notes = pacs.retrieve_series(study_uid, uid, Path(tmp) / safe_name(uid))
                 got += 1
             except DicomWebError as exc:
                 say(f"series {uid}: skipped: {exc}")
+                continue
+            for note in notes:
+                say(f"series {uid}: {note}")
         if got == 0:
             raise DicomWebError(f"study {study_uid}: none of its {len(ct)} CT series retrieved")
         scans = detect_scans(
@@ -75,11 +79,13 @@ def detect_study(
     failed = 0
     if store:
         for r in scans[scans["status"] == "ok"].itertuples():
-            folder = out_dir / "dicom" / r.seriesuid
-            files = [folder / n for n in (SEG_NAME, SR_NAME) if (folder / n).is_file()]
+            # Only what this run wrote: the run replaced (or removed) each scan's folder.
+            folder = out_dir / "dicom" / safe_name(r.seriesuid)
+            written = str(r.dicom).startswith(SEG_NAME.split(".")[0])
+            files = [folder / n for n in (SEG_NAME, SR_NAME) if written and (folder / n).is_file()]
             if not files:  # no finding (nothing to store), or the objects failed to write
                 say(f"series {r.seriesuid}: nothing stored: {r.dicom}")
-                if r.dicom.startswith("not written"):
+                if str(r.dicom).startswith("not written"):
                     failed += 1
                 continue
             try:

@@ -50,8 +50,7 @@ def dicom_to_luna16(
     out_root = Path(out_root)
     sources, problems = find_scans(dicom_root, db, progress=False)
     if problems:
-        item, reason = problems[0]
-        raise ValueError(f"{item}: {reason}")
+        raise ValueError(f"{problems[0].item}: {problems[0].reason}")
     refs, excluded, rows = [], [], []
     for i, source in enumerate(sorted(sources, key=lambda s: s.series_uid)):
         volume = source.read()

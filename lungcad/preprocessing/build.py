@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from lungcad.config import CandidatesConfig, PreprocessConfig
+from lungcad.config import CandidatesConfig, PreprocessConfig, ReadLimits
 from lungcad.core.annotations.lidc_db import CHARACTERISTICS, LidcDatabase
 from lungcad.core.annotations.nodules import Nodule, cluster_nodules, nodule_center_mm
 from lungcad.core.candidates import CandidateConfig, generate_candidates
@@ -117,12 +117,14 @@ def process_scan(
     config: PreprocessConfig,
     candidates: CandidatesConfig = CandidatesConfig(),
     listed_candidates: np.ndarray | None = None,
+    read: ReadLimits | None = None,
 ) -> ScanResult:
     """Read one series and cut its nodule and negative cubes (see module docstring).
 
     ``listed_candidates``: (N, 3) patient-mm centres of a candidate list's false positives
     (LUNA16's ``candidates_V2.csv``, class 0); the candidate negatives are drawn from them
-    instead of from lungcad's own candidate generator."""
+    instead of from lungcad's own candidate generator. ``read``: what the scan may cost to
+    read (``limits.read``; the defaults when None)."""
     empty = np.zeros((0, *(config.cube_size,) * 3), dtype=np.int16)
     no_masks = pack_masks(empty.astype(bool))
     scan = db.scan_by_series(series_uid)
@@ -144,7 +146,7 @@ def process_scan(
         )
     kind = "mhd" if len(files) == 1 and Path(files[0]).suffix.lower() == ".mhd" else "dicom"
     try:
-        volume = ScanSource(series_uid, scan.patient_id, kind, tuple(files)).read()
+        volume = ScanSource(series_uid, scan.patient_id, kind, tuple(files)).read(read)
     except SeriesError as exc:
         return ScanResult(
             series_uid,
@@ -377,9 +379,15 @@ def _candidate_negatives(
     return rows, cubes
 
 
-def settings_key(config: PreprocessConfig, candidates: CandidatesConfig) -> str:
+def settings_key(
+    config: PreprocessConfig, candidates: CandidatesConfig, read: ReadLimits | None = None
+) -> str:
     """Short hash of the settings: per-scan parts of other settings are redone."""
-    doc = {"preprocess": config.to_dict(), "candidates": candidates.to_dict()}
+    doc = {
+        "preprocess": config.to_dict(),
+        "candidates": candidates.to_dict(),
+        "read": (read or ReadLimits()).to_dict(),
+    }
     digest = hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
     return f"{digest}-v{PARTS_FORMAT}"
 
@@ -416,12 +424,15 @@ def _load_part(path: Path, series_uid: str) -> ScanResult:
 
 
 def _scan_job(args: tuple) -> str:
-    files, series_uid, db_path, config, candidates, part, listed = args
+    files, series_uid, db_path, config, candidates, part, listed, read = args
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # one scan per worker process
     try:
-        result = process_scan(files, series_uid, LidcDatabase(db_path), config, candidates, listed)
+        result = process_scan(
+            files, series_uid, LidcDatabase(db_path), config, candidates, listed, read
+        )
     except Exception as exc:  # a batch job reports the bad scan and keeps going
-        log.exception("scan %s failed", series_uid)
+        log.warning("scan %s failed: %s: %s", series_uid, type(exc).__name__, exc)
+        log.debug("scan %s failed", series_uid, exc_info=True)
         empty = np.zeros((0, *(config.cube_size,) * 3), np.int16)
         result = ScanResult(
             series_uid,
@@ -533,8 +544,10 @@ def build_dataset(
     workers: int = 1,
     db: LidcDatabase | None = None,
     progress: bool = True,
+    read: ReadLimits | None = None,
 ) -> pd.DataFrame:
-    """Build the cube dataset of ``raw_root`` into ``out_dir`` (see module docstring).
+    """Build the cube dataset of ``raw_root`` into ``out_dir`` (see module docstring);
+    ``read``: what each scan may cost to read (``limits.read``; the defaults when None).
 
     Returns:
         The index table (one row per cube of cubes.npy).
@@ -572,10 +585,19 @@ def build_dataset(
         skipped, mixed = _index_skips(index)
     write_csv_atomic(series_frame, out_dir / "series_index.csv", "the dataset's series index")
 
-    parts = ScanParts(out_dir, settings_key(config, candidates) + listed_key, ".npz")
+    parts = ScanParts(out_dir, settings_key(config, candidates, read) + listed_key, ".npz")
     todo = [uid for uid in files_of if uid not in mixed]
     jobs = {
-        uid: (files_of[uid], uid, db.path, config, candidates, parts.path(uid), listed.get(uid))
+        uid: (
+            files_of[uid],
+            uid,
+            db.path,
+            config,
+            candidates,
+            parts.path(uid),
+            listed.get(uid),
+            read,
+        )
         for uid in todo
     }
     try:

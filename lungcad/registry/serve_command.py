@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import sys
 
-from lungcad.registry.guarded_app import MAX_BODY_BYTES, MAX_BODY_ENV, MODEL_URI_ENV
+from lungcad.config import ServeLimits
+from lungcad.registry.guarded_app import LIMITS_ENV, MODEL_URI_ENV
 from lungcad.tracking.mlflow_run import tracking_uri
 from lungcad.tracking.model_ref import CHAMPION_URI
-from lungcad.tracking.pyfunc import MAX_BATCH_CUBES, MAX_CUBES_ENV
+from lungcad.tracking.pyfunc import MAX_CUBES_ENV
 
 
 def serve_command(
@@ -16,7 +17,7 @@ def serve_command(
     host: str = "127.0.0.1",
     port: int = 5001,
     workers: int = 1,
-    max_body_bytes: int = MAX_BODY_BYTES,
+    limits: ServeLimits | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that serve ``model_uri`` offline.
 
@@ -43,7 +44,7 @@ def serve_command(
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking_uri(),
         MODEL_URI_ENV: model_uri,
-        MAX_BODY_ENV: str(max_body_bytes),
-        MAX_CUBES_ENV: str(MAX_BATCH_CUBES),
+        LIMITS_ENV: limits.model_dump_json(),
+        MAX_CUBES_ENV: str(limits.max_cubes),
     }
     return cmd, env

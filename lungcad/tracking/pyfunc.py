@@ -21,11 +21,14 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-#: The largest batch one request to ``lungcad serve`` may hold (about 32 MB of float32 64³
-#: cubes); larger batches get a 400 that says so, and clients split their cubes into batches
-#: (`lungcad query`). The server sets it through ``MAX_CUBES_ENV``; in-process
-#: ``predict`` (a notebook, a batch job) takes any number and batches internally.
-MAX_BATCH_CUBES = 32
+from lungcad.config import ServeLimits
+
+#: The largest batch one request to ``lungcad serve`` may hold by default
+#: (``limits.serve.max_cubes``: about 32 MB of float32 64³ cubes); larger batches get a 400
+#: that says so, and clients split their cubes into batches (`lungcad query`). The server
+#: sets it through ``MAX_CUBES_ENV``; in-process ``predict`` (a notebook, a batch job) takes
+#: any number and batches internally.
+MAX_BATCH_CUBES = ServeLimits().max_cubes
 MAX_CUBES_ENV = "LUNGCAD_SERVE_MAX_CUBES"
 #: ``params: {"explain": true}`` adds ``detection_map``: each cube's Grad-CAM map of the
 #: detection logit averaged over blocks of this many voxels per axis (16³ values for a 64³

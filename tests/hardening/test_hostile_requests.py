@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from lungcad.config import ServeLimits
 from lungcad.registry.serve_command import serve_command
 from lungcad.training.tracked import train_tracked
 from tests.conftest import make_tiny_dataset, tiny_train_config
@@ -34,7 +35,9 @@ def served(tmp_path_factory):
             tiny_train_config(epochs=1, experiment="hostile"), *dataset, tmp / "m", progress=False
         )
         port = free_port()
-        cmd, env = serve_command(f"runs:/{run.run_id}/model", port=port, max_body_bytes=MAX_BODY)
+        cmd, env = serve_command(
+            f"runs:/{run.run_id}/model", port=port, limits=ServeLimits(max_body_bytes=MAX_BODY)
+        )
     log = (tmp / "server.log").open("w")
     server = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

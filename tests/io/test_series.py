@@ -10,7 +10,7 @@ from pydicom.uid import RLELossless
 
 from lungcad.core.io.dicom_index import LidcRootError, index_lidc_root
 from lungcad.core.io.series import SeriesError, read_series
-from tests.conftest import SERIES_0001, write_series
+from tests.conftest import SERIES_0001, set_raw, write_series
 
 
 def test_real_slab_geometry_from_positions_not_instance_numbers(slab_files) -> None:
@@ -98,34 +98,61 @@ def test_spacing_comes_from_positions_not_slice_thickness(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
-        ("truncated", "unreadable or truncated"),
         ("not_ct", "modality is MR, not CT"),
-        ("no_rescale", "missing RescaleSlope/RescaleIntercept"),
-        ("gap", "gap in z"),
+        ("wide_gap", "3 slices of 2.00 mm missing.*limits.read.max_gap_slices = 2"),
         ("single", "single slice"),
         ("mixed", "series mixed together"),
+        ("all_truncated", "no usable image slice.*truncated or undecodable pixel data"),
+        ("bad_spacing", r"no usable image slice.*PixelSpacing 'abc\\def' is not numbers"),
+        ("empty_slope", "no usable image slice.*RescaleSlope"),
     ],
 )
 def test_broken_series_give_a_clear_reason(tmp_path, breakage, message) -> None:
-    files = _small(tmp_path, modality="MR" if breakage == "not_ct" else "CT")
-    if breakage == "truncated":
-        data = files[3].read_bytes()
-        files[3].write_bytes(data[: len(data) // 2])
-    elif breakage == "no_rescale":
-        ds = pydicom.dcmread(files[1])
-        del ds.RescaleIntercept
-        ds.save_as(files[1])
-    elif breakage == "gap":
-        files[3].unlink()
-        files = files[:3] + files[4:]
+    files = _small(tmp_path, n=8, modality="MR" if breakage == "not_ct" else "CT")
+    if breakage == "wide_gap":
+        files = files[:2] + files[5:]
     elif breakage == "single":
         files = files[:1]
     elif breakage == "mixed":
         ds = pydicom.dcmread(files[0])
         ds.SeriesInstanceUID = "1.2.3.4"
         ds.save_as(files[0])
+    elif breakage == "all_truncated":
+        for f in files:
+            f.write_bytes(f.read_bytes()[:-100])
+    elif breakage == "bad_spacing":
+        for f in files:
+            set_raw(f, "PixelSpacing", b"abc\\def ")
+    elif breakage == "empty_slope":
+        for f in files:
+            set_raw(f, "RescaleSlope", b"")
     with pytest.raises(SeriesError, match=message):
         read_series(files)
+
+
+@pytest.mark.parametrize("breakage", ["truncated", "no_rescale", "unreadable", "missing"])
+def test_one_bad_or_missing_slice_is_read_around_as_a_filled_gap(tmp_path, breakage) -> None:
+    hu = np.stack([np.full((16, 16), 10 * k, np.int16) for k in range(6)])
+    files = write_series(tmp_path / "s", hu, (0.8, 0.8, 2.0), (0.0, 0.0, 10.0))
+    if breakage == "truncated":
+        data = files[3].read_bytes()
+        files[3].write_bytes(data[: len(data) - 100])
+    elif breakage == "no_rescale":
+        ds = pydicom.dcmread(files[3])
+        del ds.RescaleIntercept
+        ds.save_as(files[3])
+    elif breakage == "unreadable":
+        files[3].write_bytes(files[3].read_bytes()[:200])
+    else:
+        files.pop(3)
+    vol = read_series(files)
+    assert vol.hu.shape == (6, 16, 16)
+    np.testing.assert_array_equal(vol.hu[:, 0, 0], [0, 10, 20, 30, 40, 50])  # 30: interpolated
+    np.testing.assert_allclose(vol.z_positions_mm, np.arange(10.0, 21.0, 2.0))
+    assert any("1 missing slice(s) between 14.00 and 18.00 mm" in n for n in vol.notes)
+    if breakage != "missing":
+        assert any(n.startswith("left out 1 file(s) (0003.dcm)") for n in vol.notes)
+    assert vol.source_grid[1] == (0, 1, 2, 4, 5)  # where the five files lie in the stack
 
 
 def test_index_groups_by_series_and_reports_mixed_folders(tmp_path, slab_root) -> None:

@@ -98,7 +98,7 @@ def _broken_root(root: Path, db, slab_files) -> dict[str, str]:
         )
         if kind == "truncated":
             files[2].write_bytes(files[2].read_bytes()[:2000])
-            expected[scan.series_uid] = "unreadable or truncated"
+            expected[scan.series_uid] = "left out 1 file(s) (0002.dcm): truncated"  # read around
         elif kind == "not_ct":
             expected[scan.series_uid] = "not CT"
         elif kind == "no_rescale":
@@ -108,7 +108,7 @@ def _broken_root(root: Path, db, slab_files) -> dict[str, str]:
             expected[scan.series_uid] = "RescaleSlope/RescaleIntercept"
         elif kind == "gap":
             files[3].unlink()
-            expected[scan.series_uid] = "gap in z"
+            expected[scan.series_uid] = "1 missing slice(s)"  # filled, noted
         elif kind == "single":
             for f in files[1:]:
                 f.unlink()

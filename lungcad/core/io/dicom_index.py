@@ -9,14 +9,15 @@ names and for any folder of partial series.
 from __future__ import annotations
 
 import os
+import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import pydicom
-from pydicom.errors import InvalidDicomError
 
+from lungcad.core.io.series import NON_IMAGE_MODALITIES
 from lungcad.core.parallel import progress_map
 from lungcad.errors import LungcadError
 
@@ -77,15 +78,26 @@ class DicomIndex:
         )
 
 
-def _candidate_files(root: Path) -> list[Path]:
-    files = []
+def _candidate_files(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The regular files under ``root`` that may be DICOM, and the special files (a FIFO,
+    a socket, a device: reading one can block forever) left out."""
+    files, special = [], []
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             if name.startswith(".") or Path(name).suffix.lower() in _NOT_DICOM_SUFFIXES:
                 continue
-            files.append(Path(dirpath) / name)
+            path = Path(dirpath) / name
+            try:
+                regular = stat.S_ISREG(path.stat().st_mode)
+            except OSError as exc:
+                special.append((path, f"cannot be read ({exc.strerror}): skipped"))
+                continue
+            if regular:
+                files.append(path)
+            else:
+                special.append((path, "not a regular file (a FIFO, socket or device): skipped"))
     files.sort()
-    return files
+    return files, special
 
 
 def _has_dicom_marker(path: Path) -> bool:
@@ -102,21 +114,18 @@ def _read_header(path: Path) -> tuple[Path, dict[str, str] | None, str | None]:
         return path, None, "not a DICOM file (no 'DICM' marker at byte 128); ignored"
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as exc:
-        return path, None, f"not a readable DICOM file ({type(exc).__name__}: {exc})"
-    uid = ds.get("SeriesInstanceUID")
-    if not uid:
-        return path, None, "DICOM file has no SeriesInstanceUID"
-    return (
-        path,
-        {
-            "series_uid": str(uid),
+        uid = ds.get("SeriesInstanceUID")
+        header = {
+            "series_uid": str(uid or ""),
             "study_uid": str(ds.get("StudyInstanceUID", "")),
             "patient_id": str(ds.get("PatientID", "")),
             "modality": str(ds.get("Modality", "")),
-        },
-        None,
-    )
+        }
+    except Exception as exc:  # pydicom raises many types for broken or hostile headers
+        return path, None, f"not a readable DICOM file ({type(exc).__name__}: {exc})"[:300]
+    if not uid:
+        return path, None, "DICOM file has no SeriesInstanceUID"
+    return path, header, None
 
 
 def index_lidc_root(root: str | Path, workers: int = 1, progress: bool = True) -> DicomIndex:
@@ -138,7 +147,7 @@ def index_lidc_root(root: str | Path, workers: int = 1, progress: bool = True) -
         )
     if not root.is_dir():
         raise LidcRootError(f"LIDC root {root} is a file, not a folder of DICOM series.")
-    files = _candidate_files(root)
+    files, special = _candidate_files(root)
     if not files:
         raise LidcRootError(
             f"LIDC root {root} contains no files: download LIDC-IDRI into it or run "
@@ -150,7 +159,7 @@ def index_lidc_root(root: str | Path, workers: int = 1, progress: bool = True) -
     )
 
     series: dict[str, SeriesEntry] = {}
-    unreadable: list[tuple[Path, str]] = []
+    unreadable: list[tuple[Path, str]] = list(special)
     by_folder: dict[Path, set[str]] = defaultdict(set)
     for path, header, error in results:
         if header is None:
@@ -163,7 +172,8 @@ def index_lidc_root(root: str | Path, workers: int = 1, progress: bool = True) -
             ),
         )
         entry.files.append(path)
-        by_folder[path.parent].add(header["series_uid"])
+        if header["modality"] not in NON_IMAGE_MODALITIES:  # a report beside its CT is fine
+            by_folder[path.parent].add(header["series_uid"])
     if not series:
         raise LidcRootError(
             f"LIDC root {root} holds {len(files)} files but no readable DICOM series "

@@ -21,7 +21,8 @@ class VolumeGeometry:
         origin_mm: position (x, y, z) of voxel (0, 0, 0)'s centre.
         spacing_mm: voxel size along (column, row, slice).
         direction: 3x3 matrix whose columns are the unit vectors of the column, row and
-            slice axes in patient space.
+            slice axes in patient space (orthonormal, but for a stack as a tilted gantry
+            acquired it, whose slice axis leans off the slice normal).
         shape: array shape (n_slices, n_rows, n_cols).
     """
 
@@ -38,6 +39,8 @@ class VolumeGeometry:
     def mm_to_index(self, point_mm: np.ndarray) -> np.ndarray:
         """(…, 3) patient mm -> (…, 3) continuous (column, row, slice) indices."""
         p = np.asarray(point_mm, dtype=np.float64) - self.origin_mm
+        if np.abs(self.direction.T @ self.direction - np.eye(3)).max() > 1e-4:
+            return (p @ np.linalg.inv(self.direction).T) / self.spacing_mm  # a leaning axis
         return (p @ self.direction) / self.spacing_mm
 
     @property

@@ -14,11 +14,13 @@ from lungcad.core.figures import cube_figure
 from lungcad.core.io.nifti import write_map_nifti
 from lungcad.core.io.series import CtVolume
 from lungcad.core.model.cam import CubeExplainer
+from lungcad.core.names import scan_stem
 
 
 def finding_stem(patient_id: str, series_uid: str, rank: int) -> str:
-    """File name stem of a scan's ``rank``-th finding (1 = most probable)."""
-    return f"{patient_id}_{series_uid[-12:]}_f{rank}"
+    """File name stem of a scan's ``rank``-th finding (1 = most probable); the patient id
+    and series UID come from the scan's header, so they are made safe first."""
+    return f"{scan_stem(patient_id, series_uid)}_f{rank}"
 
 
 def explain_findings(

@@ -21,6 +21,11 @@ class DeviceError(LungcadError, RuntimeError):
     """The device asked for is not on this machine."""
 
 
+class CheckpointContentError(LungcadError, ValueError):
+    """A checkpoint whose contents do not fit together (settings of the wrong type, weights
+    that do not fit the network its settings describe)."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -63,6 +68,8 @@ def load_model_and_cut(
     source = f"checkpoint {checkpoint}"
     config = checkpoint_train_config(state, source)
     if is_ensemble(state):
+        if not isinstance(state.get("members"), list) or not state["members"]:
+            raise CheckpointContentError(f"{source}: an ensemble without a list of members")
         members = [
             _build_loaded(member, f"{source}, member {i}", device)
             for i, member in enumerate(state["members"])
@@ -74,8 +81,17 @@ def load_model_and_cut(
 
 
 def _build_loaded(state: dict, source: str, device: torch.device | str) -> NoduleNet:
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise CheckpointContentError(f"{source}: its weights are not a state dict")
     model = build_model(checkpoint_train_config(state, source), torch.device(device))
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise CheckpointContentError(
+            f"{source}: its weights do not fit the network its settings describe ({first}); "
+            "use a checkpoint written by `lungcad train`"
+        ) from None
     return model.eval()
 
 
@@ -83,8 +99,10 @@ def checkpoint_train_config(state: dict, source: str) -> TrainConfig:
     """The validated train settings of a loaded checkpoint. One written before the
     segmentation decoder existed has none: its network is rebuilt without it (``detect``
     then sizes findings from the cube's centre)."""
-    config = state["config"]
-    model = config.get("model", {}) if isinstance(config, dict) else {}
+    config = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(config, dict):
+        raise CheckpointContentError(f"{source}: its train settings are not a mapping")
+    model = config.get("model", {})
     if isinstance(model, dict) and "segmentation" not in model:
         config = {**config, "lambda_seg": 0.0, "model": {**model, "segmentation": False}}
     return validate_section(TrainConfig, config, source, "train")
@@ -111,6 +129,13 @@ def cube_cut(checkpoint: str | Path) -> CubeCut:
 
 def _cut(state: dict, source: str) -> CubeCut:
     cut = state.get("cut_settings") or {}
+    if not isinstance(cut, dict) or not all(
+        isinstance(cut.get(k, {}), dict) for k in ("preprocess", "candidates")
+    ):
+        raise CheckpointContentError(
+            f"{source}: its cut_settings are a {type(cut).__name__} with the wrong parts, not "
+            "the preprocess and candidates settings; use a checkpoint written by `lungcad train`"
+        )
     if not cut:
         log.warning("%s carries no cube settings; using the default preprocess settings", source)
     return CubeCut(
