@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungcad.registry.guarded_app import MAX_BODY_BYTES
+from lungcad.config import ServeLimits
 from lungcad.registry.serve_command import CHAMPION_URI, serve_command
 from tests.tools.loadtest import RequestBuilder, make_specs, run_load
 from tests.tools.serving import ServerNotReadyError, free_port, wait_until_serving
@@ -50,7 +50,7 @@ def main() -> None:
         except ServerNotReadyError as exc:
             raise SystemExit(f"{exc}: is a champion registered?") from exc
         url = f"http://127.0.0.1:{port}"
-        builder = RequestBuilder(cubes, MAX_BODY_BYTES)
+        builder = RequestBuilder(cubes, ServeLimits().max_body_bytes)
         specs = make_specs(args.requests, 0.5, args.seed, cube_size=cubes.shape[-1])
         run_load(url, make_specs(40, 0.5, args.seed + 1, cubes.shape[-1]), builder, 8)  # warm-up
         report = run_load(

@@ -22,6 +22,9 @@ _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 #: A plain identifier kept as it is (LIDC-IDRI-0001, a LUNA16 file stem).
 _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+#: How an escaped name ends; a plain identifier that ends so is escaped too, so that an
+#: escaped name and a kept one never coincide.
+_ESCAPED_TAIL = re.compile(r"-[0-9a-f]{12}$")
 
 
 class UnsafePathError(LungcadError, ValueError):
@@ -39,7 +42,8 @@ def safe_name(value: object) -> str:
     A DICOM UID or a plain identifier (letters, digits, ``.``, ``_``, ``-``; starting with a
     letter or digit; at most 64 characters) is returned unchanged. Anything else keeps its
     safe characters (at most 40) and gains ``-`` and 12 hex digits of its SHA-256, so that
-    distinct values keep distinct names.
+    distinct values keep distinct names (a plain identifier that already ends that way is
+    escaped too).
 
     Example:
         >>> safe_name("1.3.6.1.4.1.14519.5.2.1.6279.6001.1")
@@ -48,7 +52,7 @@ def safe_name(value: object) -> str:
         'x-0274b71897ca'
     """
     text = "" if value is None else str(value)
-    if is_uid(text) or _PLAIN.match(text):
+    if is_uid(text) or (_PLAIN.match(text) and not _ESCAPED_TAIL.search(text)):
         return text
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     kept = _UNSAFE_CHARS.sub("_", text).strip("._-")[:40]

@@ -158,37 +158,51 @@ def owned_output(out_dir: str | Path, command: str) -> Iterator[Path]:
     folder stops at once, naming the process that holds it.
 
     The lock is ``out_dir/.lock`` (an advisory ``flock``, released by the kernel when the
-    process ends, however it ends); it records which command and process hold it.
+    process ends, however it ends), which records the command and process holding it and
+    is removed when the run ends, so the folder holds only the run's outputs.
 
     Raises:
         OutputError: ``out_dir`` is a file, or cannot be created or written.
         OutputBusyError: another process holds it.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"output folder {out_dir} is a file: give a folder (or a new name)")
     lock = out_dir / ".lock"
     try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise OutputError(f"output folder {out_dir} is a file: give a folder (or a new name)")
         out_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _locked(lock, out_dir)
     except OSError as exc:
         raise write_failure("the output folder's lock", lock, exc, "nothing") from exc
     try:
+        os.ftruncate(fd, 0)
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        holder = f"{command} (pid {os.getpid()} on {socket.gethostname()}, since {since})"
+        os.pwrite(fd, holder.encode(), 0)
+        yield out_dir
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still held: a waiting run then makes a fresh lock
+        os.close(fd)
+
+
+def _locked(lock: Path, out_dir: Path) -> int:
+    """A descriptor of ``lock`` holding its ``flock``; the lock file is checked to be the
+    one still at that path (an ending run removes its own)."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise OutputBusyError(
                 f"output folder {out_dir} is in use by {holder}: wait for that run to end or "
                 "choose another output folder"
             ) from None
-        os.ftruncate(fd, 0)
-        since = time.strftime("%Y-%m-%d %H:%M:%S")
-        os.pwrite(
-            fd,
-            f"{command} (pid {os.getpid()} on {socket.gethostname()}, since {since})".encode(),
-            0,
-        )
-        yield out_dir
-    finally:
-        os.close(fd)  # releases the lock
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder removed it as we locked it: lock the new one

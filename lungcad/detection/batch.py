@@ -31,6 +31,7 @@ pictures and DICOM objects replace those an earlier run left for it:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -52,6 +53,7 @@ from lungcad.core.io.scans import Problem, ScanSource, find_scans
 from lungcad.core.model.cam_findings import explain_findings, finding_stem
 from lungcad.core.names import inside, safe_name, scan_stem
 from lungcad.core.outputs import (
+    OutputError,
     atomic_path,
     owned_output,
     write_csv_atomic,
@@ -168,11 +170,14 @@ def _write_dicom(volume, det, settings: DetectSettings, folder: Path, algorithm:
 #: What a part holds beside its tables: each scan's pictures, maps and DICOM objects.
 PART_FOLDERS = ("figures", "maps", "dicom")
 #: errno values of failures that pass: the scan is tried again by the next run.
-PASSING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EAGAIN})
+PASSING_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.ENOMEM, errno.EAGAIN}
+)
 
 
 def _passing(exc: BaseException) -> bool:
-    """Whether a scan's failure may pass by itself (a full disk, memory): not kept."""
+    """Whether a scan's failure may pass (a full disk, memory, an output that could not be
+    written: the place's fault, not the scan's): not kept, tried again next run."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, MemoryError):
@@ -180,7 +185,7 @@ def _passing(exc: BaseException) -> bool:
         if isinstance(seen, OSError) and seen.errno in PASSING_ERRNOS:
             return True
         seen = seen.__cause__ or seen.__context__
-    return False
+    return isinstance(exc, OutputError)
 
 
 def _reason(exc: BaseException) -> str:
@@ -345,12 +350,15 @@ def detect_scans(
     patients: set[str] | None = None,
     model_label: str = "",
     db: LidcDatabase | None = None,
+    held: bool = False,
 ) -> pd.DataFrame:
     """Detect nodules in every scan under ``input_path`` into ``out_dir`` (module docstring).
 
     Args:
         patients: only the scans of these patient ids (e.g. a split's test patients).
         model_label: how the model was named (path or models:/ URI), for the report.
+        held: the caller holds ``out_dir`` already (``owned_output``), for work of its own
+            before or after (a PACS study's retrieval and store).
 
     Returns:
         ``scans.csv``: one row per scan (and per item that gave no scan) with its status
@@ -362,12 +370,16 @@ def detect_scans(
         OutputError: ``out_dir`` cannot be written.
     """
     from lungcad.core.model.checkpoint import checkpoint_sha256
-    from lungcad.core.model.loading import cube_cut
 
     settings = settings or DetectSettings()
-    cube_cut(checkpoint)  # a foreign or unsafe checkpoint stops here, before any scan
+    # A foreign, unsafe or inconsistent checkpoint stops here, before any scan (and the
+    # model is then ready for the scans read in this process).
+    _model(str(checkpoint), settings.detect)
     db = db or LidcDatabase()
-    with owned_output(out_dir, "lungcad detect") as out_dir:
+    holding = (
+        contextlib.nullcontext(Path(out_dir)) if held else owned_output(out_dir, "lungcad detect")
+    )
+    with holding as out_dir:
         sources, problems = find_scans(input_path, db, workers, progress)
         if patients is not None:
             sources = [s for s in sources if s.patient_id in patients]

@@ -11,6 +11,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from lungcad.core.names import safe_name
+from lungcad.core.outputs import owned_output
 from lungcad.detection.batch import DetectSettings, detect_scans
 from lungcad.dicom.dicomweb import DicomWebError, Pacs
 from lungcad.dicom.objects import SEG_NAME, SR_NAME
@@ -60,6 +61,26 @@ def detect_study(
         DicomWebError: none of the series can be retrieved.
     """
     out_dir = Path(out_dir)
+    with owned_output(out_dir, "lungcad detect --dicomweb"):
+        scans = _retrieve_and_detect(
+            pacs, study_uid, ct, out_dir, checkpoint, settings, workers, progress, model_label, say
+        )
+        failed = _store(pacs, study_uid, scans, out_dir, say) if store else 0
+    return scans, failed
+
+
+def _retrieve_and_detect(
+    pacs: Pacs,
+    study_uid: str,
+    ct: list[str],
+    out_dir: Path,
+    checkpoint: str | Path,
+    settings: DetectSettings,
+    workers: int,
+    progress: bool,
+    model_label: str,
+    say: Callable[[str], None],
+) -> pd.DataFrame:
     with tempfile.TemporaryDirectory(prefix="lungcad-study-") as tmp:
         got = 0
         for uid in tqdm(ct, desc="retrieve", unit="series", disable=not progress):
@@ -73,25 +94,30 @@ def detect_study(
                 say(f"series {uid}: {note}")
         if got == 0:
             raise DicomWebError(f"study {study_uid}: none of its {len(ct)} CT series retrieved")
-        scans = detect_scans(
-            tmp, out_dir, checkpoint, settings, workers, progress, None, model_label
+        return detect_scans(
+            tmp, out_dir, checkpoint, settings, workers, progress, None, model_label, held=True
         )
+
+
+def _store(
+    pacs: Pacs, study_uid: str, scans: pd.DataFrame, out_dir: Path, say: Callable[[str], None]
+) -> int:
+    """Each scan's SEG and SR of this run into the study; how many scans' failed."""
     failed = 0
-    if store:
-        for r in scans[scans["status"] == "ok"].itertuples():
-            # Only what this run wrote: the run replaced (or removed) each scan's folder.
-            folder = out_dir / "dicom" / safe_name(r.seriesuid)
-            written = str(r.dicom).startswith(SEG_NAME.split(".")[0])
-            files = [folder / n for n in (SEG_NAME, SR_NAME) if written and (folder / n).is_file()]
-            if not files:  # no finding (nothing to store), or the objects failed to write
-                say(f"series {r.seriesuid}: nothing stored: {r.dicom}")
-                if str(r.dicom).startswith("not written"):
-                    failed += 1
-                continue
-            try:
-                pacs.store(study_uid, files)
-                say(f"series {r.seriesuid}: stored {' and '.join(f.stem.upper() for f in files)}")
-            except DicomWebError as exc:
-                say(f"series {r.seriesuid}: not stored: {exc}")
+    for r in scans[scans["status"] == "ok"].itertuples():
+        # Only what this run wrote: the run replaced (or removed) each scan's folder.
+        folder = out_dir / "dicom" / safe_name(r.seriesuid)
+        written = str(r.dicom).startswith(SEG_NAME.split(".")[0])
+        files = [folder / n for n in (SEG_NAME, SR_NAME) if written and (folder / n).is_file()]
+        if not files:  # no finding (nothing to store), or the objects failed to write
+            say(f"series {r.seriesuid}: nothing stored: {r.dicom}")
+            if str(r.dicom).startswith("not written"):
                 failed += 1
-    return scans, failed
+            continue
+        try:
+            pacs.store(study_uid, files)
+            say(f"series {r.seriesuid}: stored {' and '.join(f.stem.upper() for f in files)}")
+        except DicomWebError as exc:
+            say(f"series {r.seriesuid}: not stored: {exc}")
+            failed += 1
+    return failed

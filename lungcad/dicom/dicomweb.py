@@ -87,9 +87,9 @@ class BudgetedSession(requests.Session):
         worker.start()
         worker.join(max(0.0, deadline - time.monotonic()))
         if worker.is_alive():
+            # The worker drops the answer at its next bytes (closing the response from here
+            # would wait for the worker's read to end).
             cancelled.set()
-            if "response" in box:
-                box["response"].close()
             raise OverBudgetError(
                 f"{request.method} {_path_of(request.url)}: no complete answer within "
                 f"limits.dicomweb.request_deadline_s = {limits.request_deadline_s:g} s"
@@ -107,7 +107,8 @@ class BudgetedSession(requests.Session):
         limits = self.limits
         chunks, size = [], 0
         with response:
-            for chunk in response.iter_content(CHUNK_BYTES):
+            # read1: whatever has arrived, so that a trickle is checked at every byte.
+            while chunk := response.raw.read1(CHUNK_BYTES, decode_content=True):
                 if cancelled.is_set():
                     return None
                 size += len(chunk)
@@ -229,14 +230,14 @@ class Pacs:
         except Exception as exc:  # dicomweb-client checks the URL its own way
             raise DicomWebError(f"{safe_url(url)}: {_reason(exc)}") from exc
         pacs = cls(url, client, limits)
-        # The probe is not retried (dicomweb-client backs off for ~30 s by default); the
-        # work after it is, as a busy server may need.
+        # No request is retried: dicomweb-client's retries repeat any failure (a deadline or
+        # a byte budget included) five times with growing waits; a series that fails is one
+        # line, and the next run asks again.
         client.set_http_retry_params(retry=False)
         try:
             client.search_for_studies(limit=1)
         except Exception as exc:  # requests and dicomweb-client raise many types
             raise DicomWebError(f"{safe_url(url)}: {_reason(exc)}") from exc
-        client.set_http_retry_params()
         return pacs
 
     def _fail(self, what: str, exc: Exception) -> DicomWebError:

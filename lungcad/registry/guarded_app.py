@@ -140,8 +140,8 @@ class RequestGuard:
                 return (
                     400,
                     "BAD_REQUEST",
-                    f"{rows} rows (cubes) in one request, over this server's maximum of "
-                    f"{limits.max_cubes}; split them into smaller requests",
+                    f"batch of {rows} rows (cubes) is over the maximum of {limits.max_cubes} "
+                    "per request; split it into smaller requests",
                 )
             if decoded > limits.max_decoded_bytes:
                 return (

@@ -24,8 +24,10 @@ def serve_command(
     The server is MLflow's scoring app (the protocol of ``mlflow models serve``) behind
     :class:`lungcad.registry.guarded_app.RequestGuard`, run by uvicorn in this environment (no
     environment is built, nothing downloaded); the tracking URI is lungcad's
-    (sqlite:///mlflow.db unless MLFLOW_TRACKING_URI).
+    (sqlite:///mlflow.db unless MLFLOW_TRACKING_URI); ``limits`` (``limits.serve``,
+    the defaults when None) bound every request.
     """
+    limits = limits or ServeLimits()
     cmd = [
         sys.executable,
         "-m",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.error
 import urllib.request
 
 import mlflow
@@ -16,7 +17,7 @@ from lungcad.config import ServeLimits
 from lungcad.registry.serve_command import serve_command
 from lungcad.training.tracked import train_tracked
 from tests.conftest import make_tiny_dataset, tiny_train_config
-from tests.tools.loadtest import RequestBuilder, make_specs, run_load
+from tests.tools.loadtest import RequestBuilder, make_specs, rss_mb, run_load
 from tests.tools.serving import ServerNotReadyError, free_port, wait_until_serving
 
 REQUESTS = 1000
@@ -36,7 +37,9 @@ def served(tmp_path_factory):
         )
         port = free_port()
         cmd, env = serve_command(
-            f"runs:/{run.run_id}/model", port=port, limits=ServeLimits(max_body_bytes=MAX_BODY)
+            f"runs:/{run.run_id}/model",
+            port=port,
+            limits=ServeLimits(max_body_bytes=MAX_BODY, max_decoded_bytes=MAX_BODY),
         )
     log = (tmp / "server.log").open("w")
     server = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -87,3 +90,40 @@ def test_hostile_load_gets_no_5xx_every_bad_request_a_4xx_and_flat_memory(served
     assert served["server"].poll() is None  # alive
     with urllib.request.urlopen(f"{served['url']}/ping", timeout=5) as r:
         assert r.status == 200
+
+
+def _post(url: str, body: bytes, content_type: str) -> tuple[int, str]:
+    request = urllib.request.Request(
+        f"{url}/invocations", data=body, headers={"Content-Type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())["message"]
+
+
+def test_a_parquet_of_millions_of_strings_is_refused_unparsed(served) -> None:
+    """About 200 kB of Parquet that would decode to two million Python strings (gigabytes
+    in the scoring server): refused from its footer, the server's memory flat."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    column = pa.array(["lungcad-" * 8] * 2_000_000).dictionary_encode()
+    pq.write_table(pa.table({"cube": column}), buffer, compression="zstd")
+    body = buffer.getvalue()
+    assert len(body) < 1 << 20
+    before = rss_mb(served["server"].pid)
+    status, message = _post(served["url"], body, "application/vnd.apache.parquet")
+    assert status == 400 and "hold strings or bytes" in message, (status, message)
+    assert rss_mb(served["server"].pid) - before <= 200
+
+
+def test_json_nested_deeper_than_the_limit_is_refused_unparsed(served) -> None:
+    body = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    status, message = _post(served["url"], body, "application/json")
+    assert status == 400 and "JSON nested 100001 deep" in message, (status, message)
+    assert served["server"].poll() is None
