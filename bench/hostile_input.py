@@ -8,7 +8,7 @@ Cases (all made here, in a temporary folder):
 - batch: one good chest and five bad series (broken PixelSpacing, empty RescaleSlope, a
   single slice, a 4-slice gap, an RLE bomb declaring 65535² pixels), an RTSTRUCT and a FIFO;
 - rle_bomb: two 3 kB RLE files declaring 65535 x 65535 pixels;
-- mhd_bomb: a .mhd whose ~4 MB zlib .zraw declares 2048 x 2048 x 1024 16-bit voxels (8 GiB);
+- mhd_bomb: a .mhd whose 8 MB zlib .zraw declares 2048 x 2048 x 1024 16-bit voxels (8 GiB);
 - dicomweb_paging / dicomweb_multipart / dicomweb_trickle: a fake DICOMweb server on
   loopback that pages forever, streams one endless instance, or sends a byte every 0.5 s
   (``limits.dicomweb`` defaults but a 10 s deadline, set in the params file written here);
@@ -39,7 +39,6 @@ import yaml
 from tests.conftest import REPO, TEST_PARAMS, set_raw, write_series, write_tiny_checkpoint
 from tests.tools.hostile import (
     FakeDicomweb,
-    instance_item,
     send_endless_part,
     send_json,
     send_trickle,
@@ -138,7 +137,7 @@ def case_rle_bomb(tmp: Path, model: Path, params: Path) -> dict:
 
 def case_mhd_bomb(tmp: Path, model: Path, params: Path) -> dict:
     header = write_mhd_bomb(tmp / "in")
-    zraw = tmp / "in" / "bomb.zraw"  # ~4 MB of zlib that inflates to the full 8 GiB declared
+    zraw = tmp / "in" / "bomb.zraw"  # 8 MB of zlib that inflates to the full 8 GiB declared
     compressor, chunk = zlib.compressobj(9), bytes(64 << 20)
     with open(zraw, "wb") as fh:
         for _ in range(128):
@@ -164,18 +163,12 @@ def case_dicomweb(tmp: Path, model: Path, params: Path, kind: str) -> dict:
     def one_series(h, m, q) -> None:
         send_json(h, [series_item(SERIES)] if int(q.get("offset", 0)) == 0 else [])
 
-    def one_instance(h, m, q) -> None:
-        send_json(h, [instance_item("1.2.3.9")] if int(q.get("offset", 0)) == 0 else [])
-
     routes = {"/studies": lambda h, m, q: send_json(h, [])}
     if kind == "paging":
         routes[rf"/studies/{STUDY}/series"] = endless_series
     elif kind == "multipart":
         routes[rf"/studies/{STUDY}/series"] = one_series
-        routes[rf"/studies/{STUDY}/series/{SERIES}/instances"] = one_instance
-        routes[rf"/studies/{STUDY}/series/{SERIES}/instances/[0-9.]+"] = lambda h, m, q: (
-            send_endless_part(h)
-        )
+        routes[rf"/studies/{STUDY}/series/{SERIES}"] = lambda h, m, q: send_endless_part(h)
     else:
         routes[rf"/studies/{STUDY}/series"] = lambda h, m, q: send_trickle(h)
     fake = FakeDicomweb(routes)
@@ -202,6 +195,7 @@ def case_serve(tmp: Path) -> dict:
     from tests.tools.loadtest import rss_mb
     from tests.tools.serving import free_port, wait_until_serving
 
+    here = Path.cwd()
     os.chdir(tmp)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
     dataset = make_tiny_dataset(tmp / "dataset", n_patients=4)
@@ -243,6 +237,7 @@ def case_serve(tmp: Path) -> dict:
         server.terminate()
         server.wait(timeout=30)
         mlflow.set_tracking_uri(None)
+        os.chdir(here)
     return results
 
 
@@ -267,6 +262,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/hostile_input.json"))
     args = parser.parse_args()
+    args.out = args.out.resolve()
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="lungcad-hostile-") as root:
         root = Path(root)

@@ -112,6 +112,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/pacs"))
     parser.add_argument("--figure", type=Path, default=None)
+    parser.add_argument(
+        "--threshold", default=None, help="detect --threshold (default: params.yaml's)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     files = sorted(p for p in args.scan.rglob("*") if p.is_file() and p.suffix == ".dcm")
@@ -123,6 +126,8 @@ def main() -> None:
         "LUNGCAD_DICOMWEB_PASSWORD": ORTHANC_PASSWORD,
     }
     common = ["--model", args.model, "--quiet"]
+    if args.threshold is not None:
+        common += ["--threshold", str(args.threshold)]
     with tempfile.TemporaryDirectory() as tmp, running_orthanc(Path(tmp)) as url:
         upload(url, files)
         local_s, pacs_s = [], []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Annotated
 
 import click
@@ -98,6 +99,12 @@ def main(
     # Their INFO lines narrate every module copied and request sent; warnings still show.
     for chatty in ("highdicom", "dicomweb_client"):
         logging.getLogger(chatty).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        # pydicom warns of every malformed value it reads (one line per file of a hostile
+        # series); what lungcad makes of the header is said in its own lines.
+        # (a filter, not a level: pydicom sets its logger's level when it is imported)
+        logging.getLogger("pydicom").addFilter(lambda record: record.levelno >= logging.ERROR)
+        warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
 
 
 if __name__ == "__main__":

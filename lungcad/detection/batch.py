@@ -148,6 +148,7 @@ def _write_dicom(volume, det, settings: DetectSettings, folder: Path, algorithm:
     # On the source stack's own grid: the SEG's frames are its images (a stack that was
     # reordered or resampled for detection, or read around a missing slice, included).
     grid, frames = volume.source_grid
+    every_slice = frames == tuple(range(grid.shape[0]))
     segments = []
     for i, row in reported.iterrows():
         segment = finding_segment(
@@ -156,7 +157,9 @@ def _write_dicom(volume, det, settings: DetectSettings, folder: Path, algorithm:
             float(row["diameter_mm"]),
             det.masks.get(i),
         )
-        segments.append(replace(segment, mask=segment.mask[list(frames)]))
+        segments.append(
+            segment if every_slice else replace(segment, mask=segment.mask[list(frames)])
+        )
     try:
         written = write_findings_dicom(volume, reported, segments, Algorithm(algorithm), folder)
     except DicomObjectError as exc:

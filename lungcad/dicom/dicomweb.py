@@ -10,9 +10,10 @@ The server's answers are data with a budget (``limits.dicomweb``): every request
 wall-clock deadline, answer included, however slowly it arrives; every answer is read in
 chunks and stopped at ``max_response_bytes``, and all of a run's answers at
 ``max_total_bytes``; queries are paged at most ``max_pages`` times (a server that ignores
-the offset ends the paging when a page brings nothing new) and a series may hold at most
-``max_instances`` instances, which are retrieved one at a time, so no answer is ever held
-beyond one instance. UIDs in an answer are used only when they are valid UIDs.
+the offset ends the paging when a page brings nothing new); a series is retrieved in one
+request whose instances are written to their files as they arrive (``PartWriter``), each
+at most ``max_response_bytes`` and at most ``max_instances`` of them, so no instance is
+ever held in memory. UIDs in an answer are used only when they are valid UIDs.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ PASSWORD_ENV = "LUNGCAD_DICOMWEB_PASSWORD"
 CONNECT_TIMEOUT_S = 10
 #: Bytes read from an answer at a time.
 CHUNK_BYTES = 64 * 1024
-_MODALITY, _SERIES_UID, _SOP_UID = "00080060", "0020000E", "00080018"
+_MODALITY, _SERIES_UID = "00080060", "0020000E"
 
 
 class DicomWebError(LungcadError, RuntimeError):
@@ -55,8 +56,9 @@ class OverBudgetError(LungcadError, RuntimeError):
 
 class BudgetedSession(requests.Session):
     """A requests session whose every request ends within ``request_deadline_s`` and whose
-    answers are read in chunks up to ``max_response_bytes`` each and ``max_total_bytes``
-    in all (decompressed sizes: a compressed answer is counted as it unpacks).
+    answers are read as they arrive: held in memory up to ``max_response_bytes`` each (or
+    handed on in chunks, ``fetch``), and ``max_total_bytes`` in all (decompressed sizes: a
+    compressed answer is counted as it unpacks).
 
     A request runs in a worker thread; when the deadline passes, the caller gets an
     :class:`OverBudgetError` at once and the worker drops the rest of the answer.
@@ -68,9 +70,44 @@ class BudgetedSession(requests.Session):
         self.received_bytes = 0
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        """requests' ``send`` (what dicomweb-client calls), the answer held in memory."""
+        chunks: list[bytes] = []
+        size = 0
+
+        def keep(chunk: bytes, response: requests.Response) -> None:
+            nonlocal size
+            size += len(chunk)
+            if size > self.limits.max_response_bytes:
+                raise OverBudgetError(
+                    f"{response.request.method} {_path_of(response.url)}: answer over "
+                    f"limits.dicomweb.max_response_bytes = {self.limits.max_response_bytes}"
+                )
+            chunks.append(chunk)
+
+        response = self._run(request, kwargs, keep)
+        response._content = b"".join(chunks)
+        response._content_consumed = True
+        return response
+
+    def fetch(
+        self, url: str, headers: dict[str, str], consume: Callable[[bytes, Any], None]
+    ) -> requests.Response:
+        """GET ``url`` and hand its answer to ``consume(chunk, response)`` as it arrives
+        (in the worker thread); the response, read and closed."""
+        request = self.prepare_request(requests.Request("GET", url, headers=headers))
+        response = self._run(request, {}, consume)
+        response.raise_for_status()
+        return response
+
+    def _run(
+        self,
+        request: requests.PreparedRequest,
+        kwargs: dict[str, Any],
+        consume: Callable[[bytes, Any], None],
+    ) -> requests.Response:
         limits = self.limits
         deadline = time.monotonic() + limits.request_deadline_s
-        kwargs["stream"] = True
+        kwargs = {**kwargs, "stream": True}
         kwargs["timeout"] = (CONNECT_TIMEOUT_S, limits.request_deadline_s)
         box: dict[str, Any] = {}
         cancelled = threading.Event()
@@ -79,7 +116,7 @@ class BudgetedSession(requests.Session):
             try:
                 response = requests.Session.send(self, request, **kwargs)
                 box["response"] = response
-                box["body"] = self._read(response, cancelled)
+                box["complete"] = self._read(response, cancelled, consume)
             except BaseException as exc:  # handed to the caller's thread
                 box["error"] = exc
 
@@ -96,35 +133,130 @@ class BudgetedSession(requests.Session):
             )
         if "error" in box:
             raise box["error"]
-        response = box["response"]
-        if box["body"] is None:
+        if not box["complete"]:
             raise OverBudgetError(f"{request.method} {_path_of(request.url)}: cancelled")
-        response._content = box["body"]
-        response._content_consumed = True
-        return response
+        return box["response"]
 
-    def _read(self, response: requests.Response, cancelled: threading.Event) -> bytes | None:
-        limits = self.limits
-        chunks, size = [], 0
+    def _read(
+        self,
+        response: requests.Response,
+        cancelled: threading.Event,
+        consume: Callable[[bytes, Any], None],
+    ) -> bool:
         with response:
             # read1: whatever has arrived, so that a trickle is checked at every byte.
             while chunk := response.raw.read1(CHUNK_BYTES, decode_content=True):
                 if cancelled.is_set():
-                    return None
-                size += len(chunk)
-                if size > limits.max_response_bytes:
-                    raise OverBudgetError(
-                        f"{response.request.method} {_path_of(response.url)}: answer over "
-                        f"limits.dicomweb.max_response_bytes = {limits.max_response_bytes}"
-                    )
-                if self.received_bytes + size > limits.max_total_bytes:
+                    return False
+                self.received_bytes += len(chunk)
+                if self.received_bytes > self.limits.max_total_bytes:
                     raise OverBudgetError(
                         "the server's answers of this run are over "
-                        f"limits.dicomweb.max_total_bytes = {limits.max_total_bytes}"
+                        f"limits.dicomweb.max_total_bytes = {self.limits.max_total_bytes}"
                     )
-                chunks.append(chunk)
-        self.received_bytes += size
-        return b"".join(chunks)
+                consume(chunk, response)
+        return True
+
+
+class PartWriter:
+    """Writes each part of a ``multipart/related`` answer to its own file as the bytes
+    arrive, holding no more than one chunk and a boundary's length in memory.
+
+    Args:
+        boundary: the answer's boundary (from its Content-Type).
+        folder: where part k goes, as ``<k:05d>.dcm``.
+        max_part_bytes: a part may hold at most this many bytes.
+        max_parts: at most this many parts.
+    """
+
+    #: A part's headers beyond this many bytes are not headers.
+    MAX_HEADER_BYTES = 16 * 1024
+
+    def __init__(self, boundary: bytes, folder: Path, max_part_bytes: int, max_parts: int):
+        self.delimiter = b"\r\n--" + boundary
+        self.buffer = bytearray(b"\r\n")  # the first boundary opens the body, no CRLF before
+        self.folder = folder
+        self.max_part_bytes = max_part_bytes
+        self.max_parts = max_parts
+        self.state = "preamble"
+        self.files: list[Path] = []
+        self.handle = None
+        self.part_bytes = 0
+
+    def feed(self, chunk: bytes, _response: object = None) -> None:
+        self.buffer += chunk
+        while True:
+            if self.state == "preamble":
+                at = self.buffer.find(self.delimiter)
+                if at < 0:
+                    del self.buffer[: max(0, len(self.buffer) - len(self.delimiter))]
+                    return
+                del self.buffer[: at + len(self.delimiter)]
+                self.state = "boundary"
+            if self.state == "boundary":
+                if len(self.buffer) < 2:
+                    return
+                if self.buffer[:2] == b"--":
+                    self.state = "end"
+                elif self.buffer[:2] == b"\r\n":
+                    del self.buffer[:2]
+                    self.state = "headers"
+                else:
+                    raise ValueError("malformed multipart answer (no line end after a boundary)")
+            if self.state == "headers":
+                if len(self.buffer) < 2:
+                    return
+                # The headers end at an empty line (at once when the part has none).
+                at = -2 if self.buffer[:2] == b"\r\n" else self.buffer.find(b"\r\n\r\n")
+                if at == -1:
+                    if len(self.buffer) > self.MAX_HEADER_BYTES:
+                        raise ValueError("malformed multipart answer (a part's headers never end)")
+                    return
+                del self.buffer[: at + 4]
+                self._open()
+                self.state = "body"
+            if self.state == "body":
+                at = self.buffer.find(self.delimiter)
+                if at < 0:  # keep what could be the start of a boundary
+                    self._write(len(self.buffer) - len(self.delimiter) + 1)
+                    return
+                self._write(at)
+                del self.buffer[: len(self.delimiter)]
+                self.handle.close()
+                self.handle = None
+                self.state = "boundary"
+            if self.state == "end":
+                self.buffer.clear()
+                return
+
+    def _open(self) -> None:
+        if len(self.files) >= self.max_parts:
+            raise OverBudgetError(
+                f"more than limits.dicomweb.max_instances = {self.max_parts} instances"
+            )
+        path = self.folder / f"{len(self.files):05d}.dcm"
+        self.handle = open(path, "wb")  # noqa: SIM115 - closed at the part's end or by close()
+        self.files.append(path)
+        self.part_bytes = 0
+
+    def _write(self, n: int) -> None:
+        if n <= 0:
+            return
+        self.part_bytes += n
+        if self.part_bytes > self.max_part_bytes:
+            raise OverBudgetError(
+                f"an instance over limits.dicomweb.max_response_bytes = {self.max_part_bytes}"
+            )
+        self.handle.write(self.buffer[:n])
+        del self.buffer[:n]
+
+    def close(self) -> list[Path]:
+        """The whole parts written; a part the answer cut short is removed."""
+        if self.handle is not None:
+            self.handle.close()
+            self.files.pop().unlink(missing_ok=True)
+            self.handle = None
+        return self.files
 
 
 def _path_of(url: str | None) -> str:
@@ -157,7 +289,7 @@ def _check_url(url: str) -> None:
         )
 
 
-def _session(url: str, limits: DicomwebLimits) -> tuple[str, requests.Session]:
+def _session(url: str, limits: DicomwebLimits) -> tuple[str, BudgetedSession]:
     """The URL without credentials and a session that carries them."""
     session = BudgetedSession(limits)
     parts = urlsplit(url)
@@ -195,6 +327,30 @@ def _reason(exc: Exception) -> str:
     return f"malformed or unexpected answer ({type(exc).__name__}: {text})"
 
 
+def _boundary(response: requests.Response) -> bytes:
+    """The boundary of a multipart answer; ValueError when it is not one."""
+    content_type = response.headers.get("Content-Type", "")
+    media, *options = (part.strip() for part in content_type.split(";"))
+    if media.lower() != "multipart/related":
+        raise ValueError(f"answer is {media or 'untyped'}, not multipart/related")
+    for option in options:
+        key, _, value = option.partition("=")
+        if key.strip().lower() == "boundary" and value.strip().strip('"'):
+            return value.strip().strip('"').encode("latin-1")
+    raise ValueError("multipart answer without a boundary")
+
+
+def _not_an_instance(path: Path) -> str:
+    """Why a retrieved part is not a DICOM instance lungcad can reference, or ''."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types for broken files
+        return f"not a readable DICOM file ({type(exc).__name__})"
+    if not is_uid(str(ds.get("SOPClassUID", ""))) or not is_uid(str(ds.get("SOPInstanceUID", ""))):
+        return "not a storable DICOM instance (no valid SOPClassUID/SOPInstanceUID)"
+    return ""
+
+
 def _first_value(item: object, tag: str) -> object:
     """The first value of ``tag`` in one DICOM JSON item of a query answer (None when the
     answer does not hold one)."""
@@ -212,6 +368,8 @@ class Pacs:
     url: str  # as the user gave it, for messages (shown with ``safe_url``)
     client: object = field(repr=False)
     limits: DicomwebLimits = field(default_factory=DicomwebLimits)
+    root: str = ""  # the URL without credentials
+    session: BudgetedSession | None = field(default=None, repr=False)
 
     @classmethod
     def connect(cls, url: str, limits: DicomwebLimits | None = None) -> Pacs:
@@ -229,7 +387,7 @@ class Pacs:
             client = DICOMwebClient(bare, session=session)
         except Exception as exc:  # dicomweb-client checks the URL its own way
             raise DicomWebError(f"{safe_url(url)}: {_reason(exc)}") from exc
-        pacs = cls(url, client, limits)
+        pacs = cls(url, client, limits, bare.rstrip("/"), session)
         # No request is retried: dicomweb-client's retries repeat any failure (a deadline or
         # a byte budget included) five times with growing waits; a series that fails is one
         # line, and the next run asks again.
@@ -316,39 +474,40 @@ class Pacs:
         return sorted(ct), skipped
 
     def retrieve_series(self, study_uid: str, series_uid: str, folder: Path) -> list[str]:
-        """Write every instance of a series into ``folder``, one request per instance;
-        notes on the instances left out.
+        """Write every instance of a series into ``folder`` (WADO-RS, one request, each
+        instance written to its file as it arrives); notes on the instances left out.
 
         Raises:
-            DicomWebError: the instance query or a retrieval fails, or is over a limit.
+            DicomWebError: the retrieval fails, or is over a limit.
         """
         limits = self.limits
-        instances = self._pages(
-            f"series {series_uid}: instance query",
-            self.client.search_for_instances,
-            _SOP_UID,
-            limits.max_instances,
-            study_instance_uid=study_uid,
-            series_instance_uid=series_uid,
-        )
-        notes = []
-        uids = [_first_value(i, _SOP_UID) for i in instances]
-        if any(not is_uid(u) for u in uids):
-            notes.append(
-                f"{sum(not is_uid(u) for u in uids)} instance(s) without a valid "
-                "SOPInstanceUID in the server's answer: left out"
-            )
         folder.mkdir(parents=True, exist_ok=True)
-        for k, uid in enumerate(u for u in uids if is_uid(u)):
-            try:
-                ds = self.client.retrieve_instance(study_uid, series_uid, uid)
-            except Exception as exc:  # requests and dicomweb-client raise many types
-                raise self._fail(f"series {series_uid}: instance {uid}", exc) from exc
-            try:
-                ds.save_as(folder / f"{k:05d}.dcm", enforce_file_format=True)
-            except Exception as exc:  # a dataset pydicom cannot write as a file
-                text = " ".join(str(exc).split())[:200]
-                notes.append(f"instance {uid}: not a storable DICOM instance ({text}): left out")
+        url = f"{self.root}/studies/{study_uid}/series/{series_uid}"
+        accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+        writer: PartWriter | None = None
+
+        def consume(chunk: bytes, response: requests.Response) -> None:
+            nonlocal writer
+            if writer is None:
+                writer = PartWriter(
+                    _boundary(response), folder, limits.max_response_bytes, limits.max_instances
+                )
+            writer.feed(chunk)
+
+        try:
+            self.session.fetch(url, {"Accept": accept}, consume)
+        except Exception as exc:  # requests raises many types; ours say which limit
+            raise self._fail(f"series {series_uid}: retrieve", exc) from exc
+        finally:
+            files = writer.close() if writer is not None else []
+        notes = []
+        if writer is not None and writer.state != "end":
+            notes.append("the answer ended before its closing boundary (read as it came)")
+        for path in files:
+            reason = _not_an_instance(path)
+            if reason:
+                path.unlink()
+                notes.append(f"instance {path.stem}: {reason}: left out")
         return notes
 
     def store(self, study_uid: str, files: list[Path]) -> None:

@@ -118,6 +118,20 @@ def test_a_truncated_slice_is_read_around_and_a_lungless_scan_goes_on(scans, che
     assert "left out 1 file(s) (0003.dcm): truncated or undecodable pixel data" in broken
     assert "1 missing slice(s)" in broken and "filled by interpolation" in broken
     assert "truncated" in result.output  # the console line of that scan says so
+    # Its SEG references the seven slices that were read, never the one left out.
+    import highdicom as hd
+    import pydicom
+
+    [seg_path] = (tmp_path / "all" / "dicom").glob(
+        f"{table[table['reason'].str.contains('truncated', na=False)]['seriesuid'].iloc[0]}/seg.dcm"
+    )
+    referenced = {uid for _, _, uid in hd.seg.segread(seg_path).get_source_image_uids()}
+    kept = sorted((scans["dicom"] / "P2").glob("*.dcm"))
+    uids = {
+        str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in kept[:3] + kept[4:]
+    }
+    left_out = str(pydicom.dcmread(kept[3], stop_before_pixels=True, force=True).SOPInstanceUID)
+    assert referenced <= uids and left_out not in referenced
 
 
 def test_missing_raw_and_wrong_model_are_clear_errors(scans, checkpoint, tmp_path) -> None:

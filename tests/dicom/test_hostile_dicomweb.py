@@ -19,9 +19,8 @@ from lungcad.dicom.dicomweb import DicomWebError, Pacs
 from tests.conftest import TEST_PARAMS, write_tiny_checkpoint
 from tests.tools.hostile import (
     FakeDicomweb,
-    instance_item,
     send_endless_part,
-    send_instance,
+    send_instances,
     send_json,
     send_raw,
     send_trickle,
@@ -93,18 +92,11 @@ def test_malformed_query_answers_are_lines_not_tracebacks() -> None:
         _connect(url).ct_series(STUDY)
 
 
-def _instances(handler, match, query) -> None:
-    send_json(handler, [instance_item("1.2.3.9")] if int(query.get("offset", 0)) == 0 else [])
-
-
 def test_an_endless_instance_is_cut_at_max_response_bytes_in_bounded_memory(tmp_path) -> None:
     fake = FakeDicomweb(
         {
             "/studies": _studies,
-            rf"/studies/{STUDY}/series/{SERIES}/instances": _instances,
-            rf"/studies/{STUDY}/series/{SERIES}/instances/[0-9.]+": (
-                lambda h, m, q: send_endless_part(h)
-            ),
+            rf"/studies/{STUDY}/series/{SERIES}": lambda h, m, q: send_endless_part(h),
         }
     )
     before = psutil.Process(os.getpid()).memory_info().rss
@@ -116,28 +108,29 @@ def test_an_endless_instance_is_cut_at_max_response_bytes_in_bounded_memory(tmp_
     assert growth < 200 << 20, f"memory grew by {growth >> 20} MB"
 
 
-def test_all_answers_of_a_run_stop_at_max_total_bytes(tmp_path) -> None:
+def test_a_series_is_written_as_it_arrives_within_its_instance_and_byte_budgets(
+    tmp_path,
+) -> None:
     files = write_chest(tmp_path / "chest", series_uid=SERIES)
     fake = FakeDicomweb(
         {
             "/studies": _studies,
-            rf"/studies/{STUDY}/series/{SERIES}/instances": lambda h, m, q: send_json(
-                h,
-                [instance_item(f"1.2.3.{k}") for k in range(len(files))]
-                if int(q.get("offset", 0)) == 0
-                else [],
-            ),
-            rf"/studies/{STUDY}/series/{SERIES}/instances/1\.2\.3\.(\d+)": (
-                lambda h, m, q: send_instance(h, files[int(m.group(1))])
-            ),
+            rf"/studies/{STUDY}/series/{SERIES}": lambda h, m, q: send_instances(h, files),
         }
     )
     size = files[0].stat().st_size
     with fake.running() as url:
-        pacs = _connect(url, max_total_bytes=5 * size)
-        with pytest.raises(DicomWebError, match="over limits.dicomweb.max_total_bytes"):
-            pacs.retrieve_series(STUDY, SERIES, tmp_path / "series")
-    assert sum("/instances/" in p for p in fake.asked) <= 6
+        notes = _connect(url).retrieve_series(STUDY, SERIES, tmp_path / "whole")
+        assert notes == []
+        got = sorted((tmp_path / "whole").iterdir())
+        assert [p.read_bytes() for p in got] == [f.read_bytes() for f in files]  # byte for byte
+        for limits, message in (
+            ({"max_instances": 5}, "more than limits.dicomweb.max_instances = 5"),
+            ({"max_total_bytes": 5 * size}, "over limits.dicomweb.max_total_bytes"),
+            ({"max_response_bytes": size // 2}, "an instance over limits.dicomweb.max_respo"),
+        ):
+            with pytest.raises(DicomWebError, match=message):
+                _connect(url, **limits).retrieve_series(STUDY, SERIES, tmp_path / str(limits))
 
 
 def test_a_trickling_server_is_left_at_the_deadline() -> None:
@@ -187,15 +180,7 @@ def test_hostile_headers_from_a_pacs_write_nothing_outside_out(tmp_path) -> None
             rf"/studies/{STUDY}/series": lambda h, m, q: send_json(
                 h, [series_item(SERIES)] if int(q.get("offset", 0)) == 0 else []
             ),
-            rf"/studies/{STUDY}/series/{SERIES}/instances": lambda h, m, q: send_json(
-                h,
-                [instance_item(f"1.2.3.{k}") for k in range(len(served))]
-                if int(q.get("offset", 0)) == 0
-                else [],
-            ),
-            rf"/studies/{STUDY}/series/{SERIES}/instances/1\.2\.3\.(\d+)": (
-                lambda h, m, q: send_instance(h, served[int(m.group(1))])
-            ),
+            rf"/studies/{STUDY}/series/{SERIES}": lambda h, m, q: send_instances(h, served),
         }
     )
     work = tmp_path / "a" / "b" / "c"
@@ -254,3 +239,29 @@ def strip_sop_class(path: Path) -> None:
     del ds.file_meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.save_as(path, enforce_file_format=False)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 16])
+def test_parts_are_written_whole_whatever_the_chunks(tmp_path, chunk) -> None:
+    from lungcad.dicom.dicomweb import PartWriter
+
+    parts = [b"first\r\n--not-the-boundary", b"", bytes(range(256)) * 3]
+    body = b"a preamble\r\n" + b"".join(
+        b"--b0\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n" for part in parts
+    )
+    body += b"--b0--\r\nan epilogue"
+    writer = PartWriter(b"b0", tmp_path, max_part_bytes=1000, max_parts=3)
+    for start in range(0, len(body), chunk):
+        writer.feed(body[start : start + chunk])
+    assert writer.state == "end"
+    assert [p.read_bytes() for p in writer.close()] == parts
+
+
+def test_a_part_cut_short_is_not_kept(tmp_path) -> None:
+    from lungcad.dicom.dicomweb import PartWriter
+
+    writer = PartWriter(b"b0", tmp_path, max_part_bytes=1000, max_parts=3)
+    writer.feed(b"--b0\r\n\r\nwhole\r\n--b0\r\n\r\nhalf of it")
+    files = writer.close()
+    assert [p.read_bytes() for p in files] == [b"whole"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.dcm"]

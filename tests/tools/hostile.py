@@ -217,17 +217,17 @@ def series_item(uid: object, modality: object = "CT") -> dict:
     }
 
 
-def instance_item(uid: object) -> dict:
-    return {"00080018": {"vr": "UI", "Value": [uid]}}
-
-
-def send_instance(handler: BaseHTTPRequestHandler, path: Path) -> None:
-    """One DICOM file as a multipart/related WADO-RS answer."""
+def send_instances(handler: BaseHTTPRequestHandler, paths: list[Path]) -> None:
+    """DICOM files as one multipart/related WADO-RS answer."""
     boundary = "lungcad-test-boundary"
     body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        + path.read_bytes()
-        + f"\r\n--{boundary}--\r\n".encode()
+        b"".join(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + path.read_bytes()
+            + b"\r\n"
+            for path in paths
+        )
+        + f"--{boundary}--\r\n".encode()
     )
     handler.send_response(200)
     handler.send_header(
