@@ -421,10 +421,9 @@ def _install(part: Path, source: ScanSource, out_dir: Path) -> None:
     if dicom.is_dir():
         shutil.rmtree(dicom)
     for folder in ("figures", "maps"):
-        for old in (out_dir / folder).glob(f"{stem}[._]*"):
+        for old in (out_dir / folder).glob(f"{stem}*"):
             if old.name == f"{stem}.png" or old.name.startswith(f"{stem}_f"):
                 old.unlink()
-    for folder in ("figures", "maps"):
         for new in sorted((part / folder).glob("*")) if part.is_dir() else []:
             target = inside(out_dir, out_dir / folder / new.name)
             target.parent.mkdir(parents=True, exist_ok=True)

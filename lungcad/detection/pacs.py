@@ -107,8 +107,7 @@ def _store(
     for r in scans[scans["status"] == "ok"].itertuples():
         # Only what this run wrote: the run replaced (or removed) each scan's folder.
         folder = out_dir / "dicom" / safe_name(r.seriesuid)
-        written = str(r.dicom).startswith(SEG_NAME.split(".")[0])
-        files = [folder / n for n in (SEG_NAME, SR_NAME) if written and (folder / n).is_file()]
+        files = [folder / n for n in (SEG_NAME, SR_NAME) if (folder / n).is_file()]
         if not files:  # no finding (nothing to store), or the objects failed to write
             say(f"series {r.seriesuid}: nothing stored: {r.dicom}")
             if str(r.dicom).startswith("not written"):

@@ -401,12 +401,9 @@ class Pacs:
     def _fail(self, what: str, exc: Exception) -> DicomWebError:
         return DicomWebError(f"{safe_url(self.url)}: {what}: {_reason(exc)}")
 
-    def _pages(
-        self, what: str, search: Callable[..., Any], key: str, cap: int, **query: Any
-    ) -> list[dict]:
+    def _pages(self, what: str, search: Callable[..., Any], key: str, **query: Any) -> list[dict]:
         """Every item of a paged query: pages of ``page_size`` until one brings nothing new
-        (the end, or a server that ignores the offset), at most ``max_pages`` pages and
-        ``cap`` items.
+        (the end, or a server that ignores the offset), at most ``max_pages`` pages.
 
         Raises:
             DicomWebError: the query fails, or the answer is over a limit.
@@ -431,11 +428,6 @@ class Pacs:
             if not new:
                 return items
             items.extend(new)
-            if len(items) > cap:
-                raise DicomWebError(
-                    f"{safe_url(self.url)}: {what}: more than {cap} items, over the limit "
-                    "(limits.dicomweb); raise it in params.yaml if the study is genuine"
-                )
         raise DicomWebError(
             f"{safe_url(self.url)}: {what}: still more after limits.dicomweb.max_pages = "
             f"{limits.max_pages} pages of {limits.page_size}"
@@ -453,7 +445,6 @@ class Pacs:
             f"study {study_uid}: series query",
             self.client.search_for_series,
             _SERIES_UID,
-            self.limits.max_pages * self.limits.page_size,
             study_instance_uid=study_uid,
         )
         if not found:

@@ -71,11 +71,10 @@ class RequestGuard:
     def __init__(self, app: ASGIApp, limits: ServeLimits | None = None) -> None:
         self.app = app
         self.limits = limits or ServeLimits()
-        self.max_body_bytes = self.limits.max_body_bytes
 
     def _too_large(self, size: str) -> str:
         return (
-            f"request body of {size} is over this server's limit of {self.max_body_bytes} "
+            f"request body of {size} is over this server's limit of {self.limits.max_body_bytes} "
             "bytes; send fewer cubes per request (Parquet is about 6x smaller than JSON)"
         )
 
@@ -97,7 +96,7 @@ class RequestGuard:
             if not declared.strip().isdigit():
                 await _answer(send, 400, "BAD_REQUEST", f"Content-Length {declared!r} is invalid")
                 return
-            if int(declared) > self.max_body_bytes:
+            if int(declared) > self.limits.max_body_bytes:
                 await _answer(send, 413, "REQUEST_TOO_LARGE", self._too_large(f"{declared} bytes"))
                 return
         chunks, size = [], 0
@@ -107,7 +106,7 @@ class RequestGuard:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > self.limits.max_body_bytes:
                 await _answer(send, 413, "REQUEST_TOO_LARGE", self._too_large("over the limit"))
                 return
             chunks.append(chunk)

@@ -16,23 +16,32 @@ SHAPE = (96, 200, 250)  # (slices, rows, columns)
 SPHERES = [((-45.0, -5.0, 0.0), 5.0), ((40.0, 10.0, -10.0), 9.0), ((50.0, -20.0, 20.0), 16.0)]
 
 
-def synthetic_chest(seed: int = 0) -> tuple[np.ndarray, VolumeGeometry]:
+def synthetic_chest(
+    seed: int = 0,
+    shape: tuple[int, int, int] = SHAPE,
+    spacing: np.ndarray = SPACING,
+    origin: np.ndarray = ORIGIN,
+    spheres: list = SPHERES,
+    lung_half_length_mm: float = 70.0,
+) -> tuple[np.ndarray, VolumeGeometry]:
     """Air outside an elliptic body of soft tissue holding two lungs (-850 HU) with noise,
-    three spheres (SPHERES) and two long vessels (3 mm tubes along z)."""
-    geometry = VolumeGeometry(ORIGIN, SPACING, np.eye(3), SHAPE)
-    k, j, i = np.indices(SHAPE, dtype=np.float32)
-    x = ORIGIN[0] + i * SPACING[0]
-    y = ORIGIN[1] + j * SPACING[1]
-    z = ORIGIN[2] + k * SPACING[2]
-    hu = np.full(SHAPE, -1000.0, np.float32)
+    solid spheres (``spheres``: centre mm, diameter mm) and two long vessels (3 mm tubes
+    along z); the default grid is anisotropic like a clinical CT."""
+    spacing, origin = np.asarray(spacing, float), np.asarray(origin, float)
+    geometry = VolumeGeometry(origin, spacing, np.eye(3), shape)
+    k, j, i = np.indices(shape, dtype=np.float32)
+    x = origin[0] + i * spacing[0]
+    y = origin[1] + j * spacing[1]
+    z = origin[2] + k * spacing[2]
+    hu = np.full(shape, -1000.0, np.float32)
     hu[(x / 95) ** 2 + (y / 75) ** 2 <= 1] = 40.0
     for cx in (-45.0, 45.0):
-        hu[((x - cx) / 38) ** 2 + (y / 55) ** 2 + (z / 70) ** 2 <= 1] = -850.0
-    for (sx, sy, sz), d in SPHERES:
+        hu[((x - cx) / 38) ** 2 + (y / 55) ** 2 + (z / lung_half_length_mm) ** 2 <= 1] = -850.0
+    for (sx, sy, sz), d in spheres:
         hu[(x - sx) ** 2 + (y - sy) ** 2 + (z - sz) ** 2 <= (d / 2) ** 2] = 30.0
     for vx, vy in ((-40.0, 25.0), (35.0, 30.0)):  # vessels crossing the lungs along z
         hu[((x - vx) ** 2 + (y - vy) ** 2 <= 1.5**2) & (np.abs(z) < 50)] = 30.0
-    hu += np.random.default_rng(seed).normal(0, 15, SHAPE).astype(np.float32)
+    hu += np.random.default_rng(seed).normal(0, 15, shape).astype(np.float32)
     return np.rint(hu).astype(np.int16), geometry
 
 

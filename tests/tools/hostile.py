@@ -19,15 +19,10 @@ import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import (
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    RLELossless,
-    RTStructureSetStorage,
-    generate_uid,
-)
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, RTStructureSetStorage, generate_uid
 
 from tests.conftest import write_series
+from tests.detection.test_candidates import synthetic_chest
 from tests.tools.serving import free_port
 
 #: A small chest: air around a body holding two lungs and a 12 mm nodule (2 mm voxels).
@@ -37,20 +32,16 @@ NODULE_MM = (-45.0, 0.0, 0.0)
 
 
 def small_chest(seed: int = 0) -> np.ndarray:
-    """(slices, rows, columns) HU of a small synthetic chest with one nodule."""
-    shape = (32, 80, 100)
-    k, j, i = np.indices(shape, dtype=np.float32)
-    x = CHEST_ORIGIN[0] + i * CHEST_SPACING[0]
-    y = CHEST_ORIGIN[1] + j * CHEST_SPACING[1]
-    z = CHEST_ORIGIN[2] + k * CHEST_SPACING[2]
-    hu = np.full(shape, -1000.0, np.float32)
-    hu[(x / 95) ** 2 + (y / 75) ** 2 <= 1] = 40.0
-    for cx in (-45.0, 45.0):
-        hu[((x - cx) / 38) ** 2 + (y / 55) ** 2 + (z / 45) ** 2 <= 1] = -850.0
-    nx, ny, nz = NODULE_MM
-    hu[(x - nx) ** 2 + (y - ny) ** 2 + (z - nz) ** 2 <= 6.0**2] = 30.0
-    hu += np.random.default_rng(seed).normal(0, 15, shape).astype(np.float32)
-    return np.rint(hu).astype(np.int16)
+    """(slices, rows, columns) HU of a small synthetic chest with one 12 mm nodule."""
+    hu, _ = synthetic_chest(
+        seed,
+        shape=(32, 80, 100),
+        spacing=CHEST_SPACING,
+        origin=CHEST_ORIGIN,
+        spheres=[(NODULE_MM, 12.0)],
+        lung_half_length_mm=45.0,
+    )
+    return hu
 
 
 def write_chest(folder: Path, series_uid: str | None = None, patient_id: str = "TEST-0001"):
@@ -70,46 +61,19 @@ def set_header(files: list[Path], **values: object) -> None:
 def write_rle_bomb(folder: Path, n: int = 2, size: int = 65535) -> list[Path]:
     """``n`` files of a few kB each whose RLE pixel data declares ``size`` x ``size``
     16-bit pixels (8 GiB per slice once decoded)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    series, study = generate_uid(), generate_uid()
+    paths = write_series(folder, np.zeros((n, 2, 2), np.int16), (1, 1, 1), (0, 0, 0))
     # One frame of two RLE segments (the high and low bytes), each a few replicate runs.
     segment = bytes([129, 0]) * 64  # each run: 128 copies of 0
     header = struct.pack("<16I", 2, 64, 64 + len(segment), *([0] * 13))
-    frame = header + segment + segment
-    paths = []
-    for k in range(n):
-        ds = _ct_header(series, study, k, size)
+    for path in paths:
+        ds = pydicom.dcmread(path)
         ds.file_meta.TransferSyntaxUID = RLELossless
-        ds.PixelData = encapsulate([frame])
+        ds.Rows = ds.Columns = size
+        ds.PixelData = encapsulate([header + segment + segment])
         ds["PixelData"].is_undefined_length = True
         ds["PixelData"].VR = "OB"
-        path = folder / f"{k:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
     return paths
-
-
-def _ct_header(series: str, study: str, k: int, size: int) -> pydicom.Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.PatientID = "BOMB"
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.ImagePositionPatient = [0, 0, float(k)]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.PixelSpacing = [1, 1]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ds.Columns = size
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-    return ds
 
 
 def write_rtstruct(folder: Path, study_uid: str) -> Path:
