@@ -161,12 +161,14 @@ def _write_dicom(volume, det, settings: DetectSettings, folder: Path, algorithm:
             segment if every_slice else replace(segment, mask=segment.mask[list(frames)])
         )
     try:
-        written = write_findings_dicom(volume, reported, segments, Algorithm(algorithm), folder)
+        written = write_findings_dicom(
+            volume, reported, segments, Algorithm(algorithm), folder, settings.detect.threshold
+        )
     except DicomObjectError as exc:
         log.warning("%s", exc)
         return f"not written: {exc}"
-    if not written:
-        return "none (no finding at or above the threshold)"
+    if not segments:
+        note = f" (no finding at probability >= {settings.detect.threshold:.2f})"
     return "+".join(p.stem for p in written) + note
 
 
@@ -300,7 +302,9 @@ def _detect_scan(
             seconds_total=float(sum(seconds.values())),
             candidates=len(det.candidates),
             findings_above_threshold=len(reported_findings(det.findings, settings)),
-            lung_rads=scan_category(reported_findings(det.findings, settings)["lung_rads"]),
+            lung_rads=scan_category(
+                reported_findings(det.findings, settings)["lung_rads"], settings.detect.threshold
+            ),
             sizing=_sizing(det.findings),
             **({"dicom": dicom} if settings.dicom else {}),
         )
@@ -560,7 +564,10 @@ def _report(
         if settings.dicom and isinstance(dicom, str) and dicom != "seg+sr":
             lines += [f"DICOM SEG/SR: {dicom}.", ""]
         if len(top) == 0:
-            lines.append(f"No finding at or above the threshold (Lung-RADS {category}).")
+            lines.append(
+                f"No finding at probability ≥ {settings.detect.threshold:.2f}; no Lung-RADS "
+                "category is given (a negative screen is a reader's call)."
+            )
         else:
             lines.append(f"Scan Lung-RADS category: **{category}**.")
             lines.append("")

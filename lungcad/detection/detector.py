@@ -28,7 +28,7 @@ from scipy import ndimage
 from lungcad.config import DetectConfig
 from lungcad.core.candidates import CandidateConfig, generate_candidates
 from lungcad.core.cubes import extract_cube, mirror_pad_z
-from lungcad.core.findings.lungrads import lung_rads
+from lungcad.core.findings.lungrads import UNSIZED, lung_rads
 from lungcad.core.findings.measure import measure_mask, nodule_type
 from lungcad.core.findings.merge import FindingMask, cube_finding_mask, fuse_masks, group_findings
 from lungcad.core.io.series import CtVolume
@@ -287,7 +287,7 @@ def mask_findings(
             row["sizing"] = "n/a"
             for column in ("diameter_mm", "mean_diameter_mm", "volume_mm3", "solid_diameter_mm"):
                 row[column] = np.nan
-            row["lung_rads"] = "n/a"
+            row["lung_rads"] = UNSIZED
         else:
             fused[len(rows)] = (mask, origin, spacing)
             row["coordX"], row["coordY"], row["coordZ"] = measures.centroid_mm
@@ -353,7 +353,7 @@ def detect_volume(
             mean_diameter_mm=np.nan,
             volume_mm3=np.nan,
             solid_diameter_mm=np.nan,
-            lung_rads="n/a",
+            lung_rads=UNSIZED,
         )
     elif len(scored):
         nodules, fused = mask_findings(scored, masks)

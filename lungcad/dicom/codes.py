@@ -27,12 +27,14 @@ ARTIFICIAL_INTELLIGENCE = codes.cid7162.ArtificialIntelligence  # DCM 123110
 MM = codes.UCUM.Millimeter
 MM3 = codes.UCUM.CubicMillimeter
 NO_UNITS = codes.UCUM.NoUnits
+ABSENT = codes.SCT.Absent  # SCT 272519000: no nodule found (a scan's negative report)
 
 # Private (no standard concept says exactly this)
 SOLID_DIAMETER = Code("SOLID-DIAM", PRIVATE_SCHEME, "Solid component mean diameter")
 MALIGNANCY = Code("MALIGNANCY", PRIVATE_SCHEME, "Malignancy rating, LIDC scale 1-5")
 NODULE_TYPE = Code("NODULE-TYPE", PRIVATE_SCHEME, "Nodule type")
 LUNG_RADS = Code("LUNG-RADS", PRIVATE_SCHEME, "Lung-RADS v2022 category")
+THRESHOLD = Code("THRESHOLD", PRIVATE_SCHEME, "Nodule probability threshold of the report")
 TYPE_VALUES = {
     "solid": Code("SOLID", PRIVATE_SCHEME, "solid"),
     "part-solid": Code("PART-SOLID", PRIVATE_SCHEME, "part-solid"),

@@ -4,7 +4,9 @@ both written with highdicom, and both read back into lungcad's terms.
 
 Each measurement group holds the finding's centre (SCOORD3D point, patient mm), a reference
 to its SEG segment, its diameters and volume, the nodule probability, the malignancy rating
-(1-5), type and Lung-RADS category where the model gives them. The objects get new UIDs and
+(1-5), type and Lung-RADS category where the model gives them. A scan without findings gets
+an SR alone, whose one group says Nodule = Absent at the threshold it reports at: the CAD
+ran on this series, with this model, and found nothing. The objects get new UIDs and
 carry from the source CT only the patient, study and frame-of-reference identity the IODs
 require (highdicom copies the patient and study modules of the source images).
 """
@@ -34,6 +36,8 @@ SEG_SERIES_NUMBER = 9001
 SR_SERIES_NUMBER = 9002
 SEG_NAME = "seg.dcm"
 SR_NAME = "sr.dcm"
+#: The tracking identifier of a report's only group when it found nothing.
+NO_FINDING = "no finding"
 
 
 class DicomObjectError(LungcadError, ValueError):
@@ -255,19 +259,37 @@ def _group(
     return group
 
 
+def _no_finding_group(
+    threshold: float, algorithm: Algorithm
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The one measurement group of a report that found nothing: Nodule = Absent at the
+    threshold it reports at."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=NO_FINDING),
+        finding_type=lc.NODULE,
+        algorithm_id=algorithm.identification(),
+        finding_sites=[hd.sr.FindingSite(anatomic_location=lc.LUNG)],
+        measurements=[
+            hd.sr.Measurement(name=lc.THRESHOLD, value=float(threshold), unit=lc.NO_UNITS)
+        ],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(lc.NODULE, lc.ABSENT)],
+    )
+
+
 def _sr(
     volume: CtVolume,
     ct: list[Dataset],
-    seg: hd.seg.Segmentation,
+    seg: hd.seg.Segmentation | None,
     findings: pd.DataFrame,
     tracking: list[str],
     algorithm: Algorithm,
+    threshold: float,
 ) -> hd.sr.Comprehensive3DSR:
     frame_uid = str(ct[0].FrameOfReferenceUID)
     groups = [
         _group(rank, row, tracking[rank - 1], seg, volume.series_uid, frame_uid, algorithm)
         for rank, (_, row) in enumerate(findings.iterrows(), start=1)
-    ]
+    ] or [_no_finding_group(threshold, algorithm)]
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -283,7 +305,7 @@ def _sr(
         imaging_measurements=groups,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*ct, seg],
+        evidence=[*ct, seg] if seg is not None else ct,
         content=report,
         series_instance_uid=generate_uid(),
         series_number=SR_SERIES_NUMBER,
@@ -307,18 +329,21 @@ def write_findings_dicom(
     segments: list[Segment],
     algorithm: Algorithm,
     out_dir: str | Path,
+    threshold: float,
 ) -> list[Path]:
-    """Write a scan's SEG and SR into ``out_dir``; nothing for a scan without findings (a
-    TID 1500 report holds at least one measurement group).
+    """Write a scan's SEG and SR into ``out_dir``; for a scan without findings, an SR alone
+    saying that the CAD ran on this series with this model and found no nodule at
+    ``threshold`` (a SEG holds at least one segment).
 
     Args:
         volume: the scan, read from DICOM files (``volume.source_files``).
         findings: the reported findings, best first (detect's columns); row k is finding
             k + 1 and segment k + 1.
         segments: each finding's segment on the CT grid, in the same order.
+        threshold: the nodule probability the findings are reported at.
 
     Returns:
-        The files written: ``seg.dcm`` and ``sr.dcm`` (none without findings).
+        The files written: ``seg.dcm`` and ``sr.dcm``, or ``sr.dcm`` alone.
 
     Raises:
         DicomObjectError: the scan has no DICOM files, or highdicom refuses an object.
@@ -326,21 +351,21 @@ def write_findings_dicom(
     if len(findings) != len(segments):
         raise ValueError(f"{len(findings)} findings but {len(segments)} segments")
     ct = _sources(volume)
-    if not segments:
-        return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # One tracking UID per finding, shared by its SEG segment and its SR group.
     tracking = [generate_uid() for _ in segments]
     try:
-        seg = _seg(ct, segments, tracking, algorithm)
-        sr = _sr(volume, ct, seg, findings.reset_index(drop=True), tracking, algorithm)
+        seg = _seg(ct, segments, tracking, algorithm) if segments else None
+        sr = _sr(volume, ct, seg, findings.reset_index(drop=True), tracking, algorithm, threshold)
     except (ValueError, TypeError, AttributeError) as exc:
         raise DicomObjectError(
             f"scan {volume.series_uid}: cannot write its DICOM SEG/SR ({exc})"
         ) from exc
     written = []
     for name, ds in ((SEG_NAME, seg), (SR_NAME, sr)):
+        if ds is None:
+            continue
         _strip_copied(ds, ct[0])
         with atomic_path(
             out_dir / name, f"the DICOM {ds.Modality} of scan {volume.series_uid}"
@@ -403,6 +428,20 @@ def read_findings_sr(path: str | Path) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def read_no_finding(path: str | Path) -> float | None:
+    """The threshold an SR lungcad wrote for a scan without findings reports at; None for
+    an SR with findings."""
+    try:
+        sr = hd.sr.srread(path)
+    except Exception as exc:  # pydicom and highdicom raise many types for broken files
+        raise DicomObjectError(f"{path}: not a readable DICOM SR ({exc})") from exc
+    for group in sr.content.get_image_measurement_groups():
+        evaluations = {e.name.value: e.value.value for e in group.get_qualitative_evaluations()}
+        if evaluations.get(lc.NODULE.value) == lc.ABSENT.value:
+            return _number(group, lc.THRESHOLD)
+    return None
 
 
 def read_segments(path: str | Path, source_sop_uids: list[str]) -> dict[int, np.ndarray]:

@@ -7,7 +7,7 @@ import pandas as pd
 from lungcad.detection.batch import top_findings
 
 
-def test_a_finding_without_type_or_category_prints_neither(tmp_path) -> None:
+def test_an_unsized_finding_prints_no_type_and_lung_rads_0(tmp_path) -> None:
     uid = "1.2.3.4"
     pd.DataFrame(
         [
@@ -20,7 +20,7 @@ def test_a_finding_without_type_or_category_prints_neither(tmp_path) -> None:
                 "malignancy": 2.9,
                 "diameter_mm": float("nan"),
                 "type": "n/a",
-                "lung_rads": "n/a",
+                "lung_rads": "0",
             },
             {
                 "seriesuid": uid,
@@ -40,5 +40,6 @@ def test_a_finding_without_type_or_category_prints_neither(tmp_path) -> None:
     ).to_csv(tmp_path / "scans.csv", index=False)
     lines = top_findings(tmp_path, 0.9)
     assert lines[0] == f"LIDC-IDRI-0001 {uid}: 2 finding(s) >= 0.90"
-    assert lines[1].endswith("malignancy 2.9  size n/a")  # no type, no "Lung-RADS nan"
+    # no type ("n/a" reads back as NaN), and category 0: it cannot be sized
+    assert lines[1].endswith("malignancy 2.9  size n/a  Lung-RADS 0")
     assert lines[2].endswith("malignancy 3.1  7.5 mm solid  Lung-RADS 3")

@@ -18,6 +18,7 @@ from lungcad.dicom.objects import (
     Algorithm,
     DicomObjectError,
     read_findings_sr,
+    read_no_finding,
     read_segments,
     write_findings_dicom,
 )
@@ -50,7 +51,7 @@ def _findings(volume) -> tuple[pd.DataFrame, list]:
             "volume_mm3": [216.0, np.nan, np.nan],
             "type": ["part-solid", "n/a", "n/a"],
             "solid_diameter_mm": [3.5, np.nan, np.nan],
-            "lung_rads": ["3", "n/a", "n/a"],
+            "lung_rads": ["3", "0", "0"],
         }
     )
     mask = np.zeros((8, 8, 8), bool)
@@ -73,7 +74,7 @@ def test_seg_and_sr_are_valid_and_read_back_equal_to_the_findings(slab, tmp_path
     findings, segments = _findings(slab)
     assert [s.source for s in segments] == ["predicted mask", "sphere", "marker"]
     seg_path, sr_path = write_findings_dicom(
-        slab, findings, segments, Algorithm("models:/lungcad/3"), tmp_path
+        slab, findings, segments, Algorithm("models:/lungcad/3"), tmp_path, 0.5
     )
     assert dciodvfy_errors(seg_path) == []
     assert dciodvfy_errors(sr_path) == []
@@ -109,11 +110,14 @@ def test_seg_and_sr_are_valid_and_read_back_equal_to_the_findings(slab, tmp_path
     if shutil.which("dsrdump"):  # dcmtk renders the report
         text = subprocess.run(["dsrdump", str(sr_path)], capture_output=True, text=True).stdout
         assert "Imaging Measurement Report" in text and "Lung-RADS 3" in text
+        assert "Lung-RADS 0" in text
 
 
 def test_the_objects_carry_the_patient_and_study_identity_and_nothing_else(slab, tmp_path):
     findings, segments = _findings(slab)
-    paths = write_findings_dicom(slab, findings, segments, Algorithm("tiny.pt sha256:0"), tmp_path)
+    paths = write_findings_dicom(
+        slab, findings, segments, Algorithm("tiny.pt sha256:0"), tmp_path, 0.5
+    )
     source = pydicom.dcmread(slab.source_files[0], stop_before_pixels=True)
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -130,9 +134,27 @@ def test_the_objects_carry_the_patient_and_study_identity_and_nothing_else(slab,
         assert "PatientAge" not in ds  # the source has it; these objects need not
 
 
-def test_a_scan_without_findings_gets_no_objects(slab, tmp_path):
-    findings, _ = _findings(slab)
-    assert write_findings_dicom(slab, findings.iloc[:0], [], Algorithm("m"), tmp_path) == []
+def test_a_scan_without_findings_gets_a_valid_negative_report(slab, tmp_path):
+    findings, segments = _findings(slab)
+    empty = findings.iloc[:0]
+    (sr_path,) = write_findings_dicom(
+        slab, empty, [], Algorithm("models:/lungcad/3"), tmp_path, 0.9
+    )
+    assert sr_path.name == "sr.dcm" and not (tmp_path / "seg.dcm").exists()
+    assert dciodvfy_errors(sr_path) == []
+    assert read_no_finding(sr_path) == 0.9 and read_findings_sr(sr_path).empty
+    sr = pydicom.dcmread(sr_path)
+    # which series the CAD ran on, and with which model
+    (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
+    (series,) = evidence.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == slab.series_uid
+    assert len(series.ReferencedSOPSequence) == len(slab.source_files)
+    assert b"model=models:/lungcad/3" in sr_path.read_bytes()  # algorithm parameters
+    # a report with findings is not a negative one
+    _, with_findings = write_findings_dicom(
+        slab, findings, segments, Algorithm("m"), tmp_path / "found", 0.9
+    )
+    assert read_no_finding(with_findings) is None
 
 
 def test_a_volume_not_read_from_dicom_cannot_have_objects(slab, tmp_path):
@@ -141,5 +163,5 @@ def test_a_volume_not_read_from_dicom_cannot_have_objects(slab, tmp_path):
     findings, segments = _findings(slab)
     with pytest.raises(DicomObjectError, match="not read from DICOM"):
         write_findings_dicom(
-            replace(slab, source_files=()), findings, segments, Algorithm("m"), tmp_path
+            replace(slab, source_files=()), findings, segments, Algorithm("m"), tmp_path, 0.5
         )

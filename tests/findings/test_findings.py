@@ -109,7 +109,7 @@ def test_findings_table_one_row_per_nodule_and_empty_masks_say_so() -> None:
     assert abs(nodule["diameter_mm"] - 12) <= 1 and nodule["type"] == "solid"
     assert nodule["lung_rads"] == "4A" and nodule["sizing"] == "mask"
     assert empty["sizing"] == "n/a" and np.isnan(empty["diameter_mm"])
-    assert empty["lung_rads"] == "n/a" and empty["type"] == "ground glass"  # from the head
+    assert empty["lung_rads"] == "0" and empty["type"] == "ground glass"  # unsized; type: the head
     assert empty["probability"] == 0.5  # keeps its score
 
 
@@ -142,17 +142,21 @@ def test_a_part_solid_nodules_solid_component_is_measured() -> None:
         ("part-solid", 12.0, 8.0, "4B"),
         ("ground glass", 29.9, 0, "2"),
         ("ground glass", 30.0, 0, "3"),
-        ("solid", float("nan"), 0, "n/a"),
+        ("solid", float("nan"), 0, "0"),  # cannot be sized: incomplete
     ],
 )
 def test_lung_rads_at_every_boundary(kind, size, solid, category) -> None:
     assert lung_rads(kind, size, solid) == category
 
 
-def test_scan_category_is_the_most_suspicious_nodules() -> None:
-    assert scan_category([]) == "1"
-    assert scan_category(["2", "n/a", "4A", "3"]) == "4A"
-    assert scan_category(["n/a"]) == "1"
+def test_scan_category_is_the_most_suspicious_finding_and_never_1() -> None:
+    assert scan_category(["2", "4A", "3"], 0.9) == "4A"
+    # an unsized finding leaves the evaluation incomplete, unless one is already 4A or 4B
+    assert scan_category(["2", "0", "3"], 0.9) == "0"
+    assert scan_category(["0", "4B"], 0.9) == "4B"
+    assert scan_category(["0"], 0.5) == "0"
+    # nothing found is not a negative screen
+    assert scan_category([], 0.9) == "no finding at probability >= 0.90"
     with pytest.raises(ValueError, match="unknown nodule type"):
         lung_rads("calcified", 5.0)
 

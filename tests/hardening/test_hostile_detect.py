@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from lungcad.cli.main import app
 from lungcad.core.outputs import owned_output
+from lungcad.dicom.objects import read_no_finding
 from tests.conftest import REPO, TEST_PARAMS, set_raw, write_series, write_tiny_checkpoint
 from tests.tools.hostile import write_chest, write_mhd_bomb, write_rle_bomb, write_rtstruct
 
@@ -168,12 +169,15 @@ def test_a_rerun_owns_its_folder(tmp_path, model) -> None:
     assert sorted(p.name for p in (out / "dicom" / uid).iterdir()) == ["seg.dcm", "sr.dcm"]
     stale_figure = out / "figures" / "TEST-0001_43.8.498.910_f3_cam.png"
     assert stale_figure.is_file()
-    # Nothing at or above 1.0: the first run's SEG, SR and finding pictures go (a --store
-    # sends only what this run wrote), and the folder holds no lock after the run.
+    # Nothing at or above 1.0: the first run's SEG and finding pictures go, its SR is
+    # replaced by the negative report (a --store sends only what this run wrote), and the
+    # folder holds no lock after the run.
     second = runner.invoke(app, [*args, "--threshold", "1.0"])
     assert second.exit_code == 0, second.output
-    assert not (out / "dicom" / uid).exists() and not stale_figure.exists()
-    assert pd.read_csv(out / "scans.csv")["dicom"].iloc[0].startswith("none")
+    assert sorted(p.name for p in (out / "dicom" / uid).iterdir()) == ["sr.dcm"]
+    assert read_no_finding(out / "dicom" / uid / "sr.dcm") == 1.0 and not stale_figure.exists()
+    dicom = pd.read_csv(out / "scans.csv")["dicom"].iloc[0]
+    assert dicom == "sr (no finding at probability >= 1.00)"
     assert not (out / ".lock").exists() and not (out / ".parts").exists()
     with owned_output(out, "lungcad detect"):
         busy = runner.invoke(app, [*args, "--threshold", "0.5"])

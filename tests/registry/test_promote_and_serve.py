@@ -150,7 +150,7 @@ def test_champion_is_served_and_bad_input_gets_4xx(registry) -> None:
         # the nodule outlined at each cube's centre, compact (the champion segments)
         found = set(CUBE_FINDING_COLUMNS)
         assert len(rows) == 3 and set(rows[0]) == {"nodule_prob", "malignancy", "nodule", *found}
-        assert all(r["lung_rads"] in ("2", "3", "4A", "4B", "n/a") for r in rows)
+        assert all(r["lung_rads"] in ("0", "2", "3", "4A", "4B") for r in rows)
         assert all(0 <= r["nodule_prob"] <= 1 and r["nodule"] in (0, 1) for r in rows)
         # Asked for, the detection map comes back too: 32³ cubes pooled by 4 -> 8³ values.
         ask = {"inputs": cubes.tolist(), "params": {"explain": True}}

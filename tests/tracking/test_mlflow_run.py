@@ -106,7 +106,7 @@ def test_pyfunc_model_gives_the_torch_model_outputs(tracked, monkeypatch) -> Non
     assert list(out.columns) == ["nodule_prob", "malignancy", *named, *found] and len(out) == 6
     outputs = [c.name for c in pyfunc.metadata.get_output_schema().inputs]
     assert outputs == ["nodule_prob", "malignancy", *named, *found]
-    assert out["lung_rads"].isin(["2", "3", "4A", "4B", "n/a"]).all() if found else True
+    assert out["lung_rads"].isin(["0", "2", "3", "4A", "4B"]).all() if found else True
     prob, mal, extra = predict_hu_cubes(
         model, cubes, config.window_hu, torch.device("cpu"), named_outputs=True
     )

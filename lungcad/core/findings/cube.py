@@ -25,7 +25,7 @@ def cube_finding(
     mask_zyx: np.ndarray, hu_zyx: np.ndarray, spacing_mm: float, texture: float | None = None
 ) -> dict:
     """Sizes (NaN where the mask outlines nothing near the centre), type (from ``texture``,
-    the texture head's LIDC rating, and the mask's HU) and Lung-RADS category ("n/a" without
+    the texture head's LIDC rating, and the mask's HU) and Lung-RADS category ("0" without
     a size) of the nodule a cube's predicted mask outlines at its centre."""
     part = nodule_part(mask_zyx, spacing_mm)
     origin = cube_grid_origin(np.zeros(3), part.shape[0], spacing_mm)
