@@ -29,7 +29,8 @@ def split(
         Path,
         typer.Option(
             "--splits",
-            help="The default split, whose test patients cv.holdout: test keeps out of every fold.",
+            help="The default split, whose val and test patients cv.holdout: default_split keeps "
+            "out of every fold.",
         ),
     ] = Path("data/splits.json"),
     params: ParamsFile = Path("params.yaml"),
@@ -45,18 +46,19 @@ def split(
         fail(f"{index} does not exist: run `lungcad data build` (DVC stage `preprocess`) first")
     table = pd.read_csv(index)
     held_out: list[str] = []
-    if p.cv.holdout == "test":
+    if p.cv.holdout == "default_split":
         if not splits.is_file():
             fail(
-                f"cv.holdout: test keeps the test patients of {splits} out, but it does not "
-                "exist: run `lungcad data split` (DVC stage `split`) first"
+                f"cv.holdout: default_split keeps the val and test patients of {splits} out, "
+                "but it does not exist: run `lungcad data split` (DVC stage `split`) first"
             )
         try:
-            held_out = sorted(load_splits(splits)["test"])
+            default = load_splits(splits)
+            held_out = sorted({*default["val"], *default["test"]})
         except (ValueError, KeyError) as exc:
             fail(f"{splits} is not a splits.json ({exc}): re-run `lungcad data split`")
         table = table[~table["patient_id"].isin(held_out)]
-        typer.echo(f"held out of every fold: the {len(held_out)} test patients of {splits}")
+        typer.echo(f"held out of every fold: the {len(held_out)} val and test patients of {splits}")
     k, notes = len(p.cv.folds), []
     try:
         if p.cv.split_by == "luna16_subsets":
@@ -137,7 +139,8 @@ def ensemble(
         typer.Option(
             "--track/--no-track",
             help="Log it as an MLflow run with its pyfunc model (a promotion candidate when "
-            "the folds held the default test split out, cv.holdout: test).",
+            "the folds held the default split's val and test patients out, "
+            "cv.holdout: default_split).",
         ),
     ] = True,
     dataset: Dataset = Path("data/processed"),
@@ -172,6 +175,9 @@ def ensemble(
     why = (
         "a promotion candidate"
         if held_out
-        else "not a promotion candidate: its folds covered the test patients (cv.holdout: none)"
+        else (
+            "not a promotion candidate: its folds covered the val and test patients "
+            "(cv.holdout: none)"
+        )
     )
     typer.echo(f"MLflow run {info['run_id']}, {why}")

@@ -197,14 +197,15 @@ class CvConfig(Section):
             ``luna16_subsets`` (LUNA16's protocol: fold k is the k-th ``subset<k>`` folder of
             a LUNA16 root; list one fold per subset).
         holdout: ``none`` (the folds cover every patient: out-of-fold figures over all of
-            them) or ``test`` (the default split's test patients, ``data/splits.json``, are
-            in no fold: the fold ensemble and the single-split model can then be compared
-            on that test split, which neither trained on).
+            them) or ``default_split`` (the default split's val and test patients,
+            ``data/splits.json``, are in no fold: the fold models and their ensemble are
+            then promotion candidates, compared with the champion on val and reported on
+            test, neither of which any fold trained on).
     """
 
     folds: list[int] = [0, 1, 2, 3, 4]
     split_by: Literal["patients", "luna16_subsets"] = "patients"
-    holdout: Literal["none", "test"] = "none"
+    holdout: Literal["none", "default_split"] = "none"
 
     @model_validator(mode="after")
     def _numbered(self) -> CvConfig:

@@ -5,9 +5,10 @@
 ``explain`` and ``serve`` take it like any checkpoint. ``log_fold_ensemble`` gives it an
 MLflow run with the pyfunc model (the members' mean), the fold runs as its members, and
 the mean of their validation metrics as ``best_val_metric``. It is tagged as a promotion
-candidate (``lungcad.has_model``) only when the folds held the default split's test
-patients out (``cv.holdout: test``): promotion evaluates candidates on that test split, and
-an ensemble whose members trained on it would win there unfairly.
+candidate (``lungcad.has_model``) only when the folds held the default split's val and
+test patients out (``cv.holdout: default_split``): promotion compares candidates on that
+val split and reports test, and an ensemble whose members trained on either would win
+there unfairly.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def log_fold_ensemble(
         mlflow.log_params(
             {
                 "members": n_folds,
-                "cv.holdout": "test" if candidate else "none",
+                "cv.holdout": "default_split" if candidate else "none",
                 "train.window_hu": state["config"].get("window_hu"),
             }
         )

@@ -1,13 +1,15 @@
 """Guarded promotion of the best run to the MLflow model registry, with aliases.
 
 The candidate is the run with the highest declared criterion among the experiment's
-training runs that logged a model (tuning trials log none). It is evaluated on the test
-split, and so is the current champion, on the same split, with the same code: a candidate
-whose test objective (detection AUC - malignancy MAE / 4) is lower is refused unless
-forced. A promoted candidate becomes a new version of the registered model with its test
-metrics as tags, its evaluation report in its run, a description carrying the model-card
-facts (input, HU window, spacing, data version, intended use), the alias ``champion``, and
-the old champion keeps the alias ``previous``. Registry stages are not used (deprecated).
+training runs that logged a model (tuning trials log none). It is evaluated, and so is the
+current champion, with the same code on the same splits, and the two are compared on the
+val split: a candidate whose validation objective (detection AUC - malignancy MAE / 4) is
+lower is refused unless forced. The test split chooses nothing: its figures are reported
+once, for the model promoted. A promoted candidate becomes a new version of the registered
+model with its validation objective and test metrics as tags, its evaluation report in its
+run, a description carrying the model-card facts (input, HU window, spacing, data version,
+intended use), the alias ``champion``, and the old champion keeps the alias ``previous``.
+Registry stages are not used (deprecated).
 """
 
 from __future__ import annotations
@@ -45,16 +47,17 @@ class PromotionDecision:
     promoted: bool
     reason: str
     candidate_run_id: str
-    candidate_objective: float
+    candidate_objective: float  # on the val split
     champion_version: str | None
-    champion_objective: float | None
+    champion_objective: float | None  # on the val split
     new_version: str | None
     metrics: dict[str, Any]
 
 
-def test_objective(doc: dict[str, Any]) -> float:
-    """The promotion score on the test split: detection AUC - malignancy MAE / 4."""
-    return validation_objective(doc["detection"]["auc"], doc["malignancy"]["mae"])
+def promotion_objective(doc: dict[str, Any]) -> float:
+    """The promotion score, on the val split: detection AUC - malignancy MAE / 4."""
+    val = doc["val"]
+    return validation_objective(val["detection"]["auc"], val["malignancy"]["mae"])
 
 
 def best_candidate(experiment: str, criterion: str = "metrics.best_val_metric") -> str:
@@ -112,7 +115,7 @@ def promote(
     eval_config: EvaluateConfig | None = None,
     detection: tuple[str, dict[str, Any]] | None = None,
 ) -> PromotionDecision:
-    """Evaluate the candidate (and champion) on test, then register it or refuse.
+    """Compare the candidate with the champion on val, then register it or refuse.
 
     Args:
         dataset_dir, splits_file: the dataset and splits both are evaluated on.
@@ -138,7 +141,7 @@ def promote(
             report_dir,
             eval_config,
         )
-        candidate_score = test_objective(doc)
+        candidate_score = promotion_objective(doc)
         champion = _alias_version(client, CHAMPION)
         champion_score = None
         if champion is not None:
@@ -164,10 +167,10 @@ def promote(
                 champ_dir / "report",
                 eval_config,
             )
-            champion_score = test_objective(champ_doc)
+            champion_score = promotion_objective(champ_doc)
             if candidate_score < champion_score and not force:
                 reason = (
-                    f"candidate run {run_id} scores {candidate_score:.4f} on the test split "
+                    f"candidate run {run_id} scores {candidate_score:.4f} on the val split "
                     f"(AUC - MAE/4), below champion version {champion.version} at "
                     f"{champion_score:.4f}; kept the champion (use --force to replace it)"
                 )
@@ -194,7 +197,7 @@ def promote(
     registered = mlflow.register_model(info.model_uri, REGISTERED_MODEL)
     new_version = str(registered.version)
     tags = {
-        "test_objective": f"{candidate_score:.4f}",
+        "val_objective": f"{candidate_score:.4f}",
         "threshold": f"{threshold:.4f}",
         "source_run": run_id,
     }
@@ -212,7 +215,7 @@ def promote(
         client.set_registered_model_alias(REGISTERED_MODEL, PREVIOUS, champion.version)
     client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, new_version)
     reason = (
-        f"registered version {new_version} as {CHAMPION} (test objective "
+        f"registered version {new_version} as {CHAMPION} (val objective "
         f"{candidate_score:.4f}"
         + (f" vs {champion_score:.4f}" if champion_score is not None else ", no previous champion")
         + ")"

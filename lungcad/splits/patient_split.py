@@ -244,8 +244,8 @@ def write_folds(
     tested = [pid for f in folds for pid in f["test"]]
     if sorted(tested) != sorted(index["patient_id"].unique()) or len(set(tested)) != len(tested):
         raise ValueError("the folds must test every patient exactly once")
-    # A fold model's runs are promotion candidates (scored on the default test split) only
-    # when no fold holds a patient of that split.
+    # A fold model's runs are promotion candidates (compared on the default split's val,
+    # reported on its test) only when no fold holds a patient of either.
     extra = {"fold": None, "promotion_candidate": bool(held_out)}
     summary = [
         write_splits(f, index, out_dir / f"fold{k}.json", seed, {**extra, "fold": k})["summary"]

@@ -170,29 +170,30 @@ def _cv_split(tmp_path, params_text: str, splits) -> object:
     return CliRunner().invoke(app, [*args, "--splits", str(splits), "--params", str(params)])
 
 
-def test_holdout_test_keeps_the_default_test_patients_out_of_every_fold(tmp_path) -> None:
+def test_holdout_keeps_the_default_val_and_test_patients_out_of_every_fold(tmp_path) -> None:
     index = _index(40)
     index.to_csv(tmp_path / "index.csv", index=False)
     split = make_splits(index, 0.15, 0.2, 0)
     write_splits(split, index, tmp_path / "splits.json", 0)
     result = _cv_split(
-        tmp_path, "cv:\n  folds: [0, 1, 2]\n  holdout: test\n", tmp_path / "splits.json"
+        tmp_path, "cv:\n  folds: [0, 1, 2]\n  holdout: default_split\n", tmp_path / "splits.json"
     )
     assert result.exit_code == 0, result.output
-    assert f"the {len(split['test'])} test patients" in result.output
+    apart = set(split["val"]) | set(split["test"])
+    assert f"the {len(apart)} val and test patients" in result.output
     doc = json.loads((tmp_path / "cv" / "folds.json").read_text())
-    assert doc["held_out"] == sorted(split["test"])
+    assert doc["held_out"] == sorted(apart)
     covered = set()
     for k in range(3):
         fold = load_splits(tmp_path / "cv" / f"fold{k}.json")
         members = {pid for part in fold.values() for pid in part}
-        assert not members & set(split["test"])  # no fold trains, validates or tests on them
+        assert not members & apart  # no fold trains, validates or tests on them
         assert json.loads((tmp_path / "cv" / f"fold{k}.json").read_text())["promotion_candidate"]
         covered |= set(fold["test"])
-    assert covered == set(split["train"]) | set(split["val"])  # the others tested once
+    assert covered == set(split["train"])  # the others tested once
     # Without the default split the command says what to run, in one line.
     result = _cv_split(
-        tmp_path, "cv:\n  folds: [0, 1, 2]\n  holdout: test\n", tmp_path / "none.json"
+        tmp_path, "cv:\n  folds: [0, 1, 2]\n  holdout: default_split\n", tmp_path / "none.json"
     )
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
