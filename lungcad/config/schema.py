@@ -453,7 +453,7 @@ class DetectConfig(Section):
         tta_flips: test-time augmentation: also score each cube flipped along these axes
             (0 z, 1 y, 2 x) and average; each axis doubles the scoring.
         nms_overlap: MONAI box NMS in mm: drop a finding this much inside a better one's box.
-        bootstrap: FROC CIs: scans resampled with replacement.
+        bootstrap: FROC CIs: patients resampled with replacement (all their scans).
         seed: seeds the bootstrap.
     """
 

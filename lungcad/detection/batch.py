@@ -45,7 +45,7 @@ import pandas as pd
 
 from lungcad.config import DetectConfig, ReadLimits
 from lungcad.core.annotations.lidc_db import LidcDatabase
-from lungcad.core.annotations.luna16 import REFERENCE_COLUMNS, lidc_reference
+from lungcad.core.annotations.luna16 import REFERENCE_COLUMNS, lidc_reference, reference_count
 from lungcad.core.candidates import CANDIDATE_COLUMNS
 from lungcad.core.findings.lungrads import LUNG_RADS_LABEL, scan_category
 from lungcad.core.io.nifti import write_mask_nifti
@@ -216,6 +216,13 @@ def _scan_job(args: tuple) -> dict | None:
         log.warning("scan %s not usable: %s", source.series_uid, reason)
         log.debug("scan %s failed", source.series_uid, exc_info=True)
         failed = {**meta, "status": "error", "reason": reason}
+        if db_path:  # its reference nodules count as missed in the FROC
+            try:
+                failed["reference_nodules"] = reference_count(
+                    source.series_uid, LidcDatabase(db_path)
+                )
+            except Exception:  # the count is best effort; the failure is what is reported
+                log.debug("scan %s: reference not counted", source.series_uid, exc_info=True)
         if not _passing(exc):
             try:
                 with atomic_path(part, f"the outcome of scan {source.series_uid}") as tmp:

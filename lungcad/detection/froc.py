@@ -8,7 +8,8 @@ when its size is unknown, -1) is ignored;
 every other finding is a false positive. Sweeping the probability threshold gives the FROC
 curve (sensitivity against false positives per scan); the CPM is the mean sensitivity at
 1/8, 1/4, 1/2, 1, 2, 4 and 8 false positives per scan, read off the curve by linear
-interpolation. Its 95 % CI comes from bootstrapping scans.
+interpolation. Its 95 % CI comes from bootstrapping patients (all of a drawn patient's
+scans together), or scans where no patient is given.
 
 MONAI's ``compute_froc_score`` does the interpolation and averaging. The curve itself is
 computed here from scikit-learn's ``roc_curve`` over the counted findings (as LUNA16's own
@@ -173,13 +174,19 @@ def bootstrap_cpm(
     series_uids: list[str],
     n: int = 1000,
     seed: int = 0,
+    patients: list[str] | None = None,
 ) -> dict[str, float]:
-    """95 % percentile CI of the CPM and of each sensitivity, resampling scans with
-    replacement (a scan drawn twice counts its findings and nodules twice)."""
+    """95 % percentile CI of the CPM and of each sensitivity, resampling patients with
+    replacement (``patients[i]`` is the patient of ``series_uids[i]``; a patient drawn
+    twice counts all of its scans' findings and nodules twice), or scans without
+    ``patients``."""
     rng = np.random.default_rng(seed)
     series = np.asarray(pd.unique(np.asarray(series_uids, dtype=object)))
     if n <= 0 or len(series) == 0:
         return {}
+    owner = dict(zip(series_uids, patients)) if patients is not None else {}
+    units = pd.unique(np.asarray([owner.get(u, u) for u in series], dtype=object))
+    unit_of = {u: owner.get(u, u) for u in series}
     # Each scan's contribution is fixed (its nodules' best hits, its false positives), so
     # it is computed once; a bootstrap sample only concatenates scans.
     per_scan = []
@@ -190,15 +197,27 @@ def bootstrap_cpm(
         labels = label_findings(f, a, e)["label"].to_numpy()
         fp = f["probability"].to_numpy(float)[labels == "fp"]
         per_scan.append((_best_hit_per_nodule(f, a), fp, len(a)))
+    # One resampling unit per patient: its scans' hits, false positives, nodules and scans.
+    per_unit = []
+    for unit in units:
+        mine = [per_scan[i] for i, u in enumerate(series) if unit_of[u] == unit]
+        per_unit.append(
+            (
+                np.concatenate([m[0] for m in mine]),
+                np.concatenate([m[1] for m in mine]),
+                sum(m[2] for m in mine),
+                len(mine),
+            )
+        )
     samples = []
     for _ in range(n):
-        draw = rng.integers(len(series), size=len(series))
-        tp = np.concatenate([per_scan[i][0] for i in draw])
-        fp = np.concatenate([per_scan[i][1] for i in draw])
-        n_nodules = sum(per_scan[i][2] for i in draw)
+        draw = rng.integers(len(units), size=len(units))
+        tp = np.concatenate([per_unit[i][0] for i in draw])
+        fp = np.concatenate([per_unit[i][1] for i in draw])
+        n_nodules = sum(per_unit[i][2] for i in draw)
         if n_nodules == 0:
             continue
-        fps, sens = froc_curve(tp, fp, n_nodules, len(draw))
+        fps, sens = froc_curve(tp, fp, n_nodules, sum(per_unit[i][3] for i in draw))
         at = [float(np.interp(r, fps[::-1], sens[::-1])) for r in FP_RATES]
         samples.append([float(np.mean(at)), *at])
     arr = np.array(samples, dtype=float)

@@ -120,8 +120,9 @@ def evaluate_detection(
     pooled into one FROC over all their scans, as LUNA16 scores its ten folds; a scan may be
     in one run only.
 
-    Scans that could not be read are listed and left out of the scan count (their nodules
-    cannot be attributed to a series the detector saw).
+    A scan that could not be read counts as a scan without findings: its reference nodules
+    (LUNA16's files, or the count detect took from the LIDC database) are missed. Items that
+    are not scans (skipped) do not count.
 
     Raises:
         ValueError: missing files or columns, or a scan in two runs, with the path and what
@@ -137,11 +138,26 @@ def evaluate_detection(
     run = read_runs(dirs, own_reference=annotations is None)
     scans, findings, candidates = run["scans"], run["detections"], run["candidates"]
     ok = scans[scans["status"] == "ok"]
-    series = ok["seriesuid"].astype(str).tolist()
+    failed = scans[(scans["status"] == "error") & scans["seriesuid"].fillna("").astype(bool)]
+    counted = pd.concat([ok, failed])
+    series = counted["seriesuid"].astype(str).tolist()
+    patients = counted["patient_id"].fillna(counted["seriesuid"]).astype(str).tolist()
     ref = read_luna_csv(annotations, "annotations") if annotations else run["annotations"]
     exc = read_luna_csv(excluded, "excluded annotations") if excluded else run["excluded"]
+    if annotations is None and "reference_nodules" in failed:
+        # The failed scans' nodules, from the database alone (no geometry: never hit).
+        counts = failed["reference_nodules"].fillna(0).astype(int)
+        rows = [
+            {"seriesuid": str(uid), "coordX": np.nan, "coordY": np.nan, "coordZ": np.nan}
+            for uid, k in zip(failed["seriesuid"], counts)
+            for _ in range(k)
+        ]
+        ref = pd.concat([ref, pd.DataFrame(rows, columns=ref.columns)], ignore_index=True)
+    missed = int(ref["seriesuid"].isin(failed["seriesuid"].astype(str)).sum())
     result = froc(findings, ref, exc, series)
-    ci = bootstrap_cpm(findings, ref[ref.seriesuid.isin(series)], exc, series, bootstrap, seed)
+    ci = bootstrap_cpm(
+        findings, ref[ref.seriesuid.isin(series)], exc, series, bootstrap, seed, patients
+    )
     cand_sens, cand_hits = candidate_sensitivity(
         candidates[candidates.seriesuid.isin(series)], ref[ref.seriesuid.isin(series)], exc
     )
@@ -154,7 +170,9 @@ def evaluate_detection(
         "candidates_per_scan": len(candidates[candidates.seriesuid.isin(series)])
         / max(len(series), 1),
         "seconds_per_scan": float(ok["seconds_total"].mean()) if len(ok) else float("nan"),
-        "scans_not_usable": int(len(scans) - len(ok)),
+        "scans_not_usable": int(len(failed)),
+        "nodules_in_scans_not_usable": missed,
+        "ci_resamples": "patients",
     }
     for step in ("read", "lung_mask", "candidates", "scoring"):
         if f"seconds_{step}" in ok:
@@ -243,7 +261,7 @@ def _fmt(v) -> str:
 def _report(m: dict, scans: pd.DataFrame, detection_dir: str) -> str:
     ci = ""
     if "cpm_ci_low" in m:
-        ci = f" (95 % CI {m['cpm_ci_low']:.3f}–{m['cpm_ci_high']:.3f}, bootstrap over scans)"
+        ci = f" (95 % CI {m['cpm_ci_low']:.3f}–{m['cpm_ci_high']:.3f}, bootstrap over patients)"
     lines = []
     for r in FP_RATES:
         key = f"sensitivity_at_{r:g}_fp"
@@ -266,7 +284,8 @@ Candidate stage: sensitivity {_fmt(m["candidate_sensitivity"])} ({m["candidate_h
 
 Seconds per scan: {_fmt(m["seconds_per_scan"])} (read {_fmt(m.get("seconds_read"))}, lung mask
 {_fmt(m.get("seconds_lung_mask"))}, candidates {_fmt(m.get("seconds_candidates"))}, scoring
-{_fmt(m.get("seconds_scoring"))}). Scans not usable: {m["scans_not_usable"]}.
+{_fmt(m.get("seconds_scoring"))}). Scans not usable: {m["scans_not_usable"]} (counted as scans
+without findings: their {m["nodules_in_scans_not_usable"]} reference nodules are missed).
 
 ![FROC](froc.png)
 

@@ -85,3 +85,13 @@ def test_readers_pairwise_dice_of_known_nodules(db: LidcDatabase) -> None:
     table = readers_dice(ids, db)
     assert table[by_readers[4].nodule_id] == pytest.approx(dice)
     assert np.isnan(table["LIDC-IDRI-0078:999999:0"]) and np.isnan(table["not-an-id"])
+
+
+def test_a_series_reference_count_comes_from_the_database_alone(db: LidcDatabase) -> None:
+    from lungcad.core.annotations.luna16 import reference_count
+
+    # 0078: three nodules of 4 readers and one of 1 (not a reference: fewer than 3 readers)
+    (scan,) = db.scan_by_patient("LIDC-IDRI-0078")
+    assert reference_count(scan.series_uid, db) == 3
+    assert reference_count(SERIES_0001, db) == 1
+    assert reference_count("1.2.3.4", db) is None  # not an LIDC series

@@ -107,3 +107,50 @@ def test_the_curve_is_monotone_with_tied_probabilities() -> None:
     assert (fps[0], sens[0]) == pytest.approx((2.5, 0.8))
     assert (fps[-1], sens[-1]) == pytest.approx((0.0, 0.0))
     assert np.all(np.diff(fps) <= 0) and np.all(np.diff(sens) <= 0)
+
+
+def test_the_bootstrap_resamples_patients_not_scans(case) -> None:
+    findings, annotations, excluded = case
+    point = froc(findings, annotations, excluded, ["s1", "s2"]).cpm
+    # Both scans are one patient's: every draw holds both, so the CPM cannot vary.
+    ci = bootstrap_cpm(findings, annotations, excluded, ["s1", "s2"], 200, 0, ["p", "p"])
+    assert ci["cpm_ci_low"] == pytest.approx(point) == pytest.approx(ci["cpm_ci_high"])
+
+
+def _run(folder, scans, findings, annotations, excluded) -> None:
+    folder.mkdir()
+    pd.DataFrame(scans).to_csv(folder / "scans.csv", index=False)
+    findings.to_csv(folder / "detections.csv", index=False)
+    findings.iloc[:0].to_csv(folder / "candidates.csv", index=False)
+    annotations.to_csv(folder / "annotations.csv", index=False)
+    excluded.to_csv(folder / "annotations_excluded.csv", index=False)
+
+
+def test_a_scan_that_failed_counts_its_nodules_as_missed(case, tmp_path) -> None:
+    from lungcad.detection.froc_report import evaluate_detection
+
+    findings, annotations, excluded = case
+    ok = {"status": "ok", "reason": "", "seconds_total": 1.0}
+    scans = [
+        {"seriesuid": "s1", "patient_id": "p1", **ok},
+        {"seriesuid": "s2", "patient_id": "p2", **ok},
+        # could not be read: the database holds two reference nodules for it
+        {"seriesuid": "s3", "patient_id": "p3", "status": "error", "reason": "bad"},
+        {"seriesuid": "", "patient_id": "", "status": "skipped", "reason": "not an image"},
+    ]
+    scans[2]["reference_nodules"] = 2
+    _run(tmp_path / "run", scans, findings, annotations, excluded)
+    m = evaluate_detection(tmp_path / "run", tmp_path / "eval", bootstrap=50)
+    assert (m["n_scans"], m["n_nodules"], m["max_sensitivity"]) == (3, 5, 3 / 5)
+    assert m["scans_not_usable"] == 1 and m["nodules_in_scans_not_usable"] == 2
+    assert m["per_nodule"]["sensitivity_at_threshold"] == pytest.approx(1 / 5)  # A only
+    alone = froc(findings, annotations, excluded, ["s1", "s2"])
+    assert m["cpm"] < alone.cpm  # the failure costs, it does not vanish
+    # Given LUNA16's files, the failed scan's rows there are its missed nodules.
+    luna = pd.concat([annotations, _table([("s3", 0, 0, 0, 5.0)], "diameter_mm")])
+    luna.to_csv(tmp_path / "luna.csv", index=False)
+    excluded.to_csv(tmp_path / "luna_excluded.csv", index=False)
+    m = evaluate_detection(
+        tmp_path / "run", tmp_path / "eval2", tmp_path / "luna.csv", tmp_path / "luna_excluded.csv"
+    )
+    assert (m["n_scans"], m["n_nodules"], m["nodules_in_scans_not_usable"]) == (3, 4, 1)

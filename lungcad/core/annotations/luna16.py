@@ -61,6 +61,24 @@ def lidc_reference(
     return table[counted].reset_index(drop=True), table[~counted].reset_index(drop=True)
 
 
+def reference_count(
+    series_uid: str,
+    db: LidcDatabase,
+    min_readers: int = MIN_READERS,
+    min_diameter_mm: float = MIN_DIAMETER_MM,
+) -> int | None:
+    """How many reference nodules the LIDC database holds for a series, from the database
+    alone (for a scan that could not be read: they count as missed); None for a series the
+    database does not know."""
+    scan = db.scan_by_series(series_uid)
+    if scan is None:
+        return None
+    return sum(
+        n.n_readers >= min_readers and n.diameter_mm >= min_diameter_mm
+        for n in cluster_nodules(scan, db.annotations(scan.scan_id))
+    )
+
+
 def read_luna_csv(path: str | Path, what: str) -> pd.DataFrame:
     """A LUNA16 annotation table (``seriesuid, coordX, coordY, coordZ, diameter_mm``).
 
