@@ -116,8 +116,12 @@ def command_modules(argv: list[str]) -> set[str]:
 def stage_files(cmd: str) -> set[Path]:
     """The ``lungcad`` source files (relative to the repository) a stage's ``cmd`` runs."""
     argv = shlex.split(cmd)
-    start = argv.index("lungcad") + 1
-    return {module_file(m).relative_to(REPO) for m in command_modules(argv[start:])}
+    if argv[0] == "python":  # a script: the lungcad modules it imports
+        script = REPO / argv[1]
+        modules = closure(_imports(ast.parse(script.read_text()), "scripts"))
+    else:
+        modules = command_modules(argv[argv.index("lungcad") + 1 :])
+    return {module_file(m).relative_to(REPO) for m in modules}
 
 
 def minimal_deps(files: set[Path]) -> list[str]:
