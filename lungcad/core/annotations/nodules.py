@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from matplotlib.path import Path
 from scipy.sparse.csgraph import connected_components
-from skimage.draw import polygon as fill_polygon
 
 from lungcad.core.annotations.lidc_db import CHARACTERISTICS, ReaderAnnotation, ScanRecord
 from lungcad.core.io.series import CtVolume
@@ -68,25 +68,37 @@ def slice_index(z_positions_mm: np.ndarray, z_mm: float) -> int:
     return int(np.argmin(np.abs(z_positions_mm - z_mm)))
 
 
+def _inside(contour_rc: np.ndarray, grid_rc: np.ndarray) -> np.ndarray:
+    """Which (row, column) pixel centres of ``grid_rc`` lie inside a closed outline
+    (matplotlib's point-in-path test, as pylidc)."""
+    if (contour_rc[0] != contour_rc[-1]).any():
+        contour_rc = np.vstack([contour_rc, contour_rc[:1]])
+    return Path(contour_rc, closed=True).contains_points(grid_rc)
+
+
 def annotation_mask(ann: ReaderAnnotation, scan: ScanRecord) -> AnnotationMask:
-    """Fill a reader's contours (boundary pixels included, exclusion contours cut out)."""
+    """A reader's nodule as pylidc's ``Annotation.boolean_mask()`` defines it: the pixels
+    whose centres lie inside an inclusion outline, less the outline's own points (LIDC's
+    readers drew the outline just outside the nodule), less what exclusion outlines (holes)
+    enclose and their points."""
     ks = [slice_index(scan.z_positions_mm, c.z_mm) for c in ann.contours]
     pts = np.concatenate([c.cols_rows for c in ann.contours])
     c0, r0 = pts.min(axis=0)
     c1, r1 = pts.max(axis=0)
     k0, k1 = min(ks), max(ks)
     mask = np.zeros((k1 - k0 + 1, r1 - r0 + 1, c1 - c0 + 1), dtype=bool)
-    # Inclusion outlines first, then exclusion (hole) outlines, as LIDC defines them.
+    rows, cols = np.indices(mask.shape[1:])
+    grid = np.c_[rows.ravel(), cols.ravel()]
+    # Inclusion outlines first, then exclusion (hole) outlines, as pylidc does.
     for contour, k in sorted(zip(ann.contours, ks), key=lambda ck: not ck[0].inclusion):
-        cols = contour.cols_rows[:, 0] - c0
-        rows = contour.cols_rows[:, 1] - r0
-        rr, cc = fill_polygon(rows, cols, shape=mask.shape[1:])
+        outline = np.c_[contour.cols_rows[:, 1] - r0, contour.cols_rows[:, 0] - c0]
+        inside = _inside(outline, grid).reshape(mask.shape[1:])
         plane = mask[k - k0]
         if contour.inclusion:
-            plane[rr, cc] = True
-            plane[rows, cols] = True
+            plane |= inside
         else:
-            plane[rr, cc] = False
+            plane &= ~inside
+        plane[outline[:, 0], outline[:, 1]] = False
     return AnnotationMask(ann, (k0, int(r0), int(c0)), mask)
 
 
@@ -137,16 +149,16 @@ def cluster_masks(masks: list[AnnotationMask], max_readers: int = 4) -> list[lis
     return groups
 
 
-def _max_inplane_diameter_mm(ann: ReaderAnnotation, pixel_spacing_mm: float) -> float:
+def max_inplane_diameter_mm(ann: ReaderAnnotation, pixel_spacing_mm: float) -> float:
+    """A reader's diameter as pylidc's ``Annotation.diameter`` defines it: the greatest
+    distance between two points of one outline, in mm (0 for outlines of single points)."""
     best = 0.0
     for c in ann.contours:
-        if not c.inclusion or len(c.cols_rows) < 2:
+        if len(c.cols_rows) < 2:
             continue
         p = c.cols_rows.astype(np.float64)
-        d = np.sqrt(((p[:, None, :] - p[None, :, :]) ** 2).sum(-1)).max()
-        best = max(best, d)
-    # Boundary pixels are inclusive, so the extent spans one more pixel than the distance.
-    return (best + 1.0) * pixel_spacing_mm
+        best = max(best, float(np.sqrt(((p[:, None, :] - p[None, :, :]) ** 2).sum(-1)).max()))
+    return best * pixel_spacing_mm
 
 
 def _merge(group: list[AnnotationMask]) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -200,7 +212,7 @@ def cluster_nodules(
                 diameter_mm=float(
                     np.mean(
                         [
-                            _max_inplane_diameter_mm(m.annotation, scan.pixel_spacing_mm)
+                            max_inplane_diameter_mm(m.annotation, scan.pixel_spacing_mm)
                             for m in group
                         ]
                     )
