@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperGroup
 
 from lungcad import __version__
-from lungcad.cli import cv, data, params
+from lungcad.cli import benchmark, cv, data, params
 from lungcad.cli.common import fail
 from lungcad.cli.detect import detect, evaluate_detection
 from lungcad.cli.doctor import doctor
@@ -21,6 +21,21 @@ from lungcad.cli.promote import promote
 from lungcad.cli.serve import query, serve
 from lungcad.cli.train import train
 from lungcad.cli.tune import apply_params, tune
+
+try:  # the click that typer runs on: its own copy in newer typer releases
+    from typer import _click as typer_click
+except ImportError:  # typer releases that run on click itself
+    typer_click = click
+#: What click and typer raise to end a command on purpose (a usage error, --help, an exit):
+#: click answers them itself.
+CLICK_OUTCOMES = (
+    click.exceptions.Exit,
+    click.ClickException,
+    click.exceptions.Abort,
+    typer_click.exceptions.ClickException,
+    typer.Exit,
+    typer.Abort,
+)
 
 
 class LungcadGroup(TyperGroup):
@@ -34,13 +49,7 @@ class LungcadGroup(TyperGroup):
             return super().invoke(ctx)
         except LungcadError as exc:
             fail(str(exc))
-        except (
-            click.exceptions.Exit,
-            click.ClickException,
-            click.exceptions.Abort,
-            typer.Exit,
-            typer.Abort,
-        ):
+        except CLICK_OUTCOMES:  # usage errors, --help, exits: click answers them
             raise
         except Exception as exc:
             logging.getLogger("lungcad").debug("unexpected error", exc_info=True)
@@ -62,6 +71,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(params.app, name="params")
 app.add_typer(cv.app, name="cv")
+app.add_typer(benchmark.app, name="benchmark")
 app.command()(train)
 app.command()(evaluate)
 app.command()(explain)

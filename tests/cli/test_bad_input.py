@@ -101,3 +101,18 @@ def test_ordinary_commands_print_no_library_warnings(tmp_path) -> None:
             timeout=120,
         )
         assert "Warning" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("words", [["detect"], ["cv", "split"], ["benchmark", "score"]])
+def test_an_unknown_option_is_a_usage_error_not_a_bug(words) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "lungcad.cli.main", *words, "--no-such-option"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "No such option" in done.stderr and "unexpected" not in done.stdout + done.stderr
