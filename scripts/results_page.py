@@ -202,6 +202,59 @@ def choices_rows(cube: dict, froc: dict) -> list[str]:
     ]
 
 
+def benchmark_section(repo: Path) -> list[str]:
+    """The sealed benchmark's score of the pipeline's model, when it has been run."""
+    path = repo / "reports/benchmark/metrics.json"
+    if not path.is_file():
+        return []
+    m = json.loads(path.read_text())
+    b, f, per = m["benchmark"], m["froc"], m.get("per_nodule") or {}
+    cpm = _num(f.get("cpm"))
+    if f.get("cpm_ci_low") is not None:
+        cpm += f" ({f['cpm_ci_low']:.3f}–{f['cpm_ci_high']:.3f})"
+    lines = [
+        "## The sealed benchmark",
+        "",
+        "The benchmark pipeline (`dvc repro benchmark/dvc.yaml`, read from",
+        "`reports/benchmark/metrics.json`; the benchmark guide says how it is built and",
+        f"sealed): {b['scans']} whole-length scans of {b['patients']} patients the dataset does",
+        f"not hold, {b['scans_without_reference_nodule']} of them without a reference nodule.",
+        f"Model `{m['model']}`; 95 % CIs resample patients.",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        f"| CPM (LUNA16 FROC, {f['n_scans']} scans, {f['n_nodules']} nodules) | {cpm} |",
+        f"| scans that failed (their nodules missed) | {m['scans_failed']} |",
+    ]
+    if per:
+        lines += [
+            f"| sensitivity at probability ≥ {per['threshold']:.2f} | "
+            f"{_num(per.get('sensitivity_at_threshold'))} |",
+            "| findings per detected nodule | "
+            f"{_num(per.get('findings_per_detected_nodule'), 2)} |",
+            f"| median abs. size error of the best finding vs the readers' diameter | "
+            f"{_num(per.get('size_error_mm_median_abs'), 1, ' mm')} |",
+        ]
+    mal = m.get("malignancy_detected") or {}
+    if "model" in mal:
+        lines.append(
+            f"| malignancy MAE on the {mal['n_nodules']} detected nodules | "
+            f"{_num(mal['model']['mae'])} |"
+        )
+        for name, v in (mal.get("baselines") or {}).items():
+            lo, hi = mal["model_minus_baseline_mae_ci95"][name]
+            lines.append(
+                f"| … baseline {name.replace('_', ' ')}: MAE (model − baseline, CI) | "
+                f"{_num(v['mae'])} ({lo:+.3f} to {hi:+.3f}) |"
+            )
+    lines += [
+        f"| seconds per scan ({m['workers']} workers) | {_num(m.get('seconds_per_scan'), 1)} |",
+        f"| peak memory of the run | {m['peak_rss_mb']:.0f} MB |",
+        "",
+    ]
+    return lines
+
+
 def results_markdown(repo: Path = REPO) -> str:
     cube = json.loads((repo / "reports/metrics.json").read_text())
     froc = json.loads((repo / "reports/detection/metrics.json").read_text())
@@ -258,6 +311,7 @@ def results_markdown(repo: Path = REPO) -> str:
         "",
         *findings_rows(cube, froc),
         "",
+        *benchmark_section(repo),
         *crossval_section(repo),
         "## Explanations",
         "",

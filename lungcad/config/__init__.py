@@ -9,6 +9,7 @@ from lungcad.config.loader import (
 )
 from lungcad.config.schema import (
     AugmentConfig,
+    BenchmarkConfig,
     CandidatesConfig,
     CvConfig,
     DataConfig,
@@ -33,6 +34,7 @@ from lungcad.config.schema import (
 
 __all__ = [
     "AugmentConfig",
+    "BenchmarkConfig",
     "CandidatesConfig",
     "ConfigError",
     "DataConfig",

@@ -542,6 +542,27 @@ class PromoteConfig(Section):
     bootstrap: Annotated[Int, Field(ge=0)] = 200
 
 
+class BenchmarkConfig(Section):
+    """The sealed benchmark (``benchmark/dvc.yaml``): whole-length phantom scans of LIDC
+    patients the dataset does not hold, scored and never used to choose anything.
+
+    Attributes:
+        scans: LIDC scans drawn (LIDC's mix: about 31 % of its scans have no reference
+            nodule, 1.4 reference nodules per scan; the default draw: 155 nodules, 35 %
+            without).
+        seed: draws the scans and seeds their synthetic anatomy.
+        subsets: LUNA16 subsets the scans are dealt into.
+        max_slices: draw only series of at most this many slices (``null``: any).
+        workers: processes writing scans and detecting in them.
+    """
+
+    scans: Annotated[Int, Field(ge=1)] = 130
+    seed: Seed = 2026
+    subsets: Annotated[Int, Field(ge=1)] = 10
+    max_slices: Annotated[Int, Field(ge=2)] | None = None
+    workers: Annotated[Int, Field(ge=1)] = 2
+
+
 class ReadLimits(Section):
     """What one scan read from outside (a DICOM series, a ``.mhd`` volume) may cost; checked
     from the headers before any pixel is decoded.
@@ -625,4 +646,5 @@ class Params(Section):
     detect: DetectConfig = DetectConfig()
     tune: TuneConfig = TuneConfig()
     promote: PromoteConfig = PromoteConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
     limits: LimitsConfig = LimitsConfig()

@@ -96,3 +96,18 @@ def test_the_package_layers_have_no_cycle() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 kept, 0 broken" in done.stdout
+
+
+def test_nothing_that_chooses_reads_the_benchmark() -> None:
+    """The benchmark reports only: no stage of another pipeline (training, tuning,
+    promotion, the cross-validation, detection thresholds) depends on or names it."""
+    sealed = ("data/benchmark", "reports/benchmark")
+    readers = [
+        name
+        for name, stage in ALL_STAGES.items()
+        if not name.startswith("benchmark/")
+        and any(s in " ".join(map(str, [stage["cmd"], *stage.get("deps", [])])) for s in sealed)
+    ]
+    assert not readers, readers
+    benchmark = [n for n in ALL_STAGES if n.startswith("benchmark/")]
+    assert benchmark == ["benchmark/dvc.yaml:build", "benchmark/dvc.yaml:score"]

@@ -20,7 +20,7 @@ import typer
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "lungcad"
 #: The pipeline files: the default pipeline and the cross-validation.
-PIPELINES = (REPO / "dvc.yaml", REPO / "crossval" / "dvc.yaml")
+PIPELINES = (REPO / "dvc.yaml", REPO / "crossval" / "dvc.yaml", REPO / "benchmark" / "dvc.yaml")
 
 
 def module_file(module: str) -> Path | None:
