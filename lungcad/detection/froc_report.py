@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 
 from lungcad.core.annotations.luna16 import read_luna_csv
 from lungcad.core.findings.measure import texture_type
@@ -55,6 +56,7 @@ def nodule_findings(
     out: dict = {
         "threshold": threshold,
         "sensitivity_at_threshold": float(detected.mean()),
+        "sensitivity_at_threshold_ci95": wilson(int(detected.sum()), len(detected)),
         "findings_per_detected_nodule": float(count[detected].mean()) if detected.any() else None,
         "nodules_listed_more_than_once": int((count > 1).sum()),
     }
@@ -73,7 +75,7 @@ def nodule_findings(
     if "texture" in ref:
         kinds = ref["texture"].map(lambda t: texture_type(t) if np.isfinite(t) else "unknown")
         out["sensitivity_by_type"] = {
-            k: {"sensitivity": float(detected[kinds == k].mean()), "n": int((kinds == k).sum())}
+            k: _proportion(detected[kinds == k])
             for k in ("solid", "part-solid", "ground glass")
             if (kinds == k).any()
         }
@@ -81,9 +83,26 @@ def nodule_findings(
     for lo, hi, name in SIZE_BANDS:
         inside = (ref["diameter_mm"] >= lo) & (ref["diameter_mm"] < hi)
         if inside.any():
-            band[name] = {"sensitivity": float(detected[inside].mean()), "n": int(inside.sum())}
+            band[name] = _proportion(detected[inside])
     out["sensitivity_by_size"] = band
     return out
+
+
+def wilson(k: int, n: int) -> list[float] | None:
+    """95 % Wilson score interval of k successes in n (None for n = 0)."""
+    if n == 0:
+        return None
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
+def _proportion(hits: pd.Series) -> dict:
+    """Sensitivity of a subgroup with its count and 95 % Wilson interval."""
+    return {
+        "sensitivity": float(hits.mean()),
+        "n": int(len(hits)),
+        "ci95": wilson(int(hits.sum()), int(len(hits))),
+    }
 
 
 def offcentre_summary(table: pd.DataFrame, threshold: float) -> dict:
