@@ -17,14 +17,15 @@ pictures and DICOM objects replace those an earlier run left for it:
   ``solid_diameter_mm``, ``lung_rads``, ``sizing`` (how it was sized) and ``cubes`` (the
   candidates merged into it);
 - ``candidates.csv``: every stage-1 candidate with its blob measures and network scores;
-- ``annotations.csv`` / ``annotations_excluded.csv``: the reference nodules of the scans the
-  LIDC database knows (LUNA16's columns), for ``lungcad evaluate-detection``;
+- ``annotations.csv`` / ``annotations_excluded.csv``: the reference nodules of the run's
+  scans (LUNA16's columns), for ``lungcad evaluate-detection``: a LUNA16 root's own tables
+  when the input is one, else those of the scans the LIDC database knows;
 - ``offcentre.csv`` (when asked): each reference nodule recut 8-14 mm off-centre, its
   probability and localisation error;
 - ``scans.csv``: one row per scan: status, reason, size, seconds per step;
 - ``dicom/<series uid>/seg.dcm`` and ``sr.dcm`` (scans read from DICOM): the findings at or
   above the threshold as a DICOM SEG and a TID 1500 SR measurement report
-  (``lungcad.dicom``); a scan without them has no folder;
+  (``lungcad.dicom``); a scan without findings gets the SR alone, a negative report;
 - ``figures/<patient>_<series>.png``, ``maps/<finding>_mask.nii.gz`` (each shown finding's
   mask in patient mm) and ``report.md``.
 """
@@ -45,7 +46,12 @@ import pandas as pd
 
 from lungcad.config import DetectConfig, ReadLimits
 from lungcad.core.annotations.lidc_db import LidcDatabase
-from lungcad.core.annotations.luna16 import REFERENCE_COLUMNS, lidc_reference, reference_count
+from lungcad.core.annotations.luna16 import (
+    REFERENCE_COLUMNS,
+    lidc_reference,
+    read_luna_csv,
+    reference_count,
+)
 from lungcad.core.candidates import CANDIDATE_COLUMNS
 from lungcad.core.findings.lungrads import LUNG_RADS_LABEL, scan_category
 from lungcad.core.io.nifti import write_mask_nifti
@@ -419,8 +425,32 @@ def detect_scans(
         }
         failed = parts.run(_scan_job, jobs, workers, "detect", progress)
         return _assemble(
-            sources, problems, parts, failed, out_dir, settings, model_label or str(checkpoint)
+            sources,
+            problems,
+            parts,
+            failed,
+            out_dir,
+            settings,
+            model_label or str(checkpoint),
+            luna16_reference(input_path),
         )
+
+
+def luna16_reference(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """LUNA16's own tables (``annotations.csv``, ``annotations_excluded.csv``) when
+    ``root`` is a LUNA16 root that holds both; None otherwise.
+
+    Raises:
+        ValueError: a table without LUNA16's columns, naming it.
+    """
+    root = Path(root)
+    tables = [root / "annotations.csv", root / "annotations_excluded.csv"]
+    if not root.is_dir() or not all(t.is_file() for t in tables):
+        return None
+    return (
+        read_luna_csv(tables[0], "LUNA16 annotations"),
+        read_luna_csv(tables[1], "LUNA16 excluded annotations"),
+    )
 
 
 def _install(part: Path, source: ScanSource, out_dir: Path) -> None:
@@ -453,6 +483,7 @@ def _assemble(
     out_dir: Path,
     settings: DetectSettings,
     model_label: str,
+    luna16: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     tables: dict[str, list[pd.DataFrame]] = {
         k: [] for k in ("findings", "candidates", "reference", "excluded", "offcentre")
@@ -497,8 +528,12 @@ def _assemble(
     ]
     _write_atomic(candidates, out_dir / "candidates.csv", cand_cols)
     ref_cols = [*REFERENCE_COLUMNS, "nodule_id", "n_readers", "malignancy", "texture"]
-    _write_atomic(cat("reference"), out_dir / "annotations.csv", ref_cols)
-    _write_atomic(cat("excluded"), out_dir / "annotations_excluded.csv", ref_cols)
+    reference, excluded = cat("reference"), cat("excluded")
+    if luna16 is not None:  # a LUNA16 root: its own tables are the reference, not LIDC's
+        run = {s.series_uid for s in sources}
+        reference, excluded = (t[t["seriesuid"].isin(run)] for t in luna16)
+    _write_atomic(reference, out_dir / "annotations.csv", ref_cols)
+    _write_atomic(excluded, out_dir / "annotations_excluded.csv", ref_cols)
     if settings.offcentre:
         _write_atomic(cat("offcentre"), out_dir / "offcentre.csv")
     scans = pd.DataFrame(metas)

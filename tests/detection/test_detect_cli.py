@@ -232,3 +232,44 @@ def test_a_model_from_before_the_decoder_still_detects_and_says_how_it_sized(
     assert found["diameter_mm"].notna().all() and (found["cubes"] == 1).all()
     assert pd.read_csv(tmp_path / "out" / "scans.csv")["sizing"].tolist() == ["cube centre"]
     assert "Sizing: cube centre" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_luna16_root_is_scored_against_its_own_tables(scans, checkpoint, tmp_path) -> None:
+    """Given a LUNA16 root, detect's reference is LUNA16's annotations.csv and
+    annotations_excluded.csv (not the LIDC database's), so every evaluation reads them; the
+    FROC ignores findings on excluded lesions and counts the rest by LUNA16's rules."""
+    import shutil
+
+    from lungcad.detection.froc_report import evaluate_detection
+    from tests.detection.test_candidates import SPHERES
+
+    root = tmp_path / "luna16"
+    root.mkdir()
+    for f in scans["mhd"].parent.iterdir():
+        shutil.copy(f, root / f.name)
+    uid = scans["uid"]
+    (big, big_d), (mid, mid_d) = SPHERES[2], SPHERES[1]
+    pd.DataFrame(
+        [(uid, *big, big_d), ("1.2.3.other", 0.0, 0.0, 0.0, 6.0)],
+        columns=["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"],
+    ).to_csv(root / "annotations.csv", index=False)
+    pd.DataFrame(
+        [(uid, *mid, mid_d)], columns=["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
+    ).to_csv(root / "annotations_excluded.csv", index=False)
+    result = _detect(root, tmp_path / "run", checkpoint)
+    assert result.exit_code == 0, result.output
+    reference = pd.read_csv(tmp_path / "run" / "annotations.csv")
+    excluded = pd.read_csv(tmp_path / "run" / "annotations_excluded.csv")
+    assert reference["seriesuid"].astype(str).tolist() == [uid]  # the other scan's row is not
+    assert reference[["coordX", "coordY", "coordZ"]].to_numpy().tolist() == [list(big)]
+    assert len(excluded) == 1
+    m = evaluate_detection(tmp_path / "run", tmp_path / "froc", bootstrap=0)
+    # By hand: a finding inside the reference sphere hits it; one inside the excluded sphere
+    # (and not the reference) is ignored; every other finding is a false positive.
+    found = pd.read_csv(tmp_path / "run" / "detections.csv")
+    xyz = found[["coordX", "coordY", "coordZ"]].to_numpy(float)
+    hit = np.linalg.norm(xyz - np.array(big), axis=1) < big_d / 2
+    ignored = ~hit & (np.linalg.norm(xyz - np.array(mid), axis=1) < mid_d / 2)
+    assert m["n_nodules"] == 1 and m["ignored_findings"] == int(ignored.sum())
+    assert m["false_positives"] == int((~hit & ~ignored).sum())
+    assert m["max_sensitivity"] == float(hit.any())
