@@ -2,9 +2,12 @@
 LUNA16's layout.
 
 Which scans: LIDC's scans in a seeded order, skipping every patient of the dataset (the
-patients of its ``index.csv``) and series of fewer than 2 slices, optionally only series of
-at most ``max_slices`` slices; the first ``n_scans``. A random draw keeps LIDC's own mix of
-scans with and without a reference nodule (>= 3 readers, >= 3 mm).
+patients of its ``index.csv``), series of fewer than 2 slices and series whose recorded
+slice positions lack more slices in a row than lungcad reads around
+(``limits.read.max_gap_slices``), optionally only series of at most ``max_slices``
+slices; the first ``n_scans``. A scan that cannot be built all the same is named in the
+manifest and the next one drawn. A random draw keeps LIDC's own mix of scans with and
+without a reference nodule (>= 3 readers, >= 3 mm).
 
 Each scan is the phantom of the real scan over its whole extent (every slice), written as
 DICOM in a private folder, read back the way lungcad reads any series, and kept as a
@@ -31,8 +34,10 @@ from lungcad.core.annotations.lidc_db import LidcDatabase, ScanRecord
 from lungcad.core.annotations.luna16 import REFERENCE_COLUMNS, lidc_reference
 from lungcad.core.annotations.nodules import cluster_nodules
 from lungcad.core.io.scans import find_scans
+from lungcad.core.io.series import GAP_FACTOR
 from lungcad.core.outputs import write_csv_atomic, write_text_atomic
 from lungcad.core.parallel import progress_map
+from lungcad.errors import LungcadError
 from lungcad.phantom.luna16 import ANNOTATIONS, EXCLUDED, subset_of
 from lungcad.phantom.writer import write_phantom_scan
 
@@ -63,6 +68,39 @@ def dataset_patients(index_csv: str | Path) -> set[str]:
     return set(index["patient_id"])
 
 
+def missing_slices(scan: ScanRecord) -> int:
+    """The most slices missing in a row from a scan's recorded positions (a real series
+    can lack some: lungcad reads around up to ``limits.read.max_gap_slices``)."""
+    z = np.sort(scan.z_positions_mm)
+    steps = np.diff(z)
+    step = float(np.median(steps))
+    gaps = steps[steps > GAP_FACTOR * step]
+    return int(max((round(g / step) - 1 for g in gaps), default=0))
+
+
+def eligible_scans(
+    db: LidcDatabase,
+    excluded_patients: set[str],
+    seed: int,
+    max_slices: int | None = None,
+    max_gap_slices: int = 2,
+) -> list[ScanRecord]:
+    """Every LIDC scan the benchmark may draw, in the seeded order: not a patient of the
+    dataset, at least 2 slices (at most ``max_slices``), and no more slices missing in a
+    row than lungcad reads around."""
+    out = []
+    for i in np.random.default_rng(seed).permutation(len(db.scans)):
+        scan = db.scans[i]
+        if scan.patient_id in excluded_patients or scan.n_slices < 2:
+            continue
+        if max_slices is not None and scan.n_slices > max_slices:
+            continue
+        if missing_slices(scan) > max_gap_slices:
+            continue
+        out.append(scan)
+    return out
+
+
 def benchmark_scans(
     db: LidcDatabase,
     excluded_patients: set[str],
@@ -70,27 +108,31 @@ def benchmark_scans(
     seed: int,
     max_slices: int | None = None,
 ) -> list[ScanRecord]:
-    """The first ``n_scans`` LIDC scans in the seeded order whose patient is not excluded
-    (fewer when LIDC runs out)."""
-    chosen = []
-    for i in np.random.default_rng(seed).permutation(len(db.scans)):
-        scan = db.scans[i]
-        if scan.patient_id in excluded_patients or scan.n_slices < 2:
-            continue
-        if max_slices is not None and scan.n_slices > max_slices:
-            continue
-        chosen.append(scan)
-        if len(chosen) == n_scans:
-            break
-    return chosen
+    """The first ``n_scans`` eligible scans (fewer when LIDC runs out); a scan that cannot
+    be built is replaced by the next (``build_benchmark``)."""
+    return eligible_scans(db, excluded_patients, seed, max_slices)[:n_scans]
 
 
-def _write_scan(args: tuple) -> BenchmarkScan:
+def _write_scan(args: tuple) -> BenchmarkScan | str:
+    """One scan written (its row), or why it cannot be (kept, so a rerun skips it too)."""
     db_path, series_uid, out_root, seed, subset = args
     out_root = Path(out_root)
     row_file = out_root / ROWS / f"{series_uid}.json"
     if row_file.is_file():  # finished by an earlier run
-        return BenchmarkScan(**json.loads(row_file.read_text()))
+        doc = json.loads(row_file.read_text())
+        return doc["skipped"] if "skipped" in doc else BenchmarkScan(**doc)
+    try:
+        return _build_scan(db_path, series_uid, out_root, seed, subset, row_file)
+    except (LungcadError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        write_text_atomic(row_file, json.dumps({"skipped": reason}), "a skipped scan's row")
+        shutil.rmtree(out_root / STAGING / series_uid, ignore_errors=True)
+        return reason
+
+
+def _build_scan(
+    db_path: str, series_uid: str, out_root: Path, seed: int, subset: str, row_file: Path
+) -> BenchmarkScan:
     db = LidcDatabase(db_path)
     scan = db.scan_by_series(series_uid)
     staging = out_root / STAGING / series_uid
@@ -148,20 +190,32 @@ def build_benchmark(
         ValueError: no scan is left to draw, naming what excluded them.
     """
     db = db or LidcDatabase()
-    scans = benchmark_scans(db, excluded_patients, n_scans, seed, max_slices)
-    if not scans:
+    order = eligible_scans(db, excluded_patients, seed, max_slices)
+    if not order:
         raise ValueError(
             f"no LIDC scan is left for the benchmark: {len(excluded_patients)} patients are the "
             f"dataset's, max_slices={max_slices}"
         )
     out_root = Path(out_root)
     (out_root / ROWS).mkdir(parents=True, exist_ok=True)
-    order = sorted(s.series_uid for s in scans)
-    jobs = [
-        (db.path, s.series_uid, out_root, seed, subset_of(order.index(s.series_uid), subsets))
-        for s in scans
-    ]
-    rows = progress_map(_write_scan, jobs, workers, "write benchmark scans", "scan", progress)
+    # Draw in order; a scan that cannot be built is reported and the next one drawn. Scan
+    # k of the draw goes to subset k mod subsets.
+    rows: list[BenchmarkScan] = []
+    skipped: list[dict] = []
+    position = 0
+    while len(rows) < n_scans and position < len(order):
+        batch = order[position : position + n_scans - len(rows)]
+        jobs = [
+            (db.path, s.series_uid, out_root, seed, subset_of(position + i, subsets))
+            for i, s in enumerate(batch)
+        ]
+        position += len(batch)
+        done = progress_map(_write_scan, jobs, workers, "write benchmark scans", "scan", progress)
+        for scan, result in zip(batch, done):
+            if isinstance(result, str):
+                skipped.append({"seriesuid": scan.series_uid, "reason": result})
+            else:
+                rows.append(result)
     for name, suffix in ((ANNOTATIONS, "reference"), (EXCLUDED, "excluded")):
         parts = [pd.read_csv(out_root / ROWS / f"{r.seriesuid}.{suffix}.csv") for r in rows]
         table = pd.concat(parts, ignore_index=True)
@@ -182,6 +236,7 @@ def build_benchmark(
         "dataset_patients_excluded": len(excluded_patients),
         "dataset_patients_sha256": digest,
         "max_slices": max_slices,
+        "skipped": skipped,
     }
     write_text_atomic(out_root / MANIFEST, json.dumps(manifest, indent=2), "the manifest")
     shutil.rmtree(out_root / ROWS)

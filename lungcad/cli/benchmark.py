@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -57,6 +58,9 @@ def build(
         f"({empty} without a reference nodule, {int(table['reference_nodules'].sum())} reference "
         f"nodules; none of the dataset's {len(excluded)} patients) -> {out}"
     )
+    skipped = json.loads((out / "benchmark.json").read_text())["skipped"]
+    for item in skipped:
+        typer.echo(f"skipped {item['seriesuid']}: {item['reason']}")
 
 
 @app.command()

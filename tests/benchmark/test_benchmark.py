@@ -101,3 +101,13 @@ def test_build_and_score_two_short_scans(tmp_path) -> None:
     assert m["model"].startswith("tiny.pt sha256:")
     table = pd.read_csv(tmp_path / "report" / "nodules.csv")
     assert len(table) == len(reference) and "malignancy_pred" in table
+
+
+def test_a_series_with_slices_missing_is_not_drawn(db) -> None:
+    from lungcad.benchmark.build import eligible_scans, missing_slices
+
+    (gappy,) = db.scan_by_patient("LIDC-IDRI-0514")
+    assert missing_slices(gappy) == 18  # 38 mm without a slice, at 2 mm
+    assert missing_slices(db.scan_by_patient("LIDC-IDRI-0001")[0]) == 0
+    drawn = {s.series_uid for s in eligible_scans(db, set(), 0)}
+    assert gappy.series_uid not in drawn and len(drawn) > 1000
