@@ -264,7 +264,8 @@ def benchmark_section(repo: Path) -> list[str]:
     if per:
         lines += [
             f"| sensitivity at probability ≥ {per['threshold']:.2f} | "
-            f"{_num(per.get('sensitivity_at_threshold'))} |",
+            f"{_num(per.get('sensitivity_at_threshold'))}"
+            f"{_interval(per.get('sensitivity_at_threshold_ci95'))} |",
             "| findings per detected nodule | "
             f"{_num(per.get('findings_per_detected_nodule'), 2)} |",
             f"| median abs. size error of the best finding vs the readers' diameter | "
