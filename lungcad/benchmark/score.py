@@ -180,7 +180,20 @@ def score_benchmark(
         "workers": workers,
         "peak_rss_mb": _peak_rss_mb(),
     }
-    write_text_atomic(
-        out_dir / "metrics.json", json.dumps(metrics, indent=2, default=float), "the metrics"
-    )
+    metrics = finite(metrics)
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2), "the metrics")
     return metrics
+
+
+def finite(value):
+    """``value`` with every NaN or infinite number as None (JSON has no NaN), numpy
+    numbers as Python ones."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

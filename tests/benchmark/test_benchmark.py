@@ -94,7 +94,9 @@ def test_build_and_score_two_short_scans(tmp_path) -> None:
         "--quiet",
     )
     assert scored.returncode == 0, scored.stderr
-    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    text = (tmp_path / "report" / "metrics.json").read_text()
+    assert "NaN" not in text  # strict JSON
+    m = json.loads(text)
     assert m["froc"]["n_scans"] == 2 and m["froc"]["n_nodules"] == len(reference)
     assert m["froc"]["ci_resamples"] == "patients" and m["scans_failed"] == 0
     assert m["seconds_per_scan"] > 0 and m["peak_rss_mb"] > 100
