@@ -172,20 +172,12 @@ def evaluate_model(
     val = split_metrics(preds["val"], threshold, 0, config.seed)
 
     nodules = {s: data.subset(s)[data.subset(s)["label"] == 1] for s in ("train", "test")}
-    baselines, versus = {}, {}
     test_nod = preds["test"][preds["test"]["label"] == 1]
-    if len(nodules["train"]) >= 5 and len(test_nod):
-        truth = test_nod["malignancy_mean"].to_numpy(float)
-        for name, pred in fit_predict_baselines(nodules["train"], test_nod, config.seed).items():
-            baselines[name] = malignancy_metrics(truth, pred)
-            versus[name] = paired_difference(
-                truth,
-                test_nod["malignancy_pred"].to_numpy(float),
-                pred,
-                test_nod["patient_id"].to_numpy(),
-                config.bootstrap,
-                config.seed,
-            )
+    fitted = len(nodules["train"]) >= 5 and len(test_nod)
+    # Each baseline's predictions on the test nodules, scored together below.
+    baseline_preds = (
+        fit_predict_baselines(nodules["train"], test_nod, config.seed) if fitted else {}
+    )
 
     segmentation: dict[str, Any] = {}
     if model.segments:
@@ -203,23 +195,28 @@ def evaluate_model(
         readers = readers_dice(table["nodule_id"], LidcDatabase()) if len(table) else {}
         segmentation = segmentation_summary(table, readers, config.bootstrap, config.seed)
         table.to_csv(out_dir / "segmentation.csv", index=False)
-        if len(nodules["train"]) >= 5 and len(test_nod) and len(table):
+        if fitted and len(table):
             # The size rule fed the network's own measured diameter: what the network adds
-            # beyond its size (the readers' diameter, above, is an oracle no model has).
-            truth = test_nod["malignancy_mean"].to_numpy(float)
+            # beyond its size (the readers' diameter is an oracle no model has).
             measured = test_nod["nodule_id"].map(table.groupby("nodule_id")["diameter_mm"].first())
             size = measured.fillna(float(nodules["train"]["diameter_mm"].mean())).to_numpy(float)
             rule = diameter_only_model(nodules["train"], config.seed)
-            pred = np.clip(rule.predict(size[:, None]), 1.0, 5.0)
-            baselines["diameter_only_model_size"] = malignancy_metrics(truth, pred)
-            versus["diameter_only_model_size"] = paired_difference(
-                truth,
-                test_nod["malignancy_pred"].to_numpy(float),
-                pred,
-                test_nod["patient_id"].to_numpy(),
-                config.bootstrap,
-                config.seed,
+            baseline_preds["diameter_only_model_size"] = np.clip(
+                rule.predict(size[:, None]), 1.0, 5.0
             )
+
+    baselines, versus = {}, {}
+    truth = test_nod["malignancy_mean"].to_numpy(float)
+    for name, pred in baseline_preds.items():
+        baselines[name] = malignancy_metrics(truth, pred)
+        versus[name] = paired_difference(
+            truth,
+            test_nod["malignancy_pred"].to_numpy(float),
+            pred,
+            test_nod["patient_id"].to_numpy(),
+            config.bootstrap,
+            config.seed,
+        )
 
     doc = {
         "split": "test",
