@@ -8,6 +8,9 @@ scan that fails counts as a scan without findings. Beside the CPM:
 - per reference nodule at the detection threshold: sensitivity, findings per detected
   nodule, the best finding's size error against the readers' mean diameter (missed and
   unsized nodules counted);
+- the Dice of each reference nodule's detected finding with the readers' consensus (the
+  finding's own mask and localisation), over the detected nodules and over all of them with
+  a missed one counting 0;
 - the malignancy of the detected nodules against the readers' mean rating, beside the
   diameter-only baseline (gradient boosting on the dataset's train nodules) fed the model's
   own measured size, the same baseline fed the readers' size (an oracle line), and the
@@ -170,8 +173,9 @@ def score_benchmark(
         "benchmark": manifest,
         "model": _model_name(checkpoint, model_label),
         "threshold": threshold,
-        "froc": {k: v for k, v in froc.items() if k != "per_nodule"},
+        "froc": {k: v for k, v in froc.items() if k not in ("per_nodule", "finding_dice")},
         "per_nodule": froc.get("per_nodule"),
+        "finding_dice": froc.get("finding_dice"),
         "malignancy_detected": malignancy_of_detected(table, train_nodules, bootstrap, seed),
         "scans_scored": int(len(ok)),
         "scans_failed": int((scans["status"] == "error").sum()),

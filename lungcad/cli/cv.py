@@ -157,7 +157,7 @@ def ensemble(
     p = load_params(params)
     k = len(p.cv.folds)
     try:
-        checkpoint = build_fold_ensemble(models, k, out)
+        checkpoint = build_fold_ensemble(models, k, out, folds)
     except EnsembleError as exc:
         fail(str(exc))
     typer.echo(f"ensemble of {k} fold models -> {checkpoint}")

@@ -1,4 +1,5 @@
-"""Detection and malignancy metrics, the validation objective, and patient bootstrap CIs."""
+"""Detection, malignancy, Dice and pointing-game metrics, the validation objective, and
+patient bootstrap CIs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
+from scipy import ndimage, stats
 from sklearn.metrics import roc_auc_score
 
 #: Binarised malignancy convention of the LIDC literature and NoduleMNIST3D:
@@ -84,6 +85,39 @@ def malignancy_metrics(true_mean: np.ndarray, pred: np.ndarray) -> dict[str, flo
         "binary_auc": safe_auc(true_mean[keep] >= MALIGNANT_MIN, pred[keep]),
         "n_binary": int(keep.sum()),
     }
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks on one grid (1 when both are empty)."""
+    inter = np.count_nonzero(np.logical_and(a, b))
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    return 2 * inter / total if total else 1.0
+
+
+def dilate_mm(mask: np.ndarray, radius_mm: float, spacing_mm: float = 1.0) -> np.ndarray:
+    """``mask`` grown by a ball of ``radius_mm`` (voxels of ``spacing_mm``)."""
+    r = int(np.floor(radius_mm / spacing_mm))
+    if r <= 0:
+        return mask.astype(bool)
+    zz, yy, xx = np.mgrid[-r : r + 1, -r : r + 1, -r : r + 1]
+    ball = (zz**2 + yy**2 + xx**2) * spacing_mm**2 <= radius_mm**2
+    return ndimage.binary_dilation(mask, structure=ball)
+
+
+def pointing(cam: np.ndarray, mask: np.ndarray, radius_mm: float, spacing_mm: float = 1.0):
+    """The pointing game (Zhang et al., 2018) on one cube: (hit, chance, distance of the
+    map's maximum from the mask in mm). A hit is a maximum inside ``mask`` grown by
+    ``radius_mm``; chance is the grown mask's share of the cube. ``hit`` is False for a map
+    that is zero everywhere (it points nowhere)."""
+    grown = dilate_mm(mask, radius_mm, spacing_mm)
+    chance = float(grown.mean())
+    if not mask.any():
+        return False, chance, float("nan")
+    peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    if cam[peak] <= 0:
+        return False, chance, float("nan")
+    distance = ndimage.distance_transform_edt(~mask.astype(bool), sampling=spacing_mm)[peak]
+    return bool(grown[peak]), chance, float(distance)
 
 
 def validation_objective(auc: float, mae: float) -> float:

@@ -22,6 +22,7 @@ import numpy as np
 from lungcad.core.model.checkpoint import load_checkpoint
 from lungcad.core.model.ensemble import EnsembleError, write_ensemble
 from lungcad.core.outputs import write_text_atomic
+from lungcad.core.splits import load_splits
 
 RUN_INFO = "ensemble_run.json"
 
@@ -37,11 +38,23 @@ def fold_checkpoints(models: Path, n_folds: int) -> list[Path]:
     return paths
 
 
-def build_fold_ensemble(models: Path, n_folds: int, out: Path) -> Path:
-    """``out/best.pt``: the ensemble of the ``n_folds`` fold models under ``models``."""
+def build_fold_ensemble(models: Path, n_folds: int, out: Path, folds: Path | None = None) -> Path:
+    """``out/best.pt``: the ensemble of the ``n_folds`` fold models under ``models``; with
+    ``folds`` (``lungcad cv split``'s folder), it records every patient a member trained on
+    or chose its epoch on (each fold's train and val), so ``lungcad evaluate`` refuses to
+    fit its threshold on them."""
     checkpoints = fold_checkpoints(models, n_folds)
+    seen = None
+    if folds is not None:
+        seen = set()
+        for k in range(n_folds):
+            path = folds / f"fold{k}.json"
+            if not path.is_file():
+                raise EnsembleError(f"{path} does not exist: run `lungcad cv split` first")
+            splits = load_splits(path)
+            seen.update(map(str, [*splits["train"], *splits["val"]]))
     out.mkdir(parents=True, exist_ok=True)
-    return write_ensemble(checkpoints, out / "best.pt", f"mean of {n_folds} fold models")
+    return write_ensemble(checkpoints, out / "best.pt", f"mean of {n_folds} fold models", seen)
 
 
 def log_fold_ensemble(

@@ -20,8 +20,13 @@ pictures and DICOM objects replace those an earlier run left for it:
 - ``annotations.csv`` / ``annotations_excluded.csv``: the reference nodules of the run's
   scans (LUNA16's columns), for ``lungcad evaluate-detection``: a LUNA16 root's own tables
   when the input is one, else those of the scans the LIDC database knows;
-- ``offcentre.csv`` (when asked): each reference nodule recut 8-14 mm off-centre, its
-  probability and localisation error;
+- ``finding_dice.csv`` (scans the LIDC database knows, with the segmentation head): per
+  reference nodule, the most probable finding that hits it and its mask's Dice with the
+  readers' consensus;
+- ``offcentre.csv`` and ``pointing.csv`` (when asked): each reference nodule recut 8-14 mm
+  off-centre, its probability and localisation error; the pointing game of the detection
+  map on those cubes and on the cube centred on the nodule (``offset_mm`` 0), beside a map
+  that always points at the cube's centre;
 - ``scans.csv``: one row per scan: status, reason, size, seconds per step;
 - ``dicom/<series uid>/seg.dcm`` and ``sr.dcm`` (scans read from DICOM): the findings at or
   above the threshold as a DICOM SEG and a TID 1500 SR measurement report
@@ -73,6 +78,13 @@ from lungcad.detection.detector import (
     offcentre_recut,
 )
 from lungcad.detection.figures import scan_figure
+from lungcad.detection.reference import (
+    DICE_COLUMNS,
+    POINTING_COLUMNS,
+    ReferenceMasks,
+    finding_dice,
+    pointing_check,
+)
 from lungcad.errors import LungcadError
 
 log = logging.getLogger(__name__)
@@ -261,9 +273,16 @@ def _detect_scan(
     model, train_config, detector, explainer = _model(checkpoint, settings.detect)
     det = detect_volume(volume, model, tuple(train_config.window_hu), detector)
     ref = lidc_reference(volume, LidcDatabase(db_path)) if db_path else None
-    offcentre = empty
-    if settings.offcentre and ref is not None:
-        offcentre = offcentre_recut(volume, ref[0], model, tuple(train_config.window_hu), detector)
+    offcentre = pointing = dice = empty
+    if ref is not None and (settings.offcentre or model.segments):
+        readers = ReferenceMasks(volume, LidcDatabase(db_path))
+        if model.segments:
+            dice = finding_dice(ref[0], det.findings, det.masks, readers, detector.cube_size)
+        if settings.offcentre:
+            offcentre = offcentre_recut(
+                volume, ref[0], model, tuple(train_config.window_hu), detector
+            )
+            pointing = _pointing(volume, ref[0], offcentre, readers, explainer, detector)
     with atomic_path(part, f"the detections of scan {source.series_uid}") as tmp:
         for folder in PART_FOLDERS:
             (tmp / folder).mkdir(parents=True)
@@ -301,6 +320,8 @@ def _detect_scan(
             "reference": ref[0] if ref else empty,
             "excluded": ref[1] if ref else empty,
             "offcentre": offcentre.assign(**uid) if len(offcentre) else empty,
+            "pointing": pointing.assign(**uid) if len(pointing) else empty,
+            "finding_dice": dice.assign(**uid) if len(dice) else empty,
         }
         seconds = {"read": read_s, **det.seconds}
         meta.update(
@@ -324,6 +345,27 @@ def _detect_scan(
         for name, table in tables.items():
             table.to_csv(tmp / f"{name}.csv", index=False)
         (tmp / "scan.json").write_text(json.dumps(meta, indent=1))
+
+
+def _pointing(volume, reference, offcentre, readers, explainer, detector) -> pd.DataFrame:
+    """The pointing game on the cube centred on each reference nodule and on its off-centre
+    recuts (``offcentre_recut``'s cubes)."""
+    centred = reference[["nodule_id", "coordX", "coordY", "coordZ"]].assign(offset_mm=0.0)
+    moved = offcentre[["nodule_id", "offset_mm", "cubeX", "cubeY", "cubeZ"]].rename(
+        columns={"cubeX": "coordX", "cubeY": "coordY", "cubeZ": "coordZ"}
+    )
+    cubes = pd.concat([centred, moved], ignore_index=True)
+    cubes = cubes[cubes["nodule_id"].isin(readers.nodules)].reset_index(drop=True)
+    games = pointing_check(
+        volume,
+        cubes[["coordX", "coordY", "coordZ"]].to_numpy(float),
+        list(cubes["nodule_id"]),
+        readers,
+        explainer,
+        detector.cube_size,
+        detector.spacing_mm,
+    )
+    return pd.concat([cubes[["nodule_id", "offset_mm"]], games], axis=1)
 
 
 def _sizing(findings: pd.DataFrame) -> str:
@@ -486,7 +528,16 @@ def _assemble(
     luna16: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     tables: dict[str, list[pd.DataFrame]] = {
-        k: [] for k in ("findings", "candidates", "reference", "excluded", "offcentre")
+        k: []
+        for k in (
+            "findings",
+            "candidates",
+            "reference",
+            "excluded",
+            "offcentre",
+            "pointing",
+            "finding_dice",
+        )
     }
     metas = []
     for s in sources:
@@ -534,8 +585,15 @@ def _assemble(
         reference, excluded = (t[t["seriesuid"].isin(run)] for t in luna16)
     _write_atomic(reference, out_dir / "annotations.csv", ref_cols)
     _write_atomic(excluded, out_dir / "annotations_excluded.csv", ref_cols)
+    uid_cols = ["seriesuid", "patient_id"]
+    _write_atomic(cat("finding_dice"), out_dir / "finding_dice.csv", [*DICE_COLUMNS, *uid_cols])
     if settings.offcentre:
         _write_atomic(cat("offcentre"), out_dir / "offcentre.csv")
+        _write_atomic(
+            cat("pointing"),
+            out_dir / "pointing.csv",
+            ["nodule_id", "offset_mm", *POINTING_COLUMNS, *uid_cols],
+        )
     scans = pd.DataFrame(metas)
     first = ["seriesuid", "patient_id", "status", "reason"]  # present even with no scan
     scans = scans.reindex(columns=[*first, *(c for c in scans.columns if c not in first)])

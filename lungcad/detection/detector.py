@@ -398,8 +398,9 @@ def offcentre_recut(
     cube's centre (``moves`` random directions, seeded by the series and nodule): the
     probability the network gives it and how far its mask's centroid lies from the nodule's
     centre (``localisation_error_mm``; NaN where it outlines nothing, or without the
-    decoder)."""
+    decoder), with the recut cube's centre (``cubeX``, ``cubeY``, ``cubeZ``, patient mm)."""
     columns = ["nodule_id", "offset_mm", "probability", "localisation_error_mm", "diameter_mm"]
+    columns += ["cubeX", "cubeY", "cubeZ"]
     if reference is None or reference.empty:
         return pd.DataFrame(columns=columns)
     rng = np.random.default_rng([seed, *(ord(ch) for ch in volume.series_uid[-16:])])
@@ -411,6 +412,7 @@ def offcentre_recut(
             distance = rng.uniform(*OFFCENTRE_MM)
             centres.append(nodule + direction / np.linalg.norm(direction) * distance)
             rows.append({"nodule_id": ref.nodule_id, "offset_mm": distance, "nodule": nodule})
+            rows[-1].update(zip(("cubeX", "cubeY", "cubeZ"), centres[-1]))
     prob, _, _, _, masks = score_cubes(
         volume,
         np.array(centres),
@@ -435,6 +437,7 @@ def offcentre_recut(
                 "probability": float(p),
                 "localisation_error_mm": error,
                 "diameter_mm": size,
+                **{k: float(row[k]) for k in ("cubeX", "cubeY", "cubeZ")},
             }
         )
     return pd.DataFrame(out, columns=columns)

@@ -13,6 +13,7 @@ from scipy.stats import binomtest
 
 from lungcad.core.annotations.luna16 import read_luna_csv
 from lungcad.core.findings.measure import texture_type
+from lungcad.core.metrics import bootstrap_ci
 from lungcad.detection.figures import froc_figure
 from lungcad.detection.froc import FP_RATES, bootstrap_cpm, froc, label_findings
 
@@ -121,6 +122,75 @@ def offcentre_summary(table: pd.DataFrame, threshold: float) -> dict:
     }
 
 
+def _mean_ci(values: np.ndarray, patients: np.ndarray, n_boot: int, seed: int) -> dict:
+    """Mean of ``values`` with its 95 % patient-bootstrap interval and count."""
+    if not len(values):
+        return {"mean": None, "n": 0, "ci95": None}
+    ci = bootstrap_ci(patients, lambda i: {"m": float(np.mean(values[i]))}, n_boot, seed)
+    low, high = ci.get("m", (float("nan"), float("nan")))
+    interval = [float(low), float(high)] if np.isfinite([low, high]).all() else None
+    return {"mean": float(np.mean(values)), "n": int(len(values)), "ci95": interval}
+
+
+def finding_dice_summary(
+    table: pd.DataFrame, missing: pd.DataFrame, threshold: float, n_boot: int, seed: int
+) -> dict:
+    """Dice of each reference nodule's detected finding with the readers' consensus
+    (``finding_dice.csv``): over the nodules detected at ``threshold``, and over every
+    reference nodule with a missed one (or one of a scan not usable: ``missing``, a
+    ``patient_id`` per nodule) counting 0."""
+    if table.empty and missing.empty:
+        return {"n_nodules": 0}
+    table = table.assign(patient_id=table["patient_id"].astype(str)).reset_index(drop=True)
+    detected = table["finding_probability"].fillna(-1.0).to_numpy(float) >= threshold
+    found = table[detected]
+    # A nodule without a finding at the threshold scores 0, as does one of a lost scan.
+    every = pd.concat(
+        [
+            pd.DataFrame(
+                {"patient_id": table["patient_id"], "dice": np.where(detected, table["dice"], 0.0)}
+            ),
+            pd.DataFrame({"patient_id": missing["patient_id"].astype(str), "dice": 0.0}),
+        ],
+        ignore_index=True,
+    )
+    return {
+        "threshold": threshold,
+        "localisation": "the detected finding's own (its mask, where the detector put it)",
+        "detected": _mean_ci(
+            found["dice"].to_numpy(float), found["patient_id"].to_numpy(), n_boot, seed
+        ),
+        "all_nodules_missed_as_0": _mean_ci(
+            every["dice"].to_numpy(float), every["patient_id"].to_numpy(), n_boot, seed
+        ),
+        "n_nodules": int(len(every)),
+    }
+
+
+def pointing_summary(table: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """The pointing game of the detection map (``pointing.csv``) on cubes centred on their
+    nodule and on cubes recut off its centre, each beside a map that always points at the
+    cube's centre, with patient-bootstrap intervals."""
+    if table.empty:
+        return {}
+    out = {}
+    for name, part in (
+        ("centred", table[table["offset_mm"] == 0]),
+        ("offcentre", table[table["offset_mm"] > 0]),
+    ):
+        patients = part["patient_id"].astype(str).to_numpy()
+        out[name] = {
+            "n_cubes": int(len(part)),
+            "offset_mm": [float(part["offset_mm"].min()), float(part["offset_mm"].max())]
+            if len(part)
+            else None,
+            "gradcam": _mean_ci(part["pointing_hit"].to_numpy(float), patients, n_boot, seed),
+            "centre_baseline": _mean_ci(part["centre_hit"].to_numpy(float), patients, n_boot, seed),
+            "chance": float(part["pointing_chance"].mean()) if len(part) else None,
+        }
+    return out
+
+
 def evaluate_detection(
     detection_dir: str | Path | Sequence[str | Path],
     out_dir: str | Path,
@@ -202,6 +272,16 @@ def evaluate_detection(
     metrics["per_nodule"] = per_nodule
     if run["offcentre"] is not None:
         metrics["offcentre"] = offcentre_summary(run["offcentre"], threshold)
+    if run["pointing"] is not None:
+        metrics["pointing"] = pointing_summary(
+            run["pointing"][run["pointing"]["seriesuid"].astype(str).isin(series)], bootstrap, seed
+        )
+    if run["finding_dice"] is not None:
+        dice = run["finding_dice"][run["finding_dice"]["seriesuid"].astype(str).isin(series)]
+        lost = ref[ref["seriesuid"].isin(failed["seriesuid"].astype(str))]
+        owner = dict(zip(failed["seriesuid"].astype(str), failed["patient_id"].astype(str)))
+        lost = pd.DataFrame({"patient_id": lost["seriesuid"].map(owner).fillna(lost["seriesuid"])})
+        metrics["finding_dice"] = finding_dice_summary(dice, lost, threshold, bootstrap, seed)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     pd.DataFrame(  # from no false positives up (the curve is stored from many down)
         {"fps_per_scan": result.fps_per_scan[::-1], "sensitivity": result.sensitivity[::-1]}
@@ -220,8 +300,9 @@ def evaluate_detection(
 
 def read_runs(dirs: Sequence[Path], own_reference: bool = True) -> dict[str, pd.DataFrame | None]:
     """The tables of one or more ``lungcad detect`` runs, concatenated: scans, detections,
-    candidates, offcentre (None when no run has it) and, with ``own_reference``, the runs'
-    annotations and excluded annotations (LUNA16 columns; else None).
+    candidates, offcentre, pointing and finding_dice (None when no run has them) and, with
+    ``own_reference``, the runs' annotations and excluded annotations (LUNA16 columns; else
+    None).
 
     Raises:
         ValueError: a run without scans.csv or its tables, or a scan in two runs.
@@ -241,12 +322,15 @@ def read_runs(dirs: Sequence[Path], own_reference: bool = True) -> dict[str, pd.
             parts.setdefault("excluded", []).append(
                 read_luna_csv(d / "annotations_excluded.csv", "excluded annotations")
             )
-        if (d / "offcentre.csv").is_file():
-            parts.setdefault("offcentre", []).append(pd.read_csv(d / "offcentre.csv"))
+        for optional in ("offcentre", "pointing", "finding_dice"):
+            if (d / f"{optional}.csv").is_file():
+                parts.setdefault(optional, []).append(
+                    pd.read_csv(d / f"{optional}.csv", dtype={"seriesuid": str, "patient_id": str})
+                )
     tables: dict[str, pd.DataFrame | None] = {
         k: pd.concat(v, ignore_index=True) for k, v in parts.items()
     }
-    for optional in ("offcentre", "annotations", "excluded"):
+    for optional in ("offcentre", "pointing", "finding_dice", "annotations", "excluded"):
         tables.setdefault(optional, None)
     uids = tables["scans"]["seriesuid"].astype(str)
     twice = sorted(set(uids[uids.duplicated()]))
@@ -310,7 +394,50 @@ without findings: their {m["nodules_in_scans_not_usable"]} reference nodules are
 
 {_per_nodule_report(m.get("per_nodule") or {})}
 {_offcentre_report(m.get("offcentre") or {})}
+{_dice_report(m.get("finding_dice") or {})}
+{_pointing_report(m.get("pointing") or {})}
 """
+
+
+def _mean(v: dict) -> str:
+    if not v or v.get("mean") is None:
+        return "n/a"
+    ci = f" ({v['ci95'][0]:.3f}–{v['ci95'][1]:.3f})" if v.get("ci95") else ""
+    return f"{v['mean']:.3f}{ci}, n = {v['n']}"
+
+
+def _dice_report(d: dict) -> str:
+    if not d.get("n_nodules"):
+        return ""
+    return (
+        f"\n## Dice at the detected finding\n\nThe mask of each reference nodule's most "
+        f"probable finding at probability >= {d['threshold']:.2f}, against the readers' "
+        f"consensus: {_mean(d['detected'])}; over all {d['n_nodules']} reference nodules, "
+        f"a missed one counting 0: {_mean(d['all_nodules_missed_as_0'])} (95 % CI, patients "
+        "resampled).\n"
+    )
+
+
+def _pointing_report(p: dict) -> str:
+    if not p:
+        return ""
+    rows = [
+        f"| {name} ({v['n_cubes']} cubes) | {_mean(v['gradcam'])} | "
+        f"{_mean(v['centre_baseline'])} | {_fmt(v['chance'])} |"
+        for name, v in p.items()
+        if v["n_cubes"]
+    ]
+    return "\n".join(
+        [
+            "",
+            "## Pointing game of the detection map (Grad-CAM, cubes cut from the scan)",
+            "",
+            "| cubes | Grad-CAM | a map pointing at the cube's centre | chance |",
+            "| --- | --- | --- | --- |",
+            *rows,
+            "",
+        ]
+    )
 
 
 def _offcentre_report(o: dict) -> str:

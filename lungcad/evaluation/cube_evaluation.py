@@ -34,9 +34,11 @@ from lungcad.core.metrics import (
 )
 from lungcad.core.model.attributes import ATTRIBUTES
 from lungcad.core.model.checkpoint import CheckpointMissingError, load_checkpoint
+from lungcad.core.model.ensemble import is_ensemble, unseen_check
 from lungcad.core.model.loading import load_model, resolve_amp
 from lungcad.core.model.predict import predict_rows
 from lungcad.core.outputs import write_text_atomic
+from lungcad.errors import LungcadError
 from lungcad.evaluation.baselines import (
     REFERENCE_REAL_LIDC,
     diameter_only_model,
@@ -134,6 +136,36 @@ def _selection(state: dict[str, Any]) -> dict[str, Any]:
     return {"best_epoch": best_epoch, "selected": state.get("selected", f"epoch {best_epoch}")}
 
 
+class ThresholdPatientsError(LungcadError, ValueError):
+    """An ensemble whose members saw the patients its threshold would be fitted on."""
+
+
+def threshold_patients_check(checkpoint: Path, val: pd.DataFrame) -> str:
+    """Who the threshold is fitted on. An ensemble that records what its members saw (a
+    fold ensemble) must not have seen any val patient: its threshold comes from patients
+    none of its members trained on or chose an epoch on.
+
+    Raises:
+        ThresholdPatientsError: some member saw val patients, naming how many.
+    """
+    state = load_checkpoint(checkpoint)
+    n = int(val["patient_id"].nunique())
+    if not is_ensemble(state):
+        return f"the val split's {n} patients (the model chose its weights on them)"
+    seen = unseen_check(state, val["patient_id"])
+    if seen is None:
+        return f"the val split's {n} patients (the ensemble does not record what its members saw)"
+    if seen[0]:
+        raise ThresholdPatientsError(
+            f"{checkpoint}: its members trained on (or chose their epoch on) {seen[0]} of the val "
+            f"split's {seen[1]} patients, so a threshold fitted there would be optimistic; "
+            "build the ensemble from folds that hold the split's val and test patients out "
+            "(cv.holdout: default_split), or evaluate it with a splits file whose val "
+            "patients no member saw"
+        )
+    return f"the val split's {n} patients, none of whom any member saw"
+
+
 def evaluate_model(
     dataset_dir: str | Path,
     splits_file: str | Path,
@@ -152,6 +184,7 @@ def evaluate_model(
     data = load_cube_data(dataset_dir, splits_file)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, train_config = load_model(checkpoint, device)
+    threshold_patients = threshold_patients_check(checkpoint, data.subset("val"))
     amp_dtype = resolve_amp(train_config.amp, device)
     preds = {
         s: predict_rows(
@@ -182,6 +215,7 @@ def evaluate_model(
     segmentation: dict[str, Any] = {}
     if model.segments:
         test_rows = data.subset("test")
+        spacing_mm = float(data.cut_settings.get("preprocess", {}).get("spacing_mm", 1.0))
         table = nodule_segmentation(
             model,
             data.cubes,
@@ -189,10 +223,14 @@ def evaluate_model(
             test_rows[test_rows["label"] == 1],
             train_config.window_hu,
             device,
-            float(data.cut_settings.get("preprocess", {}).get("spacing_mm", 1.0)),
+            spacing_mm,
             train_config.eval_batch_size,
         )
-        readers = readers_dice(table["nodule_id"], LidcDatabase()) if len(table) else {}
+        readers = (
+            readers_dice(table["nodule_id"], LidcDatabase(), int(data.cubes.shape[-1]), spacing_mm)
+            if len(table)
+            else {}
+        )
         segmentation = segmentation_summary(table, readers, config.bootstrap, config.seed)
         table.to_csv(out_dir / "segmentation.csv", index=False)
         if fitted and len(table):
@@ -223,6 +261,7 @@ def evaluate_model(
         "threshold": {
             "value": threshold,
             "rule": "Youden's J on the val split (midpoint of the optimal interval)",
+            "patients": threshold_patients,
         },
         "detection": test["detection"],
         "malignancy": test["malignancy"],
@@ -362,9 +401,11 @@ def render_report(doc: dict[str, Any], figures: list[Path], gallery: Path | None
             "## Segmentation (test nodule cubes, against the readers' consensus)",
             "",
             f"Dice {_fmt(seg['dice_mean'])} (mean; 95% CI {_ci(seg, 'dice_mean')}; median "
-            f"{_fmt(seg['dice_median'])}) over {seg['n_nodules']} nodules; the readers' own "
-            f"pairwise Dice on {seg['n_with_readers']} of them: "
-            f"{_fmt(seg['readers_pairwise_dice_mean'])} (the network on the same nodules: "
+            f"{_fmt(seg['dice_median'])}) over {seg['n_nodules']} nodules, each cube centred "
+            "on its nodule (oracle localisation); the ceiling, each reader against the other "
+            "readers' "
+            f"consensus on the same cubes, on {seg['n_with_readers']} of them: "
+            f"{_fmt(seg['readers_vs_others_dice_mean'])} (the network on the same nodules: "
             f"{_fmt(seg['dice_mean_same_nodules'])}). Of the {seg['n_outlined']} nodules "
             f"outlined, median |volume error| {_fmt(seg['volume_error_pct_median_abs'])} %, "
             f"median |size error| {_fmt(seg['size_error_mm_median_abs'])} mm "

@@ -1,7 +1,7 @@
 """How well the network outlines the test nodules: Dice and volume error against the readers'
-consensus, size error against the readers' diameter, beside the readers' own pairwise Dice
-on the same nodules (from the LIDC database: the ceiling a model trained on their consensus
-can be judged against)."""
+consensus, size error against the readers' diameter and the consensus mask, beside the
+segmentation ceiling on the same nodules: each reader against the consensus of the other
+readers (from the LIDC database), on the same 1 mm cube, with the same Dice."""
 
 from __future__ import annotations
 
@@ -11,18 +11,21 @@ import numpy as np
 import pandas as pd
 
 from lungcad.core.annotations.lidc_db import LidcDatabase
-from lungcad.core.annotations.nodules import cluster_nodules, reader_pairwise_dice
+from lungcad.core.annotations.nodules import cluster_nodules
 from lungcad.core.findings.measure import measure_mask
 from lungcad.core.findings.merge import nodule_part
-from lungcad.core.masks import read_masks
-from lungcad.core.metrics import bootstrap_ci
+from lungcad.core.masks import read_masks, readers_cube_dice
+from lungcad.core.metrics import bootstrap_ci, dice
 from lungcad.core.model.network import NoduleNet
 from lungcad.core.model.predict import predict_hu_cubes
 
 
-def readers_dice(nodule_ids, db: LidcDatabase) -> dict[str, float]:
-    """Mean pairwise Dice of each nodule's readers (``<patient>:<scan id>:<k>`` ids of the
-    LIDC database; NaN for a nodule it does not know or with one reader)."""
+def readers_dice(
+    nodule_ids, db: LidcDatabase, size: int = 64, spacing_mm: float = 1.0
+) -> dict[str, float]:
+    """Each nodule's segmentation ceiling (``readers_cube_dice``: every reader against the
+    others' consensus in the ``size``³ cube of ``spacing_mm``) by ``<patient>:<scan id>:<k>``
+    id of the LIDC database; NaN for a nodule it does not know or with one reader."""
     out: dict[str, float] = {}
     by_scan: dict[int, list[str]] = {}
     for nid in nodule_ids:
@@ -41,7 +44,9 @@ def readers_dice(nodule_ids, db: LidcDatabase) -> dict[str, float]:
         nodules = {n.nodule_id: n for n in cluster_nodules(scan, annotations)}
         for nid in ids:
             n = nodules.get(nid)
-            out[nid] = reader_pairwise_dice(scan, annotations, n) if n else float("nan")
+            out[nid] = (
+                readers_cube_dice(scan, annotations, n, size, spacing_mm) if n else float("nan")
+            )
     return out
 
 
@@ -68,13 +73,11 @@ def nodule_segmentation(
         part = nodule_part(pred, spacing_mm)
         measures = measure_mask(part, np.zeros(3), spacing_mm)
         consensus = measure_mask(ref, np.zeros(3), spacing_mm)  # the same code, the readers
-        inter = np.count_nonzero(part & ref)
-        total = np.count_nonzero(part) + np.count_nonzero(ref)
         out.append(
             {
                 "patient_id": row.patient_id,
                 "nodule_id": row.nodule_id,
-                "dice": 2 * inter / total if total else 1.0,
+                "dice": dice(part, ref),
                 "volume_mm3": float(np.count_nonzero(part) * spacing_mm**3),
                 "reference_volume_mm3": float(np.count_nonzero(ref) * spacing_mm**3),
                 "diameter_mm": measures.diameter_mm,
@@ -101,8 +104,8 @@ def nodule_segmentation(
 def segmentation_summary(
     table: pd.DataFrame, readers: dict[str, float], n_boot: int, seed: int
 ) -> dict[str, Any]:
-    """Dice (mean, median, 95% patient-bootstrap CI), volume and size errors, and the readers'
-    pairwise Dice on the same nodules."""
+    """Dice (mean, median, 95% patient-bootstrap CI), volume and size errors, and the
+    segmentation ceiling (each reader against the others' consensus) on the same nodules."""
     if table.empty:
         return {"n_nodules": 0}
     table = table.assign(readers_dice=table["nodule_id"].map(readers).astype(float))
@@ -136,7 +139,7 @@ def segmentation_summary(
             ).get("m", (float("nan"), float("nan")))
         ),
         "n_not_outlined": int(len(table) - len(outlined)),
-        "readers_pairwise_dice_mean": float(both["readers_dice"].mean()) if len(both) else None,
+        "readers_vs_others_dice_mean": float(both["readers_dice"].mean()) if len(both) else None,
         "dice_mean_same_nodules": float(both["dice"].mean()) if len(both) else None,
         "n_with_readers": int(len(both)),
     }

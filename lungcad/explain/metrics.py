@@ -16,35 +16,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 from scipy.stats import spearmanr
 
-from lungcad.core.metrics import bootstrap_ci
+from lungcad.core.metrics import bootstrap_ci, dilate_mm, pointing
 
-
-def dilate_mm(mask: np.ndarray, radius_mm: float, spacing_mm: float = 1.0) -> np.ndarray:
-    """``mask`` grown by a ball of ``radius_mm`` (voxels of ``spacing_mm``)."""
-    r = int(np.floor(radius_mm / spacing_mm))
-    if r <= 0:
-        return mask.astype(bool)
-    zz, yy, xx = np.mgrid[-r : r + 1, -r : r + 1, -r : r + 1]
-    ball = (zz**2 + yy**2 + xx**2) * spacing_mm**2 <= radius_mm**2
-    return ndimage.binary_dilation(mask, structure=ball)
-
-
-def pointing(cam: np.ndarray, mask: np.ndarray, radius_mm: float, spacing_mm: float = 1.0):
-    """(hit, chance, distance of the maximum from the mask in mm) for one cube.
-
-    ``hit`` is False for a map that is zero everywhere (it points nowhere)."""
-    grown = dilate_mm(mask, radius_mm, spacing_mm)
-    chance = float(grown.mean())
-    if not mask.any():
-        return False, chance, float("nan")
-    peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    if cam[peak] <= 0:
-        return False, chance, float("nan")
-    distance = ndimage.distance_transform_edt(~mask.astype(bool), sampling=spacing_mm)[peak]
-    return bool(grown[peak]), chance, float(distance)
+__all__ = ["dilate_mm", "pointing", "rank_correlation", "summarise"]
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:

@@ -70,21 +70,59 @@ def test_missing_database_file_is_a_clear_error(tmp_path) -> None:
         LidcDatabase(tmp_path / "nope.sqlite")
 
 
-def test_readers_pairwise_dice_of_known_nodules(db: LidcDatabase) -> None:
-    from lungcad.core.annotations.nodules import reader_pairwise_dice
+def test_segmentation_ceiling_of_known_nodules(db: LidcDatabase) -> None:
+    from lungcad.core.masks import readers_cube_dice
     from lungcad.evaluation.segmentation import readers_dice
 
     scan = db.scan_by_patient("LIDC-IDRI-0078")[0]
     annotations = db.annotations(scan.scan_id)
     nodules = cluster_nodules(scan, annotations)
     by_readers = {n.n_readers: n for n in nodules}
-    dice = reader_pairwise_dice(scan, annotations, by_readers[4])
+    dice = readers_cube_dice(scan, annotations, by_readers[4], 64, 1.0)
     assert 0.4 < dice < 0.98  # four radiologists agree well, never voxel for voxel
-    assert np.isnan(reader_pairwise_dice(scan, annotations, by_readers[1]))
+    assert np.isnan(readers_cube_dice(scan, annotations, by_readers[1], 64, 1.0))
     ids = [n.nodule_id for n in nodules] + ["LIDC-IDRI-0078:999999:0", "not-an-id"]
-    table = readers_dice(ids, db)
+    table = readers_dice(ids, db, 64, 1.0)
     assert table[by_readers[4].nodule_id] == pytest.approx(dice)
     assert np.isnan(table["LIDC-IDRI-0078:999999:0"]) and np.isnan(table["not-an-id"])
+
+
+def _square_reader(annotation_id: int, lo: int, hi: int, slices: range):
+    """A reader who outlines the square ring cols/rows ``lo``..``hi`` on every slice z in
+    ``slices`` (1 mm apart): a (hi - lo - 1)² square inside it on each."""
+    from lungcad.core.annotations.lidc_db import CHARACTERISTICS, Contour, ReaderAnnotation
+
+    ring = [(c, r) for r in range(lo, hi + 1) for c in range(lo, hi + 1) if {r, c} & {lo, hi}]
+    mid = (lo + hi) / 2
+    walk = np.array(sorted(ring, key=lambda p: np.arctan2(p[1] - mid, p[0] - mid)), np.int32)
+    contours = tuple(Contour(z_mm=float(z), inclusion=True, cols_rows=walk) for z in slices)
+    ratings = dict.fromkeys(CHARACTERISTICS, 3)
+    return ReaderAnnotation(annotation_id, f"r{annotation_id}", ratings, contours)
+
+
+def test_segmentation_ceiling_by_hand() -> None:
+    """Readers of one nodule on a 1 mm grid, scored in a 1 mm cube whose voxels fall on the
+    pixels: identical outlines agree perfectly; an 8 x 8 and a 6 x 6 square on the same four
+    slices have Dice 2 * 36 / (64 + 36) = 0.72 (each is the other's only "other reader")."""
+    from lungcad.core.annotations.lidc_db import ScanRecord
+    from lungcad.core.masks import readers_cube_dice
+
+    scan = ScanRecord(
+        scan_id=1,
+        patient_id="P",
+        series_uid="1.2",
+        study_uid="1.3",
+        pixel_spacing_mm=1.0,
+        slice_thickness_mm=1.0,
+        z_positions_mm=np.arange(10, dtype=float),
+        contrast_used=False,
+    )
+    same = [_square_reader(k, 20, 29, range(2, 6)) for k in (1, 2, 3)]
+    (nodule,) = cluster_nodules(scan, same)
+    assert readers_cube_dice(scan, same, nodule, 32, 1.0) == pytest.approx(1.0)
+    pair = [_square_reader(1, 20, 29, range(2, 6)), _square_reader(2, 21, 28, range(2, 6))]
+    (nodule,) = cluster_nodules(scan, pair)
+    assert readers_cube_dice(scan, pair, nodule, 32, 1.0) == pytest.approx(0.72)
 
 
 def test_a_series_reference_count_comes_from_the_database_alone(db: LidcDatabase) -> None:

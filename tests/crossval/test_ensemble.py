@@ -19,7 +19,7 @@ from lungcad.core.model.network import window_hu
 from lungcad.core.model.predict import predict_hu_cubes
 from lungcad.crossval.ensemble import build_fold_ensemble, fold_checkpoints, log_fold_ensemble
 from lungcad.training.tracked import train_tracked
-from tests.conftest import make_tiny_dataset, tiny_train_config
+from tests.conftest import TEST_PARAMS, make_tiny_dataset, tiny_train_config
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +175,56 @@ def test_lungcad_explain_takes_the_ensemble_like_any_checkpoint(folds, tmp_path)
     cubes = np.load(dataset[0] / "cubes.npy")[explained["cube_index"].to_numpy()]
     prob, _ = predict_hu_cubes(model, cubes, config.window_hu, "cpu")
     np.testing.assert_allclose(explained["nodule_prob"], prob, atol=1e-5)
+
+
+def test_an_ensembles_threshold_comes_from_patients_no_member_saw(folds) -> None:
+    """A fold ensemble records (as digests) every patient its members trained or chose an
+    epoch on; evaluating it on a split whose val patients one of them saw is one line, not
+    an optimistic threshold."""
+    from typer.testing import CliRunner
+
+    from lungcad.cli.main import app
+    from lungcad.core.model.ensemble import patient_digest
+    from lungcad.evaluation.cube_evaluation import threshold_patients_check
+
+    tmp_path, dataset, _ = folds
+    splits = json.loads(dataset[1].read_text())
+    val = splits["val"]
+    others = splits["train"] + splits["test"]
+    fold_dir = tmp_path / "cv-folds"
+    fold_dir.mkdir()
+    for k, seen in enumerate((others[:2], others[2:])):
+        doc = {"train": seen[1:], "val": seen[:1], "test": [val[0]] if k == 0 else []}
+        (fold_dir / f"fold{k}.json").write_text(json.dumps(doc))
+    checkpoint = build_fold_ensemble(tmp_path / "models", 2, tmp_path / "ens-seen", fold_dir)
+    state = load_checkpoint(checkpoint)
+    assert sorted(state["seen_patients_sha256"]) == sorted(map(patient_digest, others))
+    assert not any(p in json.dumps(state["seen_patients_sha256"]) for p in others)
+    rows = pd.DataFrame({"patient_id": val})
+    assert "none of whom any member saw" in threshold_patients_check(checkpoint, rows)
+
+    swapped = {**splits, "val": others[:1], "train": [*splits["train"], *val]}
+    swapped["train"] = [p for p in swapped["train"] if p != others[0]]
+    swapped["test"] = [p for p in splits["test"] if p != others[0]]
+    (tmp_path / "swapped.json").write_text(json.dumps(swapped))
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--dataset",
+            str(dataset[0]),
+            "--splits",
+            str(tmp_path / "swapped.json"),
+            "--model",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "eval-swapped"),
+            "--params",
+            str(TEST_PARAMS),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert (
+        "its members trained on (or chose their epoch on) 1 of the val split's 1" in result.output
+    )
+    assert "Traceback" not in result.output

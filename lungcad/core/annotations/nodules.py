@@ -161,7 +161,7 @@ def max_inplane_diameter_mm(ann: ReaderAnnotation, pixel_spacing_mm: float) -> f
     return best * pixel_spacing_mm
 
 
-def _merge(group: list[AnnotationMask]) -> tuple[tuple[int, int, int], np.ndarray]:
+def reader_count(group: list[AnnotationMask]) -> tuple[tuple[int, int, int], np.ndarray]:
     """Reader-count map of a group over its joint bounding box."""
     lo = np.min([m.offset for m in group], axis=0)
     hi = np.max([np.add(m.offset, m.mask.shape) for m in group], axis=0)
@@ -194,7 +194,7 @@ def cluster_nodules(
     built = []
     for group_idx in cluster_masks(masks, max_readers):
         group = [masks[i] for i in group_idx]
-        offset, count = _merge(group)
+        offset, count = reader_count(group)
         consensus = count >= np.ceil(CONSENSUS_LEVEL * len(group))
         if not consensus.any():  # readers disagree everywhere: fall back to the union
             consensus = count > 0
@@ -250,30 +250,3 @@ def nodule_center_mm(nodule: Nodule, volume: CtVolume) -> np.ndarray | None:
         return None
     k = float(np.interp(z_mm, z[order], order.astype(float)))
     return volume.geometry.index_to_mm(np.array([col, row, k]))
-
-
-def reader_pairwise_dice(
-    scan: ScanRecord, annotations: list[ReaderAnnotation], nodule: Nodule
-) -> float:
-    """Mean Dice over every pair of the nodule's readers' filled outlines on the database's
-    slice grid: how well radiologists agree on its extent (NaN with fewer than two)."""
-    own = set(nodule.annotation_ids)
-    masks = [annotation_mask(a, scan) for a in annotations if a.annotation_id in own and a.contours]
-    if len(masks) < 2:
-        return float("nan")
-    lo = np.min([m.offset for m in masks], axis=0)
-    hi = np.max([np.add(m.offset, m.mask.shape) for m in masks], axis=0)
-    boxes = []
-    for m in masks:
-        box = np.zeros(tuple(hi - lo), bool)
-        at = tuple(
-            slice(m.offset[i] - lo[i], m.offset[i] - lo[i] + m.mask.shape[i]) for i in range(3)
-        )
-        box[at] = m.mask
-        boxes.append(box)
-    dice = [
-        2 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
-        for i, a in enumerate(boxes)
-        for b in boxes[i + 1 :]
-    ]
-    return float(np.mean(dice))

@@ -13,6 +13,8 @@ settings, HU window and outputs): a cube cut for one of them is then a cube for 
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +91,39 @@ def is_ensemble(state: dict[str, Any]) -> bool:
     return "members" in state
 
 
-def write_ensemble(checkpoints: list[Path], out: Path, selected: str | None = None) -> Path:
-    """One ensemble checkpoint at ``out`` of the lungcad checkpoints ``checkpoints``.
+def patient_digest(patient_id: str) -> str:
+    """A patient's id as an ensemble records it: the first 16 hex digits of its SHA-256, so
+    a checkpoint names no patient and a split can still be checked against it."""
+    return hashlib.sha256(str(patient_id).encode()).hexdigest()[:16]
+
+
+def seen_patients(state: dict[str, Any]) -> set[str] | None:
+    """Digests of the patients any member of an ensemble trained on or chose its weights
+    on; None when the checkpoint does not record them (a single network, or an ensemble
+    built from checkpoints alone)."""
+    seen = state.get("seen_patients_sha256")
+    return None if seen is None else set(seen)
+
+
+def unseen_check(state: dict[str, Any], patients: Iterable[str]) -> tuple[int, int] | None:
+    """(how many of ``patients`` some member saw, how many there are), or None when the
+    checkpoint does not record what its members saw."""
+    seen = seen_patients(state)
+    if seen is None:
+        return None
+    digests = [patient_digest(p) for p in set(map(str, patients))]
+    return sum(d in seen for d in digests), len(digests)
+
+
+def write_ensemble(
+    checkpoints: list[Path],
+    out: Path,
+    selected: str | None = None,
+    seen: Iterable[str] | None = None,
+) -> Path:
+    """One ensemble checkpoint at ``out`` of the lungcad checkpoints ``checkpoints``;
+    ``seen``: the patients any member trained on or chose its weights on (recorded as
+    ``patient_digest``s, so that a threshold is never fitted on them).
 
     Raises:
         EnsembleError: fewer than two members, a member that is itself an ensemble, or
@@ -128,5 +161,7 @@ def write_ensemble(checkpoints: list[Path], out: Path, selected: str | None = No
         "selected": selected or f"mean of {len(members)} models",
         "torch_version": torch.__version__,
     }
+    if seen is not None:
+        state["seen_patients_sha256"] = sorted({patient_digest(p) for p in seen})
     save_checkpoint(state, out)
     return out
