@@ -10,17 +10,30 @@ last ``train.average_last`` epochs) and ``best_epoch.pt`` (the best validation e
 stages do. A seed folder that already holds both checkpoints is not trained again (copy
 the pipeline's ``models/`` there to reuse its training of ``train.seed``).
 
+With ``--benchmark data/benchmark`` each seed's ``best.pt`` is also scored on the sealed
+benchmark by ``lungcad benchmark score`` (a folder that already holds its score is not
+scored again: copy the benchmark pipeline's ``reports/benchmark/metrics.json`` into
+``seed0/benchmark/`` to reuse its score of the pipeline's model), and ``--summary`` gets the
+benchmark figures per seed with their spread: the results page reads it.
+
+``--cpu-isa avx2`` trains and scores in folders ``seed<k>-avx2`` with PyTorch's and oneDNN's
+kernels held to AVX2 (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``): the same cubes and
+seed computed as a CPU without AVX-512 computes them, the spread between machines.
+
 Writes <out>/seed_spread.json (every figure) and prints the table: per seed and
 selection the test AUC, MAE and CPM, and their spread (max - min) and sd over seeds.
 
-Usage (in a clone whose ``dvc repro`` has run):
-    python bench/seed_spread.py --seeds 0 1 2 --out bench/results/seeds
+Usage (in a clone whose ``dvc repro`` and ``dvc repro benchmark/dvc.yaml`` have run):
+    python bench/seed_spread.py --seeds 0 1 2 --out bench/results/seeds \
+        --benchmark data/benchmark --summary reports/benchmark/seeds.json
+    python bench/seed_spread.py --seeds 0 --cpu-isa avx2 --selections average
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -31,11 +44,63 @@ import yaml
 
 CHECKPOINTS = {"average": "best.pt", "best_epoch": "best_epoch.pt"}
 
+#: Environment that holds PyTorch's and oneDNN's CPU kernels to an instruction set.
+CPU_ISA = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "default": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+}
+ENV = dict(os.environ)
+
 
 def lungcad(*args: str) -> None:
     cmd = ["lungcad", *args]
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env=ENV)
+
+
+def benchmark_score(checkpoint: Path, out: Path, data: Path, params: Path) -> dict:
+    """The benchmark's score of one checkpoint (``lungcad benchmark score``)."""
+    if not (out / "metrics.json").is_file():
+        lungcad(
+            "benchmark",
+            "score",
+            "--model",
+            str(checkpoint),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--dataset",
+            "data/processed",
+            "--splits",
+            "data/splits.json",
+            "--params",
+            str(params),
+            "--quiet",
+        )
+    m = json.loads((out / "metrics.json").read_text())
+    f, per = m["froc"], m.get("per_nodule") or {}
+    dice = (m.get("finding_dice") or {}).get("detected") or {}
+    return {
+        "model": m["model"],
+        "cpm": f["cpm"],
+        "cpm_ci95": [f.get("cpm_ci_low"), f.get("cpm_ci_high")],
+        "sensitivity_at_threshold": per.get("sensitivity_at_threshold"),
+        "finding_dice_detected": dice.get("mean"),
+        "n_scans": f["n_scans"],
+        "n_nodules": f["n_nodules"],
+    }
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    v = np.array([x for x in values if x is not None], float)
+    if not len(v):
+        return {}
+    return {
+        "mean": float(v.mean()),
+        "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+        "spread": float(v.max() - v.min()),
+    }
 
 
 def seed_params(params: Path, seed: int, folder: Path) -> Path:
@@ -103,12 +168,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/seeds"))
+    parser.add_argument("--selections", nargs="+", default=list(CHECKPOINTS))
+    parser.add_argument("--cpu-isa", choices=sorted(CPU_ISA), default=None)
+    parser.add_argument("--benchmark", type=Path, default=None)
+    parser.add_argument("--summary", type=Path, default=None)
     args = parser.parse_args()
+    if args.cpu_isa:
+        ENV.update(CPU_ISA[args.cpu_isa])
+    tail = f"-{args.cpu_isa}" if args.cpu_isa else ""
+    checkpoints = {k: v for k, v in CHECKPOINTS.items() if k in args.selections}
     raw_root = yaml.safe_load(args.params.read_text())["data"]["raw_root"]
-    figures: dict[str, dict[int, dict]] = {name: {} for name in CHECKPOINTS}
+    figures: dict[str, dict[int, dict]] = {name: {} for name in checkpoints}
+    bench: dict[int, dict] = {}
     seconds = {}
     for seed in args.seeds:
-        folder = args.out / f"seed{seed}"
+        folder = args.out / f"seed{seed}{tail}"
         folder.mkdir(parents=True, exist_ok=True)
         params = seed_params(args.params, seed, folder)
         if not all((folder / name).exists() for name in CHECKPOINTS.values()):
@@ -128,8 +202,12 @@ def main() -> None:
                 "--quiet",
             )
             seconds[seed] = time.perf_counter() - started
-        for selection, name in CHECKPOINTS.items():
+        for selection, name in checkpoints.items():
             figures[selection][seed] = score(folder / name, folder / selection, params, raw_root)
+        if args.benchmark:
+            bench[seed] = benchmark_score(
+                folder / "best.pt", folder / "benchmark", args.benchmark, params
+            )
     summary = {}
     print(f"\n{'selection':10s} {'seed':>4s} {'model':>22s} {'AUC':>6s} {'MAE':>6s} {'CPM':>6s}")
     for selection, per_seed in figures.items():
@@ -152,9 +230,29 @@ def main() -> None:
             f"MAE {spread['mae']['spread']:.3f}, CPM {spread['cpm']['spread']:.3f}; "
             f"mean AUC {spread['auc']['mean']:.3f}, CPM {spread['cpm']['mean']:.3f}"
         )
-    doc = {"seeds": args.seeds, "per_seed": figures, "summary": summary, "train_seconds": seconds}
-    (args.out / "seed_spread.json").write_text(json.dumps(doc, indent=2, default=str))
-    print(f"-> {args.out / 'seed_spread.json'}")
+    doc = {
+        "seeds": args.seeds,
+        "cpu_isa": args.cpu_isa or "native",
+        "per_seed": figures,
+        "summary": summary,
+        "train_seconds": seconds,
+    }
+    if bench:
+        doc["benchmark"] = {
+            "per_seed": bench,
+            "spread": {
+                key: spread([b[key] for b in bench.values()])
+                for key in ("cpm", "sensitivity_at_threshold", "finding_dice_detected")
+            },
+        }
+        print("\nbenchmark: " + ", ".join(f"seed {k} CPM {b['cpm']:.3f}" for k, b in bench.items()))
+    out = args.out / f"seed_spread{tail}.json"
+    out.write_text(json.dumps(doc, indent=2, default=str))
+    print(f"-> {out}")
+    if args.summary:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(json.dumps(doc, indent=2, default=str))
+        print(f"-> {args.summary}")
 
 
 if __name__ == "__main__":
