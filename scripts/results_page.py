@@ -200,6 +200,69 @@ def crossval_rows(cv: dict, folds: list[dict]) -> list[str]:
     return lines
 
 
+def spread_section(repo: Path) -> list[str]:
+    """How far the figures move with the training seed and with the CPU's kernels, when
+    ``bench/seed_spread.py`` has written them."""
+    seeds_file, isa_file = repo / "reports/spread/seeds.json", repo / "reports/spread/avx2.json"
+    if not seeds_file.is_file():
+        return []
+    seeds = json.loads(seeds_file.read_text())
+    isa = json.loads(isa_file.read_text()) if isa_file.is_file() else {}
+    test = seeds["per_seed"]["average"]
+    bench = (seeds.get("benchmark") or {}).get("per_seed") or {}
+    other = ((isa.get("per_seed") or {}).get("average") or {}).get("0")
+    names = [str(k) for k in seeds["seeds"]]
+    head = ["measure", *(f"seed {k}" for k in names), "spread (max − min)"]
+    if other:
+        head += ["seed 0, AVX2 kernels", "AVX2 − seed 0"]
+    lines = [
+        "## Spread: training seeds and CPU kernels",
+        "",
+        f"Trainings of the default configuration on the same cubes that differ only in "
+        f"`train.seed` ({', '.join(names)}), and seed 0 trained and scored again with",
+        "PyTorch's and oneDNN's CPU kernels held to AVX2 (what a machine without AVX-512",
+        "computes): `python bench/seed_spread.py`, read from `reports/spread/seeds.json` and",
+        "`reports/spread/avx2.json`. A difference between two models smaller than these",
+        "spreads is not a difference.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + " --- |" * len(head),
+    ]
+    rows = [
+        ("test AUC (cubes)", {k: test[k]["auc"] for k in names}, (other or {}).get("auc")),
+        ("test malignancy MAE", {k: test[k]["mae"] for k in names}, (other or {}).get("mae")),
+        ("test CPM (slabs)", {k: test[k]["cpm"] for k in names}, (other or {}).get("cpm")),
+    ]
+    if bench:
+        rows.append(("benchmark CPM", {k: bench[k]["cpm"] for k in names if k in bench}, None))
+        rows.append(
+            (
+                "benchmark sensitivity at the threshold",
+                {k: bench[k]["sensitivity_at_threshold"] for k in names if k in bench},
+                None,
+            )
+        )
+    for label, values, avx2 in rows:
+        shown = [v for v in values.values() if v is not None]
+        cells = [_num(values.get(k)) for k in names]
+        cells.append(_num(max(shown) - min(shown)) if len(shown) > 1 else "n/a")
+        if other:
+            base = values.get("0")
+            diff = "n/a" if avx2 is None or base is None else f"{avx2 - base:+.3f}"
+            cells += ["not measured" if avx2 is None else _num(avx2), diff]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if bench:
+        lines += [
+            "",
+            "Benchmark CPMs with their 95 % CIs (patients resampled): "
+            + "; ".join(
+                f"seed {k} {_num(b['cpm'])}{_interval(b.get('cpm_ci95'))}" for k, b in bench.items()
+            )
+            + ".",
+        ]
+    return [*lines, ""]
+
+
 def crossval_section(repo: Path) -> list[str]:
     """The cross-validation section, when its metrics are committed."""
     path = repo / "reports/cv/summary/metrics.json"
@@ -223,6 +286,10 @@ def crossval_section(repo: Path) -> list[str]:
         "fold model that never trained on it; the cross-validation guide says how.",
         "",
         *crossval_rows(json.loads(path.read_text()), folds),
+        "",
+        "The pooled CPM keeps each fold model's own probabilities, as LUNA16 pools its folds;",
+        "they are not on one scale and are not recalibrated (the cross-validation report says",
+        "why), so the pooled CPM can fall below the folds' own.",
         "",
     ]
 
@@ -260,6 +327,8 @@ def choices_rows(cube: dict, froc: dict) -> list[str]:
         "epochs), else the val split (the best validation epoch) |",
         f"| the cube detection threshold ({threshold['value']:.3f}) | {threshold['rule']} |",
         "| promotion (candidate vs champion, AUC − MAE/4) | val split |",
+        "| a fold ensemble's cube threshold | the val split, none of whose patients any "
+        "member trained or chose an epoch on (`lungcad evaluate` refuses otherwise) |",
         f"| the findings' threshold ({_num(detect_threshold, 2)}, `detect.threshold`) | a "
         "setting in `params.yaml`, not fitted |",
         f"| every figure on this page | the {cube['split']} split: it chooses nothing |",
@@ -396,6 +465,7 @@ def results_markdown(repo: Path = REPO) -> str:
         *findings_rows(cube, froc),
         "",
         *benchmark_section(repo),
+        *spread_section(repo),
         *crossval_section(repo),
         "## Explanations",
         "",

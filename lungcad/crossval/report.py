@@ -272,6 +272,30 @@ def _with_ci(section: dict, key: str) -> str:
     return f"{_f(section[key])} ({_f(ci[0])}–{_f(ci[1])})"
 
 
+def pooling_note(folds: pd.DataFrame, pooled: dict) -> str:
+    """Why the pooled CPM is what it is: the folds' findings keep their own model's
+    probabilities, which are not on one scale."""
+    thr = folds["threshold"].dropna() if "threshold" in folds else pd.Series(dtype=float)
+    cpm = folds["cpm"].dropna() if "cpm" in folds else pd.Series(dtype=float)
+    scale = (
+        f" (the folds' cube thresholds, Youden's J on each fold's own val patients, run from "
+        f"{_f(float(thr.min()))} to {_f(float(thr.max()))})"
+        if len(thr)
+        else ""
+    )
+    mean = f" (the folds' own CPMs average {_f(float(cpm.mean()))})" if len(cpm) else ""
+    return (
+        "The findings are pooled as LUNA16 pools its ten folds: each keeps the probability of "
+        f"the fold model that scored it. Those probabilities are not on one scale{scale}, and "
+        "the scores are not recalibrated: a calibration fitted on a fold's validation cubes "
+        "would not carry over to whole-scan candidates, which differ from the dataset's "
+        "cubes. One threshold over the pooled findings therefore ranks one fold's false "
+        "positives among another's nodules, and the pooled CPM "
+        f"({_f(pooled.get('cpm'))}) can fall below the folds' own{mean}; the per-fold table "
+        "shows each fold on its own scale."
+    )
+
+
 def render_report(doc: dict, folds: pd.DataFrame) -> str:
     """report.md of a cross-validation."""
     d, m, s = doc["cubes"]["detection"], doc["cubes"]["malignancy"], doc["detection"]
@@ -319,6 +343,7 @@ def render_report(doc: dict, folds: pd.DataFrame) -> str:
     if doc["missing"]:
         lines += ["", "## Not included", ""] + [f"- {why}" for why in doc["missing"]]
     if s.get("n_scans"):
-        lines += ["", "## Pooled FROC", "", "![FROC](detection/froc.png)", ""]
+        lines += ["", "## Pooled FROC", "", pooling_note(folds, s), ""]
+        lines += ["![FROC](detection/froc.png)", ""]
         lines.append("The pooled detection report: [detection/report.md](detection/report.md).")
     return "\n".join(lines) + "\n"

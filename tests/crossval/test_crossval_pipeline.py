@@ -112,6 +112,10 @@ def test_the_pooled_figures_cover_every_scan_and_fold(project) -> None:
     report = (project / "reports/cv/summary/report.md").read_text()
     assert "2 folds, out of fold" in report and "detection/froc.png" in report
     assert (project / "reports/cv/summary/detection/froc.png").is_file()
+    # the report says why the pooled CPM is what it is, with the folds' own scales
+    low, high = folds["threshold"].min(), folds["threshold"].max()
+    assert f"run from {low:.3f} to {high:.3f}" in report
+    assert "the scores are not recalibrated" in report
 
 
 def test_one_mlflow_parent_run_holds_the_fold_runs(project) -> None:
