@@ -21,11 +21,13 @@ def evaluate(
     out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("reports"),
     params: ParamsFile = Path("params.yaml"),
     run_info: Annotated[
-        Path,
+        Path | None,
         typer.Option(
-            "--run-info", help="train_run.json naming the MLflow run to attach the report to."
+            "--run-info",
+            help="train_run.json naming the MLflow run to attach the report to (default: the "
+            "one beside --model, the training that wrote it; none there: not attached).",
         ),
-    ] = Path("models/train_run.json"),
+    ] = None,
 ) -> None:
     """Detection and malignancy metrics with patient-bootstrap CIs, baselines, plots, report."""
 
@@ -34,6 +36,8 @@ def evaluate(
     from lungcad.tracking.mlflow_run import log_evaluation
 
     config = load_params(params).evaluate
+    # A report belongs to the run that trained this model, never to another model's run.
+    run_info = run_info if run_info is not None else model.parent / "train_run.json"
     if run_info.exists():
         require_tracking()
     if not model.is_file():

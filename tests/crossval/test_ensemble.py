@@ -228,3 +228,37 @@ def test_an_ensembles_threshold_comes_from_patients_no_member_saw(folds) -> None
         "its members trained on (or chose their epoch on) 1 of the val split's 1" in result.output
     )
     assert "Traceback" not in result.output
+
+
+def test_an_evaluation_is_attached_to_the_run_that_trained_its_model(folds) -> None:
+    """`lungcad evaluate --model <a fold's best.pt>` logs to that fold's run (its own
+    train_run.json), never to the run of models/train_run.json beside the working folder."""
+    from typer.testing import CliRunner
+
+    from lungcad.cli.main import app
+
+    tmp_path, dataset, runs = folds
+    own = json.loads((tmp_path / "models/fold1/train_run.json").read_text())["run_id"]
+    other = json.loads((tmp_path / "models/fold0/train_run.json").read_text())["run_id"]
+    (tmp_path / "models/train_run.json").write_text(json.dumps({"run_id": other}))
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--dataset",
+            str(dataset[0]),
+            "--splits",
+            str(dataset[1]),
+            "--model",
+            str(tmp_path / "models/fold1/best.pt"),
+            "--out",
+            str(tmp_path / "eval-fold1"),
+            "--params",
+            str(TEST_PARAMS),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"report attached to MLflow run {own}" in result.output
+    client = MlflowClient()
+    assert "test_detection_auc" in client.get_run(own).data.metrics
+    assert "test_detection_auc" not in client.get_run(other).data.metrics
