@@ -92,6 +92,17 @@ def benchmark_score(checkpoint: Path, out: Path, data: Path, params: Path) -> di
     }
 
 
+def strict(value):
+    """``value`` with NaN as None: the summary is strict JSON."""
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strict(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
 def spread(values: list[float]) -> dict[str, float]:
     v = np.array([x for x in values if x is not None], float)
     if not len(v):
@@ -246,6 +257,7 @@ def main() -> None:
             },
         }
         print("\nbenchmark: " + ", ".join(f"seed {k} CPM {b['cpm']:.3f}" for k, b in bench.items()))
+    doc = strict(doc)
     out = args.out / f"seed_spread{tail}.json"
     out.write_text(json.dumps(doc, indent=2, default=str))
     print(f"-> {out}")
