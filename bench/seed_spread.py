@@ -103,7 +103,7 @@ def strict(value):
     return value
 
 
-def spread(values: list[float]) -> dict[str, float]:
+def spread_of(values: list[float]) -> dict[str, float]:
     v = np.array([x for x in values if x is not None], float)
     if not len(v):
         return {}
@@ -252,7 +252,7 @@ def main() -> None:
         doc["benchmark"] = {
             "per_seed": bench,
             "spread": {
-                key: spread([b[key] for b in bench.values()])
+                key: spread_of([b[key] for b in bench.values()])
                 for key in ("cpm", "sensitivity_at_threshold", "finding_dice_detected")
             },
         }
