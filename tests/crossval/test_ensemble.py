@@ -177,13 +177,21 @@ def test_lungcad_explain_takes_the_ensemble_like_any_checkpoint(folds, tmp_path)
     np.testing.assert_allclose(explained["nodule_prob"], prob, atol=1e-5)
 
 
+def _evaluate(dataset, splits, model, out):
+    """`lungcad evaluate` through the CLI, as a user runs it."""
+    from typer.testing import CliRunner
+
+    from lungcad.cli.main import app
+
+    args = ["evaluate", "--dataset", str(dataset), "--splits", str(splits), "--model", str(model)]
+    return CliRunner().invoke(app, [*args, "--out", str(out), "--params", str(TEST_PARAMS)])
+
+
 def test_an_ensembles_threshold_comes_from_patients_no_member_saw(folds) -> None:
     """A fold ensemble records (as digests) every patient its members trained or chose an
     epoch on; evaluating it on a split whose val patients one of them saw is one line, not
     an optimistic threshold."""
-    from typer.testing import CliRunner
 
-    from lungcad.cli.main import app
     from lungcad.core.model.ensemble import patient_digest
     from lungcad.evaluation.cube_evaluation import threshold_patients_check
 
@@ -207,22 +215,7 @@ def test_an_ensembles_threshold_comes_from_patients_no_member_saw(folds) -> None
     swapped["train"] = [p for p in swapped["train"] if p != others[0]]
     swapped["test"] = [p for p in splits["test"] if p != others[0]]
     (tmp_path / "swapped.json").write_text(json.dumps(swapped))
-    result = CliRunner().invoke(
-        app,
-        [
-            "evaluate",
-            "--dataset",
-            str(dataset[0]),
-            "--splits",
-            str(tmp_path / "swapped.json"),
-            "--model",
-            str(checkpoint),
-            "--out",
-            str(tmp_path / "eval-swapped"),
-            "--params",
-            str(TEST_PARAMS),
-        ],
-    )
+    result = _evaluate(dataset[0], tmp_path / "swapped.json", checkpoint, tmp_path / "eval-swapped")
     assert result.exit_code == 2, result.output
     assert (
         "its members trained on (or chose their epoch on) 1 of the val split's 1" in result.output
@@ -233,29 +226,13 @@ def test_an_ensembles_threshold_comes_from_patients_no_member_saw(folds) -> None
 def test_an_evaluation_is_attached_to_the_run_that_trained_its_model(folds) -> None:
     """`lungcad evaluate --model <a fold's best.pt>` logs to that fold's run (its own
     train_run.json), never to the run of models/train_run.json beside the working folder."""
-    from typer.testing import CliRunner
-
-    from lungcad.cli.main import app
 
     tmp_path, dataset, runs = folds
     own = json.loads((tmp_path / "models/fold1/train_run.json").read_text())["run_id"]
     other = json.loads((tmp_path / "models/fold0/train_run.json").read_text())["run_id"]
     (tmp_path / "models/train_run.json").write_text(json.dumps({"run_id": other}))
-    result = CliRunner().invoke(
-        app,
-        [
-            "evaluate",
-            "--dataset",
-            str(dataset[0]),
-            "--splits",
-            str(dataset[1]),
-            "--model",
-            str(tmp_path / "models/fold1/best.pt"),
-            "--out",
-            str(tmp_path / "eval-fold1"),
-            "--params",
-            str(TEST_PARAMS),
-        ],
+    result = _evaluate(
+        dataset[0], dataset[1], tmp_path / "models/fold1/best.pt", tmp_path / "eval-fold1"
     )
     assert result.exit_code == 0, result.output
     assert f"report attached to MLflow run {own}" in result.output
