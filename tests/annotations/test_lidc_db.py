@@ -87,6 +87,22 @@ def test_segmentation_ceiling_of_known_nodules(db: LidcDatabase) -> None:
     assert np.isnan(table["LIDC-IDRI-0078:999999:0"]) and np.isnan(table["not-an-id"])
 
 
+def _hand_scan(pixel_spacing_mm: float, z_positions_mm: np.ndarray):
+    """A database record drawn by hand: one series of these pixels and slice positions."""
+    from lungcad.core.annotations.lidc_db import ScanRecord
+
+    return ScanRecord(
+        scan_id=1,
+        patient_id="P",
+        series_uid="1.2",
+        study_uid="1.3",
+        pixel_spacing_mm=pixel_spacing_mm,
+        slice_thickness_mm=1.0,
+        z_positions_mm=z_positions_mm,
+        contrast_used=False,
+    )
+
+
 def _square_reader(annotation_id: int, lo: int, hi: int, slices: range):
     """A reader who outlines the square ring cols/rows ``lo``..``hi`` on every slice z in
     ``slices`` (1 mm apart): a (hi - lo - 1)² square inside it on each."""
@@ -104,19 +120,9 @@ def test_segmentation_ceiling_by_hand() -> None:
     """Readers of one nodule on a 1 mm grid, scored in a 1 mm cube whose voxels fall on the
     pixels: identical outlines agree perfectly; an 8 x 8 and a 6 x 6 square on the same four
     slices have Dice 2 * 36 / (64 + 36) = 0.72 (each is the other's only "other reader")."""
-    from lungcad.core.annotations.lidc_db import ScanRecord
     from lungcad.core.masks import readers_cube_dice
 
-    scan = ScanRecord(
-        scan_id=1,
-        patient_id="P",
-        series_uid="1.2",
-        study_uid="1.3",
-        pixel_spacing_mm=1.0,
-        slice_thickness_mm=1.0,
-        z_positions_mm=np.arange(10, dtype=float),
-        contrast_used=False,
-    )
+    scan = _hand_scan(1.0, np.arange(10, dtype=float))
     same = [_square_reader(k, 20, 29, range(2, 6)) for k in (1, 2, 3)]
     (nodule,) = cluster_nodules(scan, same)
     assert readers_cube_dice(scan, same, nodule, 32, 1.0) == pytest.approx(1.0)
@@ -168,23 +174,14 @@ def test_a_square_outline_by_hand() -> None:
     """A 5 x 5 pixel square outline on one slice, spacing 0.5 mm: the mask is the 3 x 3
     pixels inside it (the outline's own points are not nodule), the diameter its diagonal,
     4 * sqrt(2) pixels."""
-    from lungcad.core.annotations.lidc_db import Contour, ReaderAnnotation, ScanRecord
+    from lungcad.core.annotations.lidc_db import Contour, ReaderAnnotation
     from lungcad.core.annotations.nodules import annotation_mask, max_inplane_diameter_mm
 
     ring = [(c, r) for r in range(10, 15) for c in range(20, 25) if r in (10, 14) or c in (20, 24)]
     square = sorted(ring, key=lambda p: np.arctan2(p[1] - 12, p[0] - 22))  # walk around it
     contour = Contour(z_mm=0.0, inclusion=True, cols_rows=np.array(square, dtype=np.int32))
     ann = ReaderAnnotation(annotation_id=1, reader_nodule_id="n", ratings={}, contours=(contour,))
-    scan = ScanRecord(
-        scan_id=1,
-        patient_id="P",
-        series_uid="1.2",
-        study_uid="1.3",
-        pixel_spacing_mm=0.5,
-        slice_thickness_mm=1.0,
-        z_positions_mm=np.array([0.0]),
-        contrast_used=False,
-    )
+    scan = _hand_scan(0.5, np.array([0.0]))
     m = annotation_mask(ann, scan)
     assert m.offset == (0, 10, 20) and m.mask.shape == (1, 5, 5)
     assert m.mask.sum() == 9 and m.mask[0, 1:4, 1:4].all()
