@@ -3,6 +3,13 @@
 It is meant for choosing where negative cubes may be sampled and for checking where nodule
 centres lie, not for lung volumetry, so it works on a coarse grid of about 2.5 mm blocks
 (block-mean HU): that keeps the morphology, done with exact-mm distance transforms, cheap.
+
+The lung region, where detection searches, must hold every lung lesion, and a tumour grown
+against the chest wall or the mediastinum is not air: it bites into the thresholded lung. A
+closing fills bites up to about twice its radius; larger ones are filled by the pleural
+envelope, each lung's convex hull on every slice (the chest wall and the mediastinal pleura
+bound a lung convexly), kept within ``ENVELOPE_MM`` of the aerated lung so that the hull of
+a lung base's crescent does not take in the whole liver dome.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from lungcad.core.io.geometry import VolumeGeometry
 LUNG_THRESHOLD_HU = -400
 #: Edge of the blocks the mask is computed on.
 BLOCK_MM = 2.5
+#: The pleural envelope reaches this far from the aerated lung: a mass of up to twice it
+#: against the chest wall or the mediastinum lies inside the lung region.
+ENVELOPE_MM = 45.0
 
 
 @dataclass(frozen=True)
@@ -27,8 +37,9 @@ class LungMasks:
     Attributes:
         parenchyma: aerated lung with the vessels and nodules it encloses (holes filled per
             slice), no closing: where negative cube centres are drawn.
-        region: ``parenchyma`` closed with ``closing_mm`` and dilated by ``dilation_mm``:
-            the lung region, juxtapleural nodules included (used to check nodule centres).
+        region: ``parenchyma`` closed with ``closing_mm``, joined with its pleural envelope
+            and dilated by ``dilation_mm``: the lung region, where detection searches, with
+            juxtapleural nodules and masses against the chest wall or mediastinum inside.
         step: voxels per block along (slice, row, column).
     """
 
@@ -92,7 +103,7 @@ def lung_mask(
         dilation_mm: outward growth of the lung region.
         closing_mm: radius of the closing that fills the bites dense structures take out
             of the lung border: a juxtapleural nodule up to about twice this diameter ends
-            up inside the region.
+            up inside the region (larger ones through the pleural envelope).
         threshold_hu: air/tissue threshold.
 
     Returns:
@@ -138,8 +149,40 @@ def lung_mask(
     lungs = parenchyma[box]
     grown = ndimage.distance_transform_edt(~lungs, sampling=sampling) <= closing_mm
     closed = (ndimage.distance_transform_edt(grown, sampling=sampling) > closing_mm) | lungs
+    closed |= pleural_envelope(lungs, sampling, ENVELOPE_MM)
     for k in range(closed.shape[0]):
         closed[k] = ndimage.binary_fill_holes(closed[k])
     region = np.zeros_like(parenchyma)
     region[box] = ndimage.distance_transform_edt(~closed, sampling=sampling) <= dilation_mm
     return LungMasks(parenchyma, region, step)
+
+
+def pleural_envelope(lungs: np.ndarray, sampling: np.ndarray, reach_mm: float) -> np.ndarray:
+    """Each lung's convex hull on every slice, within ``reach_mm`` of the aerated lung.
+
+    Args:
+        lungs: (slice, row, col) aerated lung mask (block grid).
+        sampling: mm per block along (slice, row, col).
+        reach_mm: how far from ``lungs`` the hull may reach.
+
+    The two lungs are told apart by the column midway between the lungs' outer edges, so
+    lungs joined in front of the mediastinum still get a hull each and the mediastinum
+    between them stays outside.
+    """
+    from skimage.morphology import convex_hull_image
+
+    hull = np.zeros_like(lungs)
+    columns = np.flatnonzero(lungs.any(axis=(0, 1)))
+    if len(columns) == 0:
+        return hull
+    midline = (columns[0] + columns[-1] + 1) // 2
+    for k in range(lungs.shape[0]):
+        for cols in (slice(0, midline), slice(midline, None)):
+            side = lungs[k, :, cols]
+            if side.sum() >= 3:
+                try:
+                    hull[k, :, cols] = convex_hull_image(side)
+                except (ValueError, RuntimeError):  # collinear pixels: Qhull finds no hull
+                    hull[k, :, cols] = side
+    near = ndimage.distance_transform_edt(~lungs, sampling=sampling) <= reach_mm
+    return hull & near

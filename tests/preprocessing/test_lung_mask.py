@@ -29,3 +29,54 @@ def test_lungs_are_found_whatever_the_slice_count(slices) -> None:
     assert (np.sign(x[lung_blocks[:, 1], lung_blocks[:, 2]]) > 0).mean() == pytest.approx(
         0.5, abs=0.05
     )
+
+
+def _thorax(lesions: list[tuple[float, float, float, float]]) -> tuple[np.ndarray, VolumeGeometry]:
+    """A body of soft tissue, two ellipsoidal lungs (x ±85 mm, a 60 mm mediastinum between
+    them) and solid lesions
+    (x, y, z, diameter in mm) on 1 mm pixels and 2.5 mm slices."""
+    n, slices, slice_mm = 384, 64, 2.5
+    c = np.arange(n) - (n - 1) / 2
+    z = (np.arange(slices) - (slices - 1) / 2) * slice_mm
+    zz, y, x = np.meshgrid(z, c, c, indexing="ij")
+    hu = np.where((x / 155) ** 2 + (y / 120) ** 2 <= 1, 40.0, -1000.0)
+    for cx in (-85.0, 85.0):
+        hu[((x - cx) / 55) ** 2 + (y / 90) ** 2 + (zz / 95) ** 2 <= 1] = -860.0
+    for lx, ly, lz, diameter in lesions:
+        hu[(x - lx) ** 2 + (y - ly) ** 2 + (zz - lz) ** 2 <= (diameter / 2) ** 2] = 30.0
+    geometry = VolumeGeometry(
+        np.array([c[0], c[0], z[0]]), np.array([1.0, 1.0, slice_mm]), np.eye(3), hu.shape
+    )
+    return hu.astype(np.int16), geometry
+
+
+def _share_in_region(masks, geometry, lesion) -> float:
+    """Share of a lesion's voxels (sampled every 2 mm) inside the lung region."""
+    lx, ly, lz, diameter = lesion
+    g = np.arange(-diameter / 2, diameter / 2 + 1e-6, 2.0)
+    p = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    p = p[np.linalg.norm(p, axis=1) <= diameter / 2] + [lx, ly, lz]
+    index = np.rint(geometry.mm_to_index(p)).astype(int)[:, ::-1]
+    return float(masks.region[masks.block_of(index)].mean())
+
+
+@pytest.mark.parametrize(
+    "lesion",
+    [
+        (122.0, 0.0, 0.0, 60.0),  # a 60 mm mass grown 12 mm into the chest wall
+        (48.0, 10.0, 5.0, 60.0),  # a 60 mm mass grown 12 mm into the mediastinum
+        (-138.0, 5.0, 0.0, 8.0),  # an 8 mm nodule on the other lung's costal pleura
+    ],
+    ids=["mass-chest-wall", "mass-mediastinum", "juxtapleural-8mm"],
+)
+def test_the_lung_region_keeps_lesions_against_the_pleura(lesion) -> None:
+    hu, geometry = _thorax([lesion])
+    masks = lung_mask(hu, geometry)
+    # The lesion's centre and all of it but what lies beyond the pleura (a 60 mm mass's
+    # 12 mm cap past the lung's outline, 0.1 of it) are in the region.
+    assert _share_in_region(masks, geometry, (*lesion[:3], 0.0)) == 1.0
+    assert _share_in_region(masks, geometry, lesion) >= 0.9
+    # The mediastinum between the lungs and the chest wall beyond them stay outside.
+    for outside in ([0.0, 0.0, 0.0], [0.0, 60.0, 0.0], [153.0, 0.0, 0.0], [-153.0, 0.0, 0.0]):
+        index = np.rint(geometry.mm_to_index(np.array([outside]))).astype(int)[:, ::-1]
+        assert not masks.region[masks.block_of(index)].any(), outside
