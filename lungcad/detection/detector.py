@@ -26,6 +26,7 @@ import torch
 from scipy import ndimage
 
 from lungcad.config import DetectConfig
+from lungcad.core.acquisition import acquisition_notes
 from lungcad.core.candidates import CandidateConfig, generate_candidates
 from lungcad.core.cubes import extract_cube, mirror_pad_z
 from lungcad.core.findings.lungrads import UNSIZED, lung_rads
@@ -325,6 +326,7 @@ def detect_volume(
     t = time.perf_counter()
     lungs = lung_mask(volume.hu, volume.geometry, config.lung_dilation_mm, config.lung_closing_mm)
     seconds["lung_mask"] = time.perf_counter() - t
+    notes.extend(acquisition_notes(volume.geometry, lungs))
     t = time.perf_counter()
     if not lungs.region.any():
         notes.append("no lung found (no air region inside the body): no candidates")

@@ -273,3 +273,25 @@ def test_a_luna16_root_is_scored_against_its_own_tables(scans, checkpoint, tmp_p
     assert m["n_nodules"] == 1 and m["ignored_findings"] == int(ignored.sum())
     assert m["false_positives"] == int((~hit & ~ignored).sum())
     assert m["max_sensitivity"] == float(hit.any())
+
+
+def test_an_acquisition_outside_the_training_data_is_processed_and_said(
+    checkpoint, tmp_path
+) -> None:
+    hu, _ = synthetic_chest()
+    # 7.5 mm slices (every sixth 1.25 mm slice) over the middle of the chest only: thicker
+    # than any training scan, and the lungs run past both ends.
+    thick = hu[12:84:6]
+    write_series(
+        tmp_path / "in" / "thick",
+        thick,
+        (float(SPACING[0]), float(SPACING[1]), 7.5),
+        (float(ORIGIN[0]), float(ORIGIN[1]), float(ORIGIN[2]) + 15.0),
+    )
+    result = _detect(tmp_path / "in", tmp_path / "out", checkpoint)
+    assert result.exit_code == 0, result.output
+    [row] = pd.read_csv(tmp_path / "out" / "scans.csv").to_dict("records")
+    assert row["status"] == "ok" and row["candidates"] > 0
+    assert "outside the training acquisitions: slices 7.5 mm apart" in row["reason"]
+    assert "the lungs run past the scan's first and last slice" in row["reason"]
+    assert "7.5 mm apart" in result.output  # the console line of the scan says so too
