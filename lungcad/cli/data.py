@@ -87,6 +87,7 @@ def phantom(
         full=full,
         layout=c.format,
         subsets=c.luna16_subsets,
+        randomise=c.randomise,
     )
     n_slices = sum(w.n_slices for w in written)
     n_nodules = sum(len(w.nodule_ids) for w in written)

@@ -73,6 +73,55 @@ class DataConfig(Section):
     raw_root: str = "data/raw/LIDC-IDRI"
 
 
+class RandomiseConfig(Section):
+    """What each phantom scan's acquisition and background lung are drawn from
+    (``lungcad.phantom.acquisition``).
+
+    Attributes:
+        enabled: draw them per scan; false writes every scan with the default look.
+        kernels: reconstruction kernel -> share of scans (soft, standard, sharp, lung).
+        dose_factor: [low, high] noise variance multiplier, drawn log-uniform.
+        hu_offset: [low, high] HU calibration offset.
+        motion_share: share of scans with in-plane motion blur over a band of slices ...
+        motion_mm: ... of this [low, high] length.
+        contrast_share: share of scans with IV contrast ...
+        blood_hu: ... and their blood's [low, high] HU.
+        backgrounds: background lung state -> share of scans (normal, emphysema,
+            ground_glass, fibrosis, atelectasis, effusion).
+        background_extent: [low, high] share of the lung a background state takes.
+        thick_share: share of scans reconstructed thicker ...
+        thick_factors: ... by averaging this many consecutive slices (one drawn).
+    """
+
+    enabled: bool = True
+    kernels: dict[Literal["soft", "standard", "sharp", "lung"], NonNegativeFloat] = {
+        "soft": 0.25,
+        "standard": 0.35,
+        "sharp": 0.25,
+        "lung": 0.15,
+    }
+    dose_factor: tuple[PositiveFloat, PositiveFloat] = (0.5, 3.0)
+    hu_offset: tuple[Float, Float] = (-25.0, 25.0)
+    motion_share: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.15
+    motion_mm: tuple[NonNegativeFloat, NonNegativeFloat] = (1.0, 4.0)
+    contrast_share: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.5
+    blood_hu: tuple[Float, Float] = (120.0, 300.0)
+    backgrounds: dict[
+        Literal["normal", "emphysema", "ground_glass", "fibrosis", "atelectasis", "effusion"],
+        NonNegativeFloat,
+    ] = {
+        "normal": 0.45,
+        "emphysema": 0.15,
+        "ground_glass": 0.1,
+        "fibrosis": 0.1,
+        "atelectasis": 0.1,
+        "effusion": 0.1,
+    }
+    background_extent: tuple[NonNegativeFloat, NonNegativeFloat] = (0.1, 0.35)
+    thick_share: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.15
+    thick_factors: list[Annotated[Int, Field(ge=1, le=8)]] = [2, 3]
+
+
 class PhantomConfig(Section):
     """The LIDC-grounded phantom (real LIDC geometry, UIDs, contours; synthetic pixels).
 
@@ -84,6 +133,7 @@ class PhantomConfig(Section):
         format: ``dicom`` (TCIA's LIDC-IDRI layout) or ``luna16`` (``subset<k>/<uid>.mhd``
             with ``annotations.csv`` and ``annotations_excluded.csv``).
         luna16_subsets: with ``format: luna16``, the subsets the scans are dealt into.
+        randomise: each scan's acquisition and background lung (``RandomiseConfig``).
     """
 
     scans: Annotated[Int, Field(ge=1)] = 60
@@ -92,6 +142,7 @@ class PhantomConfig(Section):
     margin_mm: NonNegativeFloat = 34.0
     format: Literal["dicom", "luna16"] = "dicom"
     luna16_subsets: Annotated[Int, Field(ge=1)] = 10
+    randomise: RandomiseConfig = RandomiseConfig()
 
 
 class RealismConfig(Section):
@@ -288,6 +339,9 @@ class AugmentConfig(Section):
             (kept small: a candidate negative a few mm beyond a nodule's edge must not be
             cropped onto the nodule).
         hu_jitter: largest random HU offset added to a cube.
+        lesion_share: chance that a cube with no nodule receives a synthetic lesion (a
+            mass, a solid, part-solid or ground-glass nodule, or a calcified granuloma
+            that stays a negative; ``lungcad.training.lesions``).
     """
 
     flip: Bool = True
@@ -298,6 +352,7 @@ class AugmentConfig(Section):
     offcentre_share: Probability = 0.5
     negative_shift_mm: Annotated[Int, Field(ge=0)] = 4
     hu_jitter: NonNegativeFloat = 20.0
+    lesion_share: Probability = 0.15
 
 
 class TrainConfig(Section):

@@ -30,6 +30,7 @@ def nps_noise(
     pixel_mm: float,
     thickness_mm: float,
     dose_factor: float = 1.0,
+    tilt: float = 0.0,
 ) -> np.ndarray:
     """Noise slices (float32 HU) with the reference spectrum, scaled to this geometry.
 
@@ -39,12 +40,18 @@ def nps_noise(
         pixel_mm: in-plane pixel size of the scan.
         thickness_mm: its slice thickness (variance ∝ REFERENCE_THICKNESS_MM / thickness).
         dose_factor: variance multiplier (a per-scan tube current / patient size).
+        tilt: the reconstruction kernel's reshaping of the spectrum: it is scaled by
+            clip(1 + tilt · f / f_ref, 0.05, ∞), f_ref the reference spectrum's highest
+            frequency (0: the reference kernel; > 0 sharper, < 0 softer).
     """
     _, rows, cols = shape_zyx
     fy = np.fft.fftfreq(rows, d=pixel_mm)[:, None]
     fx = np.fft.rfftfreq(cols, d=pixel_mm)[None, :]
     f = np.hypot(fy, fx)
     nps = np.interp(f, REAL_NPS_FREQ_PER_MM, REAL_NPS_HU2MM2)
+    if tilt:
+        f_ref = 0.5 / 0.703125
+        nps *= np.clip(1.0 + tilt * f / f_ref, 0.05, None)
     nps *= dose_factor * REFERENCE_THICKNESS_MM / thickness_mm
     # White noise of unit variance has NPS = pixel²; shape it to the target NPS. The DFT of
     # such noise is complex Gaussian with E|X|² = rows·cols: draw it in the Fourier domain

@@ -6,8 +6,10 @@ scanner's reconstruction FOV is set to the patient. Inside the lungs: pulmonary 
 vein trees and the bronchi beside the arteries, grown to fill each lung
 (``phantom.trees``) and rendered with partial volume and the scan's slice profile
 (``phantom.render``); fissures; parenchyma whose density has a gravity gradient, lobular
-and fine texture; then the scanner's blur and noise with a real scan's power spectrum
-(``phantom.scanner``). Lungs are widened around every annotated nodule so that each real
+and fine texture; a background lung state; then the scanner's kernel (blur, edge
+enhancement), calibration, motion and noise with a real scan's power spectrum reshaped by the
+kernel (``phantom.scanner``), all set by the scan's ``Acquisition``
+(``phantom.acquisition``). Lungs are widened around every annotated nodule so that each real
 nodule lies in aerated lung, and the nodules themselves are drawn from the readers' real
 contours with an appearance set by their real ratings.
 """
@@ -15,9 +17,16 @@ contours with an appearance set by their real ratings.
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import binary_erosion, gaussian_filter
+from scipy.ndimage import (
+    binary_erosion,
+    distance_transform_edt,
+    gaussian_filter,
+    uniform_filter1d,
+    zoom,
+)
 
 from lungcad.core.annotations.nodules import Nodule
+from lungcad.phantom.acquisition import Acquisition
 from lungcad.phantom.render import SlabGrid, render_sheet, render_tubes
 from lungcad.phantom.scanner import nps_noise
 from lungcad.phantom.trees import airway_beside, scatter, vessel_tree
@@ -26,7 +35,6 @@ LUNG_HU = -905.0
 FAT_HU = -100.0
 SOFT_TISSUE_HU = 40.0
 BLOOD_HU = 45.0
-CONTRAST_BLOOD_HU = 160.0
 CORTICAL_BONE_HU = 850.0
 CANCELLOUS_BONE_HU = 250.0
 AIR_HU = -1000.0
@@ -58,8 +66,9 @@ FISSURE_MM = 0.15
 #: real lung's high-pass signal: with the full amplitude the phantom's lung is speckled where
 #: the real one is streaky (more local extrema in its local binary patterns).
 NOISE_VARIANCE_SCALE = 0.75
-#: In-plane point spread of the scanner (Gaussian sigma).
-PSF_SIGMA_MM = 0.5
+#: Background states drawn into the parenchyma (vessels cross them); the others replace
+#: the lung, vessels included (collapsed lung, fluid).
+PARENCHYMAL = ("emphysema", "ground_glass", "fibrosis")
 
 
 def _linear_weights(n_out: int, step: float, n_in: int) -> np.ndarray:
@@ -84,6 +93,8 @@ class ThoraxPhantom:
         z_grid_mm: the scan's slice z positions (the nodules' mask grid).
         contrast: whether the scan used IV contrast (brighter blood).
         seed: seeds the anatomy and the noise.
+        acquisition: kernel, dose, calibration, motion, contrast and background lung state
+            (``phantom.acquisition``; None: the default look).
 
     Example:
         >>> phantom = ThoraxPhantom((512, 512), 0.7, 2.5, nodules, z_grid, True, seed=0)
@@ -99,7 +110,11 @@ class ThoraxPhantom:
         z_grid_mm: np.ndarray,
         contrast: bool,
         seed: int,
+        acquisition: Acquisition | None = None,
     ) -> None:
+        self.acq = acquisition or Acquisition()
+        if self.acq.contrast is not None:
+            contrast = self.acq.contrast
         self.shape_rc = shape_rc
         self.ps = pixel_spacing_mm
         self.nodules = nodules
@@ -152,6 +167,8 @@ class ThoraxPhantom:
             self.lung_scale[side] = min(1.45, max(self.lung_scale[side], need))
         self.thickness_mm = slice_thickness_mm
         self.dose_factor = NOISE_VARIANCE_SCALE * float(np.exp(r.normal(0.0, 0.15)))
+        self.dose_factor *= self.acq.dose_factor
+        self.blood_hu = self.acq.blood_hu if contrast else BLOOD_HU
 
     def _nodule_bubbles(self) -> list[tuple[float, float, float, float]]:
         """(x_mm, y_mm, z_mm, radius_mm): lung kept aerated around each nodule (a thin rim, so
@@ -353,7 +370,7 @@ class ThoraxPhantom:
         hu = np.full(self.shape_rc, AIR_HU, dtype=np.float32)
         self._fill(hu, 0, self.body_y0, a, b, FAT_HU)
         self._fill(hu, 0, self.body_y0, a - self.fat_mm, b - self.fat_mm, SOFT_TISSUE_HU)
-        blood = CONTRAST_BLOOD_HU if self.contrast else BLOOD_HU
+        blood = self.blood_hu
         fov = self.fov
         self._fill(hu, 0.02 * fov, -0.12 * fov, 0.08 * fov, 0.07 * fov, blood)  # heart
         self._fill(hu, 0.05 * fov, 0.09 * fov, 0.03 * fov, 0.03 * fov, blood)  # aorta
@@ -428,16 +445,94 @@ class ThoraxPhantom:
             wall = render_tubes(grid, *trees["wall"])
             lumen = render_tubes(grid, *trees["lumen"])
             fissure = self._fissures(grid)
-            blood = CONTRAST_BLOOD_HU if self.contrast else BLOOD_HU
-            lung += (SOFT_TISSUE_HU - lung) * np.maximum(fissure, wall)
-            lung += (blood - lung) * vessel
-            lung += (AIR_HU - lung) * lumen
             inside = lungs[box]
+            background = self._background(grid, inside) if self.acq.extent_drawn else None
+            if background is not None and self.acq.background in PARENCHYMAL:
+                lung += (background[1] - lung) * background[0]
+            lung += (SOFT_TISSUE_HU - lung) * np.maximum(fissure, wall)
+            lung += (self.blood_hu - lung) * vessel
+            lung += (AIR_HU - lung) * lumen
+            if background is not None and self.acq.background not in PARENCHYMAL:
+                lung += (background[1] - lung) * background[0]
             hu[box] = np.where(inside, lung, hu[box])
         noise_rng = np.random.default_rng([self.seed, 4, int(ks[0])])
+        acq = self.acq
+        z_top = float(self.z_grid.min())
         for i, k in enumerate(ks):
             self._bones_and_trachea(hu[i], float(z[i]))
             self._draw_nodules(hu[i], int(k), np.random.default_rng([self.seed, int(k)]))
-            hu[i] = gaussian_filter(hu[i], PSF_SIGMA_MM / self.ps)  # scanner point spread
-        hu += nps_noise(noise_rng, hu.shape, self.ps, self.thickness_mm, self.dose_factor)
+            hu[i] = gaussian_filter(hu[i], acq.psf_sigma_mm / self.ps)  # scanner point spread
+            if acq.edge_gain:  # a sharp kernel's overshoot at edges
+                hu[i] += acq.edge_gain * (hu[i] - gaussian_filter(hu[i], 1.0 / self.ps))
+            start, length = acq.motion_band_mm
+            if acq.motion_mm and start <= z[i] - z_top <= start + length:
+                axis = int((self.seed + int(start)) % 2)  # breathing (y) or a shift (x)
+                size = max(2, int(round(acq.motion_mm / self.ps)))
+                hu[i] = uniform_filter1d(hu[i], size, axis=axis)
+        if acq.hu_offset:
+            hu += np.float32(acq.hu_offset)
+        hu += nps_noise(
+            noise_rng, hu.shape, self.ps, self.thickness_mm, self.dose_factor, acq.nps_tilt
+        )
         return hu
+
+    def _smooth_field(self, grid: SlabGrid, rng: np.random.Generator, scale_mm: float):
+        """A smooth random field (unit sd) on ``grid`` with structures of about ``scale_mm``."""
+        spacing = np.diff(grid.z_mm).mean() if len(grid.z_mm) > 1 else grid.thickness_mm
+        vox = np.array([spacing, grid.pixel_mm, grid.pixel_mm])
+        coarse_mm = max(scale_mm / 4.0, 1.0)
+        shape = tuple(int(np.ceil(n * v / coarse_mm)) + 2 for n, v in zip(grid.shape, vox))
+        field = gaussian_filter(rng.standard_normal(shape, dtype=np.float32), scale_mm / coarse_mm)
+        field /= max(float(field.std()), 1e-6)
+        factors = [n / s for n, s in zip(grid.shape, shape)]
+        out = zoom(field, factors, order=1, grid_mode=True, mode="nearest")
+        return out[: grid.shape[0], : grid.shape[1], : grid.shape[2]].astype(np.float32)
+
+    def _background(self, grid: SlabGrid, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(weight 0..1, HU) of the background lung state on ``grid``; the weight is 0 within
+        a nodule's bubble, so every nodule stays in aerated lung."""
+        acq = self.acq
+        rng = np.random.default_rng([self.seed, 5])
+        share = acq.background_extent
+        if acq.background in ("atelectasis", "effusion"):
+            # Dependent: the posterior part of each lung column (y grows posteriorly).
+            y = np.broadcast_to(grid.y_mm[None, :, None], grid.shape)
+            y_in = np.where(inside, y, -np.inf)
+            bottom = y_in.max(axis=1, keepdims=True)  # each (slice, column)'s posterior edge
+            top = np.where(inside, y, np.inf).min(axis=1, keepdims=True)
+            height = np.maximum(bottom - top, 1.0)
+            depth = (bottom - y) / height  # 0 at the posterior edge, 1 at the anterior
+            if acq.background == "effusion":  # fluid: a flat, sharp level
+                level = float(np.quantile(y[inside], 1.0 - share)) if inside.any() else 0.0
+                weight = (y >= level).astype(np.float32)
+                hu_value = np.full(grid.shape, 12.0, dtype=np.float32)
+            else:  # collapsed lung: a curved band, blurred edge
+                wavy = 0.1 * self._smooth_field(grid, rng, 20.0)
+                weight = np.clip((share + wavy - depth) / 0.05, 0, 1).astype(np.float32)
+                hu_value = np.full(grid.shape, 25.0, dtype=np.float32)
+        else:
+            field = self._smooth_field(
+                grid, rng, {"emphysema": 6.0, "ground_glass": 12.0, "fibrosis": 3.0}[acq.background]
+            )
+            threshold = float(np.quantile(field[inside], 1.0 - share)) if inside.any() else 9.0
+            weight = np.clip((field - threshold) / 0.3, 0, 1)
+            if acq.background == "emphysema":  # low-attenuation areas
+                hu_value = np.full(grid.shape, -985.0, dtype=np.float32)
+            elif acq.background == "ground_glass":  # hazy, vessels still seen through it
+                weight *= 0.6
+                hu_value = np.full(grid.shape, -500.0, dtype=np.float32)
+            else:  # fibrosis: subpleural reticulation, lines along the field's zero set
+                sampling = (grid.pixel_mm, grid.pixel_mm)
+                depth = np.stack([distance_transform_edt(s, sampling=sampling) for s in inside])
+                lines = np.clip(1.0 - np.abs(self._smooth_field(grid, rng, 3.0)) / 0.25, 0, 1)
+                weight = lines * np.clip((20.0 - depth) / 10.0, 0, 1) * (field > threshold - 1)
+                hu_value = np.full(grid.shape, -150.0, dtype=np.float32)
+        weight = weight * inside
+        for bx, by, bz, br in self.bubbles:  # keep the nodules' surroundings aerated
+            d2 = (
+                (grid.x_mm[None, None, :] - bx) ** 2
+                + (grid.y_mm[None, :, None] - by) ** 2
+                + (grid.z_mm[:, None, None] - bz) ** 2
+            )
+            weight = np.where(d2 <= (br + 6.0) ** 2, 0.0, weight)
+        return weight.astype(np.float32), hu_value

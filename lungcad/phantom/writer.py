@@ -23,6 +23,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from lungcad.core.annotations.lidc_db import LidcDatabase, ScanRecord
 from lungcad.core.annotations.nodules import Nodule, cluster_nodules
 from lungcad.core.parallel import progress_map
+from lungcad.phantom.acquisition import Acquisition, draw_acquisition
 from lungcad.phantom.thorax import ThoraxPhantom
 
 IMAGE_SIZE = 512
@@ -40,6 +41,7 @@ class PhantomScan:
     z_range_mm: tuple[float, float]
     n_slices: int
     nodule_ids: tuple[str, ...]
+    acquisition: dict | None = None
 
 
 def choose_slab(nodules: list[Nodule], min_readers: int, margin_mm: float) -> tuple[float, float]:
@@ -79,7 +81,13 @@ def select_scans(db: LidcDatabase, n_scans: int, seed: int, min_readers: int) ->
 
 
 def _slice_dataset(
-    scan: ScanRecord, k: int, z_mm: float, stored: np.ndarray, origin_xy: tuple[float, float]
+    scan: ScanRecord,
+    k: int,
+    z_mm: float,
+    stored: np.ndarray,
+    origin_xy: tuple[float, float],
+    thickness_mm: float,
+    contrast: bool,
 ) -> pydicom.Dataset:
     sop_uid = generate_uid(entropy_srcs=[scan.series_uid, "slice", str(k)])
     meta = FileMetaDataset()
@@ -105,9 +113,9 @@ def _slice_dataset(
     ds.ImagePositionPatient = [f"{origin_xy[0]:.6f}", f"{origin_xy[1]:.6f}", f"{z_mm:.6f}"]
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
     ds.SliceLocation = f"{z_mm:.6f}"
-    ds.SliceThickness = f"{scan.slice_thickness_mm:.6f}"
+    ds.SliceThickness = f"{thickness_mm:.6f}"
     ds.PixelSpacing = [f"{scan.pixel_spacing_mm:.6f}"] * 2
-    ds.ContrastBolusAgent = "IV" if scan.contrast_used else ""
+    ds.ContrastBolusAgent = "IV" if contrast else ""
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = stored.shape
@@ -133,9 +141,12 @@ def write_phantom_scan(
     min_readers: int,
     margin_mm: float,
     full: bool = False,
+    acquisition: Acquisition | None = None,
 ) -> PhantomScan:
     """Write one scan's slab (or, ``full``, every slice of the real scan) as DICOM files;
-    returns what was written."""
+    returns what was written. ``acquisition``: its look (None: the default look); a
+    ``thick_factor`` > 1 averages that many consecutive slices into one slice at their
+    mean position, as a thicker reconstruction of the same acquisition would."""
     z_grid = scan.z_positions_mm
     if full:
         z_lo, z_hi = float(z_grid.min()), float(z_grid.max())
@@ -150,7 +161,10 @@ def write_phantom_scan(
         z_grid,
         scan.contrast_used,
         seed=seed * 100003 + scan.scan_id,
+        acquisition=acquisition,
     )
+    acq = phantom.acq
+    contrast = scan.contrast_used if acq.contrast is None else acq.contrast
     # The database holds no in-plane origin; centre the grid on the scanner axis.
     half = (IMAGE_SIZE - 1) / 2 * scan.pixel_spacing_mm
     origin_xy = (-half, -half)
@@ -161,27 +175,48 @@ def write_phantom_scan(
         IMAGE_SIZE / 2
     ) ** 2
     slab = phantom.slab_hu(ks)
-    for k, hu in zip(ks, slab):
+    z_written = z_grid[ks].astype(float)
+    thickness = scan.slice_thickness_mm
+    m = acq.thick_factor
+    if m > 1 and len(ks) >= 2 * m:
+        n = len(ks) // m * m
+        slab = slab[:n].reshape(n // m, m, *slab.shape[1:]).mean(axis=1)
+        z_written = z_written[:n].reshape(n // m, m).mean(axis=1)
+        ks = ks[:n:m]
+        thickness = thickness * m
+    for k, z_mm, hu in zip(ks, z_written, slab):
         stored = np.clip(np.rint(hu - RESCALE_INTERCEPT), -1023, 4095 - 1024).astype(np.int16)
         stored[outside_fov] = PADDING_STORED
-        ds = _slice_dataset(scan, int(k), float(z_grid[k]), stored, origin_xy)
+        ds = _slice_dataset(scan, int(k), float(z_mm), stored, origin_xy, thickness, contrast)
         ds.save_as(folder / f"{scan.n_slices - k:06d}.dcm", enforce_file_format=True)
     in_slab = tuple(n.nodule_id for n in nodules if z_lo <= n.centroid_crz[2] <= z_hi)
     return PhantomScan(
         scan.patient_id,
         scan.series_uid,
-        (float(z_grid[ks[0]]), float(z_grid[ks[-1]])),
+        (float(z_written[0]), float(z_written[-1])),
         int(ks.size),
         in_slab,
+        acq.as_dict() if acquisition is not None else None,
     )
 
 
 def _write_job(args: tuple) -> PhantomScan:
-    db_path, series_uid, out_root, seed, min_readers, margin_mm, full = args
+    db_path, series_uid, out_root, seed, min_readers, margin_mm, full, randomise = args
     db = LidcDatabase(db_path)
     scan = db.scan_by_series(series_uid)
     nodules = cluster_nodules(scan, db.annotations(scan.scan_id))
-    return write_phantom_scan(scan, nodules, Path(out_root), seed, min_readers, margin_mm, full)
+    acquisition = None
+    if randomise is not None and randomise.enabled:
+        z_lo, z_hi = (
+            (scan.z_positions_mm.min(), scan.z_positions_mm.max())
+            if full
+            else choose_slab(nodules, min_readers, margin_mm)
+        )
+        rng = np.random.default_rng([seed, scan.scan_id, 7])
+        acquisition = draw_acquisition(randomise, rng, float(z_hi - z_lo))
+    return write_phantom_scan(
+        scan, nodules, Path(out_root), seed, min_readers, margin_mm, full, acquisition
+    )
 
 
 def write_phantom(
@@ -196,6 +231,7 @@ def write_phantom(
     full: bool = False,
     layout: str = "dicom",
     subsets: int = 10,
+    randomise=None,
 ) -> list[PhantomScan]:
     """Write the phantom for ``n_scans`` LIDC scans chosen deterministically by ``seed``.
 
@@ -211,6 +247,8 @@ def write_phantom(
         layout: ``dicom`` (TCIA's layout) or ``luna16``: ``subset<k>/<uid>.mhd`` in
             ``subsets`` subsets with annotations.csv and annotations_excluded.csv
             (``lungcad.phantom.luna16``).
+        randomise: ``phantom.randomise`` (``RandomiseConfig``): each scan's acquisition and
+            background lung drawn from its ranges (None or disabled: the default look).
     """
     if layout not in ("dicom", "luna16"):
         raise ValueError(f"--format must be dicom or luna16 (got {layout!r})")
@@ -221,7 +259,16 @@ def write_phantom(
         if staging.exists():
             shutil.rmtree(staging)
         written = write_phantom(
-            staging, n_scans, seed, min_readers, margin_mm, workers, db, progress, full
+            staging,
+            n_scans,
+            seed,
+            min_readers,
+            margin_mm,
+            workers,
+            db,
+            progress,
+            full,
+            randomise=randomise,
         )
         move_to_luna16(staging, Path(out_root), subsets)
         return written
@@ -231,7 +278,10 @@ def write_phantom(
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     scans = select_scans(db, n_scans, seed, min_readers)
-    jobs = [(db.path, s.series_uid, out_root, seed, min_readers, margin_mm, full) for s in scans]
+    jobs = [
+        (db.path, s.series_uid, out_root, seed, min_readers, margin_mm, full, randomise)
+        for s in scans
+    ]
     written = progress_map(_write_job, jobs, workers, "write phantom scans", "scan", progress)
     manifest = {
         "description": "LIDC-grounded phantom: real LIDC geometry, UIDs and reader contours; "
@@ -240,6 +290,9 @@ def write_phantom(
         "min_readers": min_readers,
         "margin_mm": margin_mm,
         "full": full,
+        "randomise": randomise.model_dump(mode="json")
+        if randomise is not None and randomise.enabled
+        else None,
         "scans": [asdict(w) for w in written],
     }
     (out_root / "phantom.json").write_text(json.dumps(manifest, indent=2))

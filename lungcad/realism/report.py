@@ -132,6 +132,52 @@ def _compare(real: dict, phantom: dict | None) -> dict:
     return out
 
 
+def _acquisitions(phantom_root: Path) -> dict[str, dict]:
+    """Series UID -> the acquisition the phantom drew it with (``phantom.json``; empty for
+    a phantom written with the default look or a root without the manifest)."""
+    manifest = Path(phantom_root) / "phantom.json"
+    if not manifest.is_file():
+        return {}
+    scans = json.loads(manifest.read_text()).get("scans", [])
+    return {s["series_uid"]: s["acquisition"] for s in scans if s.get("acquisition")}
+
+
+def _per_setting(
+    phantom: list[ScanMeasure],
+    acquisitions: dict[str, dict],
+    real_mean: dict,
+    real_patches: Patches,
+    patches: int,
+    seed: int,
+) -> dict:
+    """The realism of each drawn setting: per kernel, background lung state and slice
+    reconstruction, its scans' statistics against the real and the domain classifier's
+    ROC-AUC on its patches (where >= 2 scans have it)."""
+    settings = {
+        "kernel": lambda a: a["kernel"],
+        "background": lambda a: a["background"],
+        "reconstruction": lambda a: "thick" if a["thick_factor"] > 1 else "as acquired",
+    }
+    out: dict[str, dict] = {}
+    rng = np.random.default_rng(seed)
+    for name, value_of in settings.items():
+        groups: dict[str, list[ScanMeasure]] = {}
+        for m in phantom:
+            if m.series_uid in acquisitions:
+                groups.setdefault(value_of(acquisitions[m.series_uid]), []).append(m)
+        out[name] = {}
+        for value, scans in sorted(groups.items()):
+            entry: dict = {"scans": len(scans), "targets": _compare(real_mean, _mean_stats(scans))}
+            if len(scans) >= 2:
+                pool = _pooled(scans)
+                keep = rng.permutation(len(pool.images))[:patches]
+                entry["domain_auc"] = domain_auc(
+                    real_patches, Patches(pool.images[keep], pool.groups[keep]), seed
+                )["auc"]
+            out[name][value] = entry
+    return out
+
+
 def _no_reference(real_root: Path, out_dir: Path) -> dict:
     """The report of a run without a real reference: it says so, in every output."""
     reason = (
@@ -276,6 +322,9 @@ def realism_report(
             "nps_hu2mm2": [round(float(v), 1) for v in nps],
             "rois": n_roi,
         },
+        "per_setting": _per_setting(
+            phantom, _acquisitions(Path(phantom_root)), real_mean, real_patches, patches, seed
+        ),
         "problems": problems,
     }
     rows = []
