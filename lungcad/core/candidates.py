@@ -66,7 +66,7 @@ class CandidateConfig:
         max_candidates: per scan, strongest first.
     """
 
-    sigmas_mm: tuple[float, ...] = (1.0, 1.41, 2.0, 2.83, 4.0, 5.66, 8.0, 11.3)
+    sigmas_mm: tuple[float, ...] = (1.0, 1.41, 2.0, 2.83, 4.0, 5.66, 8.0, 11.3, 16.0, 22.6, 32.0)
     coarse_from_mm: float = 2.83
     spacing_mm: float = 1.0
     min_response: float = 40.0

@@ -63,6 +63,7 @@ from lungcad.distributed.ddp import (
 )
 from lungcad.errors import LungcadError
 from lungcad.training.augment import AugmentDraws, augment_batch, draw_augmentation
+from lungcad.training.lesions import insert_lesions
 from lungcad.training.losses import MultiTaskLoss
 from lungcad.training.telemetry import EpochTelemetry
 
@@ -95,6 +96,7 @@ class EpochPlan:
     draws: AugmentDraws
     batch_size: int
     drop_last: bool
+    seed: int = 0  # the epoch's seed: synthetic lesions are drawn from (seed, batch)
 
     def __len__(self) -> int:
         n = len(self.order)
@@ -267,7 +269,9 @@ class Trainer:
             self.cube_size,
             self.train_radius_mm[order],
         )
-        return EpochPlan(order, draws, self.config.batch_size, len(order) > self.config.batch_size)
+        return EpochPlan(
+            order, draws, self.config.batch_size, len(order) > self.config.batch_size, seed
+        )
 
     def batches(self, plan: EpochPlan):
         """(windowed, augmented cubes, label, malignancy target, malignancy mask and weight,
@@ -282,7 +286,20 @@ class Trainer:
             masks = None
             if self.train_masks is not None:
                 masks = augment_batch(self.train_masks.take(positions), batch_draws, False)
-            yield (x, *self.train_targets.take(positions), masks)
+            targets = self.train_targets.take(positions)
+            if self.config.augment.lesion_share > 0:
+                label, _, has_mal, _, _, has_attr, _ = targets
+                insert_lesions(
+                    x,
+                    label,
+                    has_mal,
+                    has_attr,
+                    masks,
+                    self.config.augment.lesion_share,
+                    self.config.window_hu,
+                    torch.Generator().manual_seed(plan.seed * 10_007 + i),
+                )
+            yield (x, *targets, masks)
 
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """One optimiser step on a batch already on the device; returns the (total,
