@@ -113,7 +113,7 @@ def froc(
     annotations = annotations[annotations["seriesuid"].isin(series)].reset_index(drop=True)
     excluded = excluded[excluded["seriesuid"].isin(series)]
     labelled = label_findings(findings, annotations, excluded)
-    tp_probs = _best_hit_per_nodule(findings, annotations)
+    tp_probs = best_hit_per_nodule(findings, annotations)
     fp_probs = labelled.loc[labelled["label"] == "fp", "probability"].to_numpy(float)
     n_nodules, n_scans = len(annotations), len(series)
     fps, sens = froc_curve(tp_probs, fp_probs, n_nodules, n_scans)
@@ -133,7 +133,7 @@ def froc(
     )
 
 
-def _best_hit_per_nodule(findings: pd.DataFrame, annotations: pd.DataFrame) -> np.ndarray:
+def best_hit_per_nodule(findings: pd.DataFrame, annotations: pd.DataFrame) -> np.ndarray:
     """For each nodule hit by a finding, the highest probability among the findings inside
     its radius (a finding inside two overlapping nodules hits both, as in LUNA16)."""
     best = []
@@ -196,7 +196,7 @@ def bootstrap_cpm(
         e = excluded[excluded["seriesuid"] == u]
         labels = label_findings(f, a, e)["label"].to_numpy()
         fp = f["probability"].to_numpy(float)[labels == "fp"]
-        per_scan.append((_best_hit_per_nodule(f, a), fp, len(a)))
+        per_scan.append((best_hit_per_nodule(f, a), fp, len(a)))
     # One resampling unit per patient: its scans' hits, false positives, nodules and scans.
     per_unit = []
     for unit in units:

@@ -39,7 +39,9 @@ NOISE_HU = 40.0
 LUNG_CENTRE_HU = -500.0
 
 
-def _lobulated(d: torch.Tensor, u: torch.Tensor, radius: float, g: torch.Generator) -> torch.Tensor:
+def lobulated_ball(
+    d: torch.Tensor, u: torch.Tensor, radius: float, g: torch.Generator
+) -> torch.Tensor:
     """Occupancy (0..1) of a lobulated ball: its radius varies with direction as
     r(u) = R · (1 + Σ a_i (u·v_i)²−⅓ + b (u·w)), one-voxel edge ramp."""
     mod = torch.ones_like(d)
@@ -69,7 +71,7 @@ def _draw_one(
     p = torch.stack([zz, yy, xx]).to(device)
     d = p.norm(dim=0).clamp_min(1e-3)
     u = p / d
-    alpha = _lobulated(d, u, radius, g) if radius > 3 else (0.5 + radius - d).clamp(0.0, 1.0)
+    alpha = lobulated_ball(d, u, radius, g) if radius > 3 else (0.5 + radius - d).clamp(0.0, 1.0)
     value = torch.full_like(d, float(torch.empty(1).uniform_(v_lo, v_hi, generator=g)))
     if kind == "part_solid":  # a solid core, 30-60 % of the diameter
         core = radius * float(torch.empty(1).uniform_(0.3, 0.6, generator=g))
