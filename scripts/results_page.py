@@ -83,6 +83,36 @@ def realism_rows(realism: dict) -> list[str]:
     return lines
 
 
+def realism_setting_rows(realism: dict) -> list[str]:
+    """Per drawn setting (kernel, background lung, reconstruction): the phantom scans that
+    have it, their statistics as a ratio to the real slab's and the domain classifier."""
+    per = realism.get("per_setting") or {}
+    if not any(per.values()):
+        return ["The phantom was written with the default look only (no per-setting figures)."]
+    keys = {
+        "vessel_fraction": "vessel voxels",
+        "parenchyma_hu_width": "HU p10–p90 width",
+        "highpass_noise_hu": "high-pass noise",
+    }
+    lines = [
+        "| setting | scans | domain ROC-AUC | "
+        + " | ".join(f"{v} / real" for v in keys.values())
+        + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in keys) + " |",
+    ]
+    for name, values in per.items():
+        for value, entry in values.items():
+            auc = entry.get("domain_auc")
+            ratios = [entry["targets"].get(k, {}).get("ratio") for k in keys]
+            lines.append(
+                f"| {name}: {value.replace('_', ' ')} | {entry['scans']} | "
+                f"{'n/a (1 scan)' if auc is None else f'{auc:.3f}'} | "
+                + " | ".join(_num(r, 2) for r in ratios)
+                + " |"
+            )
+    return lines
+
+
 def _num(value, digits: int = 3, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{unit}"
 
@@ -483,6 +513,11 @@ def results_markdown(repo: Path = REPO) -> str:
         "(`reports/realism/metrics.json`; the phantom guide says how each is measured).",
         "",
         *realism_rows(realism),
+        "",
+        "Per drawn setting (`per_setting`: the phantom scans measured that were drawn with it;",
+        "`phantom.randomise` in `params.yaml`):",
+        "",
+        *realism_setting_rows(realism),
         "",
         "The training, detection and explanation guides say how each figure is measured and",
         "what it means; BENCHMARKS.md gives the timings with their commands and machines.",

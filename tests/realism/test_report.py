@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lungcad.cli.main import app
+from lungcad.config.schema import RandomiseConfig
 from lungcad.phantom.writer import write_phantom
 from lungcad.realism.report import TARGET_STATS, realism_report
 from tests.conftest import SERIES_0001
@@ -17,7 +18,9 @@ from tests.conftest import SERIES_0001
 @pytest.fixture(scope="module")
 def report(slab_root, db, tmp_path_factory):
     phantom_root = tmp_path_factory.mktemp("phantom")
-    write_phantom(phantom_root, n_scans=1, seed=3, progress=False, db=db)
+    write_phantom(
+        phantom_root, n_scans=2, seed=3, progress=False, db=db, randomise=RandomiseConfig()
+    )
     out = tmp_path_factory.mktemp("realism")
     return realism_report(slab_root, phantom_root, out, patches=120, progress=False), out
 
@@ -26,7 +29,7 @@ def report(slab_root, db, tmp_path_factory):
 def test_report_measures_real_phantom_and_the_paired_phantom(report) -> None:
     metrics, out = report
     scans = pd.read_csv(out / "scans.csv")
-    assert sorted(scans["source"]) == ["paired", "phantom", "real"]
+    assert sorted(scans["source"]) == ["paired", "phantom", "phantom", "real"]
     paired = scans[scans["source"] == "paired"].iloc[0]
     assert paired["series_uid"] == SERIES_0001 and paired["slice_mm"] == pytest.approx(2.5)
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
@@ -38,6 +41,18 @@ def test_report_measures_real_phantom_and_the_paired_phantom(report) -> None:
     assert domain["n_real_patches"] >= 100 and domain["n_phantom_patches"] >= 100
     assert 0.0 <= domain["gradient_boosting"] <= 1.0 and 0.0 <= domain["logistic_regression"] <= 1.0
     assert metrics["wasserstein_hu"]["paired"] >= 0
+
+
+@pytest.mark.slow
+def test_each_drawn_setting_is_measured_apart(report) -> None:
+    metrics, _ = report
+    per = metrics["per_setting"]
+    assert set(per) == {"kernel", "background", "reconstruction"}
+    for values in per.values():  # every measured phantom scan in one value of each setting
+        assert sum(v["scans"] for v in values.values()) == 2
+        for entry in values.values():
+            assert set(entry["targets"]) == set(TARGET_STATS)
+            assert ("domain_auc" in entry) == (entry["scans"] >= 2)
 
 
 def test_the_phantom_of_the_real_scan_is_as_real_as_the_targets_ask(report) -> None:
