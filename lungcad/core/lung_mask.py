@@ -8,8 +8,9 @@ The lung region, where detection searches, must hold every lung lesion, and a tu
 against the chest wall or the mediastinum is not air: it bites into the thresholded lung. A
 closing fills bites up to about twice its radius; larger ones are filled by the pleural
 envelope, each lung's convex hull on every slice (the chest wall and the mediastinal pleura
-bound a lung convexly), kept within ``ENVELOPE_MM`` of the aerated lung so that the hull of
-a lung base's crescent does not take in the whole liver dome.
+bound a lung convexly), kept within ``ENVELOPE_MM`` of the aerated lung on the same slice so
+that the hull of a lung base's crescent does not take in the liver dome, nor the hull of a
+lung's medial border the heart.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from lungcad.core.io.geometry import VolumeGeometry
 LUNG_THRESHOLD_HU = -400
 #: Edge of the blocks the mask is computed on.
 BLOCK_MM = 2.5
-#: The pleural envelope reaches this far from the aerated lung: a mass of up to twice it
-#: against the chest wall or the mediastinum lies inside the lung region.
-ENVELOPE_MM = 45.0
+#: The pleural envelope reaches this far from the aerated lung on the same slice: a mass of
+#: up to about twice it against the chest wall or the mediastinum lies inside the region.
+ENVELOPE_MM = 35.0
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ def lung_mask(
 
 
 def pleural_envelope(lungs: np.ndarray, sampling: np.ndarray, reach_mm: float) -> np.ndarray:
-    """Each lung's convex hull on every slice, within ``reach_mm`` of the aerated lung.
+    """Each lung's convex hull on every slice, within ``reach_mm`` of the slice's aerated
+    lung.
 
     Args:
         lungs: (slice, row, col) aerated lung mask (block grid).
@@ -184,5 +186,8 @@ def pleural_envelope(lungs: np.ndarray, sampling: np.ndarray, reach_mm: float) -
                     hull[k, :, cols] = convex_hull_image(side)
                 except (ValueError, RuntimeError):  # collinear pixels: Qhull finds no hull
                     hull[k, :, cols] = side
-    near = ndimage.distance_transform_edt(~lungs, sampling=sampling) <= reach_mm
-    return hull & near
+    for k in range(lungs.shape[0]):
+        if hull[k].any():
+            near = ndimage.distance_transform_edt(~lungs[k], sampling=sampling[1:]) <= reach_mm
+            hull[k] &= near
+    return hull

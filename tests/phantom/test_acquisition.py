@@ -21,9 +21,9 @@ from tests.conftest import SERIES_0001
 def test_draws_follow_the_configured_shares() -> None:
     ranges = RandomiseConfig()
     draws = [draw_acquisition(ranges, np.random.default_rng(i), 120.0) for i in range(3000)]
-    for name, shares, value_of in (
-        ("kernel", ranges.kernels, lambda a: a.kernel),
-        ("background", ranges.backgrounds, lambda a: a.background),
+    for shares, value_of in (
+        (ranges.kernels, lambda a: a.kernel),
+        (ranges.backgrounds, lambda a: a.background),
     ):
         seen = np.array([value_of(a) for a in draws])
         for value, share in shares.items():

@@ -40,7 +40,7 @@ def test_negative_cubes_become_lesions_with_their_own_outline() -> None:
     for row in stayed.tolist():
         assert masks[row].sum() == 0 and has_mal[row] == 1
         assert (x[row] >= 0.99).sum() < 5**3
-    # Masses up to 90 mm: some outlines fill most of the cube.
+    # Masses up to 60 mm: some outlines fill much of the cube.
     assert max(int(masks[r].sum()) for r in became.tolist()) > 30**3
     # The same generator seed draws the same lesions.
     x2, label2, has_mal2, has_attr2, masks2 = _batch()
