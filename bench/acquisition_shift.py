@@ -109,6 +109,8 @@ def main() -> None:
                 acquisition = looks(scan.slice_thickness_mm)[name]
                 write_phantom_scan(scan, nodules, root, 0, 3, 34.0, acquisition=acquisition)
             (root / "phantom.json").write_text(json.dumps([s.patient_id for s in scans]))
+    for name in names:
+        root = args.out / "raw" / name
         for key, checkpoint in models.items():
             run = args.out / "runs" / key / name
             if not (run / "scans.csv").exists():
