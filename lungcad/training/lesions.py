@@ -11,13 +11,14 @@ soft tissue would be invisible). The lesion replaces what it covers, keeping the
 fine-grained noise (its high-pass part, clipped to ±``NOISE_HU``): vessels end at a mass's
 edge, and its texture is the scan's.
 
-Kinds (shares among inserted lesions): masses 30–60 mm (a quarter of them cavitated),
+Kinds (shares among inserted lesions): masses 30–48 mm (a quarter of them cavitated),
 solid nodules 6–30 mm, part-solid (a ground-glass halo with a solid core) and pure ground
 glass nodules 6–30 mm; and look-alikes that stay negatives: calcified granulomas 2–5 mm, and
 the edge of a large organ (a ball of 120–400 mm at soft-tissue to contrast-blood HU whose
-surface passes near the centre, as the heart, the diaphragm or the chest wall do where the
-lung region meets them). Masses stop at 60 mm: a larger one fills the 64 mm cube, where
-it cannot be told from the inside of the heart or the liver.
+surface passes within 25 mm of the centre, or the centre inside it, as the heart, the
+diaphragm's dome or the chest wall do where the lung region meets them). Masses stop at
+48 mm, so that a mass is always seen whole in the 64 mm cube and an organ never is: a larger
+one fills the cube, where it cannot be told from the inside of the heart or the liver.
 Malignancy and the readers' characteristics are not trained on inserted lesions (no
 reader rated them): only detection and the outline are.
 """
@@ -29,12 +30,12 @@ import torch.nn.functional as F
 
 #: kind -> (share, diameter range mm, HU range of the lesion, is a nodule).
 KINDS: dict[str, tuple[float, tuple[float, float], tuple[float, float], bool]] = {
-    "mass": (0.25, (30.0, 60.0), (0.0, 60.0), True),
-    "solid": (0.2, (6.0, 30.0), (-40.0, 60.0), True),
-    "part_solid": (0.12, (8.0, 30.0), (-650.0, -450.0), True),
-    "ground_glass": (0.13, (6.0, 30.0), (-720.0, -480.0), True),
-    "granuloma": (0.15, (2.0, 5.0), (300.0, 900.0), False),
-    "wall": (0.15, (120.0, 400.0), (0.0, 250.0), False),
+    "mass": (0.2, (30.0, 48.0), (0.0, 60.0), True),
+    "solid": (0.15, (6.0, 30.0), (-40.0, 60.0), True),
+    "part_solid": (0.1, (8.0, 30.0), (-650.0, -450.0), True),
+    "ground_glass": (0.1, (6.0, 30.0), (-720.0, -480.0), True),
+    "granuloma": (0.1, (2.0, 5.0), (300.0, 900.0), False),
+    "wall": (0.35, (120.0, 400.0), (20.0, 250.0), False),
 }
 #: Share of the masses with an air cavity.
 CAVITY_SHARE = 0.25
@@ -71,10 +72,10 @@ def _draw_one(
     diameter = float(torch.empty(1).uniform_(d_lo, d_hi, generator=g))
     radius = diameter / 2
     shift = torch.empty(3).uniform_(-4.0, 4.0, generator=g)
-    if kind == "wall":  # anatomy's edge: the ball's surface passes -10..25 mm from the centre
+    if kind == "wall":  # an organ's edge: its surface passes -20..25 mm from the centre
         direction = torch.randn(3, generator=g)
         direction = direction / direction.norm()
-        gap = float(torch.empty(1).uniform_(-10.0, 25.0, generator=g))
+        gap = float(torch.empty(1).uniform_(-20.0, 25.0, generator=g))
         shift = direction * (radius + gap)
     axis = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
     zz, yy, xx = torch.meshgrid(axis - shift[0], axis - shift[1], axis - shift[2], indexing="ij")
