@@ -69,6 +69,8 @@ NOISE_VARIANCE_SCALE = 0.75
 #: Background states drawn into the parenchyma (vessels cross them); the others replace
 #: the lung, vessels included (collapsed lung, fluid).
 PARENCHYMAL = ("emphysema", "ground_glass", "fibrosis")
+#: A dependent background state stays this far beyond a nodule's bubble.
+BUBBLE_CLEARANCE_MM = 6.0
 
 
 def _linear_weights(n_out: int, step: float, n_in: int) -> np.ndarray:
@@ -489,27 +491,32 @@ class ThoraxPhantom:
         return out[: grid.shape[0], : grid.shape[1], : grid.shape[2]].astype(np.float32)
 
     def _background(self, grid: SlabGrid, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(weight 0..1, HU) of the background lung state on ``grid``; the weight is 0 within
-        a nodule's bubble, so every nodule stays in aerated lung."""
+        """(weight 0..1, HU) of the background lung state on ``grid``.
+
+        Parenchymal states (emphysema, ground glass, fibrosis) may surround a nodule, as in a
+        patient. A dependent state (atelectasis, effusion) would hide one, so its extent is
+        shrunk until it stays ``BUBBLE_CLEARANCE_MM`` clear of every nodule (not drawn if it
+        cannot): a nodule is never left in an aerated pocket of a collapsed or fluid band.
+        """
         acq = self.acq
         rng = np.random.default_rng([self.seed, 5])
         share = acq.background_extent
         if acq.background in ("atelectasis", "effusion"):
-            # Dependent: the posterior part of each lung column (y grows posteriorly).
-            y = np.broadcast_to(grid.y_mm[None, :, None], grid.shape)
-            y_in = np.where(inside, y, -np.inf)
-            bottom = y_in.max(axis=1, keepdims=True)  # each (slice, column)'s posterior edge
-            top = np.where(inside, y, np.inf).min(axis=1, keepdims=True)
-            height = np.maximum(bottom - top, 1.0)
-            depth = (bottom - y) / height  # 0 at the posterior edge, 1 at the anterior
-            if acq.background == "effusion":  # fluid: a flat, sharp level
-                level = float(np.quantile(y[inside], 1.0 - share)) if inside.any() else 0.0
-                weight = (y >= level).astype(np.float32)
-                hu_value = np.full(grid.shape, 12.0, dtype=np.float32)
-            else:  # collapsed lung: a curved band, blurred edge
-                wavy = 0.1 * self._smooth_field(grid, rng, 20.0)
-                weight = np.clip((share + wavy - depth) / 0.05, 0, 1).astype(np.float32)
-                hu_value = np.full(grid.shape, 25.0, dtype=np.float32)
+            wavy = 0.1 * self._smooth_field(grid, rng, 20.0)
+            near = np.zeros(grid.shape, dtype=bool)
+            for bx, by, bz, br in self.bubbles:
+                near |= (
+                    (grid.x_mm[None, None, :] - bx) ** 2
+                    + (grid.y_mm[None, :, None] - by) ** 2
+                    + (grid.z_mm[:, None, None] - bz) ** 2
+                ) <= (br + BUBBLE_CLEARANCE_MM) ** 2
+            for _ in range(6):
+                weight, hu_value = self._dependent(grid, inside, share, wavy)
+                if not (weight[near] > 0).any():
+                    break
+                share *= 0.6
+            else:
+                weight = np.zeros(grid.shape, dtype=np.float32)
         else:
             field = self._smooth_field(
                 grid, rng, {"emphysema": 6.0, "ground_glass": 12.0, "fibrosis": 3.0}[acq.background]
@@ -527,12 +534,19 @@ class ThoraxPhantom:
                 lines = np.clip(1.0 - np.abs(self._smooth_field(grid, rng, 3.0)) / 0.25, 0, 1)
                 weight = lines * np.clip((20.0 - depth) / 10.0, 0, 1) * (field > threshold - 1)
                 hu_value = np.full(grid.shape, -150.0, dtype=np.float32)
-        weight = weight * inside
-        for bx, by, bz, br in self.bubbles:  # keep the nodules' surroundings aerated
-            d2 = (
-                (grid.x_mm[None, None, :] - bx) ** 2
-                + (grid.y_mm[None, :, None] - by) ** 2
-                + (grid.z_mm[:, None, None] - bz) ** 2
-            )
-            weight = np.where(d2 <= (br + 6.0) ** 2, 0.0, weight)
-        return weight.astype(np.float32), hu_value
+        return (weight * inside).astype(np.float32), hu_value
+
+    def _dependent(
+        self, grid: SlabGrid, inside: np.ndarray, share: float, wavy: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A dependent band over ``share`` of the lung: fluid under a flat level (effusion)
+        or collapsed lung in a curved band along the posterior pleura (atelectasis)."""
+        y = np.broadcast_to(grid.y_mm[None, :, None], grid.shape)  # y grows posteriorly
+        if self.acq.background == "effusion":
+            level = float(np.quantile(y[inside], 1.0 - share)) if inside.any() else 0.0
+            return (y >= level).astype(np.float32), np.full(grid.shape, 12.0, np.float32)
+        bottom = np.where(inside, y, -np.inf).max(axis=1, keepdims=True)  # posterior edge
+        top = np.where(inside, y, np.inf).min(axis=1, keepdims=True)
+        depth = (bottom - y) / np.maximum(bottom - top, 1.0)  # 0 posterior .. 1 anterior
+        weight = np.clip((share + wavy - depth) / 0.05, 0, 1).astype(np.float32)
+        return weight, np.full(grid.shape, 25.0, np.float32)

@@ -13,7 +13,7 @@ from lungcad.core.annotations.nodules import cluster_nodules, nodule_center_mm
 from lungcad.core.io.series import read_series
 from lungcad.phantom.acquisition import Acquisition, draw_acquisition
 from lungcad.phantom.scanner import nps_noise
-from lungcad.phantom.thorax import ThoraxPhantom
+from lungcad.phantom.thorax import BUBBLE_CLEARANCE_MM, ThoraxPhantom
 from lungcad.phantom.writer import choose_slab, write_phantom, write_phantom_scan
 from tests.conftest import SERIES_0001
 
@@ -62,6 +62,13 @@ def scan_0001(db):
     return scan, cluster_nodules(scan, db.annotations(scan.scan_id))
 
 
+@pytest.fixture(scope="module")
+def scan_0963(db):
+    """A scan whose one nodule lies anteriorly: a dependent band has room behind it."""
+    [scan] = [s for s in db.scans if s.patient_id == "LIDC-IDRI-0963"][:1]
+    return scan, cluster_nodules(scan, db.annotations(scan.scan_id))
+
+
 def _slab(scan, nodules, acquisition: Acquisition) -> tuple[np.ndarray, ThoraxPhantom, np.ndarray]:
     z_lo, z_hi = choose_slab(nodules, 3, 34.0)
     ks = np.flatnonzero((scan.z_positions_mm >= z_lo) & (scan.z_positions_mm <= z_hi))
@@ -79,27 +86,41 @@ def _slab(scan, nodules, acquisition: Acquisition) -> tuple[np.ndarray, ThoraxPh
     return phantom.slab_hu(ks), phantom, ks
 
 
-@pytest.mark.parametrize(
-    "background, sign",
-    [("emphysema", -1), ("ground_glass", 1), ("fibrosis", 1), ("atelectasis", 1), ("effusion", 1)],
-)
-def test_a_background_state_changes_the_lung_but_not_around_the_nodules(
-    scan_0001, background, sign
-) -> None:
-    scan, nodules = scan_0001
+def _changes(scan, nodules, background: str):
+    """HU change in the lungs and near each nodule's bubble, background vs normal lung."""
     normal, phantom, ks = _slab(scan, nodules, Acquisition())
     drawn, _, _ = _slab(scan, nodules, Acquisition(background=background, background_extent=0.3))
     z = scan.z_positions_mm[ks]
     lungs = np.stack([phantom.lung_contains(phantom.x, phantom.y, zi) for zi in z])
-    change = (drawn - normal)[lungs]
+    near = np.zeros(drawn.shape, dtype=bool)
+    for bx, by, bz, br in phantom.bubbles:
+        near |= (phantom.x[None] - bx) ** 2 + (phantom.y[None] - by) ** 2 + (
+            z[:, None, None] - bz
+        ) ** 2 <= (br + BUBBLE_CLEARANCE_MM) ** 2
+    return (drawn - normal)[lungs], drawn[near], normal[near]
+
+
+@pytest.mark.parametrize(
+    "background, sign", [("emphysema", -1), ("ground_glass", 1), ("fibrosis", 1)]
+)
+def test_a_parenchymal_background_changes_the_lung_the_right_way(scan_0001, background, sign):
+    change, _, _ = _changes(*scan_0001, background)
     changed = np.abs(change) > 50
     assert changed.mean() > 0.02  # a visible part of the lung changed ...
     assert np.sign(np.median(change[changed])) == sign  # ... the right way
-    for bx, by, bz, br in phantom.bubbles:  # ... and never around a nodule
-        near = (phantom.x[None] - bx) ** 2 + (phantom.y[None] - by) ** 2 + (
-            z[:, None, None] - bz
-        ) ** 2 <= br**2
-        assert np.array_equal(drawn[near], normal[near])
+
+
+@pytest.mark.parametrize("background", ["atelectasis", "effusion"])
+def test_a_dependent_band_never_leaves_a_nodule_in_an_aerated_pocket(
+    scan_0963, scan_0001, background
+) -> None:
+    # An anterior nodule: the band is drawn behind it, clear of it.
+    change, drawn_near, normal_near = _changes(*scan_0963, background)
+    assert (change > 50).mean() > 0.02
+    assert np.array_equal(drawn_near, normal_near)
+    # A nodule on the posterior pleura: the band would reach it, so none is drawn.
+    change, _, _ = _changes(*scan_0001, background)
+    assert not np.any(change)
 
 
 def test_a_thicker_reconstruction_keeps_the_nodule_where_the_readers_outlined_it(
