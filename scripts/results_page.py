@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -368,11 +370,28 @@ def choices_rows(cube: dict, froc: dict) -> list[str]:
     ]
 
 
+def _model_md5(lock: Path, stage: str) -> str | None:
+    """The md5 DVC recorded for ``models/best.pt`` as a dependency of ``stage``."""
+    if not lock.is_file():
+        return None
+    deps = (yaml.safe_load(lock.read_text()).get("stages", {}).get(stage) or {}).get("deps", [])
+    return next((d.get("md5") for d in deps if d.get("path") == "models/best.pt"), None)
+
+
 def benchmark_section(repo: Path) -> list[str]:
-    """The sealed benchmark's score of the pipeline's model, when it has been run."""
+    """The sealed benchmark's score of the pipeline's model, when it has been run; a score
+    of another model than the pipeline's current one says so."""
     path = repo / "reports/benchmark/metrics.json"
     if not path.is_file():
         return []
+    scored = _model_md5(repo / "benchmark/dvc.lock", "score")
+    current = _model_md5(repo / "dvc.lock", "evaluate")
+    stale = [
+        "",
+        "**This score is of an earlier model than the pipeline's current `models/best.pt`**",
+        "(DVC records another checksum for the model the benchmark scored): rerun",
+        "`dvc repro benchmark/dvc.yaml` to score the current one.",
+    ]
     m = json.loads(path.read_text())
     b, f, per = m["benchmark"], m["froc"], m.get("per_nodule") or {}
     cpm = _num(f.get("cpm"))
@@ -386,6 +405,7 @@ def benchmark_section(repo: Path) -> list[str]:
         f"sealed): {b['scans']} whole-length scans of {b['patients']} patients the dataset does",
         f"not hold, {b['scans_without_reference_nodule']} of them without a reference nodule.",
         f"Model `{m['model']}`; 95 % CIs resample patients.",
+        *(stale if scored and current and scored != current else []),
         "",
         "| measure | value |",
         "| --- | --- |",
