@@ -102,7 +102,7 @@ def test_epoch_batches_keep_labels_and_are_reproducible(tiny_dataset, tmp_path) 
     for k, ci in enumerate(train["cube_index"]):
         cubes[ci, 12:20, 12:20, 12:20] = -1000 + 10 * k
     marked = type(data)(cubes, data.index, dataset_dir=data.dataset_dir)
-    config = tiny_train_config(augment={"shift_mm": 2, "hu_jitter": 0.0})
+    config = tiny_train_config(augment={"shift_mm": 2, "hu_jitter": 0.0, "lesion_share": 0.0})
     trainer = Trainer(config, marked, tmp_path / "m", progress=False)
     plan = trainer.on_epoch_start(1)
     seen = []
@@ -118,3 +118,27 @@ def test_epoch_batches_keep_labels_and_are_reproducible(tiny_dataset, tmp_path) 
     again = trainer.on_epoch_start(1)
     assert torch.equal(plan.order, again.order) and torch.equal(plan.draws.start, again.draws.start)
     assert not torch.equal(plan.order, trainer.on_epoch_start(2).order)
+
+
+def test_synthetic_lesions_turn_negatives_into_positives_the_same_way_each_run(
+    tiny_dataset, tmp_path
+) -> None:
+    data = load_cube_data(*tiny_dataset)
+    config = tiny_train_config(augment={"lesion_share": 1.0})
+    labels = []
+    for run in ("a", "b"):
+        trainer = Trainer(config, data, tmp_path / run, progress=False)
+        plan = trainer.on_epoch_start(1)
+        train = data.subset("train")
+        seen = [
+            (label, train["label"].to_numpy()[batch_rows])
+            for batch_rows, (_, label, *_) in zip(
+                plan.order.split(plan.batch_size), trainer.batches(plan)
+            )
+        ]
+        labels.append(torch.cat([torch.as_tensor(label) for label, _ in seen]))
+        became = sum(
+            int(((label > 0.5) & (torch.as_tensor(was) == 0)).sum()) for label, was in seen
+        )
+        assert became > 0  # negatives with lung at their centre became lesions
+    assert torch.equal(labels[0], labels[1])  # drawn from (seed, epoch, batch)
