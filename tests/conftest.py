@@ -206,7 +206,14 @@ def tiny_train_config(**changes):
                 "dropout": 0.0,
                 "attributes": False,
             },
-            "augment": {"flip": True, "rot90": True, "shift_mm": 2, "hu_jitter": 10.0},
+            # No synthetic lesions: these tests learn known functions of tiny synthetic cubes.
+            "augment": {
+                "flip": True,
+                "rot90": True,
+                "shift_mm": 2,
+                "hu_jitter": 10.0,
+                "lesion_share": 0.0,
+            },
             **changes,
         }
     )
