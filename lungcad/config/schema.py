@@ -388,6 +388,12 @@ class TrainConfig(Section):
             "best_epoch": the epoch with the highest ``select_metric``. ``best_epoch.pt``
             holds that epoch either way.
         average_last: epochs averaged by ``selection: average`` (all when fewer).
+        average_lr: with ``selection: average``, the learning rate over the averaged epochs,
+            as a share of ``lr``: the cosine schedule falls to it by the first averaged
+            epoch and holds it there (stochastic weight averaging's constant rate: the
+            averaged weights come from distinct points around the minimum rather than
+            one point approached ever more slowly). None: the cosine schedule over all
+            epochs, falling to 0.
         num_workers: DataLoader worker processes of the streaming input path.
         deterministic: deterministic algorithms (reproducible, slower on GPU).
         channels_last: channels_last_3d memory format (faster on CPUs and tensor cores).
@@ -422,6 +428,7 @@ class TrainConfig(Section):
     select_metric: Literal["val_objective", "val_auc", "neg_val_mae"] = "val_objective"
     selection: Literal["average", "best_epoch"] = "average"
     average_last: Annotated[Int, Field(ge=1)] = 8
+    average_lr: Annotated[float, Field(gt=0, le=1)] | None = None
     num_workers: Annotated[Int, Field(ge=0)] = 0
     deterministic: Bool = True
     channels_last: Bool = True

@@ -241,14 +241,12 @@ class Trainer:
             weight_decay=self.config.weight_decay,
             fused=True if self.device.type == "cuda" else None,  # one kernel for all params
         )
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=self.config.epochs
-        )
+        self.averaged = AveragedModel(self.model) if self.config.selection == "average" else None
+        self.scheduler = self.lr_schedule()
         use_scaler = self.device.type == "cuda" and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.start_epoch, self.best_metric, self.best_epoch = 0, -math.inf, -1
         self.history: list[dict[str, float]] = []
-        self.averaged = AveragedModel(self.model) if self.config.selection == "average" else None
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     def on_epoch_start(self, epoch: int) -> EpochPlan:
@@ -436,6 +434,23 @@ class Trainer:
         name = self.config.select_metric
         value = -metrics["val_mae"] if name == "neg_val_mae" else metrics[name]
         return -math.inf if math.isnan(value) else value
+
+    def lr_schedule(self) -> torch.optim.lr_scheduler.LRScheduler:
+        """Cosine annealing over the epochs; with ``average_lr`` (and ``selection:
+        average``) it falls to ``average_lr`` x ``lr`` by the first averaged epoch and holds."""
+        held = self.config.average_lr
+        if held is None or self.averaged is None:
+            return torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, T_max=self.config.epochs
+            )
+        falling = self.first_averaged_epoch - 1  # epochs before the first averaged one
+
+        def share(epoch: int) -> float:
+            if epoch >= falling:
+                return held
+            return held + (1 - held) * 0.5 * (1 + math.cos(math.pi * epoch / falling))
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, share)
 
     @property
     def first_averaged_epoch(self) -> int:

@@ -240,6 +240,21 @@ def test_best_pt_holds_the_mean_of_the_last_epochs_weights(tiny_dataset, tmp_pat
     assert result.best_metric == pytest.approx(best["selected_val"]["val_objective"])
 
 
+def test_the_averaged_epochs_train_at_the_held_learning_rate(tiny_dataset, tmp_path) -> None:
+    data = load_cube_data(*tiny_dataset)
+    config = tiny_train_config(epochs=5, average_last=2, average_lr=0.25)
+    result = Trainer(config, data, tmp_path / "m", progress=False).fit()
+    lr = [h["lr"] for h in result.history]  # the rate each epoch trained at
+    assert lr[0] == pytest.approx(config.lr)
+    assert lr[0] > lr[1] > lr[2] > 0.25 * config.lr  # cosine, down to the held rate ...
+    assert lr[3] == pytest.approx(0.25 * config.lr)  # ... held over the averaged epochs 4-5
+    assert lr[4] == pytest.approx(0.25 * config.lr)
+    # Without it: the cosine schedule over every epoch, down to 0 after the last.
+    plain = Trainer(tiny_train_config(epochs=5, average_last=2), data, tmp_path / "p", progress=False)
+    lr = [h["lr"] for h in plain.fit().history]
+    assert lr[4] == pytest.approx(config.lr * 0.5 * (1 + np.cos(np.pi * 4 / 5)))
+
+
 def test_best_epoch_selection_keeps_the_best_validation_epoch(tiny_dataset, tmp_path) -> None:
     data = load_cube_data(*tiny_dataset)
     kept = _KeepWeights()
