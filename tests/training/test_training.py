@@ -250,8 +250,8 @@ def test_the_averaged_epochs_train_at_the_held_learning_rate(tiny_dataset, tmp_p
     assert lr[3] == pytest.approx(0.25 * config.lr)  # ... held over the averaged epochs 4-5
     assert lr[4] == pytest.approx(0.25 * config.lr)
     # Without it: the cosine schedule over every epoch, down to 0 after the last.
-    plain = Trainer(tiny_train_config(epochs=5, average_last=2), data, tmp_path / "p", progress=False)
-    lr = [h["lr"] for h in plain.fit().history]
+    plain = tiny_train_config(epochs=5, average_last=2)
+    lr = [h["lr"] for h in Trainer(plain, data, tmp_path / "p", progress=False).fit().history]
     assert lr[4] == pytest.approx(config.lr * 0.5 * (1 + np.cos(np.pi * 4 / 5)))
 
 
