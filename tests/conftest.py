@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,19 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from lungcad.core.annotations.lidc_db import CHARACTERISTICS, LidcDatabase
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist each worker gets its share of the cores, for its own PyTorch and
+    for the processes its tests start: workers that each ran as many threads as there are
+    cores would wait on one another's threads."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 SLAB_ROOT = REPO.parent / "shared" / "data" / "lidc-slabs"
 SERIES_0001 = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
 
