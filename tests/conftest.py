@@ -14,6 +14,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from lungcad.core.annotations.lidc_db import CHARACTERISTICS, LidcDatabase
 
 REPO = Path(__file__).resolve().parents[1]
+SLAB_ROOT = REPO.parent / "shared" / "data" / "lidc-slabs"
+SERIES_0001 = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
 
 
 def pytest_configure(config) -> None:
@@ -27,8 +29,6 @@ def pytest_configure(config) -> None:
         threads = max(1, (os.cpu_count() or 1) // int(workers))
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
-SLAB_ROOT = REPO.parent / "shared" / "data" / "lidc-slabs"
-SERIES_0001 = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
 
 
 @pytest.fixture(scope="session")
