@@ -40,16 +40,30 @@ def extract_cube(
         int16 array (z, y, x) along the patient axes.
     """
     origin = cube_grid_origin(center_mm, size, spacing_mm)
+    return resample_box(image, origin, (size,) * 3, spacing_mm, fill_hu)
+
+
+def resample_box(
+    image: sitk.Image,
+    origin_mm: np.ndarray,
+    shape_zyx: tuple[int, int, int],
+    spacing_mm: float,
+    fill: float = AIR_HU,
+    nearest: bool = False,
+) -> np.ndarray:
+    """Resample an image onto an axis-aligned grid of ``spacing_mm`` voxels whose voxel
+    (0, 0, 0) lies at ``origin_mm`` (x, y, z patient mm): int16 (z, y, x), ``fill`` outside
+    the image; linear interpolation, or nearest neighbour (labels) with ``nearest``."""
     resampler = sitk.ResampleImageFilter()
-    resampler.SetSize([size] * 3)
+    resampler.SetSize([int(n) for n in shape_zyx[::-1]])
     resampler.SetOutputSpacing([spacing_mm] * 3)
-    resampler.SetOutputOrigin([float(v) for v in origin])
+    resampler.SetOutputOrigin([float(v) for v in origin_mm])
     resampler.SetOutputDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    resampler.SetInterpolator(sitk.sitkLinear)
-    resampler.SetDefaultPixelValue(float(fill_hu))
+    resampler.SetInterpolator(sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear)
+    resampler.SetDefaultPixelValue(float(fill))
     resampler.SetOutputPixelType(sitk.sitkFloat32)
-    cube = sitk.GetArrayFromImage(resampler.Execute(image))
-    return np.clip(np.rint(cube), -32768, 32767).astype(np.int16)
+    out = sitk.GetArrayFromImage(resampler.Execute(image))
+    return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
 
 
 def mirror_pad_z(volume: CtVolume, size_mm: float = 64.0) -> tuple[np.ndarray, VolumeGeometry]:

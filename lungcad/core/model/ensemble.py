@@ -86,6 +86,10 @@ class EnsembleNet(nn.Module):
             averaged.append(_logit_of_mean(masks) if masks[0].numel() else masks[0])
         return tuple(averaged)
 
+    def mask_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The logit of the members' mean mask probability (see ``NoduleNet.mask_logits``)."""
+        return _logit_of_mean([m.mask_logits(x) for m in self.members])
+
 
 def is_ensemble(state: dict[str, Any]) -> bool:
     return "members" in state

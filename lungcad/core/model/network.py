@@ -170,6 +170,17 @@ class NoduleNet(nn.Module):
             skips = [t.index_select(0, mask_rows) for t in skips]
         return (*out, self.decoder(skips, tuple(x.shape[2:])))
 
+    def mask_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, *x's size) nodule-mask logits of windowed patches of any size, without the
+        heads: the dense path over a whole scan (``lungcad.detection.dense``)."""
+        if self.decoder is None:
+            raise ValueError("this network has no segmentation decoder (model.segmentation)")
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        stages = self.stages(x)
+        skips = [x, *stages] if self.full_resolution else stages
+        return self.decoder(skips, tuple(x.shape[2:]))
+
     def _heads(self, f: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.attribute_head is None:
             attributes = f.new_zeros(len(f), 0)
