@@ -370,6 +370,8 @@ class TrainConfig(Section):
             ``model.segmentation``.
         seg_cubes: cubes of each batch the decoder trains on: the nodule cubes first, then
             others at random (0: all); the decoder costs as much as the rest of the network.
+        seg_dice: the Dice part of the segmentation loss over the batch's nodule cubes'
+            voxels pooled, or the mean of each cube's (every nodule weighs the same).
         det_loss: BCE with logits, or the focal loss.
         focal_gamma: focusing parameter of the focal loss.
         mal_on: SmoothL1 on nodule cubes only, or on all cubes (negatives target 1).
@@ -417,6 +419,7 @@ class TrainConfig(Section):
     lambda_attr: NonNegativeFloat = 0.5
     lambda_seg: NonNegativeFloat = 1.0
     seg_cubes: Annotated[Int, Field(ge=0)] = 8
+    seg_dice: Literal["pooled", "per_cube"] = "pooled"
     det_loss: Literal["bce", "focal"] = "bce"
     focal_gamma: NonNegativeFloat = 2.0
     mal_on: Literal["nodules", "all"] = "nodules"
@@ -515,6 +518,16 @@ class DetectConfig(Section):
         tta_flips: test-time augmentation: also score each cube flipped along these axes
             (0 z, 1 y, 2 x) and average; each axis doubles the scoring.
         nms_overlap: MONAI box NMS in mm: drop a finding this much inside a better one's box.
+        detector: ``dense``: the network's decoder over the whole lung region in one
+            sliding-window pass, each connected part of its map a finding
+            (``lungcad.detection.dense``); ``cubes``: candidates, one cube scored per
+            candidate and the cubes' masks merged (``lungcad.detection.detector``).
+        patch: the dense pass's patches (voxels of 1 mm per side).
+        overlap: share of a dense patch that overlaps its neighbour.
+        score: a dense finding's probability: ``cube``, the detection head's on the 64 mm
+            cube centred on it; ``peak``, its map peak; ``mean``, their geometric mean.
+        amp: the dense pass's precision: ``auto`` is bf16 on a CPU with native bf16 and AMP
+            on CUDA, else fp32; ``off``: fp32.
         bootstrap: FROC CIs: patients resampled with replacement (all their scans).
         seed: seeds the bootstrap.
     """
@@ -524,6 +537,11 @@ class DetectConfig(Section):
     batch_size: Annotated[Int, Field(ge=1)] = 16
     tta_flips: tuple[Literal[0, 1, 2], ...] = ()
     nms_overlap: Probability = 0.5
+    detector: Literal["dense", "cubes"] = "cubes"
+    patch: Annotated[Int, Field(ge=16)] = 96
+    overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
+    score: Literal["cube", "mean", "peak"] = "cube"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     bootstrap: Annotated[Int, Field(ge=0)] = 1000
     seed: Seed = 0
 

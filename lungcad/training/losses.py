@@ -25,16 +25,25 @@ from lungcad.core.metrics import reader_nll
 
 
 def nodule_dice_loss(
-    mask_logit: torch.Tensor, target: torch.Tensor, is_nodule: torch.Tensor, eps: float = 1e-5
+    mask_logit: torch.Tensor,
+    target: torch.Tensor,
+    is_nodule: torch.Tensor,
+    eps: float = 1e-5,
+    per_cube: bool = False,
 ) -> torch.Tensor:
     """1 - soft Dice of the nodule cubes' voxels pooled over the batch (0 without any nodule
-    cube; no host sync). ``mask_logit`` and ``target``: (N, 1, ...); ``is_nodule``: (N,)."""
+    cube; no host sync); with ``per_cube`` the mean over the nodule cubes of each one's
+    1 - Dice, so a 4 mm nodule weighs as much as a mass. ``mask_logit`` and ``target``:
+    (N, 1, ...); ``is_nodule``: (N,)."""
     prob = torch.sigmoid(mask_logit).flatten(1)
     target = target.flatten(1)
     weight = is_nodule.float()
-    inter = ((prob * target).sum(1) * weight).sum()
-    denom = ((prob + target).sum(1) * weight).sum()
-    return 1 - (2 * inter + eps) / (denom + eps)
+    inter = (prob * target).sum(1)
+    denom = (prob + target).sum(1)
+    if per_cube:
+        dice = (2 * inter + eps) / (denom + eps)
+        return ((1 - dice) * weight).sum() / weight.sum().clamp(min=1.0)
+    return 1 - (2 * (inter * weight).sum() + eps) / ((denom * weight).sum() + eps)
 
 
 class MultiTaskLoss(torch.nn.Module):
@@ -65,6 +74,7 @@ class MultiTaskLoss(torch.nn.Module):
         self.lambda_det, self.lambda_mal = config.lambda_det, config.lambda_mal
         self.lambda_attr = config.lambda_attr
         self.lambda_seg = config.lambda_seg
+        self.dice_per_cube = config.seg_dice == "per_cube"
         self.mal_on_all = config.mal_on == "all"
         self.focal = (
             FocalLoss(gamma=config.focal_gamma, use_softmax=False, reduction="mean")
@@ -115,7 +125,9 @@ class MultiTaskLoss(torch.nn.Module):
         if mask_logit is not None and mask_logit.shape[1] and mask_target is not None:
             mask_logit = mask_logit.float()
             is_nodule = label if mask_label is None else mask_label
-            seg = nodule_dice_loss(mask_logit, mask_target, is_nodule) + (
+            seg = nodule_dice_loss(
+                mask_logit, mask_target, is_nodule, per_cube=self.dice_per_cube
+            ) + (
                 F.binary_cross_entropy_with_logits(mask_logit, mask_target)
             )
             total = total + self.lambda_seg * seg

@@ -348,6 +348,14 @@ def test_gpu_profiles_are_valid_train_settings(profile) -> None:
     assert config.data_on_device == "auto" and not config.deterministic
 
 
+def test_the_dense_profile_trains_and_detects_for_the_sliding_window() -> None:
+    from pathlib import Path
+
+    params = load_params(Path(__file__).parents[2] / "configs" / "dense.yaml")
+    assert params.detect.detector == "dense" and params.train.seg_dice == "per_cube"
+    assert params.train.augment.crop_size == 48 and params.train.seg_cubes == 0
+
+
 def test_agreement_weighting_counts_nodules_the_readers_agree_on_more(tiny_dataset) -> None:
     rows = load_cube_data(*tiny_dataset).index.sort_values("cube_index").copy()
     rows.loc[rows["label"] == 1, "malignancy_std"] = np.where(
@@ -475,3 +483,21 @@ def test_nodule_crops_move_within_the_nodule_radius_and_others_stay_near_the_cen
     nodule_offset = offset[:500].norm(dim=1)
     assert nodule_offset.max() <= 8 + 1 and nodule_offset.mean() > 4  # within r + 3 (+rounding)
     assert offset[500:].abs().max() <= 4 and draws.crop == 48
+
+
+def test_per_cube_dice_weighs_a_missed_small_nodule_as_much_as_a_found_mass() -> None:
+    from lungcad.training.losses import nodule_dice_loss
+
+    target = torch.zeros(2, 1, 32, 32, 32)
+    target[0, :, 4:28, 4:28, 4:28] = 1.0  # a 24 mm mass, outlined exactly
+    target[1, :, 15:18, 15:18, 15:18] = 1.0  # a 3 mm nodule, missed
+    logit = torch.where(target[:1].bool(), 20.0, -20.0).expand(2, -1, -1, -1, -1).clone()
+    logit[1] = -20.0
+    is_nodule = torch.ones(2)
+    pooled = nodule_dice_loss(logit, target, is_nodule)
+    per_cube = nodule_dice_loss(logit, target, is_nodule, per_cube=True)
+    assert pooled < 0.01  # the mass's voxels swamp the missed nodule's 27
+    assert per_cube == pytest.approx(0.5, abs=0.01)
+    # Cubes without a nodule are left out of either mean.
+    none = nodule_dice_loss(logit, target, torch.tensor([1.0, 0.0]), per_cube=True)
+    assert none < 0.01
