@@ -2,14 +2,15 @@
 
 Writes N phantom scans at their real size (every slice of the real LIDC scan, 512 x 512 x
 100-700: `lungcad data phantom --full`) into a scratch folder, then runs the detection of
-`lungcad detect` (the same `detect_volume`, with the settings `lungcad detect` takes from
-params.yaml: candidates, NMS, test-time flips) on each, timing reading, lung mask,
-candidates and scoring. The model is a trained checkpoint (default models/best.pt); on a
-machine without one, ``--random-model`` uses an untrained network of the default
-architecture (same cost, meaningless scores).
+`lungcad detect` on each with the settings it takes from params.yaml (``detect.detector``:
+the cube detector's ``detect_volume`` or the dense ``detect_volume_dense``), and writes the
+scan's DICOM SEG and SR as `lungcad detect` does, timing reading, each step and the DICOM
+objects. The model is a trained checkpoint (default models/best.pt); on a machine without
+one, ``--random-model`` uses an untrained network of the default architecture (same cost,
+meaningless scores).
 
 Usage:
-    python bench/detect_speed.py --scans 3 [--device cuda] [--threads 2]
+    python bench/detect_speed.py --scans 3 [--device cuda] [--threads 2] [--params p.yaml]
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from lungcad.config import load_params
 from lungcad.core.io.scans import find_scans
 from lungcad.core.model.loading import CubeCut, cube_cut, load_model
 from lungcad.core.model.network import NoduleNet
+from lungcad.detection.batch import DetectSettings, _write_dicom
+from lungcad.detection.dense import detect_volume_dense
 from lungcad.detection.detector import detect_volume, detector_config
 from lungcad.phantom.writer import write_phantom
 
@@ -59,7 +62,13 @@ def main() -> None:
         cut = cube_cut(args.model)
     window = tuple(config.window_hu)
     detect_config = detector_config(cut, params.detect)
-    print(f"settings: {detect_config}")
+    print(f"settings: {detect_config}; detector {params.detect.detector}")
+    settings = DetectSettings(detect=params.detect, figures=False, explain=False)
+
+    def detect(volume):
+        if params.detect.detector == "dense":
+            return detect_volume_dense(volume, model, window, detect_config, params.detect, device)
+        return detect_volume(volume, model, window, detect_config, device)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.root or tmp)
@@ -70,17 +79,18 @@ def main() -> None:
                 f"wrote {args.scans} full-size phantom scans in {time.perf_counter() - start:.0f} s"
             )
         sources, _ = find_scans(root, progress=False)
-        detect_volume(  # warm-up: library imports, first-call allocations
-            sources[0].read(), model, window, detect_config, device
-        )
+        detect(sources[0].read())  # warm-up: library imports, first-call allocations
         rows = []
         for source in sources:
             t = time.perf_counter()
             volume = source.read()
             read_s = time.perf_counter() - t
-            det = detect_volume(volume, model, window, detect_config, device)
+            det = detect(volume)
             if device.type == "cuda":
                 torch.cuda.synchronize()
+            t = time.perf_counter()
+            _write_dicom(volume, det, settings, Path(tmp) / "dicom", "lungcad benchmark")
+            det.seconds["dicom"] = time.perf_counter() - t
             row = {
                 "patient": source.patient_id,
                 "shape": list(volume.hu.shape),
@@ -95,8 +105,9 @@ def main() -> None:
                 + ", ".join(f"{k} {v:.1f}" for k, v in det.seconds.items())
                 + f"), {len(det.candidates)} candidates"
             )
-    steps = ["read", "lung_mask", "candidates", "scoring", "total"]
+    steps = [k for k in rows[0] if k not in ("patient", "shape", "candidates_n")]
     mean = {k: float(np.mean([r[k] for r in rows])) for k in steps}
+    median = {k: float(np.median([r[k] for r in rows])) for k in steps}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
@@ -105,12 +116,13 @@ def main() -> None:
         "torch": torch.__version__,
         "scans": rows,
         "mean_seconds": mean,
+        "median_seconds": median,
         "peak_rss_mb": peak_mb,
     }
     print(
         "mean per scan: "
         + ", ".join(f"{k} {v:.1f} s" for k, v in mean.items())
-        + f"; peak RSS {peak_mb:.0f} MB"
+        + f"; median total {median['total']:.1f} s; peak RSS {peak_mb:.0f} MB"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))

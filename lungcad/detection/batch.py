@@ -71,6 +71,7 @@ from lungcad.core.outputs import (
     write_text_atomic,
 )
 from lungcad.core.runner import ScanParts
+from lungcad.detection.dense import detect_volume_dense
 from lungcad.detection.detector import (
     FINDING_COLUMNS,
     detect_volume,
@@ -96,7 +97,7 @@ DETECTION_COLUMNS = [
     "patient_id",
     *(c for c in FINDING_COLUMNS[4:] if c != "candidate_score"),
 ]
-STEPS = ("read", "lung_mask", "candidates", "scoring")
+STEPS = ("read", "lung_mask", "candidates", "resample", "scoring")
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,12 @@ def _detect_scan(
     volume = source.read(settings.read)
     read_s = time.perf_counter() - t
     model, train_config, detector, explainer = _model(checkpoint, settings.detect)
-    det = detect_volume(volume, model, tuple(train_config.window_hu), detector)
+    if settings.detect.detector == "dense":
+        det = detect_volume_dense(
+            volume, model, tuple(train_config.window_hu), detector, settings.detect
+        )
+    else:
+        det = detect_volume(volume, model, tuple(train_config.window_hu), detector)
     ref = lidc_reference(volume, LidcDatabase(db_path)) if db_path else None
     offcentre = pointing = dice = empty
     if ref is not None and (settings.offcentre or model.segments):
@@ -577,7 +583,8 @@ def _assemble(
         "probability",
         "malignancy",
     ]
-    _write_atomic(candidates, out_dir / "candidates.csv", cand_cols)
+    dense_cols = [c for c in ("map_peak", "cube_probability") if c in candidates.columns]
+    _write_atomic(candidates, out_dir / "candidates.csv", [*cand_cols, *dense_cols])
     ref_cols = [*REFERENCE_COLUMNS, "nodule_id", "n_readers", "malignancy", "texture"]
     reference, excluded = cat("reference"), cat("excluded")
     if luna16 is not None:  # a LUNA16 root: its own tables are the reference, not LIDC's

@@ -1,0 +1,294 @@
+"""Dense whole-scan detection: one pass of the network's decoder over the lung region.
+
+The scan's lung region (``lung_mask``) is resampled once onto an axis-aligned 1 mm grid (the
+training cubes' spacing), ``GRID_MARGIN_MM`` wider than the region and mirrored in z beyond
+the scan, windowed, and the network's mask decoder (``NoduleNet.mask_logits``) runs over it
+with MONAI's ``sliding_window_inference`` (overlapping patches blended with Gaussian
+weights). The probability map that comes back is the detector: each connected part of it at
+``PROPOSAL_THRESHOLD`` or above whose peak lies in the lung region is one finding, by
+construction one row per lesion (no candidate stage, no merge rules), its voxels at the
+mask threshold the finding's mask, from which it is sized and typed.
+
+The network's heads then read the one 64 mm cube centred on each finding (the cube protocol
+they were trained on): its malignancy, the readers' attributes and, by default, its
+probability (``detect.score``). Why a segmentation map rather than anchors or a centre
+heatmap: the map gives each finding its mask directly, needs no box priors for lesions from
+3 mm to 9 cm, and is trained with the readers' outlines (docs/detection.md).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from lungcad.config import DetectConfig
+from lungcad.core.acquisition import acquisition_notes
+from lungcad.core.cubes import extract_cube, mirror_pad_z, resample_box
+from lungcad.core.findings.lungrads import UNSIZED, lung_rads
+from lungcad.core.findings.measure import measure_mask, nodule_type
+from lungcad.core.io.series import AIR_HU, CtVolume
+from lungcad.core.lung_mask import LungMasks, lung_mask
+from lungcad.core.model.loading import resolve_amp
+from lungcad.core.model.network import window_hu
+from lungcad.core.model.predict import MASK_THRESHOLD, predict_hu_cubes
+
+#: Patches per forward pass of the dense pass.
+PATCHES_PER_PASS = 1
+#: A finding is a connected part of the map at this probability or above (chosen on the
+#: validation split; docs/detection.md).
+PROPOSAL_THRESHOLD = 0.3
+#: Smaller parts of the map are noise (a 3 mm nodule holds about 14 voxels of 1 mm).
+MIN_PART_VOXELS = 8
+#: The dense grid extends this far (mm) around the lung region: every voxel of the region
+#: is seen with the body around it, never at the grid's edge (the network's zero padding).
+GRID_MARGIN_MM = 16.0
+
+
+def dense_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the dense pass: ``auto`` is bf16 on a CPU with native bf16
+    (AVX512-BF16 or AMX: 4-6x faster 3D convolutions, BENCHMARKS.md) and AMP on CUDA, fp32
+    elsewhere; ``off`` is fp32."""
+    if amp == "auto" and device.type == "cpu":
+        native = (
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+        return torch.bfloat16 if native else None
+    return resolve_amp(amp, device)
+
+
+@dataclass(frozen=True)
+class DenseGrid:
+    """The 1 mm axis-aligned grid a scan's probability map lives on.
+
+    Attributes:
+        origin_mm: (x, y, z) patient mm of voxel (0, 0, 0)'s centre.
+        spacing_mm: edge of its cubic voxels.
+        hu: int16 (z, y, x) HU resampled onto it (air outside the scan).
+        region: bool (z, y, x): the lung region on it.
+    """
+
+    origin_mm: np.ndarray
+    spacing_mm: float
+    hu: np.ndarray
+    region: np.ndarray
+
+
+@dataclass(frozen=True)
+class DensePart:
+    """One connected part of the probability map: a finding's mask on the grid.
+
+    Attributes:
+        mask: bool (z, y, x) within ``box`` of the grid.
+        box: (z, y, x) slices of the grid the mask covers.
+        peak: the map's largest probability inside the part.
+    """
+
+    mask: np.ndarray
+    box: tuple[slice, slice, slice]
+    peak: float
+
+
+def region_grid(
+    volume: CtVolume, lungs: LungMasks, spacing_mm: float, margin_mm: float
+) -> DenseGrid:
+    """The lung region's bounding box in patient mm, resampled onto a ``spacing_mm`` grid
+    (HU linear, region nearest); an empty grid when no lung was found."""
+    blocks = np.argwhere(lungs.region)
+    if len(blocks) == 0:
+        empty = np.zeros((0, 0, 0))
+        return DenseGrid(np.zeros(3), spacing_mm, empty.astype(np.int16), empty.astype(bool))
+    step = np.array(lungs.step)
+    lo_zyx, hi_zyx = blocks.min(axis=0) * step, (blocks.max(axis=0) + 1) * step - 1
+    hi_zyx = np.minimum(hi_zyx, np.array(volume.hu.shape) - 1)
+    corners = np.array(
+        [
+            [x, y, z]
+            for z in (lo_zyx[0], hi_zyx[0])
+            for y in (lo_zyx[1], hi_zyx[1])
+            for x in (lo_zyx[2], hi_zyx[2])
+        ],
+        float,
+    )
+    mm = volume.geometry.index_to_mm(corners)
+    lo_mm, hi_mm = mm.min(axis=0) - margin_mm, mm.max(axis=0) + margin_mm
+    shape_xyz = np.floor((hi_mm - lo_mm) / spacing_mm + 1e-6).astype(int) + 1
+    # HU from the volume mirrored in z: a patch at the first or last slice sees anatomy
+    # continue, as the training cubes there do (``mirror_pad_z``), not a wall of air.
+    hu_padded, padded = mirror_pad_z(volume, 2 * margin_mm)
+    hu = resample_box(padded.to_sitk(hu_padded), lo_mm, tuple(shape_xyz[::-1]), spacing_mm, AIR_HU)
+    # the region's blocks as an image of their own: block (0, 0, 0)'s centre and block size
+    geometry = volume.geometry
+    block_image = sitk.GetImageFromArray(lungs.region.astype(np.uint8))
+    block_image.SetOrigin(tuple(float(v) for v in geometry.index_to_mm((step[::-1] - 1) / 2)))
+    block_image.SetSpacing(tuple(float(v) for v in geometry.spacing_mm * step[::-1]))
+    block_image.SetDirection(tuple(float(v) for v in geometry.direction.ravel()))
+    region = resample_box(block_image, lo_mm, tuple(shape_xyz[::-1]), spacing_mm, 0, nearest=True)
+    return DenseGrid(lo_mm, spacing_mm, hu, region.astype(bool))
+
+
+@torch.inference_mode()
+def probability_map(
+    model,
+    hu: np.ndarray,
+    window: tuple[float, float],
+    patch: int,
+    overlap: float,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """float32 (z, y, x) nodule probability of every voxel of a HU grid: the network's mask
+    decoder over overlapping ``patch``³ patches (Gaussian blending)."""
+    from monai.inferers import sliding_window_inference
+
+    device = torch.device(device)
+    x = window_hu(torch.from_numpy(np.ascontiguousarray(hu))[None, None], window)
+    model.eval()
+    with torch.autocast(
+        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+    ):
+        logits = sliding_window_inference(
+            x,
+            roi_size=(patch,) * 3,
+            sw_batch_size=PATCHES_PER_PASS,
+            predictor=lambda patch: model.mask_logits(patch).float(),
+            overlap=overlap,
+            mode="gaussian",
+            sw_device=device,
+            device=torch.device("cpu"),
+        )
+    return torch.sigmoid(logits[0, 0]).numpy()
+
+
+def map_parts(
+    prob: np.ndarray, region: np.ndarray, threshold: float = PROPOSAL_THRESHOLD
+) -> list[DensePart]:
+    """The connected parts (26-connected) of the map at ``threshold`` whose peak lies in the
+    lung region and that hold at least ``MIN_PART_VOXELS`` voxels, best peak first. Each
+    part's mask is its voxels at ``MASK_THRESHOLD`` or above, as a cube's mask is (a part
+    whose peak is lower: its voxels at half its peak or above)."""
+    labels, n = ndimage.label(prob >= threshold, structure=np.ones((3, 3, 3), bool))
+    parts = []
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        part = labels[box] == i
+        if part.sum() < MIN_PART_VOXELS:
+            continue
+        local = np.where(part, prob[box], -1.0)
+        peak_at = np.unravel_index(int(np.argmax(local)), part.shape)
+        if not region[box][peak_at]:
+            continue
+        peak = float(local[peak_at])
+        mask = local >= MASK_THRESHOLD
+        if mask.sum() < MIN_PART_VOXELS:
+            mask = local >= peak / 2
+        parts.append(DensePart(mask, box, peak))
+    return sorted(parts, key=lambda p: -p.peak)
+
+
+def detect_volume_dense(
+    volume: CtVolume,
+    model,
+    window: tuple[float, float],
+    detector,
+    config: DetectConfig,
+    device: torch.device | str = "cpu",
+):
+    """Find the nodules of one HU volume in one dense pass (module docstring); the same
+    ``ScanDetections`` as the cube detector, ``candidates`` holding the findings themselves
+    (there is no candidate stage)."""
+    import pandas as pd
+
+    from lungcad.detection.detector import FINDING_COLUMNS, ScanDetections
+
+    device = torch.device(device)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    lungs = lung_mask(
+        volume.hu, volume.geometry, detector.lung_dilation_mm, detector.lung_closing_mm
+    )
+    seconds["lung_mask"] = time.perf_counter() - t
+    notes = list(acquisition_notes(volume.geometry, lungs))
+    attr_columns = [f"attr_{name}" for name in model.output_names]
+    columns = [*FINDING_COLUMNS, *attr_columns]
+    t = time.perf_counter()
+    grid = region_grid(volume, lungs, detector.spacing_mm, GRID_MARGIN_MM)
+    seconds["resample"] = time.perf_counter() - t
+    if grid.hu.size == 0:
+        notes.append("no lung found (no air region inside the body): nothing searched")
+        empty = pd.DataFrame(columns=columns)
+        return ScanDetections(volume.series_uid, volume.patient_id, empty, empty, seconds, notes)
+    t = time.perf_counter()
+    amp = dense_amp(config.amp, device)
+    prob = probability_map(model, grid.hu, window, config.patch, config.overlap, device, amp)
+    parts = map_parts(prob, grid.region)
+    rows, masks = [], {}
+    for part in parts:
+        lo = np.array([s.start for s in part.box])  # (z, y, x) on the grid
+        origin = grid.origin_mm + lo[::-1] * grid.spacing_mm
+        hu = grid.hu[part.box]
+        measures = measure_mask(part.mask, origin, grid.spacing_mm, hu)
+        masks[len(rows)] = (part.mask, origin, grid.spacing_mm)
+        rows.append(
+            {
+                "coordX": measures.centroid_mm[0],
+                "coordY": measures.centroid_mm[1],
+                "coordZ": measures.centroid_mm[2],
+                "probability": part.peak,
+                "map_peak": part.peak,
+                "diameter_mm": measures.diameter_mm,
+                "mean_diameter_mm": measures.mean_diameter_mm,
+                "volume_mm3": measures.volume_mm3,
+                "solid_diameter_mm": measures.solid_mean_diameter_mm,
+                "sizing": "mask",
+                "cubes": 1,
+                "candidate_score": np.nan,
+                "_measures": measures,
+            }
+        )
+    if rows:
+        centres = np.array([[r["coordX"], r["coordY"], r["coordZ"]] for r in rows])
+        hu_pad, geometry = mirror_pad_z(volume, detector.cube_size * detector.spacing_mm)
+        image = geometry.to_sitk(hu_pad)
+        cubes = np.stack(
+            [extract_cube(image, c, detector.cube_size, detector.spacing_mm) for c in centres]
+        )
+        cube_p, mal, attrs = predict_hu_cubes(
+            model, cubes, window, device, detector.batch_size, named_outputs=True
+        )
+        for i, row in enumerate(rows):
+            row["malignancy"] = float(np.clip(mal[i], 1.0, 5.0))
+            row["cube_probability"] = float(cube_p[i])
+            row["probability"] = _score(row["map_peak"], row["cube_probability"], config.score)
+            for j, column in enumerate(attr_columns):
+                row[column] = float(attrs[i, j])
+            texture = row.get("attr_texture")
+            measures = row.pop("_measures")
+            row["type"] = nodule_type(texture, measures)
+            row["lung_rads"] = (
+                lung_rads(row["type"], measures.mean_diameter_mm, measures.solid_mean_diameter_mm)
+                if not measures.empty
+                else UNSIZED
+            )
+    seconds["scoring"] = time.perf_counter() - t
+    scored = pd.DataFrame(rows, columns=[*columns, "map_peak", "cube_probability"])
+    order = np.argsort(-scored["probability"].to_numpy(float), kind="stable")
+    scored = scored.iloc[order].reset_index(drop=True)
+    masks = {new: masks[int(old)] for new, old in enumerate(order)}
+    return ScanDetections(
+        volume.series_uid, volume.patient_id, scored, scored[columns], seconds, notes, masks
+    )
+
+
+def _score(peak: float, cube: float, how: str) -> float:
+    """A finding's probability from its map peak and its cube's detection probability."""
+    if how == "peak":
+        return peak
+    if how == "cube":
+        return cube
+    return float(np.sqrt(peak * cube))

@@ -1,0 +1,154 @@
+"""The dense detector with known geometry: the lung region's 1 mm grid where the patient mm
+say, the sliding window's patches blended into one map whatever their size, one finding per
+blob of the map at its patient position and size, and odd scans processed, not crashed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lungcad.config import CandidatesConfig, DetectConfig, PreprocessConfig
+from lungcad.core.io.geometry import VolumeGeometry
+from lungcad.core.io.series import CtVolume
+from lungcad.core.lung_mask import LungMasks, lung_mask
+from lungcad.core.model.loading import CubeCut
+from lungcad.detection.dense import (
+    detect_volume_dense,
+    map_parts,
+    probability_map,
+    region_grid,
+)
+from lungcad.detection.detector import FINDING_COLUMNS, detector_config
+from tests.detection.test_candidates import ORIGIN, synthetic_chest
+
+#: Solid spheres (centre mm, diameter mm) drawn at ``BALL_HU``, denser than the chest wall
+#: and the vessels, so a voxel-wise HU band finds them and nothing else.
+BALLS = [((-45.0, -5.0, 0.0), 8.0), ((40.0, 10.0, -10.0), 12.0), ((50.0, -20.0, 20.0), 18.0)]
+BALL_HU = 300
+WINDOW = (-1000.0, 400.0)
+
+
+class BandNet(nn.Module):
+    """A voxel-wise stand-in for a trained decoder: mask logit high where the HU is above
+    200 (the balls), so the map is known exactly; heads that say malignancy 4."""
+
+    segments = True
+    n_attributes = 0
+    output_names: tuple[str, ...] = ()
+
+    def mask_logits(self, x: torch.Tensor) -> torch.Tensor:
+        cut = (200.0 - WINDOW[0]) / (WINDOW[1] - WINDOW[0])
+        return (x - cut) * 200.0
+
+    def forward(self, x: torch.Tensor, with_mask: bool = False, mask_rows=None):
+        n = len(x)
+        out = (x.new_full((n,), 2.0), x.new_full((n,), 4.0), x.new_zeros(n, 0), x.new_zeros(n, 0))
+        return (*out, x.new_zeros(n, 0)) if with_mask else out
+
+
+def _chest(**kwargs) -> CtVolume:
+    hu, geometry = synthetic_chest(spheres=[], **kwargs)
+    k, j, i = np.indices(hu.shape, dtype=np.float32)
+    x, y, z = (geometry.origin_mm[a] + n * geometry.spacing_mm[a] for a, n in enumerate((i, j, k)))
+    for (cx, cy, cz), d in BALLS:
+        hu[(x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 <= (d / 2) ** 2] = BALL_HU
+    z_mm = geometry.origin_mm[2] + geometry.spacing_mm[2] * np.arange(hu.shape[0])
+    return CtVolume(hu, geometry, "1.2.3", "1.2", "P", z_mm)
+
+
+def _detector():
+    return detector_config(CubeCut(PreprocessConfig(), CandidatesConfig()), DetectConfig())
+
+
+@pytest.fixture(scope="module")
+def chest() -> CtVolume:
+    return _chest()
+
+
+def test_each_ball_is_one_finding_at_its_patient_position_and_size(chest) -> None:
+    det = detect_volume_dense(chest, BandNet(), WINDOW, _detector(), DetectConfig(patch=64))
+    found = det.findings
+    assert list(found.columns) == FINDING_COLUMNS
+    assert len(found) == len(BALLS), found
+    centres = found[["coordX", "coordY", "coordZ"]].to_numpy()
+    for centre, diameter in BALLS:
+        d = np.linalg.norm(centres - np.array(centre), axis=1)
+        row = found.iloc[int(np.argmin(d))]
+        assert d.min() < 1.0  # the mask's centroid, in patient mm
+        assert row["diameter_mm"] == pytest.approx(diameter, rel=0.2)
+        assert row["malignancy"] == 4.0 and row["sizing"] == "mask"
+        assert row["lung_rads"] != "n/a"
+    # Each finding's mask is kept for the SEG, the figures and the Dice.
+    assert sorted(det.masks) == list(range(len(BALLS)))
+
+
+def test_the_map_is_the_same_whatever_the_patch_size(chest) -> None:
+    lungs = lung_mask(chest.hu, chest.geometry)
+    grid = region_grid(chest, lungs, 1.0, 4.0)
+    small = probability_map(BandNet(), grid.hu, WINDOW, 32, 0.5)
+    whole = probability_map(BandNet(), grid.hu, WINDOW, max(grid.hu.shape), 0.0)
+    assert small.shape == grid.hu.shape
+    np.testing.assert_allclose(small, whole, atol=1e-5)
+
+
+def test_the_grid_puts_every_voxel_at_its_patient_position() -> None:
+    # An anisotropic scan with one bright voxel at a known position (on a whole mm).
+    spacing = np.array([0.7, 0.9, 2.5])
+    origin = np.array([-30.0, 12.0, -200.0])
+    hu = np.full((20, 60, 50), -1000, np.int16)
+    hu[10, 30, 20] = 1000
+    geometry = VolumeGeometry(origin, spacing, np.eye(3), hu.shape)
+    volume = CtVolume(hu, geometry, "1", "1", "P", origin[2] + spacing[2] * np.arange(20))
+    lungs = LungMasks(np.ones((4, 6, 5), bool), np.ones((4, 6, 5), bool), (5, 10, 10))
+    grid = region_grid(volume, lungs, 1.0, 0.0)
+    bright_mm = geometry.index_to_mm(np.array([20.0, 30.0, 10.0]))
+    at = np.rint((bright_mm - grid.origin_mm) / grid.spacing_mm).astype(int)[::-1]
+    assert grid.hu[tuple(at)] == 1000
+    assert np.unravel_index(np.argmax(grid.hu), grid.hu.shape) == tuple(at)
+    # The grid spans the scan: from voxel (0, 0, 0) to within 1 mm of the last one.
+    np.testing.assert_allclose(grid.origin_mm, origin)
+    extent = spacing * (np.array(hu.shape[::-1]) - 1)
+    np.testing.assert_array_equal(np.array(grid.hu.shape[::-1]) - 1, np.floor(extent))
+    assert grid.region.all()
+
+
+def test_parts_outside_the_lung_and_specks_are_not_findings() -> None:
+    prob = np.zeros((40, 40, 40), np.float32)
+    zz, yy, xx = np.indices(prob.shape)
+    prob[(zz - 10) ** 2 + (yy - 10) ** 2 + (xx - 10) ** 2 <= 9] = 0.8  # in the lung
+    prob[(zz - 30) ** 2 + (yy - 30) ** 2 + (xx - 30) ** 2 <= 16] = 0.95  # in the lung
+    prob[(zz - 10) ** 2 + (yy - 30) ** 2 + (xx - 30) ** 2 <= 9] = 0.99  # outside it
+    prob[20, 20, 20:22] = 0.99  # a two-voxel speck
+    region = np.ones(prob.shape, bool)
+    region[:20, 20:, 20:] = False
+    parts = map_parts(prob, region)
+    assert [round(p.peak, 2) for p in parts] == [0.95, 0.8]
+    assert parts[0].mask.sum() == np.count_nonzero(prob == np.float32(0.95))
+
+
+@pytest.mark.parametrize(
+    "hu",
+    [
+        np.full((6, 64, 64), 40, np.int16),  # no air inside a body: no lung
+        np.full((1, 80, 80), -900, np.int16),  # one slice, all of it lung-dark
+    ],
+    ids=["no lung", "one slice"],
+)
+def test_scans_without_a_lung_or_with_one_slice_are_processed(hu) -> None:
+    geometry = VolumeGeometry(np.zeros(3), np.array([1.0, 1.0, 2.0]), np.eye(3), hu.shape)
+    volume = CtVolume(hu, geometry, "1", "1", "P", np.arange(len(hu)) * 2.0)
+    det = detect_volume_dense(volume, BandNet(), WINDOW, _detector(), DetectConfig())
+    assert list(det.findings.columns) == FINDING_COLUMNS and det.findings.empty
+
+
+def test_a_scan_smaller_than_a_patch_is_searched_whole() -> None:
+    # 24 slices from z = -20 mm: the first two balls, not the third; every side of the
+    # lung region's grid is shorter than the patch.
+    volume = _chest(shape=(24, 200, 250), origin=np.array([ORIGIN[0], ORIGIN[1], -20.0]))
+    det = detect_volume_dense(volume, BandNet(), WINDOW, _detector(), DetectConfig(patch=256))
+    centres = det.findings[["coordX", "coordY", "coordZ"]].to_numpy()
+    assert len(centres) == 2
+    for centre, _ in BALLS[:2]:
+        assert np.linalg.norm(centres - np.array(centre), axis=1).min() < 1.0
