@@ -97,7 +97,7 @@ DETECTION_COLUMNS = [
     "patient_id",
     *(c for c in FINDING_COLUMNS[4:] if c != "candidate_score"),
 ]
-STEPS = ("read", "lung_mask", "candidates", "resample", "scoring")
+STEPS = ("read", "lung_mask", "candidates", "resample", "scoring", "heads")
 
 
 @dataclass(frozen=True)

@@ -227,6 +227,8 @@ def detect_volume_dense(
     amp = dense_amp(config.amp, device)
     prob = probability_map(model, grid.hu, window, config.patch, config.overlap, device, amp)
     parts = map_parts(prob, grid.region)
+    seconds["scoring"] = time.perf_counter() - t
+    t = time.perf_counter()
     rows, masks = [], {}
     for part in parts:
         lo = np.array([s.start for s in part.box])  # (z, y, x) on the grid
@@ -259,7 +261,7 @@ def detect_volume_dense(
             [extract_cube(image, c, detector.cube_size, detector.spacing_mm) for c in centres]
         )
         cube_p, mal, attrs = predict_hu_cubes(
-            model, cubes, window, device, detector.batch_size, named_outputs=True
+            model, cubes, window, device, detector.batch_size, amp, named_outputs=True
         )
         for i, row in enumerate(rows):
             row["malignancy"] = float(np.clip(mal[i], 1.0, 5.0))
@@ -275,7 +277,7 @@ def detect_volume_dense(
                 if not measures.empty
                 else UNSIZED
             )
-    seconds["scoring"] = time.perf_counter() - t
+    seconds["heads"] = time.perf_counter() - t
     scored = pd.DataFrame(rows, columns=[*columns, "map_peak", "cube_probability"])
     order = np.argsort(-scored["probability"].to_numpy(float), kind="stable")
     scored = scored.iloc[order].reset_index(drop=True)

@@ -263,7 +263,7 @@ def evaluate_detection(
         "nodules_in_scans_not_usable": missed,
         "ci_resamples": "patients",
     }
-    for step in ("read", "lung_mask", "candidates", "scoring"):
+    for step in ("read", "lung_mask", "candidates", "resample", "scoring", "heads"):
         if f"seconds_{step}" in ok:
             metrics[f"seconds_{step}"] = float(ok[f"seconds_{step}"].mean())
     metrics = {
@@ -357,6 +357,15 @@ def read_findings(path: Path, what: str) -> pd.DataFrame:
     return table
 
 
+def _steps(m: dict) -> str:
+    """The mean seconds of each step a run timed, in the order they run."""
+    names = {"lung_mask": "lung mask", "heads": "heads on the findings' cubes"}
+    steps = ("read", "lung_mask", "candidates", "resample", "scoring", "heads")
+    return ", ".join(
+        f"{names.get(k, k)} {_fmt(m[f'seconds_{k}'])}" for k in steps if f"seconds_{k}" in m
+    )
+
+
 def _fmt(v) -> str:
     return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
@@ -385,10 +394,9 @@ Detections: {detection_dir} ({m["n_scans"]} scans, {m["n_nodules"]} reference no
 Candidate stage: sensitivity {_fmt(m["candidate_sensitivity"])} ({m["candidate_hits"]} of
 {m["n_nodules"]} nodules) with {_fmt(m["candidates_per_scan"])} candidates per scan.
 
-Seconds per scan: {_fmt(m["seconds_per_scan"])} (read {_fmt(m.get("seconds_read"))}, lung mask
-{_fmt(m.get("seconds_lung_mask"))}, candidates {_fmt(m.get("seconds_candidates"))}, scoring
-{_fmt(m.get("seconds_scoring"))}). Scans not usable: {m["scans_not_usable"]} (counted as scans
-without findings: their {m["nodules_in_scans_not_usable"]} reference nodules are missed).
+Seconds per scan: {_fmt(m["seconds_per_scan"])} ({_steps(m)}).
+Scans not usable: {m["scans_not_usable"]} (counted as scans without findings: their
+{m["nodules_in_scans_not_usable"]} reference nodules are missed).
 
 ![FROC](froc.png)
 

@@ -125,10 +125,7 @@ class MultiTaskLoss(torch.nn.Module):
         if mask_logit is not None and mask_logit.shape[1] and mask_target is not None:
             mask_logit = mask_logit.float()
             is_nodule = label if mask_label is None else mask_label
-            seg = nodule_dice_loss(
-                mask_logit, mask_target, is_nodule, per_cube=self.dice_per_cube
-            ) + (
-                F.binary_cross_entropy_with_logits(mask_logit, mask_target)
-            )
+            dice = nodule_dice_loss(mask_logit, mask_target, is_nodule, per_cube=self.dice_per_cube)
+            seg = dice + F.binary_cross_entropy_with_logits(mask_logit, mask_target)
             total = total + self.lambda_seg * seg
         return total, det, mal, attr, seg
