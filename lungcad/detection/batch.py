@@ -59,6 +59,13 @@ from lungcad.core.annotations.luna16 import (
 )
 from lungcad.core.candidates import CANDIDATE_COLUMNS
 from lungcad.core.findings.lungrads import LUNG_RADS_LABEL, scan_category
+from lungcad.core.findings.record import (
+    LUNA16,
+    MEASURE,
+    PROVENANCE,
+    READING,
+    finding_columns,
+)
 from lungcad.core.io.nifti import write_mask_nifti
 from lungcad.core.io.scans import Problem, ScanSource, find_scans
 from lungcad.core.model.cam_findings import explain_findings, finding_stem
@@ -73,7 +80,6 @@ from lungcad.core.outputs import (
 from lungcad.core.runner import ScanParts
 from lungcad.detection.dense import detect_volume_dense
 from lungcad.detection.detector import (
-    FINDING_COLUMNS,
     detect_volume,
     detector_config,
     offcentre_recut,
@@ -93,9 +99,9 @@ log = logging.getLogger(__name__)
 #: LUNA16's submission columns first, then the patient and the findings' own columns.
 DETECTION_COLUMNS = [
     "seriesuid",
-    *FINDING_COLUMNS[:4],  # coordX, coordY, coordZ, probability
+    *finding_columns(LUNA16),
     "patient_id",
-    *(c for c in FINDING_COLUMNS[4:] if c != "candidate_score"),
+    *(c for c in finding_columns(READING, MEASURE, PROVENANCE) if c != "candidate_score"),
 ]
 STEPS = ("read", "lung_mask", "candidates", "resample", "scoring", "heads")
 

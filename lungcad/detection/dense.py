@@ -31,6 +31,7 @@ from lungcad.core.acquisition import acquisition_notes
 from lungcad.core.cubes import extract_cube, mirror_pad_z, resample_box
 from lungcad.core.findings.lungrads import UNSIZED, lung_rads
 from lungcad.core.findings.measure import measure_mask, nodule_type
+from lungcad.core.findings.record import FINDING_COLUMNS
 from lungcad.core.io.series import AIR_HU, CtVolume
 from lungcad.core.lung_mask import LungMasks, lung_mask
 from lungcad.core.model.loading import resolve_amp
@@ -204,7 +205,7 @@ def detect_volume_dense(
     (there is no candidate stage)."""
     import pandas as pd
 
-    from lungcad.detection.detector import FINDING_COLUMNS, ScanDetections
+    from lungcad.detection.detector import ScanDetections
 
     device = torch.device(device)
     seconds: dict[str, float] = {}

@@ -32,6 +32,7 @@ from lungcad.core.cubes import extract_cube, mirror_pad_z
 from lungcad.core.findings.lungrads import UNSIZED, lung_rads
 from lungcad.core.findings.measure import measure_mask, nodule_type
 from lungcad.core.findings.merge import FindingMask, cube_finding_mask, fuse_masks, group_findings
+from lungcad.core.findings.record import FINDING_COLUMNS
 from lungcad.core.io.series import CtVolume
 from lungcad.core.lung_mask import lung_mask
 from lungcad.core.model.loading import CubeCut
@@ -43,26 +44,6 @@ LUNG_HU = -850.0
 #: Diameters are measured in the central 40 voxels (40 mm) of the cube: LIDC nodules are
 #: at most 30 mm; bigger masses are reported as about 40 mm.
 MEASURE_HALF_VOXELS = 20
-
-FINDING_COLUMNS = [
-    "coordX",
-    "coordY",
-    "coordZ",
-    "probability",
-    "malignancy",
-    "diameter_mm",
-    "mean_diameter_mm",
-    "volume_mm3",
-    "type",
-    "solid_diameter_mm",
-    "lung_rads",
-    "sizing",
-    "cubes",
-    "candidate_score",
-]
-#: ``sizing`` says how a finding was sized: "mask" (its fused predicted mask), "cube centre"
-#: (the dense part at its cube's centre: a model without the decoder) or "n/a" (the decoder
-#: outlined nothing).
 
 
 @dataclass(frozen=True)
@@ -360,7 +341,8 @@ def detect_volume(
     elif len(scored):
         nodules, fused = mask_findings(scored, masks)
     else:
-        nodules = scored.reindex(columns=[*scored.columns, *FINDING_COLUMNS[6:]])
+        missing = [c for c in FINDING_COLUMNS if c not in scored.columns]
+        nodules = scored.reindex(columns=[*scored.columns, *missing])
     # Findings without a mask (and those of a model without the decoder): box NMS.
     box_mm = nodules["diameter_mm"].fillna(nodules["blob_diameter_mm"]).to_numpy(float)
     keep = nms_mm(

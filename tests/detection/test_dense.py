@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lungcad.config import CandidatesConfig, DetectConfig, PreprocessConfig
+from lungcad.core.findings.record import FINDING_COLUMNS
 from lungcad.core.io.geometry import VolumeGeometry
 from lungcad.core.io.series import CtVolume
 from lungcad.core.lung_mask import LungMasks, lung_mask
@@ -20,7 +21,7 @@ from lungcad.detection.dense import (
     probability_map,
     region_grid,
 )
-from lungcad.detection.detector import FINDING_COLUMNS, detector_config
+from lungcad.detection.detector import detector_config
 from tests.detection.test_candidates import ORIGIN, synthetic_chest
 
 #: Solid spheres (centre mm, diameter mm) drawn at ``BALL_HU``, denser than the chest wall
