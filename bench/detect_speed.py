@@ -28,7 +28,7 @@ import torch
 
 from lungcad.config import load_params
 from lungcad.core.io.scans import find_scans
-from lungcad.core.model.loading import CubeCut, cube_cut, load_model
+from lungcad.core.model.loading import CubeCut, LoadedModel, load
 from lungcad.core.model.network import NoduleNet
 from lungcad.detection.batch import DetectSettings, _write_dicom
 from lungcad.detection.dense import detect_volume_dense
@@ -54,21 +54,18 @@ def main() -> None:
     params = load_params(args.params)
     if args.random_model:
         torch.manual_seed(0)
-        config = params.train
-        model = NoduleNet(config.model).to(device).eval()
-        cut = CubeCut(params.preprocess, params.candidates)
+        network = NoduleNet(params.train.model).to(device).eval()
+        loaded = LoadedModel(network, params.train, CubeCut(params.preprocess, params.candidates))
     else:
-        model, config = load_model(args.model, device)
-        cut = cube_cut(args.model)
-    window = tuple(config.window_hu)
-    detect_config = detector_config(cut, params.detect)
+        loaded = load(args.model, device)
+    detect_config = detector_config(loaded.cut, params.detect)
     print(f"settings: {detect_config}; detector {params.detect.detector}")
     settings = DetectSettings(detect=params.detect, figures=False, explain=False)
 
     def detect(volume):
         if params.detect.detector == "dense":
-            return detect_volume_dense(volume, model, window, detect_config, params.detect, device)
-        return detect_volume(volume, model, window, detect_config, device)
+            return detect_volume_dense(volume, loaded, detect_config, params.detect, device)
+        return detect_volume(volume, loaded, detect_config, device)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.root or tmp)

@@ -41,7 +41,7 @@ from lungcad.core.annotations.nodules import cluster_nodules
 from lungcad.core.findings.measure import measure_mask
 from lungcad.core.io.scans import find_scans
 from lungcad.core.lung_mask import lung_mask
-from lungcad.core.model.loading import load_model_and_cut
+from lungcad.core.model.loading import load
 from lungcad.detection.detector import detect_volume, detector_config
 from lungcad.detection.froc_report import wilson
 from lungcad.phantom.writer import write_phantom_scan
@@ -160,8 +160,8 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     threshold = params.detect.threshold if args.threshold is None else args.threshold
-    model, train_config, cut = load_model_and_cut(args.model)
-    config = detector_config(cut, params.detect)
+    loaded = load(args.model)
+    config = detector_config(loaded.cut, params.detect)
     db = LidcDatabase()
     scans = eligible_scans(db, dataset_patients(args.index), args.seed, max_slices=400)
     rng = np.random.default_rng(args.seed)
@@ -196,9 +196,7 @@ def main() -> None:
                 draw_lesion(hu, volume.geometry, c, d, int(rng.integers(1 << 30)))
                 for _, c, d in lesions
             ]
-            found = detect_volume(
-                replace(volume, hu=hu), model, tuple(train_config.window_hu), config
-            )
+            found = detect_volume(replace(volume, hu=hu), loaded, config)
             every = found.findings
             f = every[every["probability"] >= threshold]
             if len(rows) == 0:

@@ -84,7 +84,7 @@ def explain(
     """Heat maps (NIfTI in patient mm, pictures) and how right they are (pointing game,
     randomised-weights sanity check, patient-bootstrap CIs)."""
     from lungcad.config import load_params, with_changes
-    from lungcad.core.model.loading import load_model_and_cut
+    from lungcad.core.model.loading import load
     from lungcad.explain.cubes import explain_dataset
     from lungcad.tracking.model_ref import resolve_checkpoint
 
@@ -100,8 +100,8 @@ def explain(
     require_tracking_for(model)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, label = resolve_checkpoint(model, tmp)
-        net, train_config, cut = load_model_and_cut(checkpoint)
-    window = tuple(train_config.window_hu)
+        loaded = load(checkpoint)
+    net, cut, window = loaded.network, loaded.cut, loaded.window
     if findings is not None:
         from lungcad.core.model.cam import CamSettings
         from lungcad.explain.detections import explain_detection_run

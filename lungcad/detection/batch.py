@@ -124,18 +124,18 @@ _MODEL_CACHE: dict[str, tuple] = {}
 
 
 def _model(checkpoint: str, detect: DetectConfig):
-    """(network, train settings, detector settings, Grad-CAM explainer of its detection
-    logit), once per process."""
+    """(the loaded model, detector settings, Grad-CAM explainer of its detection logit),
+    once per process."""
     key = f"{checkpoint}:{detect.model_dump_json()}"
     if key not in _MODEL_CACHE:
         from lungcad.core.model.cam import CubeExplainer
-        from lungcad.core.model.loading import load_model_and_cut
+        from lungcad.core.model.loading import load
 
         _MODEL_CACHE.clear()
-        model, config, cut = load_model_and_cut(checkpoint, "cpu")
-        detector = detector_config(cut, detect)
-        explainer = CubeExplainer(model, tuple(config.window_hu))
-        _MODEL_CACHE[key] = model, config, detector, explainer
+        loaded = load(checkpoint, "cpu")
+        detector = detector_config(loaded.cut, detect)
+        explainer = CubeExplainer(loaded.network, loaded.window)
+        _MODEL_CACHE[key] = loaded, detector, explainer
     return _MODEL_CACHE[key]
 
 
@@ -277,13 +277,12 @@ def _detect_scan(
     t = time.perf_counter()
     volume = source.read(settings.read)
     read_s = time.perf_counter() - t
-    model, train_config, detector, explainer = _model(checkpoint, settings.detect)
+    loaded, detector, explainer = _model(checkpoint, settings.detect)
+    model = loaded.network
     if settings.detect.detector == "dense":
-        det = detect_volume_dense(
-            volume, model, tuple(train_config.window_hu), detector, settings.detect
-        )
+        det = detect_volume_dense(volume, loaded, detector, settings.detect)
     else:
-        det = detect_volume(volume, model, tuple(train_config.window_hu), detector)
+        det = detect_volume(volume, loaded, detector)
     ref = lidc_reference(volume, LidcDatabase(db_path)) if db_path else None
     offcentre = pointing = dice = empty
     if ref is not None and (settings.offcentre or model.segments):
@@ -291,9 +290,7 @@ def _detect_scan(
         if model.segments:
             dice = finding_dice(ref[0], det.findings, det.masks, readers, detector.cube_size)
         if settings.offcentre:
-            offcentre = offcentre_recut(
-                volume, ref[0], model, tuple(train_config.window_hu), detector
-            )
+            offcentre = offcentre_recut(volume, ref[0], loaded, detector)
             pointing = _pointing(volume, ref[0], offcentre, readers, explainer, detector)
     with atomic_path(part, f"the detections of scan {source.series_uid}") as tmp:
         for folder in PART_FOLDERS:

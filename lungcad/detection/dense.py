@@ -34,9 +34,10 @@ from lungcad.core.findings.measure import measure_mask, nodule_type
 from lungcad.core.findings.record import FINDING_COLUMNS
 from lungcad.core.io.series import AIR_HU, CtVolume
 from lungcad.core.lung_mask import LungMasks, lung_mask
-from lungcad.core.model.loading import resolve_amp
+from lungcad.core.model.loading import LoadedModel, resolve_amp
 from lungcad.core.model.network import window_hu
 from lungcad.core.model.predict import MASK_THRESHOLD, predict_hu_cubes
+from lungcad.detection.detector import DetectorConfig, ScanDetections
 
 #: Patches per forward pass of the dense pass.
 PATCHES_PER_PASS = 1
@@ -194,9 +195,8 @@ def map_parts(
 
 def detect_volume_dense(
     volume: CtVolume,
-    model,
-    window: tuple[float, float],
-    detector,
+    loaded: LoadedModel,
+    detector: DetectorConfig,
     config: DetectConfig,
     device: torch.device | str = "cpu",
 ):
@@ -205,7 +205,7 @@ def detect_volume_dense(
     (there is no candidate stage)."""
     import pandas as pd
 
-    from lungcad.detection.detector import ScanDetections
+    model, window = loaded.network, loaded.window
 
     device = torch.device(device)
     seconds: dict[str, float] = {}

@@ -35,8 +35,7 @@ from lungcad.core.findings.merge import FindingMask, cube_finding_mask, fuse_mas
 from lungcad.core.findings.record import FINDING_COLUMNS
 from lungcad.core.io.series import CtVolume
 from lungcad.core.lung_mask import lung_mask
-from lungcad.core.model.loading import CubeCut
-from lungcad.core.model.network import NoduleNet
+from lungcad.core.model.loading import CubeCut, LoadedModel
 from lungcad.core.model.predict import predict_hu_cubes
 
 #: Aerated lung (HU), the background a ground-glass nodule is measured against.
@@ -179,8 +178,7 @@ def cube_diameter_mm(cube: np.ndarray, spacing_mm: float, fallback_mm: float) ->
 def score_cubes(
     volume: CtVolume,
     centres_mm: np.ndarray,
-    model: NoduleNet,
-    window_hu: tuple[float, float],
+    loaded: LoadedModel,
     config: DetectorConfig,
     device: torch.device,
     blob_diameters_mm: np.ndarray,
@@ -190,6 +188,7 @@ def score_cubes(
     the attributes on their LIDC scales, the readers' predicted malignancy sd) of the cube
     centred on each point, and each cube's nodule mask in patient mm (None without the
     decoder)."""
+    model, window_hu = loaded.network, loaded.window
     segments = model.segments
     if len(centres_mm) == 0:
         empty = np.zeros((0, len(model.output_names)), np.float32)
@@ -287,8 +286,7 @@ def mask_findings(
 
 def detect_volume(
     volume: CtVolume,
-    model: NoduleNet,
-    window_hu: tuple[float, float],
+    loaded: LoadedModel,
     config: DetectorConfig | None = None,
     device: torch.device | str = "cpu",
 ) -> ScanDetections:
@@ -318,10 +316,10 @@ def detect_volume(
     t = time.perf_counter()
     centres = cands[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float)
     prob, mal, size, attrs, masks = score_cubes(
-        volume, centres, model, window_hu, config, device, cands["diameter_mm"].to_numpy(float)
+        volume, centres, loaded, config, device, cands["diameter_mm"].to_numpy(float)
     )
     cands = cands.assign(probability=prob, malignancy=mal, blob_diameter_mm=cands["diameter_mm"])
-    attr_columns = [f"attr_{name}" for name in model.output_names]
+    attr_columns = [f"attr_{name}" for name in loaded.network.output_names]
     for i, column in enumerate(attr_columns):  # the readers' attributes (and sd), as predicted
         cands[column] = attrs[:, i]
     cands["diameter_mm"] = size
@@ -372,8 +370,7 @@ OFFCENTRE_MM = (8.0, 14.0)
 def offcentre_recut(
     volume: CtVolume,
     reference: pd.DataFrame,
-    model: NoduleNet,
-    window_hu: tuple[float, float],
+    loaded: LoadedModel,
     config: DetectorConfig,
     moves: int = 2,
     seed: int = 0,
@@ -400,8 +397,7 @@ def offcentre_recut(
     prob, _, _, _, masks = score_cubes(
         volume,
         np.array(centres),
-        model,
-        window_hu,
+        loaded,
         config,
         torch.device("cpu"),
         np.full(len(centres), np.nan),

@@ -105,13 +105,12 @@ class LungcadPyfunc(PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from lungcad.core.model.loading import load_model_and_cut, resolve_amp
+        from lungcad.core.model.loading import load, resolve_amp
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.config, cut = load_model_and_cut(
-            context.artifacts["checkpoint"], self.device
-        )
-        self.spacing_mm = float(cut.preprocess.spacing_mm)
+        loaded = load(context.artifacts["checkpoint"], self.device)
+        self.model, self.config = loaded.network, loaded.config
+        self.spacing_mm = float(loaded.cut.preprocess.spacing_mm)
         self.amp_dtype = resolve_amp(self.config.amp, self.device)
         config = context.model_config or {}
         self.threshold = float(config["threshold"]) if "threshold" in config else None

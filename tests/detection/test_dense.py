@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from lungcad.config import CandidatesConfig, DetectConfig, PreprocessConfig
+from lungcad.config import CandidatesConfig, DetectConfig, PreprocessConfig, TrainConfig
 from lungcad.core.findings.record import FINDING_COLUMNS
 from lungcad.core.io.geometry import VolumeGeometry
 from lungcad.core.io.series import CtVolume
 from lungcad.core.lung_mask import LungMasks, lung_mask
-from lungcad.core.model.loading import CubeCut
+from lungcad.core.model.loading import CubeCut, LoadedModel
 from lungcad.detection.dense import (
     detect_volume_dense,
     map_parts,
@@ -49,6 +49,12 @@ class BandNet(nn.Module):
         return (*out, x.new_zeros(n, 0)) if with_mask else out
 
 
+#: The stand-in as a loaded model: the network, its window and the default cube settings.
+BAND = LoadedModel(
+    BandNet(), TrainConfig(window_hu=WINDOW), CubeCut(PreprocessConfig(), CandidatesConfig())
+)
+
+
 def _chest(**kwargs) -> CtVolume:
     hu, geometry = synthetic_chest(spheres=[], **kwargs)
     k, j, i = np.indices(hu.shape, dtype=np.float32)
@@ -69,7 +75,7 @@ def chest() -> CtVolume:
 
 
 def test_each_ball_is_one_finding_at_its_patient_position_and_size(chest) -> None:
-    det = detect_volume_dense(chest, BandNet(), WINDOW, _detector(), DetectConfig(patch=64))
+    det = detect_volume_dense(chest, BAND, _detector(), DetectConfig(patch=64))
     found = det.findings
     assert list(found.columns) == FINDING_COLUMNS
     assert len(found) == len(BALLS), found
@@ -140,7 +146,7 @@ def test_parts_outside_the_lung_and_specks_are_not_findings() -> None:
 def test_scans_without_a_lung_or_with_one_slice_are_processed(hu) -> None:
     geometry = VolumeGeometry(np.zeros(3), np.array([1.0, 1.0, 2.0]), np.eye(3), hu.shape)
     volume = CtVolume(hu, geometry, "1", "1", "P", np.arange(len(hu)) * 2.0)
-    det = detect_volume_dense(volume, BandNet(), WINDOW, _detector(), DetectConfig())
+    det = detect_volume_dense(volume, BAND, _detector(), DetectConfig())
     assert list(det.findings.columns) == FINDING_COLUMNS and det.findings.empty
 
 
@@ -148,7 +154,7 @@ def test_a_scan_smaller_than_a_patch_is_searched_whole() -> None:
     # 24 slices from z = -20 mm: the first two balls, not the third; every side of the
     # lung region's grid is shorter than the patch.
     volume = _chest(shape=(24, 200, 250), origin=np.array([ORIGIN[0], ORIGIN[1], -20.0]))
-    det = detect_volume_dense(volume, BandNet(), WINDOW, _detector(), DetectConfig(patch=256))
+    det = detect_volume_dense(volume, BAND, _detector(), DetectConfig(patch=256))
     centres = det.findings[["coordX", "coordY", "coordZ"]].to_numpy()
     assert len(centres) == 2
     for centre, _ in BALLS[:2]:

@@ -3,6 +3,7 @@ LUNA16-style .mhd of the same volume, bad input reported, the output contract.""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +151,7 @@ def test_missing_raw_and_wrong_model_are_clear_errors(scans, checkpoint, tmp_pat
 def test_test_time_flips_average_the_flipped_cubes_scores(checkpoint) -> None:
     from lungcad.core.cubes import extract_cube, mirror_pad_z
     from lungcad.core.io.series import CtVolume
-    from lungcad.core.model.loading import load_model
+    from lungcad.core.model.loading import load
     from lungcad.core.model.predict import predict_hu_cubes
     from lungcad.detection.detector import DetectorConfig, score_cubes
 
@@ -165,12 +166,12 @@ def test_test_time_flips_average_the_flipped_cubes_scores(checkpoint) -> None:
             np.c_[np.zeros(hu.shape[0]), np.zeros(hu.shape[0]), np.arange(hu.shape[0])]
         )[:, 2],
     )
-    model, config = load_model(checkpoint)
+    loaded = load(checkpoint)
+    model, config, window = loaded.network, loaded.config, loaded.window
     centre = np.array([[40.0, 10.0, -10.0]])
-    window = tuple(config.window_hu)
-    plain, *_ = score_cubes(volume, centre, model, window, DetectorConfig(), "cpu", np.ones(1))
+    plain, *_ = score_cubes(volume, centre, loaded, DetectorConfig(), "cpu", np.ones(1))
     flipped, *_ = score_cubes(
-        volume, centre, model, window, DetectorConfig(tta_flips=(2,)), "cpu", np.ones(1)
+        volume, centre, loaded, DetectorConfig(tta_flips=(2,)), "cpu", np.ones(1)
     )
     padded, g = mirror_pad_z(volume)
     cube = extract_cube(g.to_sitk(padded), centre[0])[None]
@@ -180,7 +181,12 @@ def test_test_time_flips_average_the_flipped_cubes_scores(checkpoint) -> None:
     # their LIDC scales (lungcad.core.model.attributes).
     with_attributes = NoduleNet(config.model.replace(attributes=True)).eval()
     *_, attrs, masks = score_cubes(
-        volume, centre, with_attributes, window, DetectorConfig(), "cpu", np.ones(1)
+        volume,
+        centre,
+        replace(loaded, network=with_attributes),
+        DetectorConfig(),
+        "cpu",
+        np.ones(1),
     )
     assert len(masks) == 1  # the decoder's mask of the one cube, in patient mm
     assert attrs.shape == (1, len(ATTRIBUTES))

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from lungcad.config import CandidatesConfig, PreprocessConfig, TrainConfig, validate_section
-from lungcad.core.model.checkpoint import load_checkpoint
+from lungcad.core.model.checkpoint import checkpoint_sha256, load_checkpoint
 from lungcad.core.model.ensemble import EnsembleNet, is_ensemble
 from lungcad.core.model.network import NoduleNet
 from lungcad.errors import LungcadError
@@ -56,11 +56,17 @@ def load_model(
     """Rebuild the network of a lungcad checkpoint with its weights (in channels_last_3d,
     for faster inference, when it was trained so); an :class:`EnsembleNet` of its members
     for an ensemble checkpoint."""
-    model, config, _ = load_model_and_cut(checkpoint, device)
+    model, config, _ = _load_parts(checkpoint, device)
     return model, config
 
 
-def load_model_and_cut(
+def load(checkpoint: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """A checkpoint's :class:`LoadedModel`, from one read of it."""
+    model, config, cut = _load_parts(checkpoint, device)
+    return LoadedModel(model, config, cut, checkpoint_sha256(checkpoint))
+
+
+def _load_parts(
     checkpoint: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[NoduleNet, TrainConfig, CubeCut]:
     """``load_model`` and ``cube_cut`` from one read of the checkpoint."""
@@ -116,6 +122,28 @@ class CubeCut:
 
     preprocess: PreprocessConfig
     candidates: CandidatesConfig
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A lungcad checkpoint, loaded (``load``): what inference needs travels together.
+
+    Attributes:
+        network: the network (or the ensemble of its members), in eval mode.
+        config: its train settings (the HU window among them).
+        cut: how its cubes are cut (the training data's settings).
+        sha256: the checkpoint file's SHA-256 (what a run's outputs are keyed by).
+    """
+
+    network: torch.nn.Module
+    config: TrainConfig
+    cut: CubeCut
+    sha256: str = ""
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """The HU window the network reads (the train settings')."""
+        return tuple(self.config.window_hu)
 
 
 def cube_cut(checkpoint: str | Path) -> CubeCut:
