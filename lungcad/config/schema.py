@@ -524,8 +524,8 @@ class DetectConfig(Section):
             candidate and the cubes' masks merged (``lungcad.detection.detector``).
         patch: the dense pass's patches (voxels of 1 mm per side).
         overlap: share of a dense patch that overlaps its neighbour.
-        score: a dense finding's probability: ``cube``, the detection head's on the 64 mm
-            cube centred on it; ``peak``, its map peak; ``mean``, their geometric mean.
+        score: a dense finding's probability: ``peak``, its map peak; ``cube``, the
+            detection head's on the 64 mm cube centred on it; ``mean``, their geometric mean.
         amp: the dense pass's precision: ``auto`` is bf16 on a CPU with native bf16 and AMP
             on CUDA, else fp32; ``off``: fp32.
         bootstrap: FROC CIs: patients resampled with replacement (all their scans).
@@ -540,7 +540,7 @@ class DetectConfig(Section):
     detector: Literal["dense", "cubes"] = "cubes"
     patch: Annotated[Int, Field(ge=16)] = 96
     overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
-    score: Literal["cube", "mean", "peak"] = "cube"
+    score: Literal["peak", "cube", "mean"] = "peak"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     bootstrap: Annotated[Int, Field(ge=0)] = 1000
     seed: Seed = 0

@@ -10,10 +10,11 @@ construction one row per lesion (no candidate stage, no merge rules), its voxels
 mask threshold the finding's mask, from which it is sized and typed.
 
 The network's heads then read the one 64 mm cube centred on each finding (the cube protocol
-they were trained on): its malignancy, the readers' attributes and, by default, its
-probability (``detect.score``). Why a segmentation map rather than anchors or a centre
-heatmap: the map gives each finding its mask directly, needs no box priors for lesions from
-3 mm to 9 cm, and is trained with the readers' outlines (docs/detection.md).
+they were trained on): its malignancy and the readers' attributes; its probability is its
+map peak, or the detection head's on that cube (``detect.score``). Why a segmentation map
+rather than anchors or a centre heatmap: the map gives each finding its mask directly, needs
+no box priors for lesions from 3 mm to 9 cm, and is trained with the readers' outlines
+(docs/detection.md).
 """
 
 from __future__ import annotations
