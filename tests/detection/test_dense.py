@@ -5,6 +5,7 @@ blob of the map at its patient position and size, and odd scans processed, not c
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -22,7 +23,9 @@ from lungcad.detection.dense import (
     region_grid,
 )
 from lungcad.detection.detector import detector_config
+from tests.conftest import TEST_PARAMS
 from tests.detection.test_candidates import ORIGIN, synthetic_chest
+from tests.detection.test_detect_cli import _detect, checkpoint, scans  # noqa: F401 (fixtures)
 
 #: Solid spheres (centre mm, diameter mm) drawn at ``BALL_HU``, denser than the chest wall
 #: and the vessels, so a voxel-wise HU band finds them and nothing else.
@@ -159,3 +162,23 @@ def test_a_scan_smaller_than_a_patch_is_searched_whole() -> None:
     assert len(centres) == 2
     for centre, _ in BALLS[:2]:
         assert np.linalg.norm(centres - np.array(centre), axis=1).min() < 1.0
+
+
+def test_the_dense_detector_writes_the_same_outputs_and_reports_the_bad_scans(
+    scans,  # noqa: F811 (the fixtures of test_detect_cli)
+    checkpoint,  # noqa: F811
+    tmp_path,
+) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(f"extends: {TEST_PARAMS}\ndetect:\n  detector: dense\n  patch: 64\n")
+    result = _detect(scans["dicom"], tmp_path / "out", checkpoint, params)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "out" / "scans.csv")
+    assert (table["status"] == "ok").all() and len(table) == 3
+    assert table["reason"].str.contains("no lung found", na=False).sum() == 1
+    assert table["reason"].str.contains("truncated", na=False).sum() == 1
+    assert {"seconds_resample", "seconds_scoring", "seconds_heads"} <= set(table.columns)
+    found = pd.read_csv(tmp_path / "out" / "detections.csv")
+    assert {"coordX", "probability", "diameter_mm", "lung_rads", "sizing"} <= set(found.columns)
+    # Each scan has its SR, as with the cube detector.
+    assert len(list((tmp_path / "out" / "dicom").glob("*/sr.dcm"))) == 3

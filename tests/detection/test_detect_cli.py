@@ -301,21 +301,3 @@ def test_an_acquisition_outside_the_training_data_is_processed_and_said(
     assert "outside the training acquisitions: slices 7.5 mm apart" in row["reason"]
     assert "the lungs run past the scan's first and last slice" in row["reason"]
     assert "7.5 mm apart" in result.output  # the console line of the scan says so too
-
-
-def test_the_dense_detector_writes_the_same_outputs_and_reports_the_bad_scans(
-    scans, checkpoint, tmp_path
-) -> None:
-    params = tmp_path / "params.yaml"
-    params.write_text(f"extends: {TEST_PARAMS}\ndetect:\n  detector: dense\n  patch: 64\n")
-    result = _detect(scans["dicom"], tmp_path / "out", checkpoint, params)
-    assert result.exit_code == 0, result.output
-    table = pd.read_csv(tmp_path / "out" / "scans.csv")
-    assert (table["status"] == "ok").all() and len(table) == 3
-    assert table["reason"].str.contains("no lung found", na=False).sum() == 1
-    assert table["reason"].str.contains("truncated", na=False).sum() == 1
-    assert {"seconds_resample", "seconds_scoring", "seconds_heads"} <= set(table.columns)
-    found = pd.read_csv(tmp_path / "out" / "detections.csv")
-    assert {"coordX", "probability", "diameter_mm", "lung_rads", "sizing"} <= set(found.columns)
-    # Each scan has its SR, as with the cube detector.
-    assert len(list((tmp_path / "out" / "dicom").glob("*/sr.dcm"))) == 3
