@@ -74,6 +74,8 @@ def mirror_pad_z(volume: CtVolume, size_mm: float = 64.0) -> tuple[np.ndarray, V
     spacing = volume.geometry.spacing_mm
     need = int(np.ceil(size_mm / 2 / spacing[2])) + 1
     hu, grown = volume.hu, 0
+    if hu.shape[0] == 1:  # a single slice has nothing to mirror: it is repeated
+        hu, grown = np.pad(hu, ((need, need), (0, 0), (0, 0)), mode="edge"), need
     while grown < need:  # one reflect pass adds at most (slices - 1) at each end
         add = min(need - grown, hu.shape[0] - 1)
         hu = np.pad(hu, ((add, add), (0, 0), (0, 0)), mode="reflect")

@@ -97,10 +97,15 @@ class DensePart:
 
 
 def region_grid(
-    volume: CtVolume, lungs: LungMasks, spacing_mm: float, margin_mm: float
+    volume: CtVolume,
+    lungs: LungMasks,
+    spacing_mm: float,
+    margin_mm: float,
+    padded: sitk.Image | None = None,
 ) -> DenseGrid:
     """The lung region's bounding box in patient mm, resampled onto a ``spacing_mm`` grid
-    (HU linear, region nearest); an empty grid when no lung was found."""
+    (HU linear, region nearest); an empty grid when no lung was found. ``padded``: the
+    volume already mirrored in z by at least ``margin_mm`` (``mirror_pad_z``), as an image."""
     blocks = np.argwhere(lungs.region)
     if len(blocks) == 0:
         empty = np.zeros((0, 0, 0))
@@ -122,8 +127,9 @@ def region_grid(
     shape_xyz = np.floor((hi_mm - lo_mm) / spacing_mm + 1e-6).astype(int) + 1
     # HU from the volume mirrored in z: a patch at the first or last slice sees anatomy
     # continue, as the training cubes there do (``mirror_pad_z``), not a wall of air.
-    hu_padded, padded = mirror_pad_z(volume, 2 * margin_mm)
-    hu = resample_box(padded.to_sitk(hu_padded), lo_mm, tuple(shape_xyz[::-1]), spacing_mm, AIR_HU)
+    if padded is None:
+        padded = _mirrored(volume, margin_mm)
+    hu = resample_box(padded, lo_mm, tuple(shape_xyz[::-1]), spacing_mm, AIR_HU)
     # the region's blocks as an image of their own: block (0, 0, 0)'s centre and block size
     geometry = volume.geometry
     block_image = sitk.GetImageFromArray(lungs.region.astype(np.uint8))
@@ -219,7 +225,9 @@ def detect_volume_dense(
     attr_columns = [f"attr_{name}" for name in model.output_names]
     columns = [*FINDING_COLUMNS, *attr_columns]
     t = time.perf_counter()
-    grid = region_grid(volume, lungs, detector.spacing_mm, GRID_MARGIN_MM)
+    # One mirrored copy of the volume serves the grid and the heads' cubes.
+    image = _mirrored(volume, max(GRID_MARGIN_MM, detector.cube_size * detector.spacing_mm / 2))
+    grid = region_grid(volume, lungs, detector.spacing_mm, GRID_MARGIN_MM, image)
     seconds["resample"] = time.perf_counter() - t
     if grid.hu.size == 0:
         notes.append("no lung found (no air region inside the body): nothing searched")
@@ -257,8 +265,6 @@ def detect_volume_dense(
         )
     if rows:
         centres = np.array([[r["coordX"], r["coordY"], r["coordZ"]] for r in rows])
-        hu_pad, geometry = mirror_pad_z(volume, detector.cube_size * detector.spacing_mm)
-        image = geometry.to_sitk(hu_pad)
         cubes = np.stack(
             [extract_cube(image, c, detector.cube_size, detector.spacing_mm) for c in centres]
         )
@@ -287,6 +293,13 @@ def detect_volume_dense(
     return ScanDetections(
         volume.series_uid, volume.patient_id, scored, scored[columns], seconds, notes, masks
     )
+
+
+def _mirrored(volume: CtVolume, margin_mm: float) -> sitk.Image:
+    """The volume mirrored in z by ``margin_mm`` beyond each end (``mirror_pad_z``), as an
+    image in patient mm."""
+    hu, geometry = mirror_pad_z(volume, 2 * margin_mm)
+    return geometry.to_sitk(hu)
 
 
 def _score(peak: float, cube: float, how: str) -> float:

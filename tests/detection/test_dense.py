@@ -182,3 +182,13 @@ def test_the_dense_detector_writes_the_same_outputs_and_reports_the_bad_scans(
     assert {"coordX", "probability", "diameter_mm", "lung_rads", "sizing"} <= set(found.columns)
     # Each scan has its SR, as with the cube detector.
     assert len(list((tmp_path / "out" / "dicom").glob("*/sr.dcm"))) == 3
+
+
+def test_a_single_slice_is_repeated_where_there_is_nothing_to_mirror() -> None:
+    from lungcad.core.cubes import mirror_pad_z
+
+    hu = np.arange(12, dtype=np.int16).reshape(1, 3, 4)
+    geometry = VolumeGeometry(np.zeros(3), np.array([1.0, 1.0, 2.0]), np.eye(3), hu.shape)
+    padded, grown = mirror_pad_z(CtVolume(hu, geometry, "1", "1", "P", np.zeros(1)), 8.0)
+    assert padded.shape == (7, 3, 4) and (padded == hu).all()
+    assert grown.origin_mm[2] == -6.0  # three slices of 2 mm below the first
