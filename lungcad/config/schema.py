@@ -286,6 +286,10 @@ class ModelConfig(Section):
         decoder_widths: channels of the decoder's levels, coarsest first: one per residual
             stage (the finest reads the stem, at half the input resolution), or one more
             (a last level at the input's full resolution, reading the input).
+        centre_head: the decoder also predicts a nodule-centre heatmap (a peak of 1 at each
+            nodule's centre, falling as a Gaussian of its size), trained with a focal loss
+            that weighs every nodule alike: the dense detector's score (``detect.score:
+            centre``, docs/detection.md); needs ``segmentation``.
     """
 
     widths: tuple[Annotated[Int, Field(ge=1)], ...] = (32, 64, 128, 256)
@@ -297,6 +301,7 @@ class ModelConfig(Section):
     spread: Bool = False
     segmentation: Bool = True
     decoder_widths: tuple[Annotated[Int, Field(ge=1)], ...] = (32, 16, 8, 8)
+    centre_head: Bool = False
 
     @model_validator(mode="after")
     def _shape(self) -> ModelConfig:
@@ -315,6 +320,8 @@ class ModelConfig(Section):
             )
         if self.hierarchical and not self.attributes:
             raise ValueError("hierarchical: true needs attributes: true")
+        if self.centre_head and not self.segmentation:
+            raise ValueError("centre_head: true needs segmentation: true (the decoder)")
         return self
 
 
@@ -368,6 +375,8 @@ class TrainConfig(Section):
         lambda_seg: weight of the segmentation loss (Dice + BCE against the readers'
             consensus mask; empty on cubes without a nodule); > 0 needs
             ``model.segmentation``.
+        lambda_centre: weight of the centre heatmap's focal loss (``model.centre_head``),
+            part of the segmentation loss.
         seg_cubes: cubes of each batch the decoder trains on: the nodule cubes first, then
             others at random (0: all); the decoder costs as much as the rest of the network.
         seg_dice: the Dice part of the segmentation loss over the batch's nodule cubes'
@@ -418,6 +427,7 @@ class TrainConfig(Section):
     lambda_mal: NonNegativeFloat = 0.5
     lambda_attr: NonNegativeFloat = 0.5
     lambda_seg: NonNegativeFloat = 1.0
+    lambda_centre: NonNegativeFloat = 1.0
     seg_cubes: Annotated[Int, Field(ge=0)] = 8
     seg_dice: Literal["pooled", "per_cube"] = "pooled"
     det_loss: Literal["bce", "focal"] = "bce"
@@ -524,8 +534,10 @@ class DetectConfig(Section):
             candidate and the cubes' masks merged (``lungcad.detection.detector``).
         patch: the dense pass's patches (voxels of 1 mm per side).
         overlap: share of a dense patch that overlaps its neighbour.
-        score: a dense finding's probability: ``peak``, its map peak; ``cube``, the
-            detection head's on the 64 mm cube centred on it; ``mean``, their geometric mean.
+        score: a dense finding's probability: ``peak``, its map peak; ``centre``, its peak
+            on the centre heatmap (``model.centre_head``); ``cube``, the detection head's on
+            the cube centred on it (of the size the heads learnt on); ``mean``, the
+            geometric mean of the map peak and the cube's.
         amp: the dense pass's precision: ``auto`` is bf16 on a CPU with native bf16 and AMP
             on CUDA, else fp32; ``off``: fp32.
         bootstrap: FROC CIs: patients resampled with replacement (all their scans).
@@ -540,7 +552,7 @@ class DetectConfig(Section):
     detector: Literal["dense", "cubes"] = "cubes"
     patch: Annotated[Int, Field(ge=16)] = 96
     overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
-    score: Literal["peak", "cube", "mean"] = "peak"
+    score: Literal["peak", "centre", "cube", "mean"] = "peak"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     bootstrap: Annotated[Int, Field(ge=0)] = 1000
     seed: Seed = 0

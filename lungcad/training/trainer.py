@@ -335,6 +335,7 @@ class Trainer:
             mask_logit[0] if mask_logit else None,
             masks,
             seg_label,
+            mask_logit[1] if len(mask_logit) > 1 else None,
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

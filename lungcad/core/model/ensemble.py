@@ -82,13 +82,25 @@ class EnsembleNet(nn.Module):
             *(torch.stack([o[i] for o in outs]).mean(0) for i in range(1, 4)),
         ]
         if with_mask:
-            masks = [o[4] for o in outs]
-            averaged.append(_logit_of_mean(masks) if masks[0].numel() else masks[0])
+            for i in range(4, len(outs[0])):  # the mask, then the centre heatmap
+                maps = [o[i] for o in outs]
+                averaged.append(_logit_of_mean(maps) if maps[0].numel() else maps[0])
         return tuple(averaged)
+
+    @property
+    def centres(self) -> bool:
+        return all(m.centres for m in self.members)
 
     def mask_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The logit of the members' mean mask probability (see ``NoduleNet.mask_logits``)."""
         return _logit_of_mean([m.mask_logits(x) for m in self.members])
+
+    def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of the members' mean probabilities, channel by channel (see
+        ``NoduleNet.dense_logits``); the mask alone unless every member has the centre
+        head."""
+        channels = 2 if self.centres else 1
+        return _logit_of_mean([m.dense_logits(x)[:, :channels] for m in self.members])
 
 
 def is_ensemble(state: dict[str, Any]) -> bool:

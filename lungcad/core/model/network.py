@@ -22,6 +22,9 @@ MALIGNANCY_CENTRE = 3.0
 SPREAD_FLOOR = 0.1
 #: Name of the predicted readers' spread among a network's named outputs.
 SPREAD_NAME = "malignancy_sd"
+#: Initial logit of the centre heatmap (CenterNet's prior, p = 0.01): the focal loss starts
+#: small over the ~10^5 background voxels of a cube.
+CENTRE_PRIOR_LOGIT = -4.6
 
 
 def output_names(config: ModelConfig) -> tuple[str, ...]:
@@ -41,9 +44,13 @@ class MaskDecoder(nn.Module):
     Args:
         skip_channels: channels of the stages, finest first, deepest last.
         widths: channels of the decoder's levels, coarsest first (len(skip_channels) - 1).
+        centre: a second last level of its own and a second logit channel: the
+            nodule-centre heatmap, beside the mask (the two tasks share the levels before).
     """
 
-    def __init__(self, skip_channels: tuple[int, ...], widths: tuple[int, ...]) -> None:
+    def __init__(
+        self, skip_channels: tuple[int, ...], widths: tuple[int, ...], centre: bool = False
+    ) -> None:
         super().__init__()
         if len(widths) != len(skip_channels) - 1:
             raise ValueError(f"{len(skip_channels) - 1} decoder widths needed, got {widths}")
@@ -51,17 +58,31 @@ class MaskDecoder(nn.Module):
         current = skip_channels[-1]
         for skip, width in zip(reversed(skip_channels[:-1]), widths):
             levels.append(UnetBasicBlock(3, current + skip, width, 3, 1, norm_name="batch"))
-            current = width
+            last_inputs, current = current + skip, width
         self.levels = nn.ModuleList(levels)
         self.head = nn.Conv3d(current, 1, kernel_size=1)
+        self.centre_level = self.centre_head = None
+        if centre:
+            self.centre_level = UnetBasicBlock(3, last_inputs, current, 3, 1, norm_name="batch")
+            self.centre_head = nn.Conv3d(current, 1, kernel_size=1)
+            with torch.no_grad():  # the heatmap starts near its prior: a centre in ~10^5 voxels
+                self.centre_head.bias.fill_(CENTRE_PRIOR_LOGIT)
 
     def forward(self, stages: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
-        """(N, 1, *size) mask logits from the stages (finest first)."""
+        """(N, 1 or 2, *size) logits from the stages (finest first): the mask, then the
+        centre heatmap."""
         x = stages[-1]
-        for level, skip in zip(self.levels, reversed(stages[:-1])):
+        for i, (level, skip) in enumerate(zip(self.levels, reversed(stages[:-1]))):
             x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
-            x = level(torch.cat([x, skip], dim=1))
-        return F.interpolate(self.head(x), size=size, mode="trilinear", align_corners=False)
+            x = torch.cat([x, skip], dim=1)
+            if i == len(self.levels) - 1 and self.centre_level is not None:
+                centre = self.centre_head(self.centre_level(x))
+                logits = torch.cat([self.head(level(x)), centre], dim=1)
+                break
+            x = level(x)
+        else:
+            logits = self.head(x)
+        return F.interpolate(logits, size=size, mode="trilinear", align_corners=False)
 
 
 class NoduleNet(nn.Module):
@@ -112,13 +133,20 @@ class NoduleNet(nn.Module):
         if self.full_resolution:
             skips = (in_channels, *skips)
         self.decoder = (
-            MaskDecoder(skips, tuple(config.decoder_widths)) if config.segmentation else None
+            MaskDecoder(skips, tuple(config.decoder_widths), config.centre_head)
+            if config.segmentation
+            else None
         )
 
     @property
     def segments(self) -> bool:
         """Whether the network outlines the nodule (has the decoder)."""
         return self.decoder is not None
+
+    @property
+    def centres(self) -> bool:
+        """Whether the decoder also predicts the nodule-centre heatmap."""
+        return self.decoder is not None and self.config.centre_head
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -156,8 +184,9 @@ class NoduleNet(nn.Module):
         (N, 9) or (N, 0) without the attribute head, the readers' predicted spread: a
         standard deviation >= ``SPREAD_FLOOR`` (N, 1), or (N, 0) without the spread head),
         and with ``with_mask`` the nodule mask's logits (N, 1, *x's size; (N, 0) without
-        the decoder); ``mask_rows``: outline only these rows of the batch (training spends
-        the decoder's cost on the cubes that teach it most)."""
+        the decoder), then, with the centre head, the centre heatmap's logits (the same
+        shape); ``mask_rows``: outline only these rows of the batch (training spends the
+        decoder's cost on the cubes that teach it most)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         if self.decoder is None or not with_mask:
@@ -168,11 +197,18 @@ class NoduleNet(nn.Module):
         skips = [x, *stages] if self.full_resolution else stages
         if mask_rows is not None:
             skips = [t.index_select(0, mask_rows) for t in skips]
-        return (*out, self.decoder(skips, tuple(x.shape[2:])))
+        maps = self.decoder(skips, tuple(x.shape[2:]))
+        return (*out, *maps.split(1, dim=1))
 
     def mask_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, *x's size) nodule-mask logits of windowed patches of any size, without the
-        heads: the dense path over a whole scan (``lungcad.detection.dense``)."""
+        heads."""
+        return self.dense_logits(x)[:, :1]
+
+    def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1 or 2, *x's size) decoder logits of windowed patches of any size, without
+        the heads: the nodule mask, then the centre heatmap with the centre head; the dense
+        path over a whole scan (``lungcad.detection.dense``)."""
         if self.decoder is None:
             raise ValueError("this network has no segmentation decoder (model.segmentation)")
         if self.channels_last:
