@@ -78,7 +78,7 @@ from lungcad.core.outputs import (
     write_text_atomic,
 )
 from lungcad.core.runner import ScanParts
-from lungcad.detection.dense import detect_volume_dense
+from lungcad.detection.dense import DENSE_SCORES, check_dense_model, detect_volume_dense
 from lungcad.detection.detector import (
     detect_volume,
     detector_config,
@@ -133,6 +133,11 @@ def _model(checkpoint: str, detect: DetectConfig):
 
         _MODEL_CACHE.clear()
         loaded = load(checkpoint, "cpu")
+        if detect.detector == "dense":
+            try:
+                check_dense_model(loaded.network, detect)
+            except ValueError as exc:
+                raise LungcadError(f"{checkpoint}: {exc}") from None
         detector = detector_config(loaded.cut, detect)
         explainer = CubeExplainer(loaded.network, loaded.window)
         _MODEL_CACHE[key] = loaded, detector, explainer
@@ -586,7 +591,7 @@ def _assemble(
         "probability",
         "malignancy",
     ]
-    dense_cols = [c for c in ("map_peak", "cube_probability") if c in candidates.columns]
+    dense_cols = [c for c in DENSE_SCORES if c in candidates.columns]
     _write_atomic(candidates, out_dir / "candidates.csv", [*cand_cols, *dense_cols])
     ref_cols = [*REFERENCE_COLUMNS, "nodule_id", "n_readers", "malignancy", "texture"]
     reference, excluded = cat("reference"), cat("excluded")

@@ -9,11 +9,17 @@ weights). The probability map that comes back is the detector: each connected pa
 construction one row per lesion (no candidate stage, no merge rules), its voxels at the
 mask threshold the finding's mask, from which it is sized and typed.
 
-The network's heads then read the one 64 mm cube centred on each finding (the cube protocol
-they were trained on): its malignancy and the readers' attributes; its probability is its
-map peak, or the detection head's on that cube (``detect.score``). Why a segmentation map
-rather than anchors or a centre heatmap: the map gives each finding its mask directly, needs
-no box priors for lesions from 3 mm to 9 cm, and is trained with the readers' outlines
+A network with the centre head (``model.centre_head``) also maps each voxel's chance of
+being a nodule's centre: a part is then where either map reaches the threshold, and its
+peak on the centre map, trained to be 1 at every nodule's centre whatever its size, can be
+its probability (``detect.score: centre``).
+
+The network's heads then read the one cube centred on each finding, of the size they
+learnt on (``LoadedModel.head_cube``: 64 mm, or a profile's training crops): its malignancy
+and the readers' attributes; its probability is its map peak, its centre peak, or the
+detection head's on that cube (``detect.score``). Why a segmentation map (and a centre
+heatmap) rather than anchors: the map gives each finding its mask directly, needs no box
+priors for lesions from 3 mm to 9 cm, and is trained with the readers' outlines
 (docs/detection.md).
 """
 
@@ -40,6 +46,8 @@ from lungcad.core.model.network import window_hu
 from lungcad.core.model.predict import MASK_THRESHOLD, predict_hu_cubes
 from lungcad.detection.detector import DetectorConfig, ScanDetections
 
+#: The dense scores beside the findings' columns in the candidates table.
+DENSE_SCORES = ("map_peak", "centre_peak", "cube_probability")
 #: Patches per forward pass of the dense pass.
 PATCHES_PER_PASS = 1
 #: A finding is a connected part of the map at this probability or above (chosen on the
@@ -88,12 +96,14 @@ class DensePart:
     Attributes:
         mask: bool (z, y, x) within ``box`` of the grid.
         box: (z, y, x) slices of the grid the mask covers.
-        peak: the map's largest probability inside the part.
+        peak: the mask map's largest probability inside the part.
+        centre: the centre map's largest value inside the part (NaN without one).
     """
 
     mask: np.ndarray
     box: tuple[slice, slice, slice]
     peak: float
+    centre: float = float("nan")
 
 
 def region_grid(
@@ -141,7 +151,7 @@ def region_grid(
 
 
 @torch.inference_mode()
-def probability_map(
+def probability_maps(
     model,
     hu: np.ndarray,
     window: tuple[float, float],
@@ -150,8 +160,9 @@ def probability_map(
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
-    """float32 (z, y, x) nodule probability of every voxel of a HU grid: the network's mask
-    decoder over overlapping ``patch``³ patches (Gaussian blending)."""
+    """float32 (channels, z, y, x) maps of every voxel of a HU grid: the nodule mask's
+    probability, then (with the centre head) the centre heatmap; the network's decoder over
+    overlapping ``patch``³ patches (Gaussian blending)."""
     from monai.inferers import sliding_window_inference
 
     device = torch.device(device)
@@ -164,23 +175,28 @@ def probability_map(
             x,
             roi_size=(patch,) * 3,
             sw_batch_size=PATCHES_PER_PASS,
-            predictor=lambda patch: model.mask_logits(patch).float(),
+            predictor=lambda patch: model.dense_logits(patch).float(),
             overlap=overlap,
             mode="gaussian",
             sw_device=device,
             device=torch.device("cpu"),
         )
-    return torch.sigmoid(logits[0, 0]).numpy()
+    return torch.sigmoid(logits[0]).numpy()
 
 
 def map_parts(
-    prob: np.ndarray, region: np.ndarray, threshold: float = PROPOSAL_THRESHOLD
+    prob: np.ndarray,
+    region: np.ndarray,
+    threshold: float = PROPOSAL_THRESHOLD,
+    centre: np.ndarray | None = None,
 ) -> list[DensePart]:
-    """The connected parts (26-connected) of the map at ``threshold`` whose peak lies in the
-    lung region and that hold at least ``MIN_PART_VOXELS`` voxels, best peak first. Each
+    """The connected parts (26-connected) of the map at ``threshold`` (with a ``centre``
+    map: where either map reaches it) whose peak lies in the lung region and that hold at
+    least ``MIN_PART_VOXELS`` voxels, best peak first (the centre map's, when given). Each
     part's mask is its voxels at ``MASK_THRESHOLD`` or above, as a cube's mask is (a part
     whose peak is lower: its voxels at half its peak or above)."""
-    labels, n = ndimage.label(prob >= threshold, structure=np.ones((3, 3, 3), bool))
+    seeds = prob >= threshold if centre is None else (prob >= threshold) | (centre >= threshold)
+    labels, n = ndimage.label(seeds, structure=np.ones((3, 3, 3), bool))
     parts = []
     for i, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
@@ -189,15 +205,17 @@ def map_parts(
         if part.sum() < MIN_PART_VOXELS:
             continue
         local = np.where(part, prob[box], -1.0)
-        peak_at = np.unravel_index(int(np.argmax(local)), part.shape)
+        ranked = local if centre is None else np.where(part, centre[box], -1.0)
+        peak_at = np.unravel_index(int(np.argmax(ranked)), part.shape)
         if not region[box][peak_at]:
             continue
-        peak = float(local[peak_at])
+        peak = float(local.max())
         mask = local >= MASK_THRESHOLD
         if mask.sum() < MIN_PART_VOXELS:
             mask = local >= peak / 2
-        parts.append(DensePart(mask, box, peak))
-    return sorted(parts, key=lambda p: -p.peak)
+        centre_peak = float("nan") if centre is None else float(ranked[peak_at])
+        parts.append(DensePart(mask, box, peak, centre_peak))
+    return sorted(parts, key=lambda p: -(p.peak if centre is None else p.centre))
 
 
 def detect_volume_dense(
@@ -226,7 +244,7 @@ def detect_volume_dense(
     columns = [*FINDING_COLUMNS, *attr_columns]
     t = time.perf_counter()
     # One mirrored copy of the volume serves the grid and the heads' cubes.
-    image = _mirrored(volume, max(GRID_MARGIN_MM, detector.cube_size * detector.spacing_mm / 2))
+    image = _mirrored(volume, max(GRID_MARGIN_MM, loaded.head_cube * detector.spacing_mm / 2))
     grid = region_grid(volume, lungs, detector.spacing_mm, GRID_MARGIN_MM, image)
     seconds["resample"] = time.perf_counter() - t
     if grid.hu.size == 0:
@@ -235,8 +253,8 @@ def detect_volume_dense(
         return ScanDetections(volume.series_uid, volume.patient_id, empty, empty, seconds, notes)
     t = time.perf_counter()
     amp = dense_amp(config.amp, device)
-    prob = probability_map(model, grid.hu, window, config.patch, config.overlap, device, amp)
-    parts = map_parts(prob, grid.region)
+    maps = probability_maps(model, grid.hu, window, config.patch, config.overlap, device, amp)
+    parts = map_parts(maps[0], grid.region, centre=maps[1] if len(maps) > 1 else None)
     seconds["scoring"] = time.perf_counter() - t
     t = time.perf_counter()
     rows, masks = [], {}
@@ -253,6 +271,7 @@ def detect_volume_dense(
                 "coordZ": measures.centroid_mm[2],
                 "probability": part.peak,
                 "map_peak": part.peak,
+                "centre_peak": part.centre,
                 "diameter_mm": measures.diameter_mm,
                 "mean_diameter_mm": measures.mean_diameter_mm,
                 "volume_mm3": measures.volume_mm3,
@@ -266,7 +285,7 @@ def detect_volume_dense(
     if rows:
         centres = np.array([[r["coordX"], r["coordY"], r["coordZ"]] for r in rows])
         cubes = np.stack(
-            [extract_cube(image, c, detector.cube_size, detector.spacing_mm) for c in centres]
+            [extract_cube(image, c, loaded.head_cube, detector.spacing_mm) for c in centres]
         )
         cube_p, mal, attrs = predict_hu_cubes(
             model, cubes, window, device, detector.batch_size, amp, named_outputs=True
@@ -274,7 +293,7 @@ def detect_volume_dense(
         for i, row in enumerate(rows):
             row["malignancy"] = float(np.clip(mal[i], 1.0, 5.0))
             row["cube_probability"] = float(cube_p[i])
-            row["probability"] = _score(row["map_peak"], row["cube_probability"], config.score)
+            row["probability"] = _score(row, config.score)
             for j, column in enumerate(attr_columns):
                 row[column] = float(attrs[i, j])
             texture = row.get("attr_texture")
@@ -286,7 +305,7 @@ def detect_volume_dense(
                 else UNSIZED
             )
     seconds["heads"] = time.perf_counter() - t
-    scored = pd.DataFrame(rows, columns=[*columns, "map_peak", "cube_probability"])
+    scored = pd.DataFrame(rows, columns=[*columns, *DENSE_SCORES])
     order = np.argsort(-scored["probability"].to_numpy(float), kind="stable")
     scored = scored.iloc[order].reset_index(drop=True)
     masks = {new: masks[int(old)] for new, old in enumerate(order)}
@@ -302,10 +321,28 @@ def _mirrored(volume: CtVolume, margin_mm: float) -> sitk.Image:
     return geometry.to_sitk(hu)
 
 
-def _score(peak: float, cube: float, how: str) -> float:
-    """A finding's probability from its map peak and its cube's detection probability."""
+def _score(row: dict, how: str) -> float:
+    """A finding's probability from its map peak, centre peak or cube's detection
+    probability (``detect.score``)."""
     if how == "peak":
-        return peak
+        return row["map_peak"]
+    if how == "centre":
+        return row["centre_peak"]
     if how == "cube":
-        return cube
-    return float(np.sqrt(peak * cube))
+        return row["cube_probability"]
+    return float(np.sqrt(row["map_peak"] * row["cube_probability"]))
+
+
+def check_dense_model(network, config: DetectConfig) -> None:
+    """Raise a one-line ``ValueError`` when a network cannot run the dense detector as
+    ``config`` asks: no decoder, or ``score: centre`` without the centre head."""
+    if not network.segments:
+        raise ValueError(
+            "detect.detector: dense needs a model with a segmentation decoder; this one has "
+            "none: use detect.detector: cubes, or a model trained with model.segmentation: true"
+        )
+    if config.score == "centre" and not network.centres:
+        raise ValueError(
+            "detect.score: centre needs a model with the centre head; this one has none: use "
+            "detect.score: peak, or a model trained with model.centre_head: true"
+        )

@@ -19,7 +19,7 @@ from lungcad.core.model.loading import CubeCut, LoadedModel
 from lungcad.detection.dense import (
     detect_volume_dense,
     map_parts,
-    probability_map,
+    probability_maps,
     region_grid,
 )
 from lungcad.detection.detector import detector_config
@@ -39,10 +39,11 @@ class BandNet(nn.Module):
     200 (the balls), so the map is known exactly; heads that say malignancy 4."""
 
     segments = True
+    centres = False
     n_attributes = 0
     output_names: tuple[str, ...] = ()
 
-    def mask_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
         cut = (200.0 - WINDOW[0]) / (WINDOW[1] - WINDOW[0])
         return (x - cut) * 200.0
 
@@ -97,9 +98,9 @@ def test_each_ball_is_one_finding_at_its_patient_position_and_size(chest) -> Non
 def test_the_map_is_the_same_whatever_the_patch_size(chest) -> None:
     lungs = lung_mask(chest.hu, chest.geometry)
     grid = region_grid(chest, lungs, 1.0, 4.0)
-    small = probability_map(BandNet(), grid.hu, WINDOW, 32, 0.5)
-    whole = probability_map(BandNet(), grid.hu, WINDOW, max(grid.hu.shape), 0.0)
-    assert small.shape == grid.hu.shape
+    small = probability_maps(BandNet(), grid.hu, WINDOW, 32, 0.5)
+    whole = probability_maps(BandNet(), grid.hu, WINDOW, max(grid.hu.shape), 0.0)
+    assert small.shape == (1, *grid.hu.shape)
     np.testing.assert_allclose(small, whole, atol=1e-5)
 
 
@@ -136,6 +137,38 @@ def test_parts_outside_the_lung_and_specks_are_not_findings() -> None:
     parts = map_parts(prob, region)
     assert [round(p.peak, 2) for p in parts] == [0.95, 0.8]
     assert parts[0].mask.sum() == np.count_nonzero(prob == np.float32(0.95))
+
+
+def test_a_centre_map_adds_the_nodules_the_mask_map_misses_and_ranks_the_parts() -> None:
+    prob = np.zeros((40, 40, 40), np.float32)
+    centre = np.zeros_like(prob)
+    zz, yy, xx = np.indices(prob.shape)
+    ball = (zz - 10) ** 2 + (yy - 10) ** 2 + (xx - 10) ** 2
+    prob[ball <= 16] = 0.99  # a mass the mask map is sure of, not a centre
+    centre[ball <= 4] = 0.2
+    small = (zz - 30) ** 2 + (yy - 30) ** 2 + (xx - 30) ** 2
+    prob[small <= 4] = 0.1  # a small nodule the mask map barely sees, a sure centre
+    centre[small <= 4] = 0.9
+    centre[30, 30, 30] = 0.95
+    region = np.ones(prob.shape, bool)
+    assert len(map_parts(prob, region)) == 1
+    parts = map_parts(prob, region, centre=centre)
+    assert [round(p.centre, 2) for p in parts] == [0.95, 0.2]
+    assert [round(p.peak, 2) for p in parts] == [0.1, 0.99]
+    # the small one's mask: its voxels at half its mask peak
+    assert parts[0].mask.sum() == np.count_nonzero(small <= 4)
+
+
+def test_a_model_that_cannot_run_the_dense_detector_is_refused_in_one_line() -> None:
+    from lungcad.config import ModelConfig
+    from lungcad.core.model.network import NoduleNet
+    from lungcad.detection.dense import check_dense_model
+
+    check_dense_model(NoduleNet(ModelConfig(centre_head=True)), DetectConfig(score="centre"))
+    with pytest.raises(ValueError, match="needs a model with the centre head"):
+        check_dense_model(NoduleNet(ModelConfig()), DetectConfig(score="centre"))
+    with pytest.raises(ValueError, match="needs a model with a segmentation decoder"):
+        check_dense_model(NoduleNet(ModelConfig(segmentation=False)), DetectConfig())
 
 
 @pytest.mark.parametrize(
@@ -182,6 +215,12 @@ def test_the_dense_detector_writes_the_same_outputs_and_reports_the_bad_scans(
     assert {"coordX", "probability", "diameter_mm", "lung_rads", "sizing"} <= set(found.columns)
     # Each scan has its SR, as with the cube detector.
     assert len(list((tmp_path / "out" / "dicom").glob("*/sr.dcm"))) == 3
+    # A score the model cannot give stops the run before any scan, in one line.
+    params.write_text(f"extends: {TEST_PARAMS}\ndetect:\n  detector: dense\n  score: centre\n")
+    refused = _detect(scans["dicom"], tmp_path / "refused", checkpoint, params)
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert "detect.score: centre needs a model with the centre head" in refused.output
+    assert not (tmp_path / "refused" / "scans.csv").exists()
 
 
 def test_a_single_slice_is_repeated_where_there_is_nothing_to_mirror() -> None:

@@ -145,6 +145,12 @@ class LoadedModel:
         """The HU window the network reads (the train settings')."""
         return tuple(self.config.window_hu)
 
+    @property
+    def head_cube(self) -> int:
+        """Voxels per side of the cubes its heads learnt on: the training crops
+        (``train.augment.crop_size``), else the whole cubes."""
+        return self.config.augment.crop_size or self.cut.preprocess.cube_size
+
 
 def cube_cut(checkpoint: str | Path) -> CubeCut:
     """The :class:`CubeCut` a checkpoint was trained with.
