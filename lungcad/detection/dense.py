@@ -2,7 +2,7 @@
 
 The scan's lung region (``lung_mask``) is resampled once onto an axis-aligned 1 mm grid (the
 training cubes' spacing), ``GRID_MARGIN_MM`` wider than the region and mirrored in z beyond
-the scan, windowed, and the network's mask decoder (``NoduleNet.mask_logits``) runs over it
+the scan, windowed, and the network's mask decoder (``NoduleNet.dense_logits``) runs over it
 with MONAI's ``sliding_window_inference`` (overlapping patches blended with Gaussian
 weights). The probability map that comes back is the detector: each connected part of it at
 ``PROPOSAL_THRESHOLD`` or above whose peak lies in the lung region is one finding, by

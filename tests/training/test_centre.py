@@ -96,11 +96,31 @@ def test_the_network_gives_a_centre_map_beside_the_mask_only_when_asked() -> Non
     out = with_head(x, with_mask=True)
     assert len(out) == 6 and out[4].shape == out[5].shape == (2, 1, 40, 40, 40)
     assert with_head.dense_logits(x).shape == (2, 2, 40, 40, 40)
-    assert with_head.mask_logits(x).shape == (2, 1, 40, 40, 40)
+    # the dense path's mask channel is the mask the heads' forward gives
+    with_head.eval()
+    torch.testing.assert_close(with_head.dense_logits(x)[:, :1], with_head(x, with_mask=True)[4])
     without = NoduleNet(ModelConfig())
     assert len(without(x, with_mask=True)) == 5 and without.dense_logits(x).shape[1] == 1
     with pytest.raises(ValueError, match="centre_head: true needs segmentation"):
         ModelConfig(centre_head=True, segmentation=False)
+
+
+def test_an_ensemble_averages_both_maps_and_refuses_members_that_differ() -> None:
+    from lungcad.core.model.ensemble import EnsembleError, EnsembleNet
+
+    x = torch.rand(1, 1, 32, 32, 32)
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(NoduleNet(ModelConfig(centre_head=True)).eval())
+    ensemble = EnsembleNet(members)
+    with torch.no_grad():
+        mean = torch.stack([torch.sigmoid(m.dense_logits(x)) for m in members]).mean(0)
+        averaged = torch.sigmoid(ensemble.dense_logits(x))
+        assert len(ensemble(x, with_mask=True)) == 6
+    torch.testing.assert_close(averaged, mean, atol=1e-5, rtol=1e-4)
+    with pytest.raises(EnsembleError, match="centre heatmap"):
+        EnsembleNet([members[0], NoduleNet(ModelConfig())])
 
 
 def test_the_centre_head_learns_where_the_nodules_are(tmp_path) -> None:

@@ -54,11 +54,16 @@ class EnsembleNet(nn.Module):
             raise EnsembleError("an ensemble needs at least one member")
         first = members[0]
         for i, m in enumerate(members[1:], start=1):
-            if m.output_names != first.output_names or m.segments != first.segments:
+            if (m.output_names, m.segments, m.centres) != (
+                first.output_names,
+                first.segments,
+                first.centres,
+            ):
                 raise EnsembleError(
                     f"member {i} has other outputs ({', '.join(m.output_names) or 'none'}; "
-                    f"decoder {m.segments}) than member 0 "
-                    f"({', '.join(first.output_names) or 'none'}; decoder {first.segments})"
+                    f"decoder {m.segments}; centre heatmap {m.centres}) than member 0 "
+                    f"({', '.join(first.output_names) or 'none'}; decoder {first.segments}; "
+                    f"centre heatmap {first.centres})"
                 )
         self.members = nn.ModuleList(members)
         self.config, self.in_channels = first.config, first.in_channels
@@ -89,18 +94,12 @@ class EnsembleNet(nn.Module):
 
     @property
     def centres(self) -> bool:
-        return all(m.centres for m in self.members)
-
-    def mask_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The logit of the members' mean mask probability (see ``NoduleNet.mask_logits``)."""
-        return _logit_of_mean([m.mask_logits(x) for m in self.members])
+        return self.members[0].centres
 
     def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The logits of the members' mean probabilities, channel by channel (see
-        ``NoduleNet.dense_logits``); the mask alone unless every member has the centre
-        head."""
-        channels = 2 if self.centres else 1
-        return _logit_of_mean([m.dense_logits(x)[:, :channels] for m in self.members])
+        ``NoduleNet.dense_logits``)."""
+        return _logit_of_mean([m.dense_logits(x) for m in self.members])
 
 
 def is_ensemble(state: dict[str, Any]) -> bool:

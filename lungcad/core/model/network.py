@@ -200,11 +200,6 @@ class NoduleNet(nn.Module):
         maps = self.decoder(skips, tuple(x.shape[2:]))
         return (*out, *maps.split(1, dim=1))
 
-    def mask_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, *x's size) nodule-mask logits of windowed patches of any size, without the
-        heads."""
-        return self.dense_logits(x)[:, :1]
-
     def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1 or 2, *x's size) decoder logits of windowed patches of any size, without
         the heads: the nodule mask, then the centre heatmap with the centre head; the dense
