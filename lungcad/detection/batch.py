@@ -134,10 +134,7 @@ def _model(checkpoint: str, detect: DetectConfig):
         _MODEL_CACHE.clear()
         loaded = load(checkpoint, "cpu")
         if detect.detector == "dense":
-            try:
-                check_dense_model(loaded.network, detect)
-            except ValueError as exc:
-                raise LungcadError(f"{checkpoint}: {exc}") from None
+            check_dense_model(loaded.network, detect, str(checkpoint))
         detector = detector_config(loaded.cut, detect)
         explainer = CubeExplainer(loaded.network, loaded.window)
         _MODEL_CACHE[key] = loaded, detector, explainer

@@ -45,6 +45,7 @@ from lungcad.core.model.loading import LoadedModel, resolve_amp
 from lungcad.core.model.network import window_hu
 from lungcad.core.model.predict import MASK_THRESHOLD, predict_hu_cubes
 from lungcad.detection.detector import DetectorConfig, ScanDetections
+from lungcad.errors import LungcadError
 
 #: The dense scores beside the findings' columns in the candidates table.
 DENSE_SCORES = ("map_peak", "centre_peak", "cube_probability")
@@ -333,16 +334,21 @@ def _score(row: dict, how: str) -> float:
     return float(np.sqrt(row["map_peak"] * row["cube_probability"]))
 
 
-def check_dense_model(network, config: DetectConfig) -> None:
-    """Raise a one-line ``ValueError`` when a network cannot run the dense detector as
-    ``config`` asks: no decoder, or ``score: centre`` without the centre head."""
+class DenseModelError(LungcadError, ValueError):
+    """A model that cannot run the dense detector as the settings ask."""
+
+
+def check_dense_model(network, config: DetectConfig, source: str = "this model") -> None:
+    """Raise a one-line ``DenseModelError`` when a network cannot run the dense detector as
+    ``config`` asks: no decoder, or ``score: centre`` without the centre head; ``source``
+    names the model (its checkpoint) in the message."""
     if not network.segments:
-        raise ValueError(
-            "detect.detector: dense needs a model with a segmentation decoder; this one has "
+        raise DenseModelError(
+            f"detect.detector: dense needs a model with a segmentation decoder; {source} has "
             "none: use detect.detector: cubes, or a model trained with model.segmentation: true"
         )
     if config.score == "centre" and not network.centres:
-        raise ValueError(
-            "detect.score: centre needs a model with the centre head; this one has none: use "
+        raise DenseModelError(
+            f"detect.score: centre needs a model with the centre head; {source} has none: use "
             "detect.score: peak, or a model trained with model.centre_head: true"
         )

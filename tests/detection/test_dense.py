@@ -220,6 +220,7 @@ def test_the_dense_detector_writes_the_same_outputs_and_reports_the_bad_scans(
     refused = _detect(scans["dicom"], tmp_path / "refused", checkpoint, params)
     assert refused.exit_code != 0 and "Traceback" not in refused.output
     assert "detect.score: centre needs a model with the centre head" in refused.output
+    assert checkpoint.name in refused.output  # the message names the checkpoint
     assert not (tmp_path / "refused" / "scans.csv").exists()
 
 
