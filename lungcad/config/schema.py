@@ -537,7 +537,9 @@ class DetectConfig(Section):
         score: a dense finding's probability: ``peak``, its map peak; ``centre``, its peak
             on the centre heatmap (``model.centre_head``); ``cube``, the detection head's on
             the cube centred on it (of the size the heads learnt on); ``mean``, the
-            geometric mean of the map peak and the cube's.
+            geometric mean of the map peak and the cube's; ``combined``, the mean of the
+            centre peak and the map peak times the cube's (the heatmap is surest of small
+            nodules, the cube's head of large ones).
         amp: the dense pass's precision: ``auto`` is bf16 on a CPU with native bf16 and AMP
             on CUDA, else fp32; ``off``: fp32.
         bootstrap: FROC CIs: patients resampled with replacement (all their scans).
@@ -552,7 +554,7 @@ class DetectConfig(Section):
     detector: Literal["dense", "cubes"] = "cubes"
     patch: Annotated[Int, Field(ge=16)] = 96
     overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
-    score: Literal["peak", "centre", "cube", "mean"] = "peak"
+    score: Literal["peak", "centre", "cube", "mean", "combined"] = "peak"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     bootstrap: Annotated[Int, Field(ge=0)] = 1000
     seed: Seed = 0

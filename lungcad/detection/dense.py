@@ -16,11 +16,11 @@ its probability (``detect.score: centre``).
 
 The network's heads then read the one cube centred on each finding, of the size they
 learnt on (``LoadedModel.head_cube``: 64 mm, or a profile's training crops): its malignancy
-and the readers' attributes; its probability is its map peak, its centre peak, or the
-detection head's on that cube (``detect.score``). Why a segmentation map (and a centre
-heatmap) rather than anchors: the map gives each finding its mask directly, needs no box
-priors for lesions from 3 mm to 9 cm, and is trained with the readers' outlines
-(docs/detection.md).
+and the readers' attributes; its probability is its map peak, its centre peak, the
+detection head's on that cube, or a blend of them (``detect.score``). Why a segmentation
+map (and a centre heatmap) rather than anchors: the map gives each finding its mask
+directly, needs no box priors for lesions from 3 mm to 9 cm, and is trained with the
+readers' outlines (docs/detection.md).
 """
 
 from __future__ import annotations
@@ -324,13 +324,18 @@ def _mirrored(volume: CtVolume, margin_mm: float) -> sitk.Image:
 
 def _score(row: dict, how: str) -> float:
     """A finding's probability from its map peak, centre peak or cube's detection
-    probability (``detect.score``)."""
+    probability (``detect.score``). ``combined`` weighs two readings that fail apart: the
+    centre peak, sure of small nodules and less of larger ones (a wider target spreads it),
+    and the cube's detection probability, sure of large nodules, times the map peak (a part
+    the mask barely holds is doubtful)."""
     if how == "peak":
         return row["map_peak"]
     if how == "centre":
         return row["centre_peak"]
     if how == "cube":
         return row["cube_probability"]
+    if how == "combined":
+        return (row["centre_peak"] + row["map_peak"] * row["cube_probability"]) / 2
     return float(np.sqrt(row["map_peak"] * row["cube_probability"]))
 
 
@@ -347,8 +352,8 @@ def check_dense_model(network, config: DetectConfig, source: str = "this model")
             f"detect.detector: dense needs a model with a segmentation decoder; {source} has "
             "none: use detect.detector: cubes, or a model trained with model.segmentation: true"
         )
-    if config.score == "centre" and not network.centres:
+    if config.score in ("centre", "combined") and not network.centres:
         raise DenseModelError(
-            f"detect.score: centre needs a model with the centre head; {source} has none: use "
-            "detect.score: peak, or a model trained with model.centre_head: true"
+            f"detect.score: {config.score} needs a model with the centre head; {source} has "
+            "none: use detect.score: peak, or a model trained with model.centre_head: true"
         )

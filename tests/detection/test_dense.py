@@ -159,14 +159,49 @@ def test_a_centre_map_adds_the_nodules_the_mask_map_misses_and_ranks_the_parts()
     assert parts[0].mask.sum() == np.count_nonzero(small <= 4)
 
 
+class SizeNet(BandNet):
+    """The band's mask, a heatmap unsure of every centre (0.1 everywhere), and a detection
+    head that grows surer with the dense voxels in its cube: a larger ball, a surer cube."""
+
+    centres = True
+
+    def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
+        centre = torch.full_like(x, float(np.log(0.1 / 0.9)))
+        return torch.cat([super().dense_logits(x), centre], dim=1)
+
+    def forward(self, x: torch.Tensor, with_mask: bool = False, mask_rows=None):
+        cut = (200.0 - WINDOW[0]) / (WINDOW[1] - WINDOW[0])
+        dense = (x > cut).float().mean(dim=(1, 2, 3, 4))
+        logit, *rest = super().forward(x, with_mask, mask_rows)
+        return (300.0 * dense - 2.0, *rest)
+
+
+def test_the_combined_score_lets_the_cube_head_vouch_for_what_the_heatmap_doubts(chest) -> None:
+    loaded = LoadedModel(SizeNet(), BAND.config, BAND.cut)
+    centre = detect_volume_dense(chest, loaded, _detector(), DetectConfig(patch=64, score="centre"))
+    combined = detect_volume_dense(
+        chest, loaded, _detector(), DetectConfig(patch=64, score="combined")
+    )
+    assert centre.findings["probability"].round(3).tolist() == [0.1] * len(BALLS)
+    c = combined.candidates
+    expected = (c["centre_peak"] + c["map_peak"] * c["cube_probability"]) / 2
+    assert np.allclose(c["probability"], expected)
+    # most probable first: the largest ball, which the heatmap alone could not tell apart
+    assert combined.findings["diameter_mm"].is_monotonic_decreasing
+    assert (
+        combined.findings["probability"].iloc[0] > 0.4 > combined.findings["probability"].iloc[-1]
+    )
+
+
 def test_a_model_that_cannot_run_the_dense_detector_is_refused_in_one_line() -> None:
     from lungcad.config import ModelConfig
     from lungcad.core.model.network import NoduleNet
     from lungcad.detection.dense import check_dense_model
 
     check_dense_model(NoduleNet(ModelConfig(centre_head=True)), DetectConfig(score="centre"))
-    with pytest.raises(ValueError, match="needs a model with the centre head"):
-        check_dense_model(NoduleNet(ModelConfig()), DetectConfig(score="centre"))
+    for score in ("centre", "combined"):
+        with pytest.raises(ValueError, match="needs a model with the centre head"):
+            check_dense_model(NoduleNet(ModelConfig()), DetectConfig(score=score))
     with pytest.raises(ValueError, match="needs a model with a segmentation decoder"):
         check_dense_model(NoduleNet(ModelConfig(segmentation=False)), DetectConfig())
 
