@@ -96,6 +96,19 @@ def test_seg_and_sr_are_valid_and_read_back_equal_to_the_findings(slab, tmp_path
     masks = read_segments(seg_path, _sop_uids(slab))
     for k, segment in enumerate(segments, start=1):
         np.testing.assert_array_equal(masks[k], segment.mask)
+    # it derives from the slices its segments lie on, each frame from its own
+    touched = np.flatnonzero(np.any([s.mask for s in segments], axis=(0, 2, 3)))
+    assert 0 < len(touched) < len(slab.source_files)
+    seg = pydicom.dcmread(seg_path)
+    sources = {
+        str(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        for frame in seg.PerFrameFunctionalGroupsSequence
+    }
+    listed = {
+        str(image.ReferencedSOPInstanceUID)
+        for image in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    }
+    assert sources == listed == {_sop_uids(slab)[i] for i in touched}
     assert list(back["tracking_uid"]) == [str(s.TrackingUID) for s in seg.SegmentSequence]
     labels = [s.SegmentLabel for s in seg.SegmentSequence]
     assert labels == [
