@@ -71,10 +71,10 @@ def _block_reduce(hu: np.ndarray, step: tuple[int, int, int], ufunc: np.ufunc) -
     """
     pad = [(0, (-n) % s) for n, s in zip(hu.shape, step)]
     out = np.pad(hu, pad, mode="edge") if any(p for _, p in pad) else hu
-    if ufunc is np.add:
-        out = out.astype(np.int32)
+    # sums accumulate in int32 from the first reduction on (no int32 copy of the volume)
+    wide = np.int32 if ufunc is np.add else None
     (nz, ny, nx), (sz, sy, sx) = (n // s for n, s in zip(out.shape, step)), step
-    out = ufunc.reduce(out.reshape(nz, sz, -1), axis=1)
+    out = ufunc.reduce(out.reshape(nz, sz, -1), axis=1, dtype=wide)
     out = ufunc.reduce(out.reshape(nz, ny, sy, -1), axis=2)
     return ufunc.reduce(out.reshape(nz, ny, nx, sx), axis=3)
 
