@@ -354,8 +354,9 @@ def test_the_dense_profile_trains_and_detects_for_the_sliding_window() -> None:
     params = load_params(Path(__file__).parents[2] / "configs" / "dense.yaml")
     assert params.detect.detector == "dense" and params.train.seg_dice == "per_cube"
     assert params.train.augment.crop_size == 48 and params.train.seg_cubes == 0
-    # findings scored by the centre heatmap, which the profile's network draws
-    assert params.train.model.centre_head and params.detect.score == "centre"
+    # findings scored by the centre heatmap (which the profile's network draws) with the
+    # cube's detection head
+    assert params.train.model.centre_head and params.detect.score == "combined"
 
 
 def test_agreement_weighting_counts_nodules_the_readers_agree_on_more(tiny_dataset) -> None:
