@@ -20,14 +20,13 @@ minutes per scan; the scale space takes seconds and its sensitivity is measured 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from lungcad.config import CandidatesConfig
 from lungcad.core.io.geometry import VolumeGeometry
 from lungcad.core.lung_mask import LungMasks
 
@@ -53,31 +52,13 @@ CANDIDATE_COLUMNS = [
 RADIUS_PER_SIGMA = float(np.sqrt(3.0))
 
 
-@dataclass(frozen=True)
-class CandidateConfig:
-    """Settings of the candidate generator.
-
-    Attributes:
-        sigmas_mm: blur scales (geometric ladder); a DoG response is computed between
-            each neighbouring pair, so the blob scales are all but the last.
-        coarse_from_mm: scales from this one on are computed on the coarse grid.
-        spacing_mm: the fine grid (the coarse grid is twice it).
-        min_response: least DoG response (HU) of a candidate.
-        max_candidates: per scan, strongest first.
-    """
-
-    sigmas_mm: tuple[float, ...] = (1.0, 1.41, 2.0, 2.83, 4.0, 5.66, 8.0, 11.3, 16.0, 22.6, 32.0)
-    coarse_from_mm: float = 2.83
-    spacing_mm: float = 1.0
-    min_response: float = 40.0
-    max_candidates: int = 300
-
-    def __post_init__(self) -> None:
-        s = np.asarray(self.sigmas_mm)
-        if len(s) < 2 or np.any(np.diff(s) <= 0) or s[0] <= 0:
-            raise ValueError(f"sigmas_mm must increase and be > 0, got {self.sigmas_mm}")
-        if self.max_candidates < 1:
-            raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates}")
+#: Blur scales of the scale space (mm, a geometric ladder): a DoG response is computed
+#: between each neighbouring pair, so the blob scales are all but the last.
+SIGMAS_MM = (1.0, 1.41, 2.0, 2.83, 4.0, 5.66, 8.0, 11.3, 16.0, 22.6, 32.0)
+#: Scales from this one on are computed on the coarse grid (twice ``GRID_MM``).
+COARSE_FROM_MM = 2.83
+#: The fine grid's spacing (mm).
+GRID_MM = 1.0
 
 
 def _region_image(lungs: LungMasks, geometry: VolumeGeometry) -> sitk.Image:
@@ -162,7 +143,7 @@ def generate_candidates(
     image: sitk.Image,
     lungs: LungMasks,
     geometry: VolumeGeometry,
-    config: CandidateConfig | None = None,
+    config: CandidatesConfig | None = None,
 ) -> pd.DataFrame:
     """Blob candidates of one scan (see module docstring).
 
@@ -170,7 +151,7 @@ def generate_candidates(
         image: the HU volume with its geometry (``VolumeGeometry.to_sitk``).
         lungs: its lung masks (``lung_mask``).
         geometry: its geometry.
-        config: generator settings.
+        config: the minimum response and the candidates per scan (the defaults: the schema's).
 
     Returns:
         One row per candidate, strongest first: ``coordX, coordY, coordZ`` (patient mm),
@@ -178,15 +159,15 @@ def generate_candidates(
         ``blobness`` and ``score`` (response × blobness).
         Empty when no lung is found.
     """
-    config = config or CandidateConfig()
+    config = config or CandidatesConfig()
     columns = CANDIDATE_COLUMNS
-    sigmas = np.asarray(config.sigmas_mm, dtype=float)
+    sigmas = np.asarray(SIGMAS_MM, dtype=float)
     pad = 3.0 * sigmas[-1]
-    grid = _iso_grid(lungs, geometry, config.spacing_mm, pad)
+    grid = _iso_grid(lungs, geometry, GRID_MM, pad)
     if grid is None:
         return pd.DataFrame(columns=columns)
     origin, size = grid
-    sp = config.spacing_mm
+    sp = GRID_MM
     hu = _resample(image, origin, size, sp, sitk.sitkLinear, CLIP_HU[0])
     region = _resample(
         _region_image(lungs, geometry), origin, size, sp, sitk.sitkNearestNeighbor, 0
@@ -200,7 +181,7 @@ def generate_candidates(
     blurred = ndimage.gaussian_filter(work, sigmas[0] / sp, truncate=3.0)
     current = sigmas[0]
     for i in range(1, len(sigmas)):
-        if sigmas[i] >= config.coarse_from_mm and level_spacing == sp:
+        if sigmas[i] >= COARSE_FROM_MM and level_spacing == sp:
             # Blur to the coarse octave's anti-alias level is already done: subsample.
             blurred = blurred[::2, ::2, ::2].copy()
             level_spacing = 2 * sp

@@ -25,9 +25,9 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from lungcad.config import DetectConfig
+from lungcad.config import CandidatesConfig, DetectConfig
 from lungcad.core.acquisition import acquisition_notes
-from lungcad.core.candidates import CandidateConfig, generate_candidates
+from lungcad.core.candidates import generate_candidates
 from lungcad.core.cubes import extract_cube, mirror_pad_z
 from lungcad.core.findings.lungrads import UNSIZED, lung_rads
 from lungcad.core.findings.measure import measure_mask, nodule_type
@@ -45,42 +45,42 @@ LUNG_HU = -850.0
 MEASURE_HALF_VOXELS = 20
 
 
+#: Smallest box edge (mm) used for NMS: tiny blobs still merge when they sit on the same
+#: nodule.
+MIN_BOX_MM = 5.0
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Settings of whole-scan detection.
+    """Settings of whole-scan detection with one model (``detector_config``: what the model
+    was trained with and the run's ``detect`` settings; no defaults of its own).
 
     Attributes:
-        candidates: the candidate generator.
+        candidates: the candidate generator (the training data's).
         cube_size, spacing_mm: the network's input cube (as in training).
         batch_size: cubes per forward pass.
         nms_overlap: a finding is dropped when more than this share of the smaller of its
             box and a better finding's box is shared by both (``box_iomin``).
-        min_box_mm: smallest box edge used for NMS (tiny blobs still merge when they
-            sit on the same nodule).
         lung_dilation_mm, lung_closing_mm: the lung mask (as in preprocessing).
         tta_flips: test-time augmentation: the cube is also scored flipped along each of
             these axes (0 z, 1 y, 2 x; training flips all three) and the scores averaged.
     """
 
-    candidates: CandidateConfig = field(default_factory=CandidateConfig)
-    cube_size: int = 64
-    spacing_mm: float = 1.0
-    batch_size: int = 16
-    nms_overlap: float = 0.5
-    min_box_mm: float = 5.0
-    lung_dilation_mm: float = 5.0
-    lung_closing_mm: float = 20.0
-    tta_flips: tuple[int, ...] = ()
+    candidates: CandidatesConfig
+    cube_size: int
+    spacing_mm: float
+    batch_size: int
+    nms_overlap: float
+    lung_dilation_mm: float
+    lung_closing_mm: float
+    tta_flips: tuple[int, ...]
 
 
 def detector_config(cut: CubeCut, detect: DetectConfig) -> DetectorConfig:
     """The detector of a model: its cube geometry, lung mask and candidate generator as it
     was trained (``cut``, from the checkpoint) and the run's ``detect`` settings."""
     return DetectorConfig(
-        candidates=CandidateConfig(
-            min_response=cut.candidates.min_response,
-            max_candidates=cut.candidates.max_candidates,
-        ),
+        candidates=cut.candidates,
         cube_size=cut.preprocess.cube_size,
         spacing_mm=cut.preprocess.spacing_mm,
         batch_size=detect.batch_size,
@@ -298,7 +298,7 @@ def detect_volume(
         malignancy 1–5, diameter), with seconds spent per step. A scan with no lung found
         has no candidates and a note saying so.
     """
-    config = config or DetectorConfig()
+    config = config or detector_config(loaded.cut, DetectConfig())
     device = torch.device(device)
     seconds: dict[str, float] = {}
     notes: list[str] = []
@@ -348,7 +348,7 @@ def detect_volume(
         box_mm,
         nodules["probability"].to_numpy(float),
         config.nms_overlap,
-        config.min_box_mm,
+        MIN_BOX_MM,
     )
     findings = nodules.iloc[keep]
     order = np.argsort(-findings["probability"].to_numpy(), kind="stable")

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from lungcad.config import CandidatesConfig, PreprocessConfig, ReadLimits
 from lungcad.core.annotations.lidc_db import CHARACTERISTICS, LidcDatabase
 from lungcad.core.annotations.nodules import Nodule, cluster_nodules, nodule_center_mm
-from lungcad.core.candidates import CandidateConfig, generate_candidates
+from lungcad.core.candidates import generate_candidates
 from lungcad.core.cubes import extract_cube, mirror_pad_z
 from lungcad.core.io.dicom_index import DicomIndex, LidcRootError, index_lidc_root
 from lungcad.core.io.scans import ScanSource
@@ -341,9 +341,7 @@ def _candidate_negatives(
             image,
             lungs,
             volume.geometry,
-            CandidateConfig(
-                min_response=candidates.min_response, max_candidates=candidates.max_candidates
-            ),
+            candidates,
         )
         pts = cands[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float)
         weight = np.maximum(cands["score"].to_numpy(dtype=float), 1e-9)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungcad.core.candidates import CandidateConfig, generate_candidates
+from lungcad.config import CandidatesConfig
+from lungcad.core.candidates import generate_candidates
 from lungcad.core.io.geometry import VolumeGeometry
 from lungcad.core.lung_mask import lung_mask
 
@@ -53,7 +54,7 @@ def chest():
 def test_every_sphere_gets_a_candidate_within_its_radius_ranked_above_the_vessels(chest) -> None:
     hu, geometry = chest
     lungs = lung_mask(hu, geometry)
-    cands = generate_candidates(geometry.to_sitk(hu), lungs, geometry, CandidateConfig())
+    cands = generate_candidates(geometry.to_sitk(hu), lungs, geometry, CandidatesConfig())
     pts = cands[["coordX", "coordY", "coordZ"]].to_numpy()
     for centre, diameter in SPHERES:
         d = np.linalg.norm(pts - np.array(centre), axis=1)

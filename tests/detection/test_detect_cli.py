@@ -149,11 +149,12 @@ def test_missing_raw_and_wrong_model_are_clear_errors(scans, checkpoint, tmp_pat
 
 
 def test_test_time_flips_average_the_flipped_cubes_scores(checkpoint) -> None:
+    from lungcad.config import DetectConfig
     from lungcad.core.cubes import extract_cube, mirror_pad_z
     from lungcad.core.io.series import CtVolume
     from lungcad.core.model.loading import load
     from lungcad.core.model.predict import predict_hu_cubes
-    from lungcad.detection.detector import DetectorConfig, score_cubes
+    from lungcad.detection.detector import detector_config, score_cubes
 
     hu, geometry = synthetic_chest()
     volume = CtVolume(
@@ -169,9 +170,15 @@ def test_test_time_flips_average_the_flipped_cubes_scores(checkpoint) -> None:
     loaded = load(checkpoint)
     model, config, window = loaded.network, loaded.config, loaded.window
     centre = np.array([[40.0, 10.0, -10.0]])
-    plain, *_ = score_cubes(volume, centre, loaded, DetectorConfig(), "cpu", np.ones(1))
+    detector = detector_config(loaded.cut, DetectConfig())
+    plain, *_ = score_cubes(volume, centre, loaded, detector, "cpu", np.ones(1))
     flipped, *_ = score_cubes(
-        volume, centre, loaded, DetectorConfig(tta_flips=(2,)), "cpu", np.ones(1)
+        volume,
+        centre,
+        loaded,
+        detector_config(loaded.cut, DetectConfig(tta_flips=(2,))),
+        "cpu",
+        np.ones(1),
     )
     padded, g = mirror_pad_z(volume)
     cube = extract_cube(g.to_sitk(padded), centre[0])[None]
@@ -184,7 +191,7 @@ def test_test_time_flips_average_the_flipped_cubes_scores(checkpoint) -> None:
         volume,
         centre,
         replace(loaded, network=with_attributes),
-        DetectorConfig(),
+        detector,
         "cpu",
         np.ones(1),
     )
