@@ -288,8 +288,16 @@ def detect_volume_dense(
         cubes = np.stack(
             [extract_cube(image, c, loaded.head_cube, detector.spacing_mm) for c in centres]
         )
+        # The heads in the precision of the cube protocol (``resolve_amp``: fp32 on a CPU,
+        # where bf16 is slower on these small cubes: 5 ms a cube against 3 ms in fp32).
         cube_p, mal, attrs = predict_hu_cubes(
-            model, cubes, window, device, detector.batch_size, amp, named_outputs=True
+            model,
+            cubes,
+            window,
+            device,
+            detector.batch_size,
+            resolve_amp(config.amp, device),
+            named_outputs=True,
         )
         for i, row in enumerate(rows):
             row["malignancy"] = float(np.clip(mal[i], 1.0, 5.0))
