@@ -107,32 +107,47 @@ def render_tubes(
         members = order[(keys[:, 0] == sk) & (keys[:, 1] == sin)]
         per_segment = sk * sin * sin * len(offsets)
         chunk = max(1, BATCH_VOXELS // per_segment)
-        dk, dr, dc = np.meshgrid(np.arange(sk), np.arange(sin), np.arange(sin), indexing="ij")
+        dk = np.arange(sk)[None, :, None, None]
+        dr, dc = (d[None, None] for d in np.meshgrid(np.arange(sin), np.arange(sin), indexing="ij"))
         for i in range(0, len(members), chunk):
             m = members[i : i + chunk]
+            # In-plane quantities on (segment, 1, row, col), z ones on (segment, slice, 1, 1).
             kk = k_lo[m, None, None, None] + dk
             rr = r_lo[m, None, None, None] + dr
             cc = c_lo[m, None, None, None] + dc
-            valid = (kk < nz) & (rr >= 0) & (rr < ny) & (cc >= 0) & (cc < nx)
+            valid_k = kk < nz
+            valid_rc = (rr >= 0) & (rr < ny) & (cc >= 0) & (cc < nx)
             kk, rr, cc = np.minimum(kk, nz - 1), np.clip(rr, 0, ny - 1), np.clip(cc, 0, nx - 1)
             a = starts_mm[m].astype(np.float32)[:, None, None, None, :]
             ab = (ends_mm[m] - starts_mm[m]).astype(np.float32)[:, None, None, None, :]
+            abx, aby, abz = ab[..., 0], ab[..., 1], ab[..., 2]
             ab2 = np.maximum((ab * ab).sum(-1), 1e-6)
             px = grid.x_mm[cc].astype(np.float32) - a[..., 0]
             py = grid.y_mm[rr].astype(np.float32) - a[..., 1]
             pz0 = grid.z_mm[kk].astype(np.float32) - a[..., 2]
             ramp_r, gain = ramp_radius_and_gain(radii_mm[m], ps)
-            radius = ramp_r.astype(np.float32)[:, None, None, None]
-            value = np.zeros(kk.shape, dtype=np.float32)
+            radius = ramp_r.astype(np.float32)
+            # A voxel is no nearer the segment than its (x, y) is to the segment's projection
+            # on the plane: one pixel beyond the radius there, it is empty at every z, and
+            # only the others are computed (the occupancy starts at 0).
+            along_xy = px * abx + py * aby
+            t_xy = np.clip(along_xy / np.maximum(abx * abx + aby * aby, 1e-6), 0, 1)
+            near_xy = np.hypot(px - t_xy * abx, py - t_xy * aby) <= radius[:, None, None, None] + ps
+            s_, k_, r_, c_ = np.nonzero(valid_k & (near_xy & valid_rc))
+            qx, qy, qxy = px[s_, 0, r_, c_], py[s_, 0, r_, c_], along_xy[s_, 0, r_, c_]
+            qz0 = pz0[s_, k_, 0, 0]
+            bx, by, bz = abx[s_, 0, 0, 0], aby[s_, 0, 0, 0], abz[s_, 0, 0, 0]
+            b2, rad = ab2[s_, 0, 0, 0], radius[s_]
+            value = np.zeros(len(s_), dtype=np.float32)
             for dz, weight in zip(offsets, weights.astype(np.float32)):
-                pz = pz0 + dz
-                t = np.clip((px * ab[..., 0] + py * ab[..., 1] + pz * ab[..., 2]) / ab2, 0, 1)
-                ex, ey, ez = px - t * ab[..., 0], py - t * ab[..., 1], pz - t * ab[..., 2]
+                pz = qz0 + dz
+                t = np.clip((qxy + pz * bz) / b2, 0, 1)
+                ex, ey, ez = qx - t * bx, qy - t * by, pz - t * bz
                 d = np.sqrt(ex * ex + ey * ey + ez * ez)
-                value += weight * np.clip(0.5 + (radius - d) / ps, 0, 1)
-            value *= valid * gain.astype(np.float32)[:, None, None, None]
-            index = (kk * ny + rr) * nx + cc
-            np.maximum.at(flat, index.ravel(), value.ravel())
+                value += weight * np.clip(0.5 + (rad - d) / ps, 0, 1)
+            value *= gain.astype(np.float32)[s_]
+            index = (kk[s_, k_, 0, 0] * ny + rr[s_, 0, r_, c_]) * nx + cc[s_, 0, r_, c_]
+            np.maximum.at(flat, index, value)
     return occupancy
 
 
