@@ -105,10 +105,30 @@ def _resample(
     return sitk.GetArrayFromImage(f.Execute(image))
 
 
+#: The 26 neighbours of a voxel, as (z, y, x) offsets.
+NEIGHBOURS = np.array(
+    [
+        (a, b, c)
+        for a in (-1, 0, 1)
+        for b in (-1, 0, 1)
+        for c in (-1, 0, 1)
+        if (a, b, c) != (0, 0, 0)
+    ]
+)
+
+
 def _local_maxima(response: np.ndarray, mask: np.ndarray, min_response: float) -> np.ndarray:
-    peaks = (response >= min_response) & mask
-    peaks &= response == ndimage.maximum_filter(response, size=3, mode="nearest")
-    return np.argwhere(peaks)
+    """(z, y, x) of the voxels of ``mask`` at ``min_response`` or above that no neighbour
+    of their 3x3x3 block exceeds (the edge repeated beyond the array: ``maximum_filter``'s
+    ``nearest`` mode); only the voxels above ``min_response`` are compared."""
+    zyx = np.argwhere((response >= min_response) & mask)
+    value = response[tuple(zyx.T)]
+    top = np.array(response.shape) - 1
+    keep = np.ones(len(zyx), dtype=bool)
+    for offset in NEIGHBOURS:
+        near = np.clip(zyx + offset, 0, top)
+        keep &= value >= response[near[:, 0], near[:, 1], near[:, 2]]
+    return zyx[keep]
 
 
 def _blobness(blurred: np.ndarray, zyx: np.ndarray) -> np.ndarray:
@@ -193,12 +213,14 @@ def generate_candidates(
         scale = level_spacing / sp
         peaks = _local_maxima(dog, level_mask, config.min_response)
         shape = _blobness(blurred, peaks)
-        for zyx, q in zip(peaks, shape):
-            found.append((*(zyx * scale), sigmas[i - 1], float(dog[tuple(zyx)]), q))
+        response = dog[tuple(peaks.T)].astype(float)
+        found.append(
+            np.column_stack([peaks * scale, np.full(len(peaks), sigmas[i - 1]), response, shape])
+        )
         blurred = nxt
-    if not found:
+    found_arr = np.concatenate(found).astype(float)
+    if len(found_arr) == 0:
         return pd.DataFrame(columns=columns)
-    found_arr = np.array(found, dtype=float)
     # Rank by blob score: response × blobness (a vessel's bend or crossing responds like a
     # small nodule but is elongated; a nodule is round).
     found_arr = found_arr[np.argsort(-found_arr[:, 4] * found_arr[:, 5], kind="stable")]
@@ -206,9 +228,14 @@ def generate_candidates(
     points = found_arr[:, :3] * sp
     tree = cKDTree(points)
     keep = np.ones(len(points), dtype=bool)
+    kept = 0
     for i in range(len(points)):
         if not keep[i]:
             continue
+        kept += 1
+        if kept == config.max_candidates:  # the points after the last one kept: unread
+            keep[i + 1 :] = False
+            break
         radius = max(RADIUS_PER_SIGMA * found_arr[i, 3], 2.0)
         for j in tree.query_ball_point(points[i], radius):
             if j > i:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from lungcad.config import CandidatesConfig
@@ -86,3 +87,29 @@ def test_finding_diameter_is_measured_from_the_cube(chest) -> None:
         assert cube_diameter_mm(cube, 1.0, fallback_mm=-1) == pytest.approx(diameter, rel=0.15)
     lung = extract_cube(image, np.array([-45.0, -5.0, 40.0]))  # aerated lung only
     assert cube_diameter_mm(lung, 1.0, fallback_mm=-1) == -1
+
+
+def test_local_maxima_are_the_voxels_no_neighbour_exceeds_up_to_the_edges() -> None:
+    from scipy import ndimage
+
+    from lungcad.core.candidates import _local_maxima
+
+    rng = np.random.default_rng(0)
+    # coarse values: plateaus (ties), and maxima on the faces and corners of the array
+    response = rng.integers(0, 6, (9, 11, 13)).astype(np.float32)
+    mask = rng.random(response.shape) < 0.8
+    want = (response >= 2) & mask
+    want &= response == ndimage.maximum_filter(response, size=3, mode="nearest")
+    got = _local_maxima(response, mask, 2.0)
+    assert got.tolist() == np.argwhere(want).tolist()  # the same voxels, in the same order
+    assert len(got) > 10 and (got == 0).any() and (got == np.array(response.shape) - 1).any()
+
+
+def test_the_cap_keeps_the_best_candidates_of_the_uncapped_list(chest) -> None:
+    hu, geometry = chest
+    lungs = lung_mask(hu, geometry)
+    image = geometry.to_sitk(hu)
+    every = generate_candidates(image, lungs, geometry, CandidatesConfig(max_candidates=1000))
+    capped = generate_candidates(image, lungs, geometry, CandidatesConfig(max_candidates=7))
+    assert len(every) > 7
+    pd.testing.assert_frame_equal(capped, every.head(7))
