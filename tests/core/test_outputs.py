@@ -54,12 +54,13 @@ def _hold(out, ready, release) -> None:
 
 
 def test_a_second_run_on_one_output_folder_names_the_first(tmp_path) -> None:
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: a fork of a test worker's threads can inherit a lock held mid-call
+    ctx = multiprocessing.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
     holder = ctx.Process(target=_hold, args=(tmp_path / "out", ready, release))
     holder.start()
     try:
-        assert ready.wait(30)
+        assert ready.wait(120)
         busy = rf"in use by lungcad detect \(pid {holder.pid}"
         with pytest.raises(OutputBusyError, match=busy), owned_output(tmp_path / "out", "x"):
             pass
