@@ -36,9 +36,8 @@ from scipy import ndimage
 from lungcad.config import DetectConfig
 from lungcad.core.acquisition import acquisition_notes
 from lungcad.core.cubes import extract_cube, mirror_pad_z, resample_box
-from lungcad.core.findings.lungrads import UNSIZED, lung_rads
-from lungcad.core.findings.measure import measure_mask, nodule_type
-from lungcad.core.findings.record import FINDING_COLUMNS
+from lungcad.core.findings.measure import measure_mask
+from lungcad.core.findings.record import FINDING_COLUMNS, attribute_columns, measured
 from lungcad.core.io.series import AIR_HU, CtVolume
 from lungcad.core.lung_mask import LungMasks, lung_mask
 from lungcad.core.model.loading import LoadedModel, resolve_amp
@@ -241,7 +240,7 @@ def detect_volume_dense(
     )
     seconds["lung_mask"] = time.perf_counter() - t
     notes = list(acquisition_notes(volume.geometry, lungs))
-    attr_columns = [f"attr_{name}" for name in model.output_names]
+    attr_columns = attribute_columns(model.output_names)
     columns = [*FINDING_COLUMNS, *attr_columns]
     t = time.perf_counter()
     # One mirrored copy of the volume serves the grid and the heads' cubes.
@@ -273,10 +272,6 @@ def detect_volume_dense(
                 "probability": part.peak,
                 "map_peak": part.peak,
                 "centre_peak": part.centre,
-                "diameter_mm": measures.diameter_mm,
-                "mean_diameter_mm": measures.mean_diameter_mm,
-                "volume_mm3": measures.volume_mm3,
-                "solid_diameter_mm": measures.solid_mean_diameter_mm,
                 "sizing": "mask",
                 "cubes": 1,
                 "candidate_score": np.nan,
@@ -305,14 +300,7 @@ def detect_volume_dense(
             row["probability"] = _score(row, config.score)
             for j, column in enumerate(attr_columns):
                 row[column] = float(attrs[i, j])
-            texture = row.get("attr_texture")
-            measures = row.pop("_measures")
-            row["type"] = nodule_type(texture, measures)
-            row["lung_rads"] = (
-                lung_rads(row["type"], measures.mean_diameter_mm, measures.solid_mean_diameter_mm)
-                if not measures.empty
-                else UNSIZED
-            )
+            row.update(measured(row.pop("_measures"), row.get("attr_texture")))
     seconds["heads"] = time.perf_counter() - t
     scored = pd.DataFrame(rows, columns=[*columns, *DENSE_SCORES])
     order = np.argsort(-scored["probability"].to_numpy(float), kind="stable")

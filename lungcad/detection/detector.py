@@ -29,10 +29,10 @@ from lungcad.config import CandidatesConfig, DetectConfig
 from lungcad.core.acquisition import acquisition_notes
 from lungcad.core.candidates import generate_candidates
 from lungcad.core.cubes import extract_cube, mirror_pad_z
-from lungcad.core.findings.lungrads import UNSIZED, lung_rads
-from lungcad.core.findings.measure import measure_mask, nodule_type
+from lungcad.core.findings.lungrads import UNSIZED
+from lungcad.core.findings.measure import measure_mask
 from lungcad.core.findings.merge import FindingMask, cube_finding_mask, fuse_masks, group_findings
-from lungcad.core.findings.record import FINDING_COLUMNS
+from lungcad.core.findings.record import FINDING_COLUMNS, attribute_columns, measured
 from lungcad.core.io.series import CtVolume
 from lungcad.core.lung_mask import lung_mask
 from lungcad.core.model.loading import CubeCut, LoadedModel
@@ -261,25 +261,14 @@ def mask_findings(
         mask, origin, hu = fuse_masks([masks[i] for i in members])
         spacing = masks[best].spacing_mm
         measures = measure_mask(mask, origin, spacing, hu)
-        kind = nodule_type(_texture(cands, best), measures)
         row["cubes"] = len(members)
-        row["type"] = kind
+        row.update(measured(measures, _texture(cands, best)))
         if measures.empty:
             row["sizing"] = "n/a"
-            for column in ("diameter_mm", "mean_diameter_mm", "volume_mm3", "solid_diameter_mm"):
-                row[column] = np.nan
-            row["lung_rads"] = UNSIZED
         else:
             fused[len(rows)] = (mask, origin, spacing)
             row["coordX"], row["coordY"], row["coordZ"] = measures.centroid_mm
             row["sizing"] = "mask"
-            row["diameter_mm"] = measures.diameter_mm
-            row["mean_diameter_mm"] = measures.mean_diameter_mm
-            row["volume_mm3"] = measures.volume_mm3
-            row["solid_diameter_mm"] = measures.solid_mean_diameter_mm
-            row["lung_rads"] = lung_rads(
-                kind, measures.mean_diameter_mm, measures.solid_mean_diameter_mm
-            )
         rows.append(row)
     return pd.DataFrame(rows).reset_index(drop=True), fused
 
@@ -319,7 +308,7 @@ def detect_volume(
         volume, centres, loaded, config, device, cands["diameter_mm"].to_numpy(float)
     )
     cands = cands.assign(probability=prob, malignancy=mal, blob_diameter_mm=cands["diameter_mm"])
-    attr_columns = [f"attr_{name}" for name in loaded.network.output_names]
+    attr_columns = attribute_columns(loaded.network.output_names)
     for i, column in enumerate(attr_columns):  # the readers' attributes (and sd), as predicted
         cands[column] = attrs[:, i]
     cands["diameter_mm"] = size

@@ -44,18 +44,23 @@ def model_signature(
 ) -> ModelSignature:
     """Input: float32 (N, 1, D, D, D) HU cubes; output per cube: nodule_prob, malignancy
     (and the 0/1 ``nodule`` decision when the model carries a threshold, and the network's
-    optional outputs ``output_names``: the predicted attributes, each on its LIDC scale, and
-    the readers' predicted malignancy sd; with ``findings`` the outlined nodule's
-    ``CUBE_FINDING_COLUMNS``)."""
+    optional outputs ``output_names`` as ``attr_<name>``, the finding record's attribute
+    columns: the predicted attributes, each on its LIDC scale, and the readers' predicted
+    malignancy sd; with ``findings`` the outlined nodule's ``MEASURE`` fields of the finding
+    record, typed as the record types them)."""
+    from dataclasses import fields
+
     from lungcad.core.findings.cube import CUBE_FINDING_COLUMNS
+    from lungcad.core.findings.record import Finding, attribute_columns
 
     outputs = [ColSpec("double", "nodule_prob"), ColSpec("double", "malignancy")]
     if with_decision:
         outputs.append(ColSpec("long", "nodule"))
-    outputs += [ColSpec("double", name) for name in output_names]
+    outputs += [ColSpec("double", name) for name in attribute_columns(output_names)]
     if findings:
+        kinds = {f.name: f.type for f in fields(Finding)}
         outputs += [
-            ColSpec("double" if name.startswith("mask_") else "string", name)
+            ColSpec("string" if kinds[name] == "str" else "double", name)
             for name in CUBE_FINDING_COLUMNS
         ]
     return ModelSignature(
@@ -138,12 +143,14 @@ class LungcadPyfunc(PythonModel):
         out = pd.DataFrame({"nodule_prob": prob.astype(float), "malignancy": mal.astype(float)})
         if self.threshold is not None:
             out["nodule"] = (prob >= self.threshold).astype(np.int64)
-        for i, name in enumerate(self.model.output_names):  # attributes on their LIDC scales
-            out[name] = attrs[:, i].astype(float)
+        from lungcad.core.findings.record import attribute_columns
+
+        for i, name in enumerate(attribute_columns(self.model.output_names)):
+            out[name] = attrs[:, i].astype(float)  # on their LIDC scales
         if masks is not None:  # the nodule outlined at each cube's centre, compact
             from lungcad.core.findings.cube import cube_finding
 
-            texture = out["texture"].to_numpy() if "texture" in out else [None] * len(out)
+            texture = out["attr_texture"].to_numpy() if "attr_texture" in out else [None] * len(out)
             rows = [
                 cube_finding(m, c[0], self.spacing_mm, t) for m, c, t in zip(masks, cubes, texture)
             ]

@@ -99,7 +99,8 @@ def test_pyfunc_model_gives_the_torch_model_outputs(tracked, monkeypatch) -> Non
     assert spec.type == np.dtype(np.float32) and spec.shape == (-1, 1, 32, 32, 32)
     cubes = np.load(dataset_dir / "cubes.npy")[:6].astype(np.float32)[:, None]
     out = pyfunc.predict(cubes)
-    named = [*(a.name for a in ATTRIBUTES), "malignancy_sd"]  # LIDC scales, then the spread
+    # the attributes on their LIDC scales, then the spread: as in detections.csv
+    named = [f"attr_{a.name}" for a in ATTRIBUTES] + ["attr_malignancy_sd"]
     model, config = load_model(tmp_path / "models" / "best.pt")
     # the outlined nodule's sizes, type and Lung-RADS category, with the segmentation head
     found = list(CUBE_FINDING_COLUMNS) if model.segments else []
@@ -114,8 +115,8 @@ def test_pyfunc_model_gives_the_torch_model_outputs(tracked, monkeypatch) -> Non
     np.testing.assert_allclose(out["malignancy"], mal, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out[named].to_numpy(), extra, rtol=1e-5, atol=1e-5)
     for a in ATTRIBUTES:
-        assert out[a.name].between(a.low, a.high).all(), a.name
-    assert (out["malignancy_sd"] >= SPREAD_FLOOR).all()
+        assert out[f"attr_{a.name}"].between(a.low, a.high).all(), a.name
+    assert (out["attr_malignancy_sd"] >= SPREAD_FLOOR).all()
     explained = pyfunc.predict(cubes, params={"explain": True})
     assert list(explained.columns) == [
         "nodule_prob",

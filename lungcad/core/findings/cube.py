@@ -1,24 +1,18 @@
 """The finding of one cube on its own (a served request, a cube of the dataset): its
-predicted mask's nodule part measured, typed and categorised."""
+predicted mask's nodule part measured, typed and categorised, as the finding record's
+``MEASURE`` fields."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from lungcad.core.cubes import cube_grid_origin
-from lungcad.core.findings.lungrads import lung_rads
-from lungcad.core.findings.measure import measure_mask, nodule_type
+from lungcad.core.findings.measure import measure_mask
 from lungcad.core.findings.merge import nodule_part
+from lungcad.core.findings.record import MEASURE, finding_columns, measured
 
-#: What ``cube_finding`` returns, in order: names of the served answer's columns (``mask_``:
-#: measured from the predicted outline, beside the attribute head's ``diameter_mm``).
-CUBE_FINDING_COLUMNS = (
-    "mask_diameter_mm",
-    "mask_mean_diameter_mm",
-    "mask_volume_mm3",
-    "type",
-    "lung_rads",
-)
+#: What ``cube_finding`` returns, in order: the finding record's ``MEASURE`` fields.
+CUBE_FINDING_COLUMNS = tuple(finding_columns(MEASURE))
 
 
 def cube_finding(
@@ -29,12 +23,4 @@ def cube_finding(
     a size) of the nodule a cube's predicted mask outlines at its centre."""
     part = nodule_part(mask_zyx, spacing_mm)
     origin = cube_grid_origin(np.zeros(3), part.shape[0], spacing_mm)
-    m = measure_mask(part, origin, spacing_mm, hu_zyx)
-    kind = nodule_type(texture, m)
-    return {
-        "mask_diameter_mm": m.diameter_mm,
-        "mask_mean_diameter_mm": m.mean_diameter_mm,
-        "mask_volume_mm3": m.volume_mm3 if not m.empty else float("nan"),
-        "type": kind,
-        "lung_rads": lung_rads(kind, m.mean_diameter_mm, m.solid_mean_diameter_mm),
-    }
+    return measured(measure_mask(part, origin, spacing_mm, hu_zyx), texture)

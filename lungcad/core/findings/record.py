@@ -1,10 +1,15 @@
 """The finding record: one lesion a whole-scan detector found, the columns of every table
 and answer that lists findings (``detections.csv`` and each scan's findings, in this order),
-each field saying what it holds and which part of a finding it belongs to."""
+each field saying what it holds and which part of a finding it belongs to. The served
+answer of a cube carries the record's ``MEASURE`` fields for the nodule outlined at its
+centre (``lungcad.core.findings.cube``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+
+from lungcad.core.findings.lungrads import UNSIZED, lung_rads
+from lungcad.core.findings.measure import MaskMeasures, nodule_type
 
 #: What part of a finding a field belongs to (``finding_columns``).
 LUNA16 = "luna16"  # LUNA16's submission columns: where (patient mm) and how probable
@@ -48,3 +53,34 @@ def finding_columns(*parts: str) -> list[str]:
 
 #: Every column of the finding record, in its order.
 FINDING_COLUMNS = finding_columns()
+
+
+def attribute_columns(names: tuple[str, ...] | list[str]) -> list[str]:
+    """The columns of a network's optional outputs (the readers' attributes, each on its LIDC
+    scale, and their predicted malignancy spread) beside a finding: ``attr_<name>``."""
+    return [f"attr_{name}" for name in names]
+
+
+def measured(measures: MaskMeasures, texture: float | None = None) -> dict[str, float | str]:
+    """A finding's ``MEASURE`` fields, in the record's order, from what its mask measures
+    (``measure_mask``) and the texture head's LIDC rating (``nodule_type``): NaN sizes and
+    Lung-RADS "0" (incomplete) where the mask is empty."""
+    kind = nodule_type(texture, measures)
+    nan = float("nan")
+    if measures.empty:
+        return dict(
+            diameter_mm=nan,
+            mean_diameter_mm=nan,
+            volume_mm3=nan,
+            type=kind,
+            solid_diameter_mm=nan,
+            lung_rads=UNSIZED,
+        )
+    return dict(
+        diameter_mm=measures.diameter_mm,
+        mean_diameter_mm=measures.mean_diameter_mm,
+        volume_mm3=measures.volume_mm3,
+        type=kind,
+        solid_diameter_mm=measures.solid_mean_diameter_mm,
+        lung_rads=lung_rads(kind, measures.mean_diameter_mm, measures.solid_mean_diameter_mm),
+    )
