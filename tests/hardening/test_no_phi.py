@@ -106,6 +106,10 @@ def test_phi_markers_in_the_dicom_headers_appear_nowhere(tmp_path, slab_root, ph
     assert all(n in marked for n in NEEDLES if n != b"1927-03-14")  # the search finds them
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["raw_root"] = str(raw)
+    # What is searched is what the pipeline writes, not how well it detects: no candidate
+    # negatives in the build, and the detector's 30 best candidates per scan.
+    params["preprocess"]["candidate_negative_fraction"] = 0.0
+    params["candidates"]["max_candidates"] = 30
     params["train"] = tiny_train_config(epochs=1, batch_size=8).to_dict()
     params["evaluate"]["bootstrap"] = 20
     params["promote"]["bootstrap"] = 20
