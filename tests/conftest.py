@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# As every lungcad command does (lungcad/__init__.py), before numpy is imported here.
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+
 import numpy as np
 import pydicom
 import pytest

@@ -1,0 +1,69 @@
+"""Benchmark: lungcad commands with numpy's transparent-huge-page advice on and off.
+
+Runs ``lungcad data phantom --scans N`` and ``lungcad data build`` on what it wrote,
+alternating NUMPY_MADVISE_HUGEPAGE=1 (numpy's own default) and 0 (lungcad's default), and
+prints each run's wall and system seconds and the machine's THP settings. Alternating
+keeps a drifting machine's speed out of the comparison.
+
+Usage:
+    python bench/hugepages.py --scans 3 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _run(cmd: list[str], advise: str) -> tuple[float, float]:
+    env = {**os.environ, "NUMPY_MADVISE_HUGEPAGE": advise}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
+    t = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    wall = time.perf_counter() - t
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime - before
+
+
+def _thp() -> str:
+    base = Path("/sys/kernel/mm/transparent_hugepage")
+    try:
+        return ", ".join(f"{n} {(base / n).read_text().strip()}" for n in ("enabled", "defrag"))
+    except OSError:
+        return "n/a"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scans", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    lungcad = [sys.executable, "-m", "lungcad.cli.main"]
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; THP: {_thp()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, built = Path(tmp) / "raw", Path(tmp) / "built"
+        steps = {
+            "phantom": [*lungcad, "data", "phantom", "--out", str(raw), "--scans", str(args.scans)],
+            "build": [*lungcad, "data", "build", "--raw", str(raw), "--out", str(built)],
+        }
+        for repeat in range(args.repeats):
+            for advise in ("1", "0"):
+                for name, cmd in steps.items():
+                    shutil.rmtree(raw if name == "phantom" else built, ignore_errors=True)
+                    wall, system = _run([*cmd, "--workers", "1", "--quiet"], advise)
+                    print(
+                        f"repeat {repeat} NUMPY_MADVISE_HUGEPAGE={advise} {name:8s} "
+                        f"{wall:6.1f} s wall, {system:6.1f} s system",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()
