@@ -23,6 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import lungcad  # noqa: F401  (first, as in every lungcad command: its process settings)
+
+# isort: split
 import numpy as np
 import torch
 
