@@ -20,36 +20,14 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from children import run_child, thp_settings
 
 #: glibc's own default for MALLOC_MMAP_MAX_: setting it keeps lungcad's hands off malloc.
 GLIBC_DEFAULT = {"MALLOC_MMAP_MAX_": "65536"}
-
-
-def _run(cmd: list[str], settings: dict[str, str]) -> tuple[float, float, float]:
-    """(wall s, system s, peak RSS MB) of one child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    t = time.perf_counter()
-    child = subprocess.Popen(
-        cmd, env={**env, **settings}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - t
-    if status != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {child.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_stime, usage.ru_maxrss / 1024
-
-
-def _thp() -> str:
-    base = Path("/sys/kernel/mm/transparent_hugepage")
-    try:
-        return ", ".join(f"{n} {(base / n).read_text().strip()}" for n in ("enabled", "defrag"))
-    except OSError:
-        return "n/a"
 
 
 def main() -> None:
@@ -61,7 +39,8 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     lungcad = [sys.executable, "-m", "lungcad.cli.main"]
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; THP: {_thp()}")
+    machine = platform.processor() or platform.machine()
+    print(f"{machine}, {os.cpu_count()} CPUs; THP: {thp_settings()}")
     with tempfile.TemporaryDirectory() as tmp:
         raw, built, figures = Path(tmp) / "raw", Path(tmp) / "built", Path(tmp) / "detect.json"
         steps = {
@@ -81,7 +60,7 @@ def main() -> None:
             for label, settings in (("glibc", GLIBC_DEFAULT), ("lungcad", {})):
                 for name, cmd in steps.items():
                     shutil.rmtree(raw if name == "phantom" else built, ignore_errors=True)
-                    wall, system, peak = _run(cmd, settings)
+                    wall, system, peak = run_child(cmd, settings, clear=("MALLOC_",))
                     line = (
                         f"repeat {repeat} {label:7s} {name:8s} {wall:6.1f} s wall, "
                         f"{system:6.1f} s system, peak {peak:6.0f} MB"

@@ -14,30 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-
-def _run(cmd: list[str], advise: str) -> tuple[float, float]:
-    env = {**os.environ, "NUMPY_MADVISE_HUGEPAGE": advise}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
-    t = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
-    wall = time.perf_counter() - t
-    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime - before
-
-
-def _thp() -> str:
-    base = Path("/sys/kernel/mm/transparent_hugepage")
-    try:
-        return ", ".join(f"{n} {(base / n).read_text().strip()}" for n in ("enabled", "defrag"))
-    except OSError:
-        return "n/a"
+from children import run_child, thp_settings
 
 
 def main() -> None:
@@ -46,7 +28,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     lungcad = [sys.executable, "-m", "lungcad.cli.main"]
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; THP: {_thp()}")
+    machine = platform.processor() or platform.machine()
+    print(f"{machine}, {os.cpu_count()} CPUs; THP: {thp_settings()}")
     with tempfile.TemporaryDirectory() as tmp:
         raw, built = Path(tmp) / "raw", Path(tmp) / "built"
         steps = {
@@ -57,7 +40,9 @@ def main() -> None:
             for advise in ("1", "0"):
                 for name, cmd in steps.items():
                     shutil.rmtree(raw if name == "phantom" else built, ignore_errors=True)
-                    wall, system = _run([*cmd, "--workers", "1", "--quiet"], advise)
+                    wall, system = run_child(
+                        [*cmd, "--workers", "1", "--quiet"], {"NUMPY_MADVISE_HUGEPAGE": advise}
+                    )[:2]
                     print(
                         f"repeat {repeat} NUMPY_MADVISE_HUGEPAGE={advise} {name:8s} "
                         f"{wall:6.1f} s wall, {system:6.1f} s system",
