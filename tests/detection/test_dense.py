@@ -159,6 +159,30 @@ def test_a_centre_map_adds_the_nodules_the_mask_map_misses_and_ranks_the_parts()
     assert parts[0].mask.sum() == np.count_nonzero(small <= 4)
 
 
+def test_touching_nodules_are_one_finding_each_and_a_mass_stays_whole() -> None:
+    prob = np.zeros((40, 60, 40), np.float32)
+    centre = np.zeros_like(prob)
+    zz, yy, xx = np.indices(prob.shape)
+    a = (zz - 20) ** 2 + (yy - 18) ** 2 + (xx - 20) ** 2
+    b = (zz - 20) ** 2 + (yy - 36) ** 2 + (xx - 20) ** 2
+    prob[(a <= 100) | (b <= 64)] = 0.99  # two balls of 20 and 16 mm that touch
+    # the heatmap's peaks at their centres, lower for the larger (a wider target)
+    centre[:] = np.maximum(0.2 * np.exp(-a / 18), 0.15 * np.exp(-b / 8))
+    region = np.ones(prob.shape, bool)
+    parts = map_parts(prob, region, centre=centre)
+    assert [round(p.centre, 2) for p in parts] == [0.2, 0.15]
+    # each holds its own ball: the voxels nearer its centre, all of them
+    for part, ball, other in zip(parts, (a, b), (b, a)):
+        held = np.zeros(prob.shape, bool)
+        held[part.box] = part.mask
+        assert held[(ball <= 25)].all() and not held[(other <= 25)].any()
+    assert sum(p.mask.sum() for p in parts) == np.count_nonzero(prob)
+    # a mass whose heatmap ripples around one peak is one finding
+    ripple = 0.02 * (np.sin(yy / 2.0) > 0)
+    centre[:] = np.where(prob > 0, 0.2 * np.exp(-a / 400) + ripple, 0)
+    assert len(map_parts(prob, region, centre=centre)) == 1
+
+
 class SizeNet(BandNet):
     """The band's mask, a heatmap unsure of every centre (0.1 everywhere), and a detection
     head that grows surer with the dense voxels in its cube: a larger ball, a surer cube."""
