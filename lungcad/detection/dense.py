@@ -187,7 +187,8 @@ def probability_maps(
             sw_device=device,
             device=torch.device("cpu"),
         )
-    return torch.sigmoid(logits[0]).numpy()
+    # in place: a second map of the grid's size would be faulted in and zeroed afresh
+    return logits[0].sigmoid_().numpy()
 
 
 def map_parts(
@@ -236,17 +237,47 @@ def _by_centres(part: np.ndarray, prob: np.ndarray, centre: np.ndarray) -> list[
     """A part of the map shared out among the centre map's peaks inside it that stand
     ``CENTRE_DYNAMIC`` above their saddles (each voxel to the peak it floods from, down
     the mask map: a watershed); the part itself when it holds one such peak or none."""
-    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
-    # in thousandths: h-maxima of a float map would count float32 ripples as peaks
-    inside = np.where(part, np.round(centre * 1000), 0).astype(np.uint16)
+    # in thousandths: a float map's float32 ripples would count as peaks
     dynamic = round(CENTRE_DYNAMIC * 1000)
-    peaks, n = ndimage.label(h_maxima(inside, dynamic), structure=np.ones((3, 3, 3)))
+    if np.round(centre[part].max() * 1000) < dynamic:  # no peak high enough (most parts)
+        return [part]
+    inside = np.where(part, np.round(centre * 1000), 0).astype(np.uint16)
+    peaks, n = centre_peaks(inside, dynamic)
     if n < 2:
         return [part]
     shares = watershed(-prob, peaks, mask=part)
     return [shares == k for k in range(1, n + 1)]
+
+
+def centre_peaks(image: np.ndarray, dynamic: int) -> tuple[np.ndarray, int]:
+    """The h-maxima of an integer ``image`` (``skimage.morphology.h_maxima(image,
+    dynamic)``, 26-connected), labelled: the plateaus of its local maxima from which every
+    path to a higher voxel dips at least ``dynamic`` below them. Tested plateau by plateau
+    (a plateau of height p is one when no voxel above p lies in its component of the
+    voxels above p - dynamic), which is ~10x faster than skimage's grey reconstruction
+    on the large, sparse parts of a whole scan's map."""
+    structure = np.ones((3, 3, 3), bool)
+    tops = (image >= dynamic) & (ndimage.maximum_filter(image, size=3) == image)
+    plateaus, n = ndimage.label(tops, structure=structure)
+    if n < 2:  # none, or the one that is the image's highest
+        return plateaus, n
+    voxels = np.flatnonzero(tops)
+    labels = plateaus.ravel()[voxels]
+    order = np.argsort(labels, kind="stable")
+    first = voxels[order[np.searchsorted(labels[order], np.arange(1, n + 1))]]
+    heights = image.ravel()[first].astype(np.int64)
+    keep = np.zeros(n + 1, bool)
+    for level in np.unique(heights):
+        at = np.flatnonzero(heights == level)
+        above = image > level - dynamic
+        box = ndimage.find_objects(above.astype(np.uint8))[0]
+        parts, _ = ndimage.label(above[box], structure=structure)
+        where = np.unravel_index(first[at], image.shape)
+        ids = parts[tuple(w - b.start for w, b in zip(where, box))]
+        keep[at + 1] = np.asarray(ndimage.maximum(image[box], parts, ids)) == level
+    return ndimage.label(keep[plateaus], structure=structure)
 
 
 def detect_volume_dense(

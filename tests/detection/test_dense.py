@@ -183,6 +183,26 @@ def test_touching_nodules_are_one_finding_each_and_a_mass_stays_whole() -> None:
     assert len(map_parts(prob, region, centre=centre)) == 1
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_the_centre_peaks_are_skimages_h_maxima(seed) -> None:
+    from scipy import ndimage
+    from skimage.morphology import h_maxima
+
+    from lungcad.detection.dense import centre_peaks
+
+    rng = np.random.default_rng(seed)
+    # smoothed noise in coarse steps (plateaus, ties), zero outside a blob (a part's box)
+    image = ndimage.gaussian_filter(rng.random((24, 30, 28)), rng.uniform(1.0, 3.0))
+    image = np.round((image - image.min()) / np.ptp(image) * rng.choice([20, 1000]))
+    image[ndimage.gaussian_filter(rng.random(image.shape), 4) < 0.5] = 0
+    image = image.astype(np.uint16)
+    for dynamic in (1, 3, 100):
+        expected = ndimage.label(h_maxima(image, dynamic), structure=np.ones((3, 3, 3)))
+        peaks, n = centre_peaks(image, dynamic)
+        assert n == expected[1]
+        np.testing.assert_array_equal(peaks, expected[0])
+
+
 class SizeNet(BandNet):
     """The band's mask, a heatmap unsure of every centre (0.1 everywhere), and a detection
     head that grows surer with the dense voxels in its cube: a larger ball, a surer cube."""
