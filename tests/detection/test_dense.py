@@ -17,6 +17,7 @@ from lungcad.core.io.series import CtVolume
 from lungcad.core.lung_mask import LungMasks, lung_mask
 from lungcad.core.model.loading import CubeCut, LoadedModel
 from lungcad.detection.dense import (
+    DenseGrid,
     detect_volume_dense,
     map_parts,
     probability_maps,
@@ -201,6 +202,29 @@ def test_the_centre_peaks_are_skimages_h_maxima(seed) -> None:
         peaks, n = centre_peaks(image, dynamic)
         assert n == expected[1]
         np.testing.assert_array_equal(peaks, expected[0])
+
+
+def test_a_findings_cube_is_the_block_of_the_grid_around_it(chest) -> None:
+    from lungcad.core.cubes import extract_cube
+    from lungcad.detection.dense import _mirrored, grid_cube
+
+    lungs = lung_mask(chest.hu, chest.geometry, 5.0, 20.0)
+    image = _mirrored(chest, 24.0)
+    grid = region_grid(chest, lungs, 1.0, 40.0, image)
+    # a centre on the grid's half-voxel lattice: the resampled cube's voxels are the grid's
+    voxel = np.array([40, 60, 30])  # (x, y, z) of the cube's voxel (0, 0, 0) on the grid
+    centre = grid.origin_mm + voxel + 11.5
+    expected = extract_cube(image, centre, 24, 1.0)
+    np.testing.assert_array_equal(grid_cube(grid, centre, 24), expected)
+    # off the lattice by less than half a voxel: the same block
+    np.testing.assert_array_equal(grid_cube(grid, centre + [0.4, -0.3, 0.2], 24), expected)
+    # at the grid's edge the block stays inside it; a grid smaller than a cube is padded
+    edge = grid_cube(grid, grid.origin_mm, 24)
+    np.testing.assert_array_equal(edge, grid.hu[:24, :24, :24])
+    small = DenseGrid(grid.origin_mm, 1.0, grid.hu[:10, :30, :30], grid.region[:10, :30, :30])
+    padded = grid_cube(small, grid.origin_mm + 5, 24)
+    assert padded.shape == (24, 24, 24) and (padded[10:] == -1000).all()
+    np.testing.assert_array_equal(padded[:10], grid.hu[:10, :24, :24])
 
 
 class SizeNet(BandNet):
