@@ -50,8 +50,9 @@ from lungcad.errors import LungcadError
 
 #: The dense scores beside the findings' columns in the candidates table.
 DENSE_SCORES = ("map_peak", "centre_peak", "cube_probability")
-#: Patches per forward pass of the dense pass.
-PATCHES_PER_PASS = 1
+#: Patches per forward pass of the dense pass: two are 5 % faster than one on 2 CPU cores
+#: (the same maps to the last bit; four gain no more) for ~0.15 GB more at the peak.
+PATCHES_PER_PASS = 2
 #: A finding is a connected part of the map at this probability or above (chosen on the
 #: validation split; docs/detection.md).
 PROPOSAL_THRESHOLD = 0.3
