@@ -211,8 +211,6 @@ def map_parts(
         if box is None:
             continue
         part = labels[box] == i
-        if part.sum() < MIN_PART_VOXELS:
-            continue
         if centre is None:
             pieces.append((part, box))
         else:
@@ -381,16 +379,11 @@ def detect_volume_dense(
 def grid_cube(grid: DenseGrid, centre_mm: np.ndarray, size: int) -> np.ndarray:
     """The ``size``³ block of the grid's HU whose centre lies nearest ``centre_mm`` (within
     half a voxel on each axis): a finding's cube for the heads, cut rather than resampled.
-    The block is clipped to the grid (a centre within half a cube of its edge)."""
-    shape = np.array(grid.hu.shape)
+    The block is moved inside the grid where the centre lies within half a cube of its edge
+    (the detector's grid is half a cube wider than any finding's centre can lie)."""
     start_xyz = np.round((centre_mm - grid.origin_mm) / grid.spacing_mm - (size - 1) / 2)
-    start = np.clip(start_xyz[::-1].astype(int), 0, np.maximum(shape - size, 0))
-    block = grid.hu[tuple(slice(a, a + size) for a in start)]
-    if block.shape == (size,) * 3:
-        return block
-    out = np.full((size,) * 3, AIR_HU, grid.hu.dtype)  # a grid smaller than a cube
-    out[tuple(slice(0, n) for n in block.shape)] = block
-    return out
+    start = np.clip(start_xyz[::-1].astype(int), 0, np.array(grid.hu.shape) - size)
+    return grid.hu[tuple(slice(a, a + size) for a in start)]
 
 
 def _mirrored(volume: CtVolume, margin_mm: float) -> sitk.Image:
