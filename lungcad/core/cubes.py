@@ -63,7 +63,25 @@ def resample_box(
     resampler.SetDefaultPixelValue(float(fill))
     resampler.SetOutputPixelType(sitk.sitkFloat32)
     out = sitk.GetArrayFromImage(resampler.Execute(image))
-    return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+    # in place: a whole scan's grid is ~10^8 bytes a copy, each one faulted in afresh
+    np.rint(out, out=out)
+    np.clip(out, -32768, 32767, out=out)
+    return out.astype(np.int16)
+
+
+def mirror_slices(slices: int, need: int) -> tuple[np.ndarray, int]:
+    """Which slice of a scan each slice of ``mirror_pad_z``'s volume is, for a scan of
+    ``slices`` slices mirrored by at least ``need`` beyond each end: (indices, slices added
+    at each end)."""
+    index = np.arange(slices)
+    if slices == 1:  # a single slice has nothing to mirror: it is repeated
+        return np.zeros(2 * need + 1, dtype=int), need
+    grown = 0
+    while grown < need:  # one reflect pass adds at most (slices - 1) at each end
+        add = min(need - grown, len(index) - 1)
+        index = np.pad(index, add, mode="reflect")
+        grown += add
+    return index, grown
 
 
 def mirror_pad_z(volume: CtVolume, size_mm: float = 64.0) -> tuple[np.ndarray, VolumeGeometry]:
@@ -71,19 +89,23 @@ def mirror_pad_z(volume: CtVolume, size_mm: float = 64.0) -> tuple[np.ndarray, V
 
     Anatomy continues smoothly across the mirror plane, whereas air padding would be a cue
     no training cube shows (a thin slab or a candidate near a scan's first slice)."""
-    spacing = volume.geometry.spacing_mm
-    need = int(np.ceil(size_mm / 2 / spacing[2])) + 1
-    hu, grown = volume.hu, 0
-    if hu.shape[0] == 1:  # a single slice has nothing to mirror: it is repeated
-        hu, grown = np.pad(hu, ((need, need), (0, 0), (0, 0)), mode="edge"), need
-    while grown < need:  # one reflect pass adds at most (slices - 1) at each end
-        add = min(need - grown, hu.shape[0] - 1)
-        hu = np.pad(hu, ((add, add), (0, 0), (0, 0)), mode="reflect")
-        grown += add
-    geometry = VolumeGeometry(
-        volume.geometry.index_to_mm(np.array([0.0, 0.0, -grown])),
-        spacing,
-        volume.geometry.direction,
-        hu.shape,
+    hu, geometry = volume.hu, volume.geometry
+    index, grown = mirror_slices(hu.shape[0], mirror_need(geometry, size_mm))
+    return hu[index], mirrored_geometry(geometry, grown, len(index))
+
+
+def mirror_need(geometry: VolumeGeometry, size_mm: float) -> int:
+    """Slices ``mirror_pad_z`` mirrors beyond each end of a scan at least, for a cube of
+    ``size_mm``."""
+    return int(np.ceil(size_mm / 2 / geometry.spacing_mm[2])) + 1
+
+
+def mirrored_geometry(geometry: VolumeGeometry, grown: int, slices: int) -> VolumeGeometry:
+    """The geometry of a scan mirrored by ``grown`` slices before its first, ``slices`` in
+    all."""
+    return VolumeGeometry(
+        geometry.index_to_mm(np.array([0.0, 0.0, -grown])),
+        geometry.spacing_mm,
+        geometry.direction,
+        (slices, *geometry.shape[1:]),
     )
-    return hu, geometry

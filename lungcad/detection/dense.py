@@ -37,9 +37,10 @@ from scipy import ndimage
 
 from lungcad.config import DetectConfig
 from lungcad.core.acquisition import acquisition_notes
-from lungcad.core.cubes import mirror_pad_z, resample_box
+from lungcad.core.cubes import mirror_need, mirror_slices, mirrored_geometry, resample_box
 from lungcad.core.findings.measure import measure_mask
 from lungcad.core.findings.record import FINDING_COLUMNS, attribute_columns, measured
+from lungcad.core.io.geometry import VolumeGeometry
 from lungcad.core.io.series import AIR_HU, CtVolume
 from lungcad.core.lung_mask import LungMasks, lung_mask
 from lungcad.core.model.loading import LoadedModel, resolve_amp
@@ -119,11 +120,12 @@ def region_grid(
     lungs: LungMasks,
     spacing_mm: float,
     margin_mm: float,
-    padded: sitk.Image | None = None,
+    mirror_mm: float | None = None,
 ) -> DenseGrid:
-    """The lung region's bounding box in patient mm, resampled onto a ``spacing_mm`` grid
-    (HU linear, region nearest); an empty grid when no lung was found. ``padded``: the
-    volume already mirrored in z by at least ``margin_mm`` (``mirror_pad_z``), as an image."""
+    """The lung region's bounding box in patient mm, ``margin_mm`` wider, resampled onto a
+    ``spacing_mm`` grid (HU linear, region nearest); an empty grid when no lung was found.
+    The HU come from the volume mirrored in z by ``mirror_mm`` (default ``margin_mm``)
+    beyond each end, as ``mirror_pad_z`` extends it for a cube of twice that, air beyond."""
     blocks = np.argwhere(lungs.region)
     if len(blocks) == 0:
         empty = np.zeros((0, 0, 0))
@@ -145,9 +147,9 @@ def region_grid(
     shape_xyz = np.floor((hi_mm - lo_mm) / spacing_mm + 1e-6).astype(int) + 1
     # HU from the volume mirrored in z: a patch at the first or last slice sees anatomy
     # continue, as the training cubes there do (``mirror_pad_z``), not a wall of air.
-    if padded is None:
-        padded = _mirrored(volume, margin_mm)
-    hu = resample_box(padded, lo_mm, tuple(shape_xyz[::-1]), spacing_mm, AIR_HU)
+    hi_mm = lo_mm + (shape_xyz - 1) * spacing_mm
+    source = _mirrored_box(volume, lo_mm, hi_mm, margin_mm if mirror_mm is None else mirror_mm)
+    hu = resample_box(source, lo_mm, tuple(shape_xyz[::-1]), spacing_mm, AIR_HU)
     # the region's blocks as an image of their own: block (0, 0, 0)'s centre and block size
     geometry = volume.geometry
     block_image = sitk.GetImageFromArray(lungs.region.astype(np.uint8))
@@ -309,8 +311,8 @@ def detect_volume_dense(
     # cube, so every finding's cube is a slice of it; the dense pass reads the grid inside.
     spacing = detector.spacing_mm
     pad = int(np.ceil(loaded.head_cube / 2))
-    image = _mirrored(volume, max(GRID_MARGIN_MM, loaded.head_cube * spacing / 2))
-    wide = region_grid(volume, lungs, spacing, GRID_MARGIN_MM + pad * spacing, image)
+    mirror = max(GRID_MARGIN_MM, loaded.head_cube * spacing / 2)
+    wide = region_grid(volume, lungs, spacing, GRID_MARGIN_MM + pad * spacing, mirror)
     inner = tuple(slice(pad, max(pad, n - pad)) for n in wide.hu.shape)
     grid = DenseGrid(wide.origin_mm + pad * spacing, spacing, wide.hu[inner], wide.region[inner])
     seconds["resample"] = time.perf_counter() - t
@@ -386,11 +388,36 @@ def grid_cube(grid: DenseGrid, centre_mm: np.ndarray, size: int) -> np.ndarray:
     return grid.hu[tuple(slice(a, a + size) for a in start)]
 
 
-def _mirrored(volume: CtVolume, margin_mm: float) -> sitk.Image:
-    """The volume mirrored in z by ``margin_mm`` beyond each end (``mirror_pad_z``), as an
-    image in patient mm."""
-    hu, geometry = mirror_pad_z(volume, 2 * margin_mm)
-    return geometry.to_sitk(hu)
+def _mirrored_box(
+    volume: CtVolume, lo_mm: np.ndarray, hi_mm: np.ndarray, mirror_mm: float
+) -> sitk.Image:
+    """The voxels of the volume mirrored in z by ``mirror_mm`` beyond each end
+    (``mirror_pad_z``) that a grid from ``lo_mm`` to ``hi_mm`` reads, as an image in patient
+    mm: the same values at the grid's points as the whole mirrored volume (two voxels to
+    spare around them, where a linear interpolation reads one), for a copy of the box, not
+    of the scan (a 465-slice scan is 0.24 GB a copy)."""
+    geometry = volume.geometry
+    index, grown = mirror_slices(volume.hu.shape[0], mirror_need(geometry, 2 * mirror_mm))
+    padded = mirrored_geometry(geometry, grown, len(index))
+    corners = np.array(
+        [
+            [x, y, z]
+            for x in (lo_mm[0], hi_mm[0])
+            for y in (lo_mm[1], hi_mm[1])
+            for z in (lo_mm[2], hi_mm[2])
+        ]
+    )
+    at = padded.mm_to_index(corners)  # (column, row, slice)
+    first = np.maximum(np.floor(at.min(axis=0)).astype(int) - 2, 0)
+    last = np.minimum(np.ceil(at.max(axis=0)).astype(int) + 2, np.array(padded.shape[::-1]) - 1)
+    if (last < first).any():  # the grid lies outside the scan: air wherever it reads
+        first = last = np.zeros(3, dtype=int)
+    rows, cols = slice(first[1], last[1] + 1), slice(first[0], last[0] + 1)
+    hu = volume.hu[:, rows, cols][index[first[2] : last[2] + 1]]
+    box = VolumeGeometry(
+        padded.index_to_mm(first.astype(float)), geometry.spacing_mm, geometry.direction, hu.shape
+    )
+    return box.to_sitk(hu)
 
 
 def _score(row: dict, how: str) -> float:

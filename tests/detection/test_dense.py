@@ -125,6 +125,23 @@ def test_the_grid_puts_every_voxel_at_its_patient_position() -> None:
     assert grid.region.all()
 
 
+@pytest.mark.parametrize("margin_mm, mirror_mm", [(4.0, 4.0), (40.0, 24.0), (90.0, 10.0)])
+def test_the_grid_reads_the_mirrored_scan_from_a_box_of_it(chest, margin_mm, mirror_mm) -> None:
+    # The grid's HU come from the part of the mirrored scan around it (a copy of the box,
+    # not of the scan): the same values as a resample of the whole mirrored scan, where the
+    # grid lies inside the scan, runs past its first and last slices into the mirror, and
+    # (90 mm) past the mirror and the scan's sides into air.
+    from lungcad.core.cubes import mirror_pad_z, resample_box
+
+    lungs = lung_mask(chest.hu, chest.geometry, 5.0, 20.0)
+    grid = region_grid(chest, lungs, 1.0, margin_mm, mirror_mm)
+    hu, geometry = mirror_pad_z(chest, 2 * mirror_mm)
+    whole = resample_box(geometry.to_sitk(hu), grid.origin_mm, grid.hu.shape, 1.0)
+    np.testing.assert_array_equal(grid.hu, whole)
+    if margin_mm == 90.0:
+        assert (grid.hu[0] == -1000).all() and (grid.hu[:, :, 0] == -1000).all()
+
+
 def test_parts_outside_the_lung_and_specks_are_not_findings() -> None:
     prob = np.zeros((40, 40, 40), np.float32)
     zz, yy, xx = np.indices(prob.shape)
@@ -204,12 +221,13 @@ def test_the_centre_peaks_are_skimages_h_maxima(seed) -> None:
 
 
 def test_a_findings_cube_is_the_block_of_the_grid_around_it(chest) -> None:
-    from lungcad.core.cubes import extract_cube
-    from lungcad.detection.dense import _mirrored, grid_cube
+    from lungcad.core.cubes import extract_cube, mirror_pad_z
+    from lungcad.detection.dense import grid_cube
 
     lungs = lung_mask(chest.hu, chest.geometry, 5.0, 20.0)
-    image = _mirrored(chest, 24.0)
-    grid = region_grid(chest, lungs, 1.0, 40.0, image)
+    hu, geometry = mirror_pad_z(chest, 48.0)
+    image = geometry.to_sitk(hu)
+    grid = region_grid(chest, lungs, 1.0, 40.0, 24.0)
     # a centre on the grid's half-voxel lattice: the resampled cube's voxels are the grid's
     voxel = np.array([40, 60, 30])  # (x, y, z) of the cube's voxel (0, 0, 0) on the grid
     centre = grid.origin_mm + voxel + 11.5
