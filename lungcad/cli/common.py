@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 
@@ -27,3 +29,23 @@ def require_tracking_for(model: object) -> None:
     or absent (the default is the registry's champion): its server must answer."""
     if model is None or str(model).startswith(("models:/", "runs:/")):
         require_tracking()
+
+
+def run_id_of(run_info: Path | None) -> str | None:
+    """The MLflow run id a ``train_run.json`` names (``lungcad train`` writes it beside the
+    model), None when there is no such file; exits with one clear line when the file is not
+    one (before any work starts)."""
+    import json
+
+    if run_info is None or not run_info.exists():
+        return None
+    try:
+        run_id = json.loads(run_info.read_text())["run_id"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        run_id = None
+    if not isinstance(run_id, str) or not run_id:
+        fail(
+            f"--run-info {run_info} is not a train_run.json (JSON naming a run_id): point it "
+            "at the one `lungcad train` wrote beside the model, or leave it out"
+        )
+    return run_id

@@ -3,14 +3,13 @@ LUNA16 FROC / CPM."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lungcad.cli.common import fail, require_tracking_for
+from lungcad.cli.common import fail, require_tracking_for, run_id_of
 from lungcad.cli.options import ParamsFile, Quiet, Workers
 
 
@@ -192,6 +191,7 @@ def evaluate_detection(
     if (annotations is None) != (excluded is None) and excluded is not None:
         fail("--excluded needs --annotations")
     config = load_params(params).detect
+    run_id = run_id_of(run_info)
     try:
         m = run(
             detections or [Path("detections")],
@@ -204,10 +204,9 @@ def evaluate_detection(
         )
     except ValueError as exc:
         fail(str(exc))
-    if run_info is not None and run_info.exists():
+    if run_id is not None:
         from lungcad.tracking.mlflow_run import log_detection
 
-        run_id = json.loads(run_info.read_text())["run_id"]
         log_detection(run_id, out, m)
         typer.echo(f"detection report attached to MLflow run {run_id}")
     cpm = "n/a" if m["cpm"] is None else f"{m['cpm']:.3f}"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lungcad.cli.common import fail, require_tracking
+from lungcad.cli.common import fail, require_tracking, run_id_of
 from lungcad.cli.options import Dataset, ParamsFile, Splits
 
 
@@ -38,13 +37,13 @@ def evaluate(
     config = load_params(params).evaluate
     # A report belongs to the run that trained this model, never to another model's run.
     run_info = run_info if run_info is not None else model.parent / "train_run.json"
-    if run_info.exists():
+    run_id = run_id_of(run_info)
+    if run_id is not None:
         require_tracking()
     if not model.is_file():
         fail(f"--model {model} does not exist: train one first (`dvc repro train`)")
     doc = evaluate_model(dataset, splits, model, out, config)
-    if run_info.exists():
-        run_id = json.loads(run_info.read_text())["run_id"]
+    if run_id is not None:
         log_evaluation(run_id, out, doc)
         typer.echo(f"report attached to MLflow run {run_id}")
     d, m = doc["detection"], doc["malignancy"]

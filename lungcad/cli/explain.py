@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from lungcad.cli.common import fail, require_tracking_for
+from lungcad.cli.common import fail, require_tracking_for, run_id_of
 from lungcad.cli.options import Dataset, ParamsFile, Quiet, Splits
 
 
@@ -98,6 +98,7 @@ def explain(
         if eval_metrics.exists():
             threshold = float(json.loads(eval_metrics.read_text())["threshold"]["value"])
     require_tracking_for(model)
+    run_id = run_id_of(run_info)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, label = resolve_checkpoint(model, tmp)
         loaded = load(checkpoint)
@@ -141,10 +142,9 @@ def explain(
             fg=typer.colors.YELLOW,
             err=True,
         )
-    if run_info is not None and run_info.exists():
+    if run_id is not None:
         from lungcad.tracking.mlflow_run import log_explanation
 
-        run_id = json.loads(run_info.read_text())["run_id"]
         log_explanation(run_id, out, doc)
         typer.echo(f"explanation checks attached to MLflow run {run_id}")
     d = doc["detection"][config.methods[0]]

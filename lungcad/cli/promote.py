@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lungcad.cli.common import fail, require_tracking
+from lungcad.cli.common import fail, require_tracking, run_id_of
 from lungcad.cli.options import Dataset, ParamsFile, Splits
 
 
@@ -52,10 +52,16 @@ def promote(
 
         if not detection_metrics.is_file() or not run_info.is_file():
             fail(f"--detection-metrics {detection_metrics} or --run-info {run_info}: no such file")
-        detection = (
-            json.loads(run_info.read_text())["run_id"],
-            json.loads(detection_metrics.read_text()),
-        )
+        try:
+            metrics = json.loads(detection_metrics.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            metrics = None
+        if not isinstance(metrics, dict):
+            fail(
+                f"--detection-metrics {detection_metrics} is not a metrics.json of "
+                "`lungcad evaluate-detection`: point it at the one that command wrote"
+            )
+        detection = (run_id_of(run_info), metrics)
     try:
         decision = run_promotion(
             dataset,

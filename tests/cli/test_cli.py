@@ -155,3 +155,26 @@ def test_apply_params_merges_keeps_comments_and_refuses_a_bad_value(tmp_path) ->
     result = runner.invoke(app, ["apply-params", str(best), "--params", str(params)])
     assert result.exit_code == 2 and "train.lr = 'fast'" in result.output
     assert params.read_text() == before  # nothing written
+
+
+@pytest.mark.parametrize("content", ["", "not json", '{"run": "abc"}', '["abc"]', '{"run_id": 7}'])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "--model", "nope.pt"],
+        ["explain", "--model", "nope.pt"],
+        ["evaluate-detection", "--detections", "nope"],
+    ],
+)
+def test_a_run_info_that_is_not_a_train_run_is_one_clear_line(
+    tmp_path, monkeypatch, command, content
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run_info = tmp_path / "train_run.json"
+    run_info.write_text(content)
+    params = Path(__file__).resolve().parents[2] / "params.yaml"
+    result = runner.invoke(app, [*command, "--params", str(params), "--run-info", str(run_info)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --run-info")
+    assert str(run_info) in lines[0] and "Traceback" not in result.output
