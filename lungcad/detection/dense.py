@@ -11,9 +11,11 @@ mask threshold the finding's mask, from which it is sized and typed. A part hold
 several peaks of the centre map (below) is shared out among them (``CENTRE_DYNAMIC``).
 
 A network with the centre head (``model.centre_head``) also maps each voxel's chance of
-being a nodule's centre: a part is then where either map reaches the threshold, and its
-peak on the centre map, trained to be 1 at every nodule's centre whatever its size, can be
-its probability (``detect.score: centre``).
+being a nodule's centre: a part is then where either map reaches the threshold, the
+finding lies at the part's peak on the centre map rather than at its mask's centroid
+(which a mask leaking along a vessel or into the chest wall pulls off the lesion), and
+that peak, trained to be 1 at every nodule's centre whatever its size, can be its
+probability (``detect.score: centre``).
 
 The network's heads then read the one cube centred on each finding (a block of the grid,
 which is resampled half a cube wider for them), of the size they learnt on
@@ -107,12 +109,14 @@ class DensePart:
         box: (z, y, x) slices of the grid the mask covers.
         peak: the mask map's largest probability inside the part.
         centre: the centre map's largest value inside the part (NaN without one).
+        centre_at: (z, y, x) within ``box`` of the centre map's peak (None without one).
     """
 
     mask: np.ndarray
     box: tuple[slice, slice, slice]
     peak: float
     centre: float = float("nan")
+    centre_at: tuple[int, int, int] | None = None
 
 
 def region_grid(
@@ -231,7 +235,8 @@ def map_parts(
         if mask.sum() < MIN_PART_VOXELS:
             mask = local >= peak / 2
         centre_peak = float("nan") if centre is None else float(ranked[peak_at])
-        parts.append(DensePart(mask, box, peak, centre_peak))
+        at = None if centre is None else tuple(int(v) for v in peak_at)
+        parts.append(DensePart(mask, box, peak, centre_peak, at))
     return sorted(parts, key=lambda p: -(p.peak if centre is None else p.centre))
 
 
@@ -333,11 +338,14 @@ def detect_volume_dense(
         hu = grid.hu[part.box]
         measures = measure_mask(part.mask, origin, grid.spacing_mm, hu)
         masks[len(rows)] = (part.mask, origin, grid.spacing_mm)
+        at = measures.centroid_mm
+        if part.centre_at is not None:
+            at = origin + np.array(part.centre_at[::-1], float) * grid.spacing_mm
         rows.append(
             {
-                "coordX": measures.centroid_mm[0],
-                "coordY": measures.centroid_mm[1],
-                "coordZ": measures.centroid_mm[2],
+                "coordX": at[0],
+                "coordY": at[1],
+                "coordZ": at[2],
                 "probability": part.peak,
                 "map_peak": part.peak,
                 "centre_peak": part.centre,

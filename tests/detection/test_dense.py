@@ -274,6 +274,43 @@ def test_the_combined_score_lets_the_cube_head_vouch_for_what_the_heatmap_doubts
     )
 
 
+class CoreNet(BandNet):
+    """The band's mask and a heatmap sure of a centre only where the HU reach ``CORE_HU``."""
+
+    centres = True
+
+    def dense_logits(self, x: torch.Tensor, full_size: bool = True) -> torch.Tensor:
+        cut = (CORE_HU - 50 - WINDOW[0]) / (WINDOW[1] - WINDOW[0])
+        return torch.cat([super().dense_logits(x), (x - cut) * 200.0], dim=1)
+
+
+CORE_HU = 390
+
+
+def test_a_finding_lies_where_the_heatmap_puts_the_lesions_centre_not_its_masks() -> None:
+    # A 14 mm ball with a dense core, whose mask leaks along a 5 mm tube 48 mm long (a
+    # vessel, the chest wall): one part of the map, its centroid pulled ~14 mm off the
+    # ball. The centre map peaks at the core: the finding lies there, its cube on the ball.
+    hu, geometry = synthetic_chest(spheres=[])
+    k, j, i = np.indices(hu.shape, dtype=np.float32)
+    x, y, z = (geometry.origin_mm[a] + n * geometry.spacing_mm[a] for a, n in enumerate((i, j, k)))
+    ball = np.array([-45.0, -5.0, 0.0])
+    hu[(x - ball[0]) ** 2 + (y - ball[1]) ** 2 + (z - ball[2]) ** 2 <= 7**2] = BALL_HU
+    hu[((x - ball[0]) ** 2 + (y - ball[1]) ** 2 <= 2.5**2) & (z > 0) & (z < 55)] = BALL_HU
+    hu[(x - ball[0]) ** 2 + (y - ball[1]) ** 2 + (z - ball[2]) ** 2 <= 1.5**2] = CORE_HU
+    z_mm = geometry.origin_mm[2] + geometry.spacing_mm[2] * np.arange(hu.shape[0])
+    volume = CtVolume(hu, geometry, "1.2.3", "1.2", "P", z_mm)
+    loaded = LoadedModel(CoreNet(), BAND.config, BAND.cut)
+    det = detect_volume_dense(volume, loaded, _detector(), DetectConfig(patch=64, score="centre"))
+    found = det.findings
+    assert len(found) == 1
+    at = found[["coordX", "coordY", "coordZ"]].to_numpy()[0]
+    assert np.linalg.norm(at - ball) < 1.5
+    mask, origin, spacing = det.masks[0]
+    centroid = origin + np.argwhere(mask).mean(axis=0)[::-1] * spacing
+    assert np.linalg.norm(centroid - ball) > 10.0  # the mask's centroid: on the tube
+
+
 def test_a_model_that_cannot_run_the_dense_detector_is_refused_in_one_line() -> None:
     from lungcad.config import ModelConfig
     from lungcad.core.model.network import NoduleNet

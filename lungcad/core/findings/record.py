@@ -26,7 +26,9 @@ def _field(part: str, doc: str):
 class Finding:
     """One finding of a scan (a row of ``detections.csv``)."""
 
-    coordX: float = _field(LUNA16, "centre x, patient mm (LPS): its mask's centroid")
+    coordX: float = _field(
+        LUNA16, "centre x, patient mm (LPS): its mask's centroid, or the centre heatmap's peak"
+    )
     coordY: float = _field(LUNA16, "centre y, patient mm")
     coordZ: float = _field(LUNA16, "centre z, patient mm")
     probability: float = _field(LUNA16, "probability that it is a nodule")
