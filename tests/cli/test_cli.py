@@ -178,3 +178,20 @@ def test_a_run_info_that_is_not_a_train_run_is_one_clear_line(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --run-info")
     assert str(run_info) in lines[0] and "Traceback" not in result.output
+
+
+def test_promote_refuses_detection_metrics_that_are_not_json_in_one_line(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the tracking database of this test: ./mlflow.db
+    metrics, run_info = tmp_path / "metrics.json", tmp_path / "train_run.json"
+    metrics.write_text("cpm: 0.9")
+    run_info.write_text('{"run_id": "abc"}')
+    params = Path(__file__).resolve().parents[2] / "params.yaml"
+    args = ["promote", "--params", str(params), "--detection-metrics", str(metrics)]
+    result = runner.invoke(app, [*args, "--run-info", str(run_info)])
+    assert result.exit_code == 2, result.output
+    # (after MLflow's notes on creating the database) one line naming the file
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [errors[-1]] and errors[-1].startswith(f"error: --detection-metrics {metrics}")
+    assert "Traceback" not in result.output
