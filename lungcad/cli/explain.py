@@ -96,7 +96,14 @@ def explain(
     if threshold is None:
         threshold = 0.5
         if eval_metrics.exists():
-            threshold = float(json.loads(eval_metrics.read_text())["threshold"]["value"])
+            try:
+                threshold = float(json.loads(eval_metrics.read_text())["threshold"]["value"])
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+                fail(
+                    f"--eval-metrics {eval_metrics} is not the metrics.json of `lungcad "
+                    "evaluate` (no threshold value in it): point it at that file, or pass "
+                    "--threshold"
+                )
     require_tracking_for(model)
     run_id = run_id_of(run_info)
     with tempfile.TemporaryDirectory() as tmp:

@@ -195,3 +195,20 @@ def test_promote_refuses_detection_metrics_that_are_not_json_in_one_line(
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert errors == [errors[-1]] and errors[-1].startswith(f"error: --detection-metrics {metrics}")
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "content", ["", "{}", '{"threshold": 0.5}', '{"threshold": {"value": "x"}}']
+)
+def test_explain_refuses_eval_metrics_without_a_threshold_in_one_line(
+    tmp_path, monkeypatch, content
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(content)
+    params = Path(__file__).resolve().parents[2] / "params.yaml"
+    args = ["explain", "--model", "nope.pt", "--params", str(params)]
+    result = runner.invoke(app, [*args, "--eval-metrics", str(metrics)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --eval-metrics {metrics}")
