@@ -407,17 +407,9 @@ def _mirrored_box(
     geometry = volume.geometry
     index, grown = mirror_slices(volume.hu.shape[0], mirror_need(geometry, 2 * mirror_mm))
     padded = mirrored_geometry(geometry, grown, len(index))
-    corners = np.array(
-        [
-            [x, y, z]
-            for x in (lo_mm[0], hi_mm[0])
-            for y in (lo_mm[1], hi_mm[1])
-            for z in (lo_mm[2], hi_mm[2])
-        ]
-    )
-    at = padded.mm_to_index(corners)  # (column, row, slice)
-    first = np.maximum(np.floor(at.min(axis=0)).astype(int) - 2, 0)
-    last = np.minimum(np.ceil(at.max(axis=0)).astype(int) + 2, np.array(padded.shape[::-1]) - 1)
+    least, greatest = padded.index_range(lo_mm, hi_mm)  # (column, row, slice)
+    first = np.maximum(np.floor(least).astype(int) - 2, 0)
+    last = np.minimum(np.ceil(greatest).astype(int) + 2, np.array(padded.shape[::-1]) - 1)
     if (last < first).any():  # the grid lies outside the scan: air wherever it reads
         first = last = np.zeros(3, dtype=int)
     rows, cols = slice(first[1], last[1] + 1), slice(first[0], last[0] + 1)

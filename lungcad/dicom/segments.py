@@ -40,17 +40,9 @@ def _index_box(
 ) -> tuple[slice, slice, slice] | None:
     """The (slice, row, column) index box of the CT voxels whose centres can lie in the
     axis-aligned box [lo_mm, hi_mm]; None when it misses the volume."""
-    corners = np.array(
-        [
-            [x, y, z]
-            for x in (lo_mm[0], hi_mm[0])
-            for y in (lo_mm[1], hi_mm[1])
-            for z in (lo_mm[2], hi_mm[2])
-        ]
-    )
-    idx = geometry.mm_to_index(corners)  # (column, row, slice)
-    lo = np.floor(idx.min(axis=0)).astype(int)
-    hi = np.ceil(idx.max(axis=0)).astype(int) + 1
+    least, greatest = geometry.index_range(lo_mm, hi_mm)  # (column, row, slice)
+    lo = np.floor(least).astype(int)
+    hi = np.ceil(greatest).astype(int) + 1
     shape_crs = np.array(geometry.shape[::-1])
     lo, hi = np.clip(lo, 0, shape_crs), np.clip(hi, 0, shape_crs)
     if np.any(hi <= lo):

@@ -43,6 +43,21 @@ class VolumeGeometry:
             return (p @ np.linalg.inv(self.direction).T) / self.spacing_mm  # a leaning axis
         return (p @ self.direction) / self.spacing_mm
 
+    def index_range(self, lo_mm: np.ndarray, hi_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The least and the greatest continuous (column, row, slice) index of the corners
+        of the axis-aligned patient-mm box from ``lo_mm`` to ``hi_mm``: the index box that
+        holds it, whatever the grid's direction."""
+        corners = np.array(
+            [
+                [x, y, z]
+                for x in (lo_mm[0], hi_mm[0])
+                for y in (lo_mm[1], hi_mm[1])
+                for z in (lo_mm[2], hi_mm[2])
+            ]
+        )
+        index = self.mm_to_index(corners)
+        return index.min(axis=0), index.max(axis=0)
+
     @property
     def extent_mm(self) -> np.ndarray:
         """Physical size of the grid along (column, row, slice)."""
