@@ -70,22 +70,70 @@ class MaskDecoder(nn.Module):
 
     def forward(self, stages: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
         """(N, 1 or 2, *size) logits from the stages (finest first): the mask, then the
-        centre heatmap."""
+        centre heatmap; ``last_level`` upsampled to ``size``."""
+        logits = self.last_level(stages)
+        return F.interpolate(logits, size=size, mode="trilinear", align_corners=False)
+
+    def last_level(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        """The logits at the last level's resolution, in fp32 and the default layout:
+        upsampled from there, the same values as in channels_last in fp32, and 2-3x faster
+        on a CPU than in either bf16 or channels_last (BENCHMARKS.md)."""
         x = stages[-1]
         for i, (level, skip) in enumerate(zip(self.levels, reversed(stages[:-1]))):
             x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
             x = torch.cat([x, skip], dim=1)
             if i == len(self.levels) - 1 and self.centre_level is not None:
+                if not self.training:
+                    logits = self._both_last_levels(x)
+                    break
                 centre = self.centre_head(self.centre_level(x))
                 logits = torch.cat([self.head(level(x)), centre], dim=1)
                 break
             x = level(x)
         else:
             logits = self.head(x)
-        # in fp32 and the default layout: the same values as channels_last in fp32, 2-3x
-        # faster on a CPU than either bf16 or channels_last (BENCHMARKS.md)
-        logits = logits.float().contiguous()
-        return F.interpolate(logits, size=size, mode="trilinear", align_corners=False)
+        return logits.float().contiguous()
+
+    def _both_last_levels(self, x: torch.Tensor) -> torch.Tensor:
+        """The mask's and the centre's last levels (eval mode) as one block of both widths:
+        their first convolutions read the same input, and as one convolution they read it
+        once (half the time of two on a CPU, the finest level being the decoder's costliest),
+        the second convolutions and the 1x1 heads block-diagonal (zero weights add exact
+        zeros); each channel's sums are the two blocks' own."""
+        mask, centre = self.levels[-1], self.centre_level
+        layout = (
+            torch.channels_last_3d
+            if x.is_contiguous(memory_format=torch.channels_last_3d)
+            else torch.contiguous_format
+        )
+
+        def conv(a: nn.Conv3d, b: nn.Conv3d, y: torch.Tensor, diagonal: bool) -> torch.Tensor:
+            if diagonal:
+                weight = torch.block_diag(a.weight.flatten(1), b.weight.flatten(1))
+                weight = weight.reshape(len(weight), -1, *a.weight.shape[2:])
+            else:
+                weight = torch.cat([a.weight, b.weight])
+            bias = None if a.bias is None else torch.cat([a.bias, b.bias])
+            weight = weight.contiguous(memory_format=layout)
+            return F.conv3d(y, weight, bias, padding=a.padding)
+
+        def norm(a: nn.BatchNorm3d, b: nn.BatchNorm3d, y: torch.Tensor) -> torch.Tensor:
+            def both(name: str) -> torch.Tensor:
+                return torch.cat([getattr(a, name), getattr(b, name)])
+
+            y = F.batch_norm(
+                y,
+                both("running_mean"),
+                both("running_var"),
+                both("weight"),
+                both("bias"),
+                eps=a.eps,
+            )
+            return F.leaky_relu(y, mask.lrelu.negative_slope, inplace=True)
+
+        y = norm(mask.norm1, centre.norm1, conv(mask.conv1.conv, centre.conv1.conv, x, False))
+        y = norm(mask.norm2, centre.norm2, conv(mask.conv2.conv, centre.conv2.conv, y, True))
+        return conv(self.head, self.centre_head, y, True)
 
 
 class NoduleNet(nn.Module):
@@ -166,7 +214,7 @@ class NoduleNet(nn.Module):
     def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's stem (before max pooling) and residual stages, finest first."""
         b = self.backbone
-        stem = b.act(b.bn1(b.conv1(x)))
+        stem = b.act(b.bn1(stem_conv(b.conv1, x)))
         out = [stem]
         y = stem if b.no_max_pool else b.maxpool(stem)
         for layer in (b.layer1, b.layer2, b.layer3, b.layer4)[: len(self.config.widths)]:
@@ -213,7 +261,7 @@ class NoduleNet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last_3d)
         stages = self.stages(x)
         skips = [x, *stages] if self.full_resolution else stages
-        return self.decoder(skips, tuple(x.shape[2:]))
+        return resize_trilinear(self.decoder.last_level(skips), tuple(x.shape[2:]))
 
     def _heads(self, f: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.attribute_head is None:
@@ -231,3 +279,70 @@ def window_hu(x: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
     """HU (any dtype, e.g. int16 straight from the cube array) -> float32 in [0, 1]."""
     low, high = window
     return ((x.float() - low) / (high - low)).clamp_(0.0, 1.0)
+
+
+def resize_trilinear(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="trilinear", align_corners=False)`` of a (N, C, z, y, x)
+    tensor as a linear pass along z, then a bilinear one over (y, x): trilinear
+    interpolation is separable, so the values agree to float rounding (~1e-6), and the
+    dense pass's upsampling of its logits to the patch takes 3 ms instead of 7.5 ms on a
+    CPU (two 96^3 patches, BENCHMARKS.md)."""
+    n, c, d, h, w = x.shape
+    along_z = x.permute(0, 1, 3, 4, 2).reshape(n, c * h * w, d)
+    along_z = F.interpolate(along_z, size=size[0], mode="linear", align_corners=False)
+    planes = along_z.reshape(n, c, h, w, size[0]).permute(0, 1, 4, 2, 3)
+    planes = planes.reshape(n, c * size[0], h, w)
+    out = F.interpolate(planes, size=tuple(size[1:]), mode="bilinear", align_corners=False)
+    return out.reshape(n, c, *size)
+
+
+def stem_conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``; on a CPU in bf16, a stride-2 convolution of one input channel (the
+    backbone's 7^3 stem) as the same sums over the input's 2x2x2 blocks (``blocked_conv``),
+    which oneDNN runs ~8x faster there (a third of the dense pass before, BENCHMARKS.md)."""
+    bf16 = x.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+    if (
+        x.device.type != "cpu"
+        or not bf16
+        or conv.in_channels != 1
+        or conv.groups != 1
+        or tuple(conv.stride) != (2, 2, 2)
+        or tuple(conv.dilation) != (1, 1, 1)
+        or isinstance(conv.padding, str)
+        or conv.padding_mode != "zeros"
+    ):
+        return conv(x)
+    return blocked_conv(x.to(torch.bfloat16), conv.weight, conv.bias, tuple(conv.padding))
+
+
+def blocked_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: tuple[int, int, int],
+) -> torch.Tensor:
+    """``F.conv3d(x, weight, bias, stride=2, padding=padding)`` for one input channel,
+    computed as a stride-1 convolution of the padded input's 2x2x2 blocks, their 8 voxels
+    as channels (space-to-depth): output ``o`` sums ``w[k] x[2o + k]``, and with
+    ``k = 2a + b`` tap ``w[2a + b]`` reads phase ``b`` of block ``o + a``, so the kernel
+    becomes ceil(k / 2) blocks of 8 channels (the odd kernel padded with a zero tap)."""
+    n = x.shape[0]
+    kernel = weight.shape[2:]
+    out = [(s + 2 * p - k) // 2 + 1 for s, p, k in zip(x.shape[2:], padding, kernel)]
+    half = [(k + 1) // 2 for k in kernel]
+    # each axis padded to 2 (out + half - 1) voxels: p before, the rest after (>= p)
+    after = [2 * (o + h - 1) - s - p for o, h, s, p in zip(out, half, x.shape[2:], padding)]
+    padded = F.pad(x, (padding[2], after[2], padding[1], after[1], padding[0], after[0]))
+    blocks = [s // 2 for s in padded.shape[2:]]
+    phased = padded.reshape(n, blocks[0], 2, blocks[1], 2, blocks[2], 2)
+    # the phases as channels, then channels_last_3d (10x faster than gathering that at once)
+    phased = phased.permute(0, 2, 4, 6, 1, 3, 5).reshape(n, 8, *blocks)
+    phased = phased.contiguous(memory_format=torch.channels_last_3d)
+    taps = F.pad(
+        weight, (0, 2 * half[2] - kernel[2], 0, 2 * half[1] - kernel[1], 0, 2 * half[0] - kernel[0])
+    )
+    taps = taps.reshape(len(weight), half[0], 2, half[1], 2, half[2], 2)
+    taps = taps.permute(0, 2, 4, 6, 1, 3, 5).reshape(len(weight), 8, *half)
+    return F.conv3d(phased, taps.contiguous(memory_format=torch.channels_last_3d), bias)

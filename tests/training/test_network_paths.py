@@ -1,0 +1,93 @@
+"""The network's inference paths that compute the same sums another way (the dense pass's
+stem, upsampling and last decoder level) give what the plain modules give."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lungcad.config import ModelConfig
+from lungcad.core.model.network import NoduleNet, blocked_conv, resize_trilinear, stem_conv
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "padding"),
+    [
+        ((2, 1, 24, 24, 24), 7, 3),  # the backbone's stem
+        ((1, 1, 17, 20, 13), 7, 3),  # odd and even sizes, not a cube
+        ((1, 1, 9, 10, 11), 3, 1),
+        ((1, 1, 8, 7, 6), 5, 0),
+        ((1, 1, 6, 6, 9), 4, 1),  # an even kernel
+    ],
+)
+def test_a_stride_2_convolution_over_the_inputs_blocks_is_the_convolution(
+    shape, kernel, padding
+) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    weight, bias = torch.randn(5, 1, kernel, kernel, kernel), torch.randn(5)
+    expected = F.conv3d(x, weight, bias, stride=2, padding=padding)
+    got = blocked_conv(x, weight, bias, (padding,) * 3)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_the_stem_runs_over_blocks_on_a_cpu_in_bf16_and_as_itself_otherwise() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv3d(1, 8, kernel_size=7, stride=2, padding=3, bias=False)
+    x = torch.rand(1, 1, 20, 22, 18)
+    with torch.inference_mode():
+        assert torch.equal(stem_conv(conv, x), conv(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = stem_conv(conv, x)
+            assert torch.equal(got, blocked_conv(x.bfloat16(), conv.weight, None, (3, 3, 3)))
+            plain = conv(x)
+        # bf16 sums in another order: within bf16's rounding of the plain convolution's
+        torch.testing.assert_close(got.float(), plain.float(), rtol=2e-2, atol=2e-2)
+        other = nn.Conv3d(1, 8, kernel_size=3, stride=1, padding=1, bias=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(stem_conv(other, x), other(x))  # not a stride-2 stem
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [
+        ((2, 2, 12, 12, 12), (24, 24, 24)),
+        ((1, 3, 7, 9, 5), (15, 17, 11)),
+        ((1, 1, 8, 8, 8), (5, 6, 7)),
+    ],
+)
+def test_the_separable_resize_is_trilinear_interpolation(shape, size) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    expected = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+    torch.testing.assert_close(resize_trilinear(x, size), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_mask_and_centre_levels_run_as_one_block_with_the_same_sums() -> None:
+    torch.manual_seed(0)
+    net = NoduleNet(ModelConfig(centre_head=True))
+    for module in net.decoder.modules():  # learnt-looking statistics, not the initial ones
+        if isinstance(module, nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    net.eval()
+    x = torch.rand(2, 1, 24, 24, 24)
+    decoder = net.decoder
+    with torch.inference_mode():
+        stages = net.stages(x)
+        y = stages[-1]
+        for level, skip in zip(decoder.levels, reversed(stages[:-1])):
+            y = torch.cat([F.interpolate(y, size=skip.shape[2:], mode="trilinear"), skip], 1)
+            if level is decoder.levels[-1]:
+                break
+            y = level(y)
+        mask = decoder.head(decoder.levels[-1](y))
+        centre = decoder.centre_head(decoder.centre_level(y))
+        torch.testing.assert_close(
+            decoder.last_level(stages), torch.cat([mask, centre], 1), rtol=1e-6, atol=1e-6
+        )
