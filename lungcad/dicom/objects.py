@@ -179,16 +179,16 @@ def _seg(
         )
         for k, s in enumerate(segments, start=1)
     ]
-    pixels = np.stack([s.mask for s in segments], axis=-1)
     # The SEG derives from the slices its segments lie on: a few dozen of a scan's hundreds
     # (highdicom checks and encodes every frame it is given; readers place frames by the
-    # source image each references, ``read_segments``).
-    frames = np.flatnonzero(pixels.any(axis=(1, 2, 3)))
+    # source image each references, ``read_segments``), stacked from those slices alone.
+    frames = np.flatnonzero(np.any([s.mask.any(axis=(1, 2)) for s in segments], axis=0))
     if len(frames) == 0:  # every segment empty: the first slice carries them
         frames = np.array([0])
+    pixels = np.stack([s.mask[frames] for s in segments], axis=-1)
     return hd.seg.Segmentation(
         source_images=[ct[i] for i in frames],
-        pixel_array=pixels[frames],
+        pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=generate_uid(),
