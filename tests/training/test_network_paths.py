@@ -91,3 +91,11 @@ def test_the_mask_and_centre_levels_run_as_one_block_with_the_same_sums() -> Non
         torch.testing.assert_close(
             decoder.last_level(stages), torch.cat([mask, centre], 1), rtol=1e-6, atol=1e-6
         )
+
+
+def test_the_shared_feature_is_the_backbones_own_forward() -> None:
+    torch.manual_seed(0)
+    net = NoduleNet(ModelConfig()).eval()
+    x = torch.rand(3, 1, 32, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(net.features(x), net.feature(net.backbone(x)))

@@ -223,10 +223,12 @@ class NoduleNet(nn.Module):
         return out
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, feature_dim) shared feature of a batch of windowed cubes."""
+        """(N, feature_dim) shared feature of a batch of windowed cubes: the deepest stage
+        average-pooled, as the backbone's forward gives it (its stem run as ``stages``
+        runs it)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        return self.feature(self.backbone(x))
+        return self.feature(torch.flatten(self.backbone.avgpool(self.stages(x)[-1]), 1))
 
     def forward(
         self, x: torch.Tensor, with_mask: bool = False, mask_rows: torch.Tensor | None = None
