@@ -9,7 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lungcad.config import ModelConfig
-from lungcad.core.model.network import NoduleNet, blocked_conv, resize_trilinear, stem_conv
+from lungcad.core.model.network import (
+    NoduleNet,
+    blocked_conv,
+    resize_trilinear,
+    stem_conv,
+    window_hu,
+)
 
 
 @pytest.mark.parametrize(
@@ -99,3 +105,11 @@ def test_the_shared_feature_is_the_backbones_own_forward() -> None:
     x = torch.rand(3, 1, 32, 32, 32)
     with torch.inference_mode():
         assert torch.equal(net.features(x), net.feature(net.backbone(x)))
+
+
+def test_windowing_makes_a_new_tensor_and_leaves_the_input_as_it_was() -> None:
+    hu = torch.tensor([-2000.0, -1000.0, -300.0, 400.0, 3000.0])
+    kept = hu.clone()
+    assert window_hu(hu, (-1000.0, 400.0)).tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])
+    assert torch.equal(hu, kept)
+    assert window_hu(hu.to(torch.int16), (-1000.0, 400.0)).dtype == torch.float32

@@ -278,9 +278,10 @@ class NoduleNet(nn.Module):
 
 
 def window_hu(x: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
-    """HU (any dtype, e.g. int16 straight from the cube array) -> float32 in [0, 1]."""
+    """HU (any dtype, e.g. int16 straight from the cube array) -> float32 in [0, 1], in one
+    new tensor (a whole scan's grid is windowed at once by the dense pass)."""
     low, high = window
-    return ((x.float() - low) / (high - low)).clamp_(0.0, 1.0)
+    return x.to(torch.float32, copy=True).sub_(low).div_(high - low).clamp_(0.0, 1.0)
 
 
 def resize_trilinear(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
