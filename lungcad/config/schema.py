@@ -541,8 +541,8 @@ class DetectConfig(Section):
             centre peak and the map peak times the cube's (the heatmap is surest of small
             nodules, the cube's head of large ones).
         amp: the dense pass's precision: ``auto`` is bf16 on a CPU with native bf16 and AMP
-            on CUDA, else fp32; ``off``: fp32. The heads' cubes under ``auto``: AMP on CUDA,
-            fp32 on a CPU (faster there on small cubes).
+            on CUDA, else fp32; ``off``: fp32. The heads read the findings' cubes in the
+            same precision.
         bootstrap: FROC CIs: patients resampled with replacement (all their scans).
         seed: seeds the bootstrap.
     """
