@@ -9,7 +9,7 @@ import pytest
 
 from lungcad.core.cubes import cube_grid_origin
 from lungcad.core.findings.lungrads import lung_rads, scan_category
-from lungcad.core.findings.measure import measure_mask, nodule_type
+from lungcad.core.findings.measure import axial_axes_mm, measure_mask, nodule_type
 from lungcad.core.findings.merge import (
     FindingMask,
     _pack,
@@ -177,3 +177,27 @@ def test_members_outlining_disjoint_parts_fuse_to_no_mask_not_an_error() -> None
     mask, origin, hu = fuse_masks(members)
     assert mask.shape == (0, 0, 0) and hu.shape == (0, 0, 0)
     assert measure_mask(mask, origin, 1.0, hu).empty
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_longest_axial_diameter_is_the_one_every_slice_measured_would_give(seed) -> None:
+    """The search for the slice of longest axis skips slices whose mask's box is too small:
+    the same axes, from the same slice, as measuring every slice (ties to the first)."""
+    rng = np.random.default_rng(seed)
+    for i in range(60):
+        shape = tuple(int(n) for n in rng.integers(2, 20, 3))
+        if i % 3 == 0:  # stacked equal discs: every slice ties
+            _, yy, xx = np.indices(shape) - np.array(shape)[:, None, None, None] // 2
+            mask = yy**2 + xx**2 <= rng.integers(1, 30)
+        else:
+            mask = rng.random(shape) < rng.uniform(0.05, 0.6)
+        spacing = (2.5, 0.703125, 0.703125) if i % 2 else (1.0, 1.0, 1.0)
+        best = (0.0, 0.0)
+        for z in range(shape[0]):
+            if mask[z].any():
+                axes = axial_axes_mm(mask[z], spacing[1:])
+                best = axes if axes[0] > best[0] else best
+        m = measure_mask(mask, np.zeros(3), spacing[::-1])
+        if not mask.any():
+            continue
+        assert (m.diameter_mm, m.long_axis_mm, m.short_axis_mm) == (best[0], *best)
