@@ -53,7 +53,9 @@ def resample_box(
 ) -> np.ndarray:
     """Resample an image onto an axis-aligned grid of ``spacing_mm`` voxels whose voxel
     (0, 0, 0) lies at ``origin_mm`` (x, y, z patient mm): int16 (z, y, x), ``fill`` outside
-    the image; linear interpolation, or nearest neighbour (labels) with ``nearest``."""
+    the image; linear interpolation, or with ``nearest`` nearest neighbour, for labels, in
+    the image's own pixel type (nothing to round: a quarter of a float grid's memory for a
+    uint8 mask)."""
     resampler = sitk.ResampleImageFilter()
     resampler.SetSize([int(n) for n in shape_zyx[::-1]])
     resampler.SetOutputSpacing([spacing_mm] * 3)
@@ -61,6 +63,9 @@ def resample_box(
     resampler.SetOutputDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
     resampler.SetInterpolator(sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear)
     resampler.SetDefaultPixelValue(float(fill))
+    if nearest:
+        resampler.SetOutputPixelType(image.GetPixelID())
+        return sitk.GetArrayFromImage(resampler.Execute(image))
     resampler.SetOutputPixelType(sitk.sitkFloat32)
     out = sitk.GetArrayFromImage(resampler.Execute(image))
     # in place: a whole scan's grid is ~10^8 bytes a copy, each one faulted in afresh

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungcad.core.cubes import extract_cube
+from lungcad.core.cubes import extract_cube, resample_box
 from lungcad.core.io.geometry import VolumeGeometry
 
 SPACING = np.array([0.7, 0.9, 2.5])  # anisotropic (column, row, slice)
@@ -96,3 +96,23 @@ def test_index_mm_round_trip_with_oblique_direction() -> None:
     geometry = VolumeGeometry(ORIGIN, SPACING, rot, SHAPE)
     idx = np.array([[10.5, 20.25, 3.0], [0, 0, 0], [179, 199, 59]])
     np.testing.assert_allclose(geometry.mm_to_index(geometry.index_to_mm(idx)), idx, atol=1e-9)
+
+
+def test_labels_resample_to_their_nearest_voxel_in_their_own_type() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=(6, 7, 8)).astype(np.uint8)
+    geometry = VolumeGeometry(
+        np.array([-3.0, 2.0, 10.0]), np.array([2.0, 1.5, 2.5]), np.eye(3), labels.shape
+    )
+    origin = np.array([-3.2, 1.6, 9.0])
+    got = resample_box(geometry.to_sitk(labels), origin, (9, 8, 11), 1.0, 0, nearest=True)
+    assert got.dtype == np.uint8 and got.shape == (9, 8, 11)
+    # each grid point takes the label of the voxel whose centre is nearest (0 outside)
+    z, y, x = np.indices(got.shape)
+    mm = origin + np.stack([x, y, z], axis=-1)
+    index = np.rint(geometry.mm_to_index(mm.reshape(-1, 3))).astype(int).reshape(*got.shape, 3)
+    inside = np.all((index >= 0) & (index < np.array(labels.shape[::-1])), axis=-1)
+    expected = np.zeros(got.shape, np.uint8)
+    i = index[inside]
+    expected[inside] = labels[i[:, 2], i[:, 1], i[:, 0]]
+    np.testing.assert_array_equal(got, expected)
