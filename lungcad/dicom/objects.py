@@ -185,7 +185,16 @@ def _seg(
     frames = np.flatnonzero(np.any([s.mask.any(axis=(1, 2)) for s in segments], axis=0))
     if len(frames) == 0:  # every segment empty: the first slice carries them
         frames = np.array([0])
-    pixels = np.stack([s.mask[frames] for s in segments], axis=-1)
+    masks = [s.mask[frames] for s in segments]
+    covered = np.logical_or.reduce(masks)
+    if covered.sum() == sum(int(m.sum()) for m in masks):
+        # disjoint segments (a dense pass's findings always are) as one label map: the same
+        # SEG, which highdicom checks with a max instead of a sum over the segments
+        pixels = np.zeros(covered.shape, np.uint8 if len(masks) < 256 else np.uint16)
+        for k, m in enumerate(masks, start=1):
+            pixels[m] = k
+    else:
+        pixels = np.stack(masks, axis=-1)
     return hd.seg.Segmentation(
         source_images=[ct[i] for i in frames],
         pixel_array=pixels,

@@ -178,3 +178,24 @@ def test_a_volume_not_read_from_dicom_cannot_have_objects(slab, tmp_path):
         write_findings_dicom(
             replace(slab, source_files=()), findings, segments, Algorithm("m"), tmp_path, 0.5
         )
+
+
+def test_overlapping_and_disjoint_segments_both_read_back_as_written(slab, tmp_path):
+    """Disjoint segments travel as one label map, overlapping ones as a stack: either way
+    each segment reads back voxel for voxel, and the SEG says whether they overlap."""
+    findings, segments = _findings(slab)
+    g = slab.geometry
+    centre = findings.loc[0, ["coordX", "coordY", "coordZ"]].to_numpy(float)
+    inside = finding_segment(g, centre, 4.0, None)  # a sphere within the first finding
+    assert (inside.mask & segments[0].mask).any()
+    for name, these, overlap in (
+        ("disjoint", segments, "NO"),
+        ("overlapping", [segments[0], inside, segments[2]], "YES"),
+    ):
+        seg_path, _ = write_findings_dicom(
+            slab, findings, these, Algorithm("models:/lungcad/3"), tmp_path / name, 0.5
+        )
+        assert pydicom.dcmread(seg_path, stop_before_pixels=True).SegmentsOverlap == overlap
+        masks = read_segments(seg_path, _sop_uids(slab))
+        for k, segment in enumerate(these, start=1):
+            np.testing.assert_array_equal(masks[k], segment.mask)
