@@ -359,8 +359,8 @@ def detect_volume_dense(
         centres = np.array([[r["coordX"], r["coordY"], r["coordZ"]] for r in rows])
         cubes = np.stack([grid_cube(wide, c, loaded.head_cube) for c in centres])
         # The heads in the dense pass's precision: bf16 on a CPU with native bf16 (1.7 ms a
-        # cube against 2.7 ms in fp32; a probability moves by < 0.003 and a malignancy by
-        # < 0.013 from the cube protocol's fp32, BENCHMARKS.md).
+        # cube against 2.7 ms in fp32; on the validation split a finding's probability
+        # moves by at most 0.0014 and its malignancy by 0.017 from fp32, BENCHMARKS.md).
         cube_p, mal, attrs = predict_hu_cubes(
             model, cubes, window, device, detector.batch_size, amp, named_outputs=True
         )
