@@ -105,7 +105,8 @@ def _mean_diameter(mask_zyx: np.ndarray, spacing_zyx: np.ndarray) -> tuple[float
     slices = np.flatnonzero(mask_zyx.any(axis=(1, 2)))
     if len(slices) == 0:
         return 0.0, 0.0, 0.0
-    rows, cols = mask_zyx[slices].any(axis=2), mask_zyx[slices].any(axis=1)
+    occupied = mask_zyx[slices]
+    rows, cols = occupied.any(axis=2), occupied.any(axis=1)
     spans = [
         (a.shape[1] - 1 - a[:, ::-1].argmax(axis=1) - a.argmax(axis=1)) * step
         for a, step in ((rows, sy), (cols, sx))

@@ -83,11 +83,11 @@ class MaskDecoder(nn.Module):
             x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
             x = torch.cat([x, skip], dim=1)
             if i == len(self.levels) - 1 and self.centre_level is not None:
-                if not self.training:
+                if self.training:
+                    centre = self.centre_head(self.centre_level(x))
+                    logits = torch.cat([self.head(level(x)), centre], dim=1)
+                else:
                     logits = self._both_last_levels(x)
-                    break
-                centre = self.centre_head(self.centre_level(x))
-                logits = torch.cat([self.head(level(x)), centre], dim=1)
                 break
             x = level(x)
         else:
