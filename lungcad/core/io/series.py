@@ -30,6 +30,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.multival import MultiValue
+from pydicom.pixels import pixel_array
 
 from lungcad.config import ReadLimits
 from lungcad.core.io.geometry import VolumeGeometry
@@ -356,8 +357,8 @@ def _headers(files: list[Path], dropped: _Dropped) -> list[_Slice]:
 def _decode(s: _Slice, padding_hu_below: float, dropped: _Dropped) -> np.ndarray | None:
     """The HU of one slice, or None (noted in ``dropped``) when its pixels cannot be had."""
     try:
-        ds = pydicom.dcmread(s.path)
-        pixels = ds.pixel_array
+        # the pixel module alone: the header was parsed and checked by ``_headers``
+        pixels = pixel_array(s.path)
     except Exception as exc:  # pydicom and its decoders raise many types for broken data
         dropped.add(s.path, f"truncated or undecodable pixel data ({_brief(exc)})")
         return None
