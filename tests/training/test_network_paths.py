@@ -1,5 +1,6 @@
 """The network's inference paths that compute the same sums another way (the dense pass's
-stem, upsampling and last decoder level) give what the plain modules give."""
+stem, its max pooling, upsampling and last decoder level) give what the plain modules
+give."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from lungcad.config import ModelConfig
 from lungcad.core.model.network import (
     NoduleNet,
     blocked_conv,
+    max_pool_pairs,
     resize_trilinear,
     stem_conv,
+    stem_pool,
     window_hu,
 )
 
@@ -113,3 +116,56 @@ def test_windowing_makes_a_new_tensor_and_leaves_the_input_as_it_was() -> None:
     assert window_hu(hu, (-1000.0, 400.0)).tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])
     assert torch.equal(hu, kept)
     assert window_hu(hu.to(torch.int16), (-1000.0, 400.0)).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 3, 12, 12, 12), (1, 4, 11, 8, 7), (1, 2, 1, 5, 2), (3, 5, 2, 3, 1), (1, 16, 24, 17, 9)],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_pooling_by_pairs_is_max_pooling_to_the_bit(shape, dtype, channels_last) -> None:
+    torch.manual_seed(0)
+    # ties and negative values as after a ReLU or a normalisation
+    x = torch.randn(*shape).clamp_(min=-0.5).mul_(4).round_().to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    got = max_pool_pairs(x)
+    assert torch.equal(got, F.max_pool3d(x, 3, stride=2, padding=1))
+    assert got.dtype == dtype
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    assert got.is_contiguous(memory_format=layout) or min(got.shape[2:]) == 1
+
+
+def test_the_stem_pools_by_pairs_without_gradients_and_as_itself_with_them() -> None:
+    torch.manual_seed(0)
+    pool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
+    x = torch.rand(2, 4, 10, 9, 8).round_()  # many ties
+    with torch.no_grad():
+        assert torch.equal(stem_pool(pool, x), pool(x))
+    leaf = x.clone().requires_grad_(True)
+    stem_pool(pool, leaf).sum().backward()
+    plain = x.clone().requires_grad_(True)
+    pool(plain).sum().backward()
+    # the module's backward: each output's gradient goes to one of its tied inputs
+    assert torch.equal(leaf.grad, plain.grad)
+    wider = nn.MaxPool3d(kernel_size=2, stride=2)
+    with torch.no_grad():
+        assert torch.equal(stem_pool(wider, x), wider(x))
+
+
+def test_a_networks_stages_are_the_same_with_the_pooling_by_pairs() -> None:
+    torch.manual_seed(0)
+    net = NoduleNet(ModelConfig()).eval()
+    x = torch.rand(2, 1, 40, 40, 40)
+    with torch.no_grad():
+        got = net.stages(x)
+        b = net.backbone
+        stem = b.act(b.bn1(b.conv1(x)))
+        y, expected = b.maxpool(stem), [stem]
+        for layer in (b.layer1, b.layer2, b.layer3, b.layer4)[: len(net.config.widths)]:
+            y = layer(y)
+            expected.append(y)
+    assert len(got) == len(expected)
+    for a, e in zip(got, expected):
+        assert torch.equal(a, e)
