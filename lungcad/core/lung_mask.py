@@ -179,13 +179,18 @@ def pleural_envelope(lungs: np.ndarray, sampling: np.ndarray, reach_mm: float) -
         return hull
     midline = (columns[0] + columns[-1] + 1) // 2
     for k in range(lungs.shape[0]):
-        for cols in (slice(0, midline), slice(midline, None)):
-            side = lungs[k, :, cols]
-            if side.sum() >= 3:
-                try:
-                    hull[k, :, cols] = convex_hull_image(side)
-                except (ValueError, RuntimeError):  # collinear pixels: Qhull finds no hull
-                    hull[k, :, cols] = side
+        for start, stop in ((0, midline), (midline, lungs.shape[2])):
+            side = lungs[k, :, start:stop]
+            if side.sum() < 3:
+                continue
+            # the hull within the side's bounding box (no pixel centre outside it is in
+            # the hull): the same pixels, and the point-in-polygon test over fewer of them
+            rows, cols = np.flatnonzero(side.any(axis=1)), np.flatnonzero(side.any(axis=0))
+            box = (k, slice(rows[0], rows[-1] + 1), slice(start + cols[0], start + cols[-1] + 1))
+            try:
+                hull[box] = convex_hull_image(lungs[box])
+            except (ValueError, RuntimeError):  # collinear pixels: Qhull finds no hull
+                hull[box] = lungs[box]
     for k in range(lungs.shape[0]):
         if hull[k].any():
             near = ndimage.distance_transform_edt(~lungs[k], sampling=sampling[1:]) <= reach_mm

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lungcad.core.io.geometry import VolumeGeometry
-from lungcad.core.lung_mask import lung_mask
+from lungcad.core.lung_mask import lung_mask, pleural_envelope
 
 
 @pytest.mark.parametrize("slices", [20, 21, 23])
@@ -80,3 +80,37 @@ def test_the_lung_region_keeps_lesions_against_the_pleura(lesion) -> None:
     for outside in ([0.0, 0.0, 0.0], [0.0, 60.0, 0.0], [153.0, 0.0, 0.0], [-153.0, 0.0, 0.0]):
         index = np.rint(geometry.mm_to_index(np.array([outside]))).astype(int)[:, ::-1]
         assert not masks.region[masks.block_of(index)].any(), outside
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_pleural_envelope_is_each_sides_hull_on_every_slice_within_its_reach(seed) -> None:
+    from scipy import ndimage
+    from skimage.morphology import convex_hull_image
+
+    rng = np.random.default_rng(seed)
+    # two blobby "lungs" per slice, some slices with a speck or a line, some empty
+    lungs = ndimage.binary_opening(rng.random((7, 40, 50)) > 0.55, iterations=1)
+    lungs[:, :, 23:27] = False
+    lungs[1] = False
+    lungs[2, 5, 3:9] = True  # collinear pixels on their own
+    lungs[3] = False
+    lungs[3, 10, 10] = lungs[3, 11, 11] = lungs[3, 30, 40] = True
+    sampling = np.array([2.5, 2.1, 1.9])
+    got = pleural_envelope(lungs, sampling, reach_mm=12.0)
+
+    # the definition, over whole sides of whole slices
+    columns = np.flatnonzero(lungs.any(axis=(0, 1)))
+    midline = (columns[0] + columns[-1] + 1) // 2
+    expected = np.zeros_like(lungs)
+    for k in range(len(lungs)):
+        for cols in (slice(0, midline), slice(midline, None)):
+            side = lungs[k, :, cols]
+            if side.sum() >= 3:
+                try:
+                    expected[k, :, cols] = convex_hull_image(side)
+                except (ValueError, RuntimeError):
+                    expected[k, :, cols] = side
+        if expected[k].any():
+            near = ndimage.distance_transform_edt(~lungs[k], sampling=sampling[1:]) <= 12.0
+            expected[k] &= near
+    assert np.array_equal(got, expected)
