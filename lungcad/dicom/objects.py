@@ -136,13 +136,15 @@ def _strip_copied(derived: Dataset, source: Dataset) -> None:
 
 def _sources(volume: CtVolume) -> list[Dataset]:
     """The headers of the scan's slices (in volume order), completed with empty type 2
-    identity attributes (in memory only)."""
+    identity attributes (in memory only): those the reader kept, else read again."""
     if not volume.source_files:
         raise DicomObjectError(
             f"scan {volume.series_uid}: not read from DICOM files (a .mhd volume), so no SEG "
             "or SR can reference its images"
         )
-    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in volume.source_files]
+    headers = list(volume.source_headers)
+    if len(headers) != len(volume.source_files):
+        headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in volume.source_files]
     for ds in headers:
         for keyword in TYPE2_IDENTITY:
             if keyword not in ds:

@@ -199,3 +199,41 @@ def test_overlapping_and_disjoint_segments_both_read_back_as_written(slab, tmp_p
         masks = read_segments(seg_path, _sop_uids(slab))
         for k, segment in enumerate(these, start=1):
             np.testing.assert_array_equal(masks[k], segment.mask)
+
+
+def test_the_objects_come_from_the_headers_read_with_the_scan_or_from_its_files(
+    slab_root, slab, tmp_path
+):
+    from dataclasses import replace
+
+    copy = tmp_path / "scan"
+    shutil.copytree(slab_root / "LIDC-IDRI-0001", copy)
+    sources, _ = find_scans(copy, progress=False)
+    volume = sources[0].read()
+    assert len(volume.source_headers) == len(volume.source_files)
+    expected = _sop_uids(volume)
+    shutil.rmtree(copy)  # the scan's files are gone: what the reader kept is enough
+    findings, segments = _findings(volume)
+    seg_path, sr_path = write_findings_dicom(
+        volume, findings, segments, Algorithm("m"), tmp_path / "kept", 0.5
+    )
+    seg = pydicom.dcmread(seg_path, stop_before_pixels=True)
+    referenced = [
+        item.ReferencedSOPInstanceUID
+        for series in seg.ReferencedSeriesSequence
+        for item in series.ReferencedInstanceSequence
+    ]
+    assert set(referenced) <= set(expected) and referenced
+    evidence = pydicom.dcmread(sr_path).CurrentRequestedProcedureEvidenceSequence
+    (series,) = [
+        series
+        for study in evidence
+        for series in study.ReferencedSeriesSequence
+        if series.SeriesInstanceUID == volume.series_uid
+    ]
+    assert [i.ReferencedSOPInstanceUID for i in series.ReferencedSOPSequence] == expected
+    # a volume without the headers (built by other code) has them read from its files
+    bare = replace(slab, source_headers=())
+    paths = write_findings_dicom(bare, findings, segments, Algorithm("m"), tmp_path / "read", 0.5)
+    assert [p.name for p in paths] == ["seg.dcm", "sr.dcm"]
+    assert dciodvfy_errors(paths[1]) == []

@@ -71,6 +71,10 @@ class CtVolume:
     #: The DICOM file of each source slice, in stack order (empty for a .mhd volume): what
     #: derived DICOM objects reference.
     source_files: tuple[Path, ...] = ()
+    #: The header of each of ``source_files`` (read without its pixel data, in the same
+    #: order): what derived DICOM objects copy the patient and study from, without
+    #: reading the files again.
+    source_headers: tuple[pydicom.Dataset, ...] = ()
     #: The source stack's own regular grid, where it differs from ``geometry`` (a stack that
     #: was reordered or resampled); None: the same grid.
     source_geometry: VolumeGeometry | None = None
@@ -433,6 +437,7 @@ def _volume(
         z_positions_mm=z_slots,
         notes=notes,
         source_files=tuple(s.path for s, _ in decoded),
+        source_headers=tuple(s.header for s, _ in decoded),
         source_slices=tuple(slots) if n != len(decoded) else (),
     )
     shear = step_vector - (step_vector @ normal) * normal
@@ -543,6 +548,7 @@ def _replaced(
         z_positions_mm=z[:, 2],
         notes=[*volume.notes, note],
         source_files=volume.source_files,
+        source_headers=volume.source_headers,
         source_geometry=source,
         source_slices=volume.source_slices,
     )
