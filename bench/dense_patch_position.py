@@ -4,7 +4,9 @@ Runs the dense detector of `lungcad detect` over a split's scans several times, 
 with the 1 mm grid widened on every side (``GRID_MARGIN_MM`` 16, 40 and 64 mm): the grid
 starts further from the lungs, so every nodule lands 24 and 48 voxels further into the
 patches (a quarter and a half of a 96-voxel patch), while the lung region, the model and
-every other setting stay. Scores each run against the readers like `lungcad
+every other setting stay (``--margins`` sets other widenings: 16, 17, 18 and 20 mm move
+each nodule by 1, 2 and 4 voxels, less than the network's strides). Scores each run
+against the readers like `lungcad
 evaluate-detection` and prints, per nodule, its best finding's probability in each run;
 then the sensitivity at the threshold and the CPM per run, and how much a nodule's
 probability moves from one patch position to another.
@@ -41,12 +43,14 @@ def main() -> None:
     parser.add_argument("--splits", default="data/splits.json")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--margins", type=float, nargs="+", default=list(MARGINS_MM))
     args = parser.parse_args()
+    margins = tuple(args.margins)
     params = load_params(args.params)
     patients = set(load_splits(args.splits)[args.split])
     settings = DetectSettings(detect=params.detect, figures=False, explain=False, dicom=False)
     best, figures = {}, {}
-    for margin in MARGINS_MM:
+    for margin in margins:
         dense.GRID_MARGIN_MM = margin
         run = Path(args.out) / f"margin{margin:g}"
         detect_scans(args.scans, run, args.model, settings, patients=patients, progress=True)
@@ -62,8 +66,8 @@ def main() -> None:
         print(f"margin {margin:g} mm: CPM {result.cpm:.3f}, at the threshold {found.mean():.3f}")
     table = pd.DataFrame(best)
     table.insert(0, "diameter_mm", reference["diameter_mm"].round(1))
-    spread = table[list(MARGINS_MM)].max(axis=1) - table[list(MARGINS_MM)].min(axis=1)
-    flips = (table[list(MARGINS_MM)] >= params.detect.threshold).nunique(axis=1) > 1
+    spread = table[list(margins)].max(axis=1) - table[list(margins)].min(axis=1)
+    flips = (table[list(margins)] >= params.detect.threshold).nunique(axis=1) > 1
     print(table.round(3).to_string())
     summary = {
         "runs": {f"{m:g}": f for m, f in figures.items()},
