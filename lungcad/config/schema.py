@@ -533,7 +533,9 @@ class DetectConfig(Section):
             (``lungcad.detection.dense``); ``cubes``: candidates, one cube scored per
             candidate and the cubes' masks merged (``lungcad.detection.detector``).
         patch: the dense pass's patches (voxels of 1 mm per side).
-        overlap: share of a dense patch that overlaps its neighbour.
+        overlap: share of a dense patch that overlaps its neighbour; 0.5 makes a
+            finding's probability all but independent of where the patches fall, for
+            twice the scoring time (BENCHMARKS.md).
         score: a dense finding's probability: ``peak``, its map peak; ``centre``, its peak
             on the centre heatmap (``model.centre_head``); ``cube``, the detection head's on
             the cube centred on it (of the size the heads learnt on); ``mean``, the
