@@ -169,3 +169,18 @@ def test_a_networks_stages_are_the_same_with_the_pooling_by_pairs() -> None:
     assert len(got) == len(expected)
     for a, e in zip(got, expected):
         assert torch.equal(a, e)
+
+
+def test_in_bf16_the_pooling_by_pairs_gives_the_dense_pass_and_the_heads_to_the_bit() -> None:
+    # autocast pools in fp32 and the pairs keep bf16: the same values, and the residual
+    # sums that read them are fp32 either way
+    torch.manual_seed(0)
+    net = NoduleNet(ModelConfig(centre_head=True)).eval().to_channels_last()
+    x = torch.rand(2, 1, 40, 36, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():  # by pairs
+            maps, features = net.dense_logits(x), net.features(x)
+        with torch.enable_grad():  # the module
+            plain_maps, plain_features = net.dense_logits(x), net.features(x)
+    assert torch.equal(maps, plain_maps.detach())
+    assert torch.equal(features, plain_features.detach())
