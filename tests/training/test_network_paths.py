@@ -172,8 +172,8 @@ def test_a_networks_stages_are_the_same_with_the_pooling_by_pairs() -> None:
 
 
 def test_in_bf16_the_pooling_by_pairs_gives_the_dense_pass_and_the_heads_to_the_bit() -> None:
-    # autocast pools in fp32 and the pairs keep bf16: the same values, and the residual
-    # sums that read them are fp32 either way
+    # autocast pools in fp32 and the pairs keep bf16: the same values, added in place
+    # into the first stage's bf16 normalisation output either way
     torch.manual_seed(0)
     net = NoduleNet(ModelConfig(centre_head=True)).eval().to_channels_last()
     x = torch.rand(2, 1, 40, 36, 32)
