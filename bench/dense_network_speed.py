@@ -5,7 +5,7 @@ Times one pass of ``--patches`` 96^3 patches through ``NoduleNet.dense_logits`` 
 autocast and channels_last_3d where the CPU has native bf16, as the dense detector runs
 it), then the three steps that have a faster path of the same sums, each both ways: the
 backbone's 7^3 stride-2 stem (``conv1`` against ``blocked_conv``), its max pooling
-(``maxpool`` against ``max_pool_pairs``), the mask's and the
+(``maxpool`` against ``stem_pool``'s pairs), the mask's and the
 centre's last levels (two blocks against ``_both_last_levels``), and the upsampling of
 the logits (``F.interpolate`` against ``resize_trilinear``); last the heads on 48^3 cubes
 in fp32 and in bf16. The network is the given checkpoint's (``--model``) or an untrained
@@ -34,8 +34,8 @@ from lungcad.core.model.loading import load
 from lungcad.core.model.network import (
     NoduleNet,
     blocked_conv,
-    max_pool_pairs,
     resize_trilinear,
+    stem_pool,
 )
 from lungcad.core.model.predict import predict_hu_cubes
 from lungcad.detection.dense import dense_amp
@@ -91,7 +91,7 @@ def main() -> None:
         stages = network.stages(x)
         stem = stages[0]
         figures["pool_plain"] = _ms(lambda: b.maxpool(stem), args.repeats)
-        figures["pool_pairs"] = _ms(lambda: max_pool_pairs(stem), args.repeats)
+        figures["pool_pairs"] = _ms(lambda: stem_pool(b.maxpool, stem), args.repeats)
         y = stages[-1]
         for level, skip in zip(decoder.levels, reversed(stages[:-1])):
             y = torch.cat([F.interpolate(y, size=skip.shape[2:], mode="trilinear"), skip], 1)

@@ -172,8 +172,7 @@ def test_a_networks_stages_are_the_same_with_the_pooling_by_pairs() -> None:
 
 
 def test_in_bf16_the_pooling_by_pairs_gives_the_dense_pass_and_the_heads_to_the_bit() -> None:
-    # autocast pools in fp32 and the pairs keep bf16: the same values, added in place
-    # into the first stage's bf16 normalisation output either way
+    # autocast pools in fp32: the pairs give the same values in the same dtype
     torch.manual_seed(0)
     net = NoduleNet(ModelConfig(centre_head=True)).eval().to_channels_last()
     x = torch.rand(2, 1, 40, 36, 32)
@@ -182,5 +181,8 @@ def test_in_bf16_the_pooling_by_pairs_gives_the_dense_pass_and_the_heads_to_the_
             maps, features = net.dense_logits(x), net.features(x)
         with torch.enable_grad():  # the module
             plain_maps, plain_features = net.dense_logits(x), net.features(x)
+        with torch.no_grad():
+            pool, stem = net.backbone.maxpool, torch.rand(1, 4, 9, 8, 7).bfloat16()
+            assert stem_pool(pool, stem).dtype == pool(stem).dtype == torch.float32
     assert torch.equal(maps, plain_maps.detach())
     assert torch.equal(features, plain_features.detach())

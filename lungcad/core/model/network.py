@@ -323,11 +323,10 @@ def stem_conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
 def stem_pool(pool: nn.MaxPool3d, x: torch.Tensor) -> torch.Tensor:
     """``pool(x)``; on a CPU without gradients, a 3^3 stride-2 max pooling padded by 1 (the
     backbone's, after its stem) as ``max_pool_pairs``: the same values, 2x faster than
-    oneDNN's in channels_last and 9x in the default layout (BENCHMARKS.md). Under bf16
-    autocast they stay bf16 where the module gives fp32; the first stage adds them in
-    place into its normalisation's bf16 output, which rounds the sums alike, so the stages
-    are bitwise the same (tested). With gradients the module runs, whose backward sends a
-    tie's gradient to one input, not both."""
+    oneDNN's in channels_last and 9x in the default layout (BENCHMARKS.md). Under CPU
+    autocast the result is fp32, as autocast makes the module's (which converts the
+    input, eight times the output, before pooling). With gradients the module runs, whose
+    backward sends a tie's gradient to one input, not both."""
     if (
         x.device.type != "cpu"
         or torch.is_grad_enabled()
@@ -340,7 +339,8 @@ def stem_pool(pool: nn.MaxPool3d, x: torch.Tensor) -> torch.Tensor:
         or pool.return_indices
     ):
         return pool(x)
-    return max_pool_pairs(x)
+    out = max_pool_pairs(x)
+    return out.float() if torch.is_autocast_enabled("cpu") else out
 
 
 def max_pool_pairs(x: torch.Tensor) -> torch.Tensor:
