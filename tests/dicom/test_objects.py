@@ -237,3 +237,9 @@ def test_the_objects_come_from_the_headers_read_with_the_scan_or_from_its_files(
     paths = write_findings_dicom(bare, findings, segments, Algorithm("m"), tmp_path / "read", 0.5)
     assert [p.name for p in paths] == ["seg.dcm", "sr.dcm"]
     assert dciodvfy_errors(paths[1]) == []
+
+
+def test_a_volumes_repr_carries_no_header_of_its_slices(slab):
+    assert slab.source_headers and str(slab.source_headers[0].PatientID) == "LIDC-IDRI-0001"
+    text = repr(slab)
+    assert "source_headers" not in text and "Patient's Name" not in text

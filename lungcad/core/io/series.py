@@ -73,8 +73,9 @@ class CtVolume:
     source_files: tuple[Path, ...] = ()
     #: The header of each of ``source_files`` (read without its pixel data, in the same
     #: order): what derived DICOM objects copy the patient and study from, without
-    #: reading the files again.
-    source_headers: tuple[pydicom.Dataset, ...] = ()
+    #: reading the files again. Left out of the volume's repr, which must not carry the
+    #: patient's identity into a log.
+    source_headers: tuple[pydicom.Dataset, ...] = field(default=(), repr=False, compare=False)
     #: The source stack's own regular grid, where it differs from ``geometry`` (a stack that
     #: was reordered or resampled); None: the same grid.
     source_geometry: VolumeGeometry | None = None
