@@ -92,12 +92,7 @@ def main() -> None:
         stem = stages[0]
         figures["pool_plain"] = _ms(lambda: b.maxpool(stem), args.repeats)
         figures["pool_pairs"] = _ms(lambda: stem_pool(b.maxpool, stem), args.repeats)
-        y = stages[-1]
-        for level, skip in zip(decoder.levels, reversed(stages[:-1])):
-            y = torch.cat([F.interpolate(y, size=skip.shape[2:], mode="trilinear"), skip], 1)
-            if level is decoder.levels[-1]:
-                break
-            y = level(y)
+        y = decoder.last_input(stages)
         figures["last_levels_two"] = _ms(
             lambda: (
                 decoder.head(decoder.levels[-1](y)),

@@ -78,21 +78,25 @@ class MaskDecoder(nn.Module):
         """The logits at the last level's resolution, in fp32 and the default layout:
         upsampled from there, the same values as in channels_last in fp32, and 2-3x faster
         on a CPU than in either bf16 or channels_last (BENCHMARKS.md)."""
+        x, last = self.last_input(stages), self.levels[-1]
+        if self.centre_level is None:
+            logits = self.head(last(x))
+        elif self.training:
+            logits = torch.cat([self.head(last(x)), self.centre_head(self.centre_level(x))], 1)
+        else:
+            logits = self._both_last_levels(x)
+        return logits.float().contiguous()
+
+    def last_input(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        """What the last level reads: every level before it run, the result upsampled to
+        the finest stage and concatenated with it."""
         x = stages[-1]
         for i, (level, skip) in enumerate(zip(self.levels, reversed(stages[:-1]))):
             x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
             x = torch.cat([x, skip], dim=1)
-            if i == len(self.levels) - 1 and self.centre_level is not None:
-                if self.training:
-                    centre = self.centre_head(self.centre_level(x))
-                    logits = torch.cat([self.head(level(x)), centre], dim=1)
-                else:
-                    logits = self._both_last_levels(x)
-                break
-            x = level(x)
-        else:
-            logits = self.head(x)
-        return logits.float().contiguous()
+            if i < len(self.levels) - 1:
+                x = level(x)
+        return x
 
     def _both_last_levels(self, x: torch.Tensor) -> torch.Tensor:
         """The mask's and the centre's last levels (eval mode) as one block of both widths:
