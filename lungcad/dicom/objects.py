@@ -135,8 +135,11 @@ def _strip_copied(derived: Dataset, source: Dataset) -> None:
 
 
 def _sources(volume: CtVolume) -> list[Dataset]:
-    """The headers of the scan's slices (in volume order), completed with empty type 2
-    identity attributes (in memory only): those the reader kept, else read again."""
+    """The headers of the scan's slices (in volume order): those the reader kept (else read
+    again), completed in memory with the type 2 identity attributes they lack, empty. The
+    kept headers are completed in place: a copy would share their elements (pydicom's
+    shallow copy) or cost as much as reading them (a deep one), and an empty attribute the
+    file lacks changes nothing the volume reports."""
     if not volume.source_files:
         raise DicomObjectError(
             f"scan {volume.series_uid}: not read from DICOM files (a .mhd volume), so no SEG "
