@@ -4,12 +4,11 @@ Runs the dense detector of `lungcad detect` over a split's scans several times, 
 with the 1 mm grid widened on every side (``GRID_MARGIN_MM`` 16, 40 and 64 mm): the grid
 starts further from the lungs, so every nodule lands 24 and 48 voxels further into the
 patches (a quarter and a half of a 96-voxel patch), while the lung region, the model and
-every other setting stay (``--margins`` sets other widenings: 16, 17, 18 and 20 mm move
-each nodule by 1, 2 and 4 voxels, less than the network's strides). Scores each run
-against the readers like `lungcad
-evaluate-detection` and prints, per nodule, its best finding's probability in each run;
-then the sensitivity at the threshold and the CPM per run, and how much a nodule's
-probability moves from one patch position to another.
+every other setting stay (``--margins`` sets other widenings: 16, 17, 18 and 20 mm move each
+nodule by 1, 2 and 4 voxels, less than the network's strides). Scores each run against the
+readers like `lungcad evaluate-detection` and prints, per nodule, its best finding's
+probability in each run; then the sensitivity at the threshold and the CPM per run, and how
+much a nodule's probability moves from one patch position to another.
 
 Usage:
     python bench/dense_patch_position.py --model models/dense/best.pt \
