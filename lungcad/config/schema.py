@@ -534,14 +534,19 @@ class DetectConfig(Section):
             candidate and the cubes' masks merged (``lungcad.detection.detector``).
         patch: the dense pass's patches (voxels of 1 mm per side).
         overlap: share of a dense patch that overlaps its neighbour; 0.5 makes a
-            finding's probability all but independent of where the patches fall, for
-            twice the scoring time (BENCHMARKS.md).
+            finding's map peaks all but independent of where the patches fall, for twice
+            the scoring time (``peaks: cube`` makes them independent for less,
+            BENCHMARKS.md).
         score: a dense finding's probability: ``peak``, its map peak; ``centre``, its peak
             on the centre heatmap (``model.centre_head``); ``cube``, the detection head's on
             the cube centred on it (of the size the heads learnt on); ``mean``, the
             geometric mean of the map peak and the cube's; ``combined``, the mean of the
             centre peak and the map peak times the cube's (the heatmap is surest of small
             nodules, the cube's head of large ones).
+        peaks: where a dense finding's map peak and centre peak are read: ``map``, the
+            blended patches' maps; ``cube``, the decoder's maps of the cube centred on it
+            (the one its heads read), so that they no longer depend on where the patches
+            fall (its mask stays the map's).
         amp: the dense pass's precision: ``auto`` is bf16 on a CPU with native bf16 and AMP
             on CUDA, else fp32; ``off``: fp32. The heads read the findings' cubes in the
             same precision.
@@ -558,6 +563,7 @@ class DetectConfig(Section):
     patch: Annotated[Int, Field(ge=16)] = 96
     overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
     score: Literal["peak", "centre", "cube", "mean", "combined"] = "peak"
+    peaks: Literal["map", "cube"] = "map"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     bootstrap: Annotated[Int, Field(ge=0)] = 1000
     seed: Seed = 0

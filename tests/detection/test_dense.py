@@ -274,6 +274,62 @@ def test_the_combined_score_lets_the_cube_head_vouch_for_what_the_heatmap_doubts
     )
 
 
+class EdgeNet(BandNet):
+    """The band's map, surer towards a patch's centre than at its faces (as a network's
+    zero padding and narrower context make it), so where the patches fall moves a
+    finding's map peak; its decoder's maps of a cube are the same map of the cube."""
+
+    def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
+        axes = torch.meshgrid(*(torch.linspace(-1, 1, n) for n in x.shape[2:]), indexing="ij")
+        edge = torch.stack(axes).abs().amax(dim=0)  # 0 at the patch's centre, 1 at its faces
+        return super().dense_logits(x).clamp(max=3.0) - 4.0 * edge
+
+    def forward(self, x: torch.Tensor, with_mask: bool = False, mask_rows=None):
+        out = super().forward(x)
+        return (*out, self.dense_logits(x)) if with_mask else out
+
+
+def test_peaks_read_from_the_findings_cubes_do_not_move_with_the_patches(
+    chest, monkeypatch
+) -> None:
+    import lungcad.detection.dense as dense
+
+    loaded = LoadedModel(EdgeNet(), BAND.config, BAND.cut)
+    peaks = {}
+    for how in ("map", "cube"):
+        for margin in (16.0, 27.0):  # the balls 11 voxels further into the patches
+            monkeypatch.setattr(dense, "GRID_MARGIN_MM", margin)
+            det = detect_volume_dense(chest, loaded, _detector(), DetectConfig(patch=64, peaks=how))
+            found = det.candidates.sort_values("coordX")
+            assert len(found) == len(BALLS)
+            peaks[how, margin] = found["map_peak"].to_numpy()
+    assert np.abs(peaks["map", 16.0] - peaks["map", 27.0]).max() > 0.05
+    np.testing.assert_allclose(peaks["cube", 16.0], peaks["cube", 27.0], atol=1e-6)
+    # read at the (even) cube's central voxels, half a voxel from its centre
+    centre = torch.tensor(3.0 - 4.0 / 63).sigmoid().item()
+    np.testing.assert_allclose(peaks["cube", 16.0], centre, atol=1e-5)
+
+
+def test_the_decoders_maps_of_cubes_are_its_mask_and_centre_probabilities() -> None:
+    from lungcad.config import ModelConfig
+    from lungcad.core.model.network import NoduleNet, window_hu
+    from lungcad.core.model.predict import predict_hu_cubes
+
+    torch.manual_seed(0)
+    net = NoduleNet(ModelConfig(centre_head=True)).eval()
+    cubes = torch.randint(-1000, 400, (3, 32, 32, 32)).float()
+    prob, _, maps = predict_hu_cubes(net, cubes, WINDOW, "cpu", batch_size=2, maps=True)
+    assert maps.shape == (3, 2, 32, 32, 32) and maps.dtype == np.float32
+    with torch.no_grad():
+        logit, *_, mask, centre = net(window_hu(cubes[:, None], WINDOW), with_mask=True)
+    np.testing.assert_allclose(prob, logit.sigmoid().numpy(), atol=1e-6)
+    np.testing.assert_allclose(maps[:, 0], mask[:, 0].sigmoid().numpy(), atol=1e-6)
+    np.testing.assert_allclose(maps[:, 1], centre[:, 0].sigmoid().numpy(), atol=1e-6)
+    plain = NoduleNet(ModelConfig(segmentation=False)).eval()
+    with pytest.raises(ValueError, match="no segmentation decoder"):
+        predict_hu_cubes(plain, cubes, WINDOW, "cpu", maps=True)
+
+
 class CoreNet(BandNet):
     """The band's mask and a heatmap sure of a centre only where the HU reach ``CORE_HU``."""
 

@@ -34,6 +34,7 @@ def predict_batches(
     amp_dtype: torch.dtype | None = None,
     named_outputs: bool = False,
     masks: bool = False,
+    maps: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Nodule probability and malignancy for HU batches of shape (B, S, S, S) or
     (B, 1, S, S, S), any dtype, on any device; the HU window is applied on ``device``
@@ -43,10 +44,14 @@ def predict_batches(
     (``lungcad.core.model.attributes``), then the readers' predicted malignancy sd; (N, 0)
     for a model with neither head.
     ``masks``: also return (last) the predicted nodule masks, bool (N, S, S, S): mask
-    probability >= ``MASK_THRESHOLD``; None for a model without the decoder."""
+    probability >= ``MASK_THRESHOLD``; None for a model without the decoder.
+    ``maps``: instead of the masks, the decoder's probability maps, float32 (N, 1 or 2, S,
+    S, S): the mask, then the centre heatmap with the centre head."""
     device = torch.device(device)
     model.eval()
-    with_masks = masks and model.segments
+    if maps and not model.segments:
+        raise ValueError("this network has no segmentation decoder (model.segmentation)")
+    with_masks = (masks or maps) and model.segments
     probs, mals, attrs, mask_list = [], [], [], []
     for x in batches:
         x = x.to(device, non_blocking=True)
@@ -57,7 +62,9 @@ def predict_batches(
             device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
         ):
             logit, mal, attr, spread, *mask_logit = model(x, with_mask=with_masks)
-        if with_masks:
+        if maps:
+            mask_list.append(torch.sigmoid(torch.cat(mask_logit, dim=1).float()).cpu())
+        elif with_masks:
             mask_list.append((torch.sigmoid(mask_logit[0][:, 0].float()) >= MASK_THRESHOLD).cpu())
         probs.append(torch.sigmoid(logit.float()))
         mals.append(mal.float())
@@ -71,6 +78,9 @@ def predict_batches(
     k = model.n_attributes
     named = np.concatenate([to_lidc_scale(raw[:, :k]), raw[:, k:]], axis=1)
     out = (*out, named) if named_outputs else out
+    if maps:
+        empty = np.zeros((0, 0, 0, 0, 0), np.float32)
+        return (*out, torch.cat(mask_list).numpy() if mask_list else empty)
     if not masks:
         return out
     if not with_masks:
@@ -87,9 +97,11 @@ def predict_hu_cubes(
     amp_dtype: torch.dtype | None = None,
     named_outputs: bool = False,
     masks: bool = False,
+    maps: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Nodule probability and malignancy (and with ``named_outputs`` the network's optional
-    outputs, with ``masks`` the predicted masks, see ``predict_batches``) for (N, S, S, S)
+    outputs, with ``masks`` the predicted masks, with ``maps`` the decoder's maps, see
+    ``predict_batches``) for (N, S, S, S)
     or (N, 1, S, S, S) HU cubes (a numpy array, memory-mapped or not, or a tensor already
     on the device)."""
 
@@ -103,7 +115,14 @@ def predict_hu_cubes(
             )
 
     return predict_batches(
-        model, chunks(), window, device, amp_dtype, named_outputs=named_outputs, masks=masks
+        model,
+        chunks(),
+        window,
+        device,
+        amp_dtype,
+        named_outputs=named_outputs,
+        masks=masks,
+        maps=maps,
     )
 
 
