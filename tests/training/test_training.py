@@ -357,8 +357,9 @@ def test_the_dense_profile_trains_and_detects_for_the_sliding_window() -> None:
     # findings scored by the centre heatmap (which the profile's network draws) with the
     # cube's detection head
     assert params.train.model.centre_head and params.detect.score == "combined"
-    # half of each patch overlapping: a finding does not depend on where the patches fall
-    assert params.detect.overlap == 0.5 and params.detect.patch == 96
+    # a finding's peaks read from its own cube: they do not depend on where the patches fall
+    assert params.detect.peaks == "cube" and params.detect.overlap == 0.25
+    assert params.detect.patch == 96
 
 
 def test_agreement_weighting_counts_nodules_the_readers_agree_on_more(tiny_dataset) -> None:
