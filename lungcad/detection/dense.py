@@ -109,7 +109,9 @@ class DensePart:
 
     Attributes:
         mask: bool (z, y, x) within ``box`` of the grid.
-        box: (z, y, x) slices of the grid the mask covers.
+        box: (z, y, x) slices of the grid the part covers.
+        voxels: bool (z, y, x) within ``box``: the part's voxels (the mask is those of them
+            at the mask threshold).
         peak: the mask map's largest probability inside the part.
         centre: the centre map's largest value inside the part (NaN without one).
         centre_at: (z, y, x) within ``box`` of the centre map's peak (None without one).
@@ -117,6 +119,7 @@ class DensePart:
 
     mask: np.ndarray
     box: tuple[slice, slice, slice]
+    voxels: np.ndarray
     peak: float
     centre: float = float("nan")
     centre_at: tuple[int, int, int] | None = None
@@ -239,7 +242,7 @@ def map_parts(
             mask = local >= peak / 2
         centre_peak = float("nan") if centre is None else float(ranked[peak_at])
         at = None if centre is None else tuple(int(v) for v in peak_at)
-        parts.append(DensePart(mask, box, peak, centre_peak, at))
+        parts.append(DensePart(mask, box, part, peak, centre_peak, at))
     return sorted(parts, key=lambda p: -(p.peak if centre is None else p.centre))
 
 
@@ -403,18 +406,26 @@ def _cube_peaks(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The heads' readings of the findings' cubes (``predict_hu_cubes``), each row's
     ``map_peak`` and ``centre_peak`` read again from the decoder's maps of its cube: the
-    largest values over its part's mask voxels inside the cube (``starts``: the cubes'
-    first voxels on the grid). A batch's maps are read and dropped before the next (a
-    scan's 500 findings' maps would hold 0.5 GB)."""
+    largest values over its part's voxels inside the cube, the voxels the blended maps'
+    peaks are read over (``starts``: the cubes' first voxels on the grid; a part with no
+    voxel inside its cube keeps the blended maps' peaks). A batch's maps are read and
+    dropped before the next (a scan's 500 findings' maps would hold 0.5 GB)."""
     readings = []
     for first in range(0, len(cubes), batch_size):
         chunk = slice(first, first + batch_size)
         *heads, maps = predict_hu_cubes(
-            loaded.network, cubes[chunk], loaded.window, device, batch_size, amp, True, maps=True
+            loaded.network,
+            cubes[chunk],
+            loaded.window,
+            device,
+            batch_size,
+            amp,
+            named_outputs=True,
+            maps=True,
         )
         readings.append(heads)
         for i, (row, part) in enumerate(zip(rows[chunk], parts[chunk])):
-            at = np.argwhere(part.mask) + [b.start for b in part.box] - starts[first + i]
+            at = np.argwhere(part.voxels) + [b.start for b in part.box] - starts[first + i]
             at = tuple(at[((at >= 0) & (at < maps.shape[-1])).all(axis=1)].T)
             if len(at[0]):
                 row["map_peak"] = float(maps[i, 0][at].max())

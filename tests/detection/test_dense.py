@@ -275,14 +275,18 @@ def test_the_combined_score_lets_the_cube_head_vouch_for_what_the_heatmap_doubts
 
 
 class EdgeNet(BandNet):
-    """The band's map, surer towards a patch's centre than at its faces (as a network's
-    zero padding and narrower context make it), so where the patches fall moves a
-    finding's map peak; its decoder's maps of a cube are the same map of the cube."""
+    """The band's mask map and a centre map one logit below it, both surer towards a
+    patch's centre than at its faces (as a network's zero padding and narrower context make
+    it), so where the patches fall moves a finding's peaks; its decoder's maps of a cube
+    are the same maps of the cube."""
+
+    centres = True
 
     def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
         axes = torch.meshgrid(*(torch.linspace(-1, 1, n) for n in x.shape[2:]), indexing="ij")
         edge = torch.stack(axes).abs().amax(dim=0)  # 0 at the patch's centre, 1 at its faces
-        return super().dense_logits(x).clamp(max=3.0) - 4.0 * edge
+        mask = super().dense_logits(x).clamp(max=3.0) - 4.0 * edge
+        return torch.cat([mask, mask - 1.0], dim=1)
 
     def forward(self, x: torch.Tensor, with_mask: bool = False, mask_rows=None):
         out = super().forward(x)
@@ -295,19 +299,24 @@ def test_peaks_read_from_the_findings_cubes_do_not_move_with_the_patches(
     import lungcad.detection.dense as dense
 
     loaded = LoadedModel(EdgeNet(), BAND.config, BAND.cut)
-    peaks = {}
+    # the stand-in's centre map ripples where its patches meet: no part is shared out
+    monkeypatch.setattr(dense, "CENTRE_DYNAMIC", 1.0)
+    columns = ["map_peak", "centre_peak", "probability"]
+    read = {}
     for how in ("map", "cube"):
         for margin in (16.0, 27.0):  # the balls 11 voxels further into the patches
             monkeypatch.setattr(dense, "GRID_MARGIN_MM", margin)
-            det = detect_volume_dense(chest, loaded, _detector(), DetectConfig(patch=64, peaks=how))
-            found = det.candidates.sort_values("coordX")
+            config = DetectConfig(patch=64, peaks=how, score="combined")
+            found = detect_volume_dense(chest, loaded, _detector(), config).candidates
             assert len(found) == len(BALLS)
-            peaks[how, margin] = found["map_peak"].to_numpy()
-    assert np.abs(peaks["map", 16.0] - peaks["map", 27.0]).max() > 0.05
-    np.testing.assert_allclose(peaks["cube", 16.0], peaks["cube", 27.0], atol=1e-6)
+            read[how, margin] = found.sort_values("coordX")[columns].to_numpy()
+    assert (np.abs(read["map", 16.0] - read["map", 27.0]).max(axis=0) > 0.05).all()
+    np.testing.assert_allclose(read["cube", 16.0], read["cube", 27.0], atol=1e-6)
     # read at the (even) cube's central voxels, half a voxel from its centre
-    centre = torch.tensor(3.0 - 4.0 / 63).sigmoid().item()
-    np.testing.assert_allclose(peaks["cube", 16.0], centre, atol=1e-5)
+    mask_peak = torch.tensor(3.0 - 4.0 / 63).sigmoid().item()
+    centre_peak = torch.tensor(2.0 - 4.0 / 63).sigmoid().item()
+    np.testing.assert_allclose(read["cube", 16.0][:, 0], mask_peak, atol=1e-5)
+    np.testing.assert_allclose(read["cube", 16.0][:, 1], centre_peak, atol=1e-5)
 
 
 def test_the_decoders_maps_of_cubes_are_its_mask_and_centre_probabilities() -> None:

@@ -45,8 +45,9 @@ def predict_batches(
     for a model with neither head.
     ``masks``: also return (last) the predicted nodule masks, bool (N, S, S, S): mask
     probability >= ``MASK_THRESHOLD``; None for a model without the decoder.
-    ``maps``: instead of the masks, the decoder's probability maps, float32 (N, 1 or 2, S,
-    S, S): the mask, then the centre heatmap with the centre head."""
+    ``maps``: also return (last) the decoder's probability maps instead of the masks
+    (``masks`` is then ignored), float32 (N, 1 or 2, S, S, S): the mask, then the centre
+    heatmap with the centre head; a model without the decoder is refused."""
     device = torch.device(device)
     model.eval()
     if maps and not model.segments:
@@ -101,9 +102,8 @@ def predict_hu_cubes(
 ) -> tuple[np.ndarray, ...]:
     """Nodule probability and malignancy (and with ``named_outputs`` the network's optional
     outputs, with ``masks`` the predicted masks, with ``maps`` the decoder's maps, see
-    ``predict_batches``) for (N, S, S, S)
-    or (N, 1, S, S, S) HU cubes (a numpy array, memory-mapped or not, or a tensor already
-    on the device)."""
+    ``predict_batches``) for (N, S, S, S) or (N, 1, S, S, S) HU cubes (a numpy array,
+    memory-mapped or not, or a tensor already on the device)."""
 
     def chunks():
         for start in range(0, len(cubes_hu), batch_size):
