@@ -535,8 +535,7 @@ class DetectConfig(Section):
         patch: the dense pass's patches (voxels of 1 mm per side).
         overlap: share of a dense patch that overlaps its neighbour; 0.5 makes a
             finding's map peaks all but independent of where the patches fall, for twice
-            the scoring time (``peaks: cube`` makes them independent for less,
-            BENCHMARKS.md).
+            the scoring time (``peaks: cube`` steadies them for less, BENCHMARKS.md).
         score: a dense finding's probability: ``peak``, its map peak; ``centre``, its peak
             on the centre heatmap (``model.centre_head``); ``cube``, the detection head's on
             the cube centred on it (of the size the heads learnt on); ``mean``, the
@@ -545,8 +544,9 @@ class DetectConfig(Section):
             nodules, the cube's head of large ones).
         peaks: where a dense finding's map peak and centre peak are read: ``map``, the
             blended patches' maps; ``cube``, the decoder's maps of the cube centred on it
-            (the one its heads read), so that they no longer depend on where the patches
-            fall (its mask stays the map's).
+            (the one its heads read), where they depend far less on where the patches fall
+            (where the finding lies, its mask and whether it is found at all still come
+            from the blended maps).
         amp: the dense pass's precision: ``auto`` is bf16 on a CPU with native bf16 and AMP
             on CUDA, else fp32; ``off``: fp32. The heads read the findings' cubes in the
             same precision.
