@@ -339,9 +339,12 @@ class AugmentConfig(Section):
         offcentre_margin_mm: a nodule cube's crop centre lands anywhere in a ball of the
             nodule's radius plus this margin around the nodule (as far as the cube
             allows): a candidate beside a nodule is still scored and outlined as it.
-        offcentre_share: share of the nodule cubes cropped that way; the others move like
-            every other cube (``negative_shift_mm``), so the centred nodule stays the
+        offcentre_share: share of the nodule cubes cropped that way; the others move by at
+            most ``centred_shift_mm`` along each axis, so the centred nodule stays the
             common case.
+        centred_shift_mm: a nodule cube not moved off-centre: its crop centre moves by at
+            most this along each axis (as far as the cube or the padding allows; the
+            centred cubes the heads are evaluated on).
         negative_shift_mm: other cubes' crop centres move by at most this along each axis
             (kept small: a candidate negative a few mm beyond a nodule's edge must not be
             cropped onto the nodule).
@@ -357,6 +360,7 @@ class AugmentConfig(Section):
     shift_mm: Annotated[Int, Field(ge=0)] = 4
     offcentre_margin_mm: NonNegativeFloat = 3.0
     offcentre_share: Probability = 0.5
+    centred_shift_mm: Annotated[Int, Field(ge=0)] = 4
     negative_shift_mm: Annotated[Int, Field(ge=0)] = 4
     hu_jitter: NonNegativeFloat = 20.0
     lesion_share: Probability = 0.15

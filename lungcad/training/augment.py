@@ -11,8 +11,9 @@ With ``crop_size`` the network sees a random ``crop_size``³ part of each cube (
 the whole cube, shifted by up to ``shift_mm`` with air padding). A share ``offcentre_share``
 of the nodule cubes are moved so that the network's centre lands anywhere within the
 nodule's radius plus ``offcentre_margin_mm`` of the nodule, as far as the cube (or the
-padding) allows: a candidate beside a nodule is still a nodule to the network. Every other
-cube moves by up to ``negative_shift_mm`` (or ``shift_mm``) along each axis.
+padding) allows: a candidate beside a nodule is still a nodule to the network. The other
+nodule cubes move by up to ``centred_shift_mm`` along each axis, and every other cube by up
+to ``negative_shift_mm`` (or ``shift_mm``).
 
 The distributions are those of the per-sample MONAI chain lungcad used before
 (``BorderPad`` + ``RandSpatialCrop``, ``RandFlip`` per axis with p 0.5, ``RandRotate90``
@@ -112,13 +113,19 @@ def draw_augmentation(
     applied = torch.rand(n, generator=generator) < 0.8
     scale = config.hu_jitter / (window[1] - window[0])
     offset = (torch.rand(n, generator=generator) * 2 - 1) * scale
+    centred_reach = min(room // 2, int(config.centred_shift_mm))
+    centred = room // 2 - centred_reach
+    centred = centred + torch.randint(0, 2 * centred_reach + 1, (n, 3), generator=generator)
+    if centred_reach == reach:  # the same reach: the nodule cubes share the others' draw
+        centred = other
     start = other
     if radius_mm is not None:
         radius = torch.as_tensor(radius_mm, dtype=torch.float32) + config.offcentre_margin_mm
         ball = direction / direction.norm(dim=1, keepdim=True).clamp(min=1e-6)
         ball = ball * (radial * radius)[:, None]
         near = (room // 2 + torch.round(ball)).long().clamp(0, room)
-        start = torch.where((torch.isnan(radius) | ~moved)[:, None], other, near)
+        start = torch.where(~moved[:, None], centred, near)
+        start = torch.where(torch.isnan(radius)[:, None], other, start)
     if room <= 0:
         start = torch.zeros_like(start)
     if not config.flip:

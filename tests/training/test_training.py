@@ -491,6 +491,48 @@ def test_nodule_crops_move_within_the_nodule_radius_and_others_stay_near_the_cen
     assert offset[500:].abs().max() <= 4 and draws.crop == 48
 
 
+def test_nodule_crops_not_moved_off_centre_stay_within_the_centred_shift() -> None:
+    from lungcad.config import AugmentConfig
+    from lungcad.training.augment import draw_augmentation
+
+    config = AugmentConfig(
+        crop_size=48,
+        shift_mm=8,
+        offcentre_margin_mm=16.0,
+        offcentre_share=0.5,
+        centred_shift_mm=2,
+        negative_shift_mm=12,
+    )
+    radius = torch.tensor([5.0] * 1000 + [float("nan")] * 1000)
+    draws = draw_augmentation(
+        2000, config, (-1000.0, 400.0), torch.Generator().manual_seed(0), 64, radius
+    )
+    offset = (draws.start - 16).float()  # 16: the centred crop's start, padding included
+    nodule = offset[:1000]
+    near = nodule.abs().amax(dim=1) <= 2
+    assert 0.4 < near.float().mean() < 0.7  # half held near the centre, a few moved ones too
+    assert nodule.norm(dim=1).max() <= 21 + 1  # the others within r + 16 (+rounding)
+    assert (nodule.norm(dim=1) > 12).float().mean() > 0.2
+    negatives = offset[1000:]
+    assert negatives.abs().max() <= 12 and (negatives.abs().amax(dim=1) > 2).float().mean() > 0.8
+
+    # With the negatives' reach, the nodule cubes not moved share the negatives' draw.
+    same = config.model_copy(update={"centred_shift_mm": 12, "offcentre_share": 0.0})
+    generator = torch.Generator()
+    with_nodules = draw_augmentation(
+        2000, same, (-1000.0, 400.0), generator.manual_seed(0), 64, radius
+    )
+    without = draw_augmentation(
+        2000,
+        same,
+        (-1000.0, 400.0),
+        generator.manual_seed(0),
+        64,
+        torch.full((2000,), float("nan")),
+    )
+    assert torch.equal(with_nodules.start, without.start)
+
+
 def test_per_cube_dice_weighs_a_missed_small_nodule_as_much_as_a_found_mass() -> None:
     from lungcad.training.losses import nodule_dice_loss
 
