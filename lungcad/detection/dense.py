@@ -50,7 +50,7 @@ from lungcad.core.io.series import AIR_HU, CtVolume
 from lungcad.core.lung_mask import LungMasks, lung_mask
 from lungcad.core.model.loading import LoadedModel, resolve_amp
 from lungcad.core.model.network import window_hu
-from lungcad.core.model.predict import MASK_THRESHOLD, predict_hu_cubes
+from lungcad.core.model.predict import MASK_THRESHOLD, combined_probability, predict_hu_cubes
 from lungcad.detection.detector import DetectorConfig, ScanDetections
 from lungcad.errors import LungcadError
 
@@ -375,7 +375,14 @@ def detect_volume_dense(
             )
         else:
             cube_p, mal, attrs = predict_hu_cubes(
-                model, cubes, window, device, detector.batch_size, amp, named_outputs=True
+                model,
+                cubes,
+                window,
+                device,
+                detector.batch_size,
+                amp,
+                named_outputs=True,
+                head_only=True,
             )
         for i, row in enumerate(rows):
             row["malignancy"] = float(np.clip(mal[i], 1.0, 5.0))
@@ -422,6 +429,7 @@ def _cube_peaks(
             amp,
             named_outputs=True,
             maps=True,
+            head_only=True,
         )
         readings.append(heads)
         for i, (row, part) in enumerate(zip(rows[chunk], parts[chunk])):
@@ -475,10 +483,7 @@ def _mirrored_box(
 
 def _score(row: dict, how: str) -> float:
     """A finding's probability from its map peak, centre peak or cube's detection
-    probability (``detect.score``). ``combined`` weighs two readings that fail apart: the
-    centre peak, sure of small nodules and less of larger ones (a wider target spreads it),
-    and the cube's detection probability, sure of large nodules, times the map peak (a part
-    the mask barely holds is doubtful)."""
+    probability (``detect.score``); ``combined``: ``combined_probability`` of the three."""
     if how == "peak":
         return row["map_peak"]
     if how == "centre":
@@ -486,7 +491,7 @@ def _score(row: dict, how: str) -> float:
     if how == "cube":
         return row["cube_probability"]
     if how == "combined":
-        return (row["centre_peak"] + row["map_peak"] * row["cube_probability"]) / 2
+        return combined_probability(row["centre_peak"], row["map_peak"], row["cube_probability"])
     return float(np.sqrt(row["map_peak"] * row["cube_probability"]))
 
 

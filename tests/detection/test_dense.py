@@ -327,16 +327,54 @@ def test_the_decoders_maps_of_cubes_are_its_mask_and_centre_probabilities() -> N
     torch.manual_seed(0)
     net = NoduleNet(ModelConfig(centre_head=True)).eval()
     cubes = torch.randint(-1000, 400, (3, 32, 32, 32)).float()
-    prob, _, maps = predict_hu_cubes(net, cubes, WINDOW, "cpu", batch_size=2, maps=True)
+    prob, _, maps = predict_hu_cubes(
+        net, cubes, WINDOW, "cpu", batch_size=2, maps=True, head_only=True
+    )
     assert maps.shape == (3, 2, 32, 32, 32) and maps.dtype == np.float32
     with torch.no_grad():
         logit, *_, mask, centre = net(window_hu(cubes[:, None], WINDOW), with_mask=True)
     np.testing.assert_allclose(prob, logit.sigmoid().numpy(), atol=1e-6)
+    # Without head_only, the cube protocol's reading: the combined score over the centre.
+    protocol, _ = predict_hu_cubes(net, cubes, WINDOW, "cpu", batch_size=2)
+    near = maps[:, :, 12:21, 12:21, 12:21].reshape(3, 2, -1).max(axis=2)
+    expected = (near[:, 1] + near[:, 0] * logit.sigmoid().numpy()) / 2
+    np.testing.assert_allclose(protocol, expected, atol=1e-6)
     np.testing.assert_allclose(maps[:, 0], mask[:, 0].sigmoid().numpy(), atol=1e-6)
     np.testing.assert_allclose(maps[:, 1], centre[:, 0].sigmoid().numpy(), atol=1e-6)
     plain = NoduleNet(ModelConfig(segmentation=False)).eval()
     with pytest.raises(ValueError, match="no segmentation decoder"):
         predict_hu_cubes(plain, cubes, WINDOW, "cpu", maps=True)
+
+
+class BallNet(BandNet):
+    """The band's mask, the same as the centre heatmap, and a detection head unsure of
+    everything (probability 0.5)."""
+
+    centres = True
+
+    def forward(self, x: torch.Tensor, with_mask: bool = False, mask_rows=None):
+        n = len(x)
+        out = (x.new_zeros(n), x.new_full((n,), 4.0), x.new_zeros(n, 0), x.new_zeros(n, 0))
+        if not with_mask:
+            return out
+        logit = self.dense_logits(x)
+        return (*out, logit, logit)
+
+
+def test_a_dense_network_scores_a_cube_by_its_detection_output_over_the_centre() -> None:
+    from lungcad.core.model.predict import CENTRE_REACH, predict_hu_cubes
+
+    cubes = np.full((3, 32, 32, 32), -800.0, np.float32)
+    k, j, i = np.indices((32, 32, 32))
+    for n, at in enumerate((16, 16 + CENTRE_REACH + 3, 16 + CENTRE_REACH)):
+        cubes[n][(k - at) ** 2 + (j - 16) ** 2 + (i - 16) ** 2 <= 4] = BALL_HU  # a 4 mm ball
+    prob, malignancy = predict_hu_cubes(BallNet(), cubes, WINDOW, "cpu")
+    # Centred, or its edge within the reach: both peaks 1, so (1 + 1 x 0.5) / 2; a ball
+    # off the centre by more than the reach plus its radius is not the cube's nodule.
+    np.testing.assert_allclose(prob, [0.75, 0.0, 0.75], atol=1e-6)
+    np.testing.assert_allclose(malignancy, 4.0)
+    head, _ = predict_hu_cubes(BallNet(), cubes, WINDOW, "cpu", head_only=True)
+    np.testing.assert_allclose(head, 0.5)
 
 
 class CoreNet(BandNet):

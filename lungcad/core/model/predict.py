@@ -20,6 +20,11 @@ from lungcad.core.model.network import NoduleNet, window_hu
 #: A voxel belongs to the predicted nodule mask at this probability or above.
 MASK_THRESHOLD = 0.5
 
+#: A network with the centre heatmap reads a centred cube's nodule probability from its
+#: decoder's peaks within this many voxels of the cube's centre along each axis (the
+#: cube protocol's cubes are centred on the nodule to within a voxel).
+CENTRE_REACH = 4
+
 #: Cubes per forward pass when the caller does not say (64 cubes of 64^3 in fp32 are
 #: 64 MB of input; activations of the default network stay well under 1 GB).
 PREDICT_BATCH_SIZE = 64
@@ -35,6 +40,7 @@ def predict_batches(
     named_outputs: bool = False,
     masks: bool = False,
     maps: bool = False,
+    head_only: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Nodule probability and malignancy for HU batches of shape (B, S, S, S) or
     (B, 1, S, S, S), any dtype, on any device; the HU window is applied on ``device``
@@ -47,12 +53,17 @@ def predict_batches(
     probability >= ``MASK_THRESHOLD``; None for a model without the decoder.
     ``maps``: also return (last) the decoder's probability maps instead of the masks
     (``masks`` is then ignored), float32 (N, 1 or 2, S, S, S): the mask, then the centre
-    heatmap with the centre head; a model without the decoder is refused."""
+    heatmap with the centre head; a model without the decoder is refused.
+    The nodule probability of a network with the centre heatmap (``model.centres``, the
+    dense profile's) is ``centre_probability``: its dense detection output over the cube's
+    centre; ``head_only`` gives its detection head's instead (the dense detector combines
+    the head with peaks of its own)."""
     device = torch.device(device)
     model.eval()
     if maps and not model.segments:
         raise ValueError("this network has no segmentation decoder (model.segmentation)")
     with_masks = (masks or maps) and model.segments
+    centred = model.centres and not head_only
     probs, mals, attrs, mask_list = [], [], [], []
     for x in batches:
         x = x.to(device, non_blocking=True)
@@ -62,12 +73,15 @@ def predict_batches(
         with torch.autocast(
             device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
         ):
-            logit, mal, attr, spread, *mask_logit = model(x, with_mask=with_masks)
+            logit, mal, attr, spread, *mask_logit = model(x, with_mask=with_masks or centred)
+        prob = torch.sigmoid(logit.float())
+        if centred:
+            prob = centre_probability(prob, mask_logit[0], mask_logit[1])
         if maps:
             mask_list.append(torch.sigmoid(torch.cat(mask_logit, dim=1).float()).cpu())
         elif with_masks:
             mask_list.append((torch.sigmoid(mask_logit[0][:, 0].float()) >= MASK_THRESHOLD).cpu())
-        probs.append(torch.sigmoid(logit.float()))
+        probs.append(prob)
         mals.append(mal.float())
         attrs.append(torch.cat([attr.float(), spread.float()], dim=1))
     if probs:
@@ -89,6 +103,29 @@ def predict_batches(
     return (*out, torch.cat(mask_list).numpy() if mask_list else np.zeros((0, 0, 0, 0), bool))
 
 
+def combined_probability(centre_peak, mask_peak, head_probability):
+    """A nodule's probability from two readings that fail apart: the centre heatmap's peak,
+    sure of small nodules and less of larger ones (a wider target spreads it), and the
+    detection head's probability, sure of large nodules, times the mask's peak (a part the
+    mask barely holds is doubtful): their mean. Numbers or arrays alike."""
+    return (centre_peak + mask_peak * head_probability) / 2
+
+
+def centre_probability(
+    head_probability: torch.Tensor, mask_logit: torch.Tensor, centre_logit: torch.Tensor
+) -> torch.Tensor:
+    """(N,) the ``combined_probability`` of centred cubes: the mask's and the centre
+    heatmap's peaks over the central voxels (``CENTRE_REACH``) of their (N, 1, S, S, S)
+    logits, with the detection head's (N,) probability."""
+    c = centre_logit.shape[-1] // 2
+    near = slice(max(c - CENTRE_REACH, 0), c + CENTRE_REACH + 1)
+
+    def peak(logit: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logit[:, 0, near, near, near].float().flatten(1).amax(dim=1))
+
+    return combined_probability(peak(centre_logit), peak(mask_logit), head_probability)
+
+
 def predict_hu_cubes(
     model: NoduleNet,
     cubes_hu: np.ndarray | torch.Tensor,
@@ -99,6 +136,7 @@ def predict_hu_cubes(
     named_outputs: bool = False,
     masks: bool = False,
     maps: bool = False,
+    head_only: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Nodule probability and malignancy (and with ``named_outputs`` the network's optional
     outputs, with ``masks`` the predicted masks, with ``maps`` the decoder's maps, see
@@ -123,6 +161,7 @@ def predict_hu_cubes(
         named_outputs=named_outputs,
         masks=masks,
         maps=maps,
+        head_only=head_only,
     )
 
 
