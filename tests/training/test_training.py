@@ -354,6 +354,7 @@ def test_the_dense_profile_trains_and_detects_for_the_sliding_window() -> None:
     params = load_params(Path(__file__).parents[2] / "configs" / "dense.yaml")
     assert params.detect.detector == "dense" and params.train.seg_dice == "per_cube"
     assert params.train.augment.crop_size == 48 and params.train.seg_cubes == 0
+    assert params.train.lambda_mal == 2.0 and params.train.lambda_seg == 2.0
     # findings scored by the centre heatmap (which the profile's network draws) with the
     # cube's detection head
     assert params.train.model.centre_head and params.detect.score == "combined"
