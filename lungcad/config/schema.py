@@ -551,6 +551,10 @@ class DetectConfig(Section):
             (the one its heads read), where they depend far less on where the patches fall
             (where the finding lies, its mask and whether it is found at all still come
             from the blended maps).
+        max_findings: the dense detector measures and scores at most this many findings
+            per scan (0: all): the parts whose blended peaks could score highest (``score``
+            with the cube's detection probability at its largest, 1); the scan's notes
+            count the others. 300 is the cube detector's candidate budget.
         amp: the dense pass's precision: ``auto`` is bf16 on a CPU with native bf16 and AMP
             on CUDA, else fp32; ``off``: fp32. The heads read the findings' cubes in the
             same precision.
@@ -568,6 +572,7 @@ class DetectConfig(Section):
     overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
     score: Literal["peak", "centre", "cube", "mean", "combined"] = "peak"
     peaks: Literal["map", "cube"] = "map"
+    max_findings: Annotated[Int, Field(ge=0)] = 0
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     bootstrap: Annotated[Int, Field(ge=0)] = 1000
     seed: Seed = 0

@@ -335,6 +335,13 @@ def detect_volume_dense(
     amp = dense_amp(config.amp, device)
     maps = probability_maps(model, grid.hu, window, config.patch, config.overlap, device, amp)
     parts = map_parts(maps[0], grid.region, centre=maps[1] if len(maps) > 1 else None)
+    if 0 < config.max_findings < len(parts):
+        notes.append(
+            f"{len(parts) - config.max_findings} of {len(parts)} parts of the map beyond "
+            f"detect.max_findings ({config.max_findings}), the least likely first, "
+            "not scored"
+        )
+        parts = most_likely(parts, config.max_findings, config.score)
     seconds["scoring"] = time.perf_counter() - t
     t = time.perf_counter()
     rows, masks = [], {}
@@ -479,6 +486,19 @@ def _mirrored_box(
         padded.index_to_mm(first.astype(float)), geometry.spacing_mm, geometry.direction, hu.shape
     )
     return box.to_sitk(hu)
+
+
+def most_likely(parts: list[DensePart], n: int, score: str) -> list[DensePart]:
+    """The ``n`` parts whose blended peaks could score highest by ``score`` (the cube's
+    detection probability taken at its largest, 1; ties by the map peak), in their order."""
+
+    def ceiling(part: DensePart) -> tuple[float, float]:
+        row = {"map_peak": part.peak, "centre_peak": part.centre, "cube_probability": 1.0}
+        best = _score(row, score)
+        return (part.peak if np.isnan(best) else best), part.peak
+
+    keep = sorted(range(len(parts)), key=lambda i: ceiling(parts[i]), reverse=True)[:n]
+    return [parts[i] for i in sorted(keep)]
 
 
 def _score(row: dict, how: str) -> float:

@@ -274,6 +274,63 @@ def test_the_combined_score_lets_the_cube_head_vouch_for_what_the_heatmap_doubts
     )
 
 
+class GreyNet(BandNet):
+    """The band's mask and a centre heatmap that rises with the HU: the denser a ball, the
+    surer its centre."""
+
+    centres = True
+
+    def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
+        grey = (x - (300.0 - WINDOW[0]) / (WINDOW[1] - WINDOW[0])) * 50.0
+        return torch.cat([super().dense_logits(x), grey], dim=1)
+
+    def forward(self, x: torch.Tensor, with_mask: bool = False, mask_rows=None):
+        out = super().forward(x)
+        return (*out, self.dense_logits(x)) if with_mask else out
+
+
+def test_past_max_findings_the_least_likely_parts_go_unscored_and_are_counted() -> None:
+    volume = _chest()
+    hu = volume.hu.copy()
+    k, j, i = np.indices(hu.shape, dtype=np.float32)
+    g = volume.geometry
+    x, y, z = (g.origin_mm[a] + n * g.spacing_mm[a] for a, n in enumerate((i, j, k)))
+    for ((cx, cy, cz), d), ball_hu in zip(BALLS, (250, 350, 300)):
+        hu[(x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 <= (d / 2) ** 2] = ball_hu
+    volume = CtVolume(hu, g, "1.2.3", "1.2", "P", volume.z_positions_mm)
+    loaded = LoadedModel(GreyNet(), BAND.config, BAND.cut)
+    settings = {"patch": 64, "score": "centre"}
+    every = detect_volume_dense(volume, loaded, _detector(), DetectConfig(**settings))
+    assert len(every.findings) == len(BALLS) and not any("max_findings" in n for n in every.notes)
+    capped = detect_volume_dense(
+        volume, loaded, _detector(), DetectConfig(**settings, max_findings=2)
+    )
+    # The 250 HU ball's centre is the least sure: it goes, the others are scored as before.
+    assert every.findings["diameter_mm"].iloc[-1] == pytest.approx(BALLS[0][1], rel=0.2)
+    pd.testing.assert_frame_equal(capped.findings, every.findings.iloc[:2])
+    assert any("1 of 3 parts" in n and "max_findings (2)" in n for n in capped.notes)
+
+
+def test_the_parts_kept_are_those_the_score_could_rank_highest() -> None:
+    from lungcad.detection.dense import DensePart, most_likely
+
+    def part(peak: float, centre: float) -> DensePart:
+        return DensePart(
+            np.ones((1, 1, 1), bool), (slice(0, 1),) * 3, np.ones((1, 1, 1), bool), peak, centre
+        )
+
+    # (map peak, centre peak): the map's parts come surest centre first
+    parts = [part(0.35, 0.9), part(1.0, 0.5), part(0.4, 0.3), part(0.99, 0.1)]
+    # combined, the cube's probability at 1: (c + m) / 2 = 0.625, 0.75, 0.35, 0.545
+    assert most_likely(parts, 2, "combined") == [parts[0], parts[1]]
+    assert most_likely(parts, 3, "combined") == [parts[0], parts[1], parts[3]]
+    assert most_likely(parts, 2, "centre") == parts[:2]
+    assert most_likely(parts, 2, "peak") == [parts[1], parts[3]]
+    assert most_likely(parts, 2, "cube") == [parts[1], parts[3]]  # all 1: the map peak decides
+    no_heatmap = [part(0.5, float("nan")), part(0.9, float("nan")), part(0.7, float("nan"))]
+    assert most_likely(no_heatmap, 2, "combined") == no_heatmap[1:]
+
+
 class EdgeNet(BandNet):
     """The band's mask map and a centre map one logit below it, both surer towards a
     patch's centre than at its faces (as a network's zero padding and narrower context make

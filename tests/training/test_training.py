@@ -360,6 +360,7 @@ def test_the_dense_profile_trains_and_detects_for_the_sliding_window() -> None:
     assert params.train.model.centre_head and params.detect.score == "combined"
     # a finding's peaks read from its own cube: they do not depend on where the patches fall
     assert params.detect.peaks == "cube" and params.detect.overlap == 0.25
+    assert params.detect.max_findings == 300  # the cube detector's candidate budget
     assert params.detect.patch == 96
 
 
