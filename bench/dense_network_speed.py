@@ -111,7 +111,12 @@ def main() -> None:
     for name, dtype in (("heads_fp32", None), ("heads_bf16", amp)):
         if name == "heads_bf16" and amp is None:
             continue
-        ms = _ms(lambda dtype=dtype: predict_hu_cubes(network, cubes, window, "cpu", 16, dtype), 2)
+        ms = _ms(
+            lambda dtype=dtype: predict_hu_cubes(
+                network, cubes, window, "cpu", 16, dtype, head_only=True
+            ),
+            2,
+        )
         figures[f"{name}_per_cube"] = ms / len(cubes)
     summary = {
         "torch": torch.__version__,

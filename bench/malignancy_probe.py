@@ -61,7 +61,7 @@ def main() -> None:
         probe.fit(pooled_features(loaded, train_cubes), train["malignancy_mean"].to_numpy())
         truth = val["malignancy_mean"].to_numpy()
         guess = np.clip(probe.predict(pooled_features(loaded, val_cubes)), 1.0, 5.0)
-        _, head = predict_hu_cubes(net, val_cubes, loaded.window, "cpu", 32)
+        _, head = predict_hu_cubes(net, val_cubes, loaded.window, "cpu", 32, head_only=True)
         out[model] = {
             "train_nodules": len(train),
             "val_nodules": len(val),

@@ -343,8 +343,9 @@ class AugmentConfig(Section):
             most ``centred_shift_mm`` along each axis, so the centred nodule stays the
             common case.
         centred_shift_mm: a nodule cube not moved off-centre: its crop centre moves by at
-            most this along each axis (as far as the cube or the padding allows; the
-            centred cubes the heads are evaluated on).
+            most this along each axis (as far as the cube or the padding allows), so these
+            crops look like the centred cubes the heads are evaluated on; without a crop
+            they move like every other cube (``shift_mm``).
         negative_shift_mm: other cubes' crop centres move by at most this along each axis
             (kept small: a candidate negative a few mm beyond a nodule's edge must not be
             cropped onto the nodule).

@@ -337,9 +337,8 @@ def detect_volume_dense(
     parts = map_parts(maps[0], grid.region, centre=maps[1] if len(maps) > 1 else None)
     if 0 < config.max_findings < len(parts):
         notes.append(
-            f"{len(parts) - config.max_findings} of {len(parts)} parts of the map beyond "
-            f"detect.max_findings ({config.max_findings}), the least likely first, "
-            "not scored"
+            f"{len(parts) - config.max_findings} of {len(parts)} parts of the map not scored "
+            f"(detect.max_findings: the likeliest {config.max_findings} kept)"
         )
         parts = most_likely(parts, config.max_findings, config.score)
     seconds["scoring"] = time.perf_counter() - t

@@ -207,8 +207,16 @@ def score_cubes(
         cubes = np.stack(
             [extract_cube(image, c, config.cube_size, config.spacing_mm) for c in chunk]
         )
+        # the detection head (candidate cubes are centred on the candidates, not nodules)
         p, m, a, cube_masks = predict_hu_cubes(
-            model, cubes, window_hu, device, config.batch_size, named_outputs=True, masks=True
+            model,
+            cubes,
+            window_hu,
+            device,
+            config.batch_size,
+            named_outputs=True,
+            masks=True,
+            head_only=True,
         )
         for flip in config.tta_flips:  # flipped copies along these cube axes (z, y, x)
             pf, mf, af = predict_hu_cubes(
@@ -218,6 +226,7 @@ def score_cubes(
                 device,
                 config.batch_size,
                 named_outputs=True,
+                head_only=True,
             )
             p, m, a = p + pf, m + mf, a + af
         n = 1 + len(config.tta_flips)

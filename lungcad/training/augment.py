@@ -15,7 +15,7 @@ padding) allows: a candidate beside a nodule is still a nodule to the network. T
 nodule cubes move by up to ``centred_shift_mm`` along each axis, and every other cube by up
 to ``negative_shift_mm`` (or ``shift_mm``).
 
-The distributions are those of the per-sample MONAI chain lungcad used before
+The distributions are those of a per-sample MONAI chain
 (``BorderPad`` + ``RandSpatialCrop``, ``RandFlip`` per axis with p 0.5, ``RandRotate90``
 with p 0.75 and k in 1..3 on the axial axes, ``RandShiftIntensity`` with p 0.8).
 """
@@ -113,7 +113,7 @@ def draw_augmentation(
     applied = torch.rand(n, generator=generator) < 0.8
     scale = config.hu_jitter / (window[1] - window[0])
     offset = (torch.rand(n, generator=generator) * 2 - 1) * scale
-    centred_reach = min(room // 2, int(config.centred_shift_mm))
+    centred_reach = min(room // 2, int(config.centred_shift_mm)) if crop else room // 2
     centred = room // 2 - centred_reach
     centred = centred + torch.randint(0, 2 * centred_reach + 1, (n, 3), generator=generator)
     if centred_reach == reach:  # the same reach: the nodule cubes share the others' draw

@@ -305,10 +305,11 @@ def test_past_max_findings_the_least_likely_parts_go_unscored_and_are_counted() 
     capped = detect_volume_dense(
         volume, loaded, _detector(), DetectConfig(**settings, max_findings=2)
     )
-    # The 250 HU ball's centre is the least sure: it goes, the others are scored as before.
+    # The 250 HU ball's centre is the least sure: it goes, the others are scored as without
+    # the cap.
     assert every.findings["diameter_mm"].iloc[-1] == pytest.approx(BALLS[0][1], rel=0.2)
     pd.testing.assert_frame_equal(capped.findings, every.findings.iloc[:2])
-    assert any("1 of 3 parts" in n and "max_findings (2)" in n for n in capped.notes)
+    assert any("1 of 3 parts" in n and "the likeliest 2 kept" in n for n in capped.notes)
 
 
 def test_the_parts_kept_are_those_the_score_could_rank_highest() -> None:
@@ -393,7 +394,7 @@ def test_the_decoders_maps_of_cubes_are_its_mask_and_centre_probabilities() -> N
     np.testing.assert_allclose(prob, logit.sigmoid().numpy(), atol=1e-6)
     # Without head_only, the cube protocol's reading: the combined score over the centre.
     protocol, _ = predict_hu_cubes(net, cubes, WINDOW, "cpu", batch_size=2)
-    near = maps[:, :, 12:21, 12:21, 12:21].reshape(3, 2, -1).max(axis=2)
+    near = maps[:, :, 11:21, 11:21, 11:21].reshape(3, 2, -1).max(axis=2)  # 15.5 +- 4.5
     expected = (near[:, 1] + near[:, 0] * logit.sigmoid().numpy()) / 2
     np.testing.assert_allclose(protocol, expected, atol=1e-6)
     np.testing.assert_allclose(maps[:, 0], mask[:, 0].sigmoid().numpy(), atol=1e-6)
@@ -421,14 +422,18 @@ class BallNet(BandNet):
 def test_a_dense_network_scores_a_cube_by_its_detection_output_over_the_centre() -> None:
     from lungcad.core.model.predict import CENTRE_REACH, predict_hu_cubes
 
-    cubes = np.full((3, 32, 32, 32), -800.0, np.float32)
+    # A 32-voxel cube's centre lies at 15.5: the reach spans voxels 15.5 -+ (4 + 0.5).
+    assert CENTRE_REACH == 4
+    ats = (15, 16, 9, 22, 8, 23)  # 4 mm balls, mirror images in pairs along z
+    cubes = np.full((len(ats), 32, 32, 32), -800.0, np.float32)
     k, j, i = np.indices((32, 32, 32))
-    for n, at in enumerate((16, 16 + CENTRE_REACH + 3, 16 + CENTRE_REACH)):
-        cubes[n][(k - at) ** 2 + (j - 16) ** 2 + (i - 16) ** 2 <= 4] = BALL_HU  # a 4 mm ball
+    for n, at in enumerate(ats):
+        cubes[n][(k - at) ** 2 + (j - 16) ** 2 + (i - 16) ** 2 <= 4] = BALL_HU
     prob, malignancy = predict_hu_cubes(BallNet(), cubes, WINDOW, "cpu")
-    # Centred, or its edge within the reach: both peaks 1, so (1 + 1 x 0.5) / 2; a ball
-    # off the centre by more than the reach plus its radius is not the cube's nodule.
-    np.testing.assert_allclose(prob, [0.75, 0.0, 0.75], atol=1e-6)
+    # Centred, or an edge within the reach (voxel 11 or 20): both peaks 1, so
+    # (1 + 1 x 0.5) / 2, on either side alike; a ball whose edge stops one voxel short of
+    # the reach is not the cube's nodule.
+    np.testing.assert_allclose(prob, [0.75, 0.75, 0.75, 0.75, 0.0, 0.0], atol=1e-6)
     np.testing.assert_allclose(malignancy, 4.0)
     head, _ = predict_hu_cubes(BallNet(), cubes, WINDOW, "cpu", head_only=True)
     np.testing.assert_allclose(head, 0.5)

@@ -22,7 +22,7 @@ MASK_THRESHOLD = 0.5
 
 #: A network with the centre heatmap reads a centred cube's nodule probability from its
 #: decoder's peaks within this many voxels of the cube's centre along each axis (the
-#: cube protocol's cubes are centred on the nodule to within a voxel).
+#: cube protocol's cubes are centred on the nodule).
 CENTRE_REACH = 4
 
 #: Cubes per forward pass when the caller does not say (64 cubes of 64^3 in fp32 are
@@ -117,8 +117,8 @@ def centre_probability(
     """(N,) the ``combined_probability`` of centred cubes: the mask's and the centre
     heatmap's peaks over the central voxels (``CENTRE_REACH``) of their (N, 1, S, S, S)
     logits, with the detection head's (N,) probability."""
-    c = centre_logit.shape[-1] // 2
-    near = slice(max(c - CENTRE_REACH, 0), c + CENTRE_REACH + 1)
+    size = centre_logit.shape[-1]  # the centre lies at (size - 1) / 2: a voxel, or between two
+    near = slice(max((size - 1) // 2 - CENTRE_REACH, 0), size // 2 + CENTRE_REACH + 1)
 
     def peak(logit: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logit[:, 0, near, near, near].float().flatten(1).amax(dim=1))
