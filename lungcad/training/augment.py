@@ -104,7 +104,7 @@ def draw_augmentation(
     crop = crop_size(config, cube_size) if cube_size else 0
     room = 2 * shift + (cube_size - crop if cube_size else 0)  # start in [0, room]
     reach = min(room // 2, int(config.negative_shift_mm)) if crop else room // 2
-    other = room // 2 - reach + torch.randint(0, 2 * reach + 1, (n, 3), generator=generator)
+    other = _starts_within(reach, room, n, generator)
     direction = torch.randn((n, 3), generator=generator)
     radial = torch.rand(n, generator=generator) ** (1 / 3)  # uniform in the ball
     moved = torch.rand(n, generator=generator) < config.offcentre_share
@@ -114,8 +114,7 @@ def draw_augmentation(
     scale = config.hu_jitter / (window[1] - window[0])
     offset = (torch.rand(n, generator=generator) * 2 - 1) * scale
     centred_reach = min(room // 2, int(config.centred_shift_mm)) if crop else room // 2
-    centred = room // 2 - centred_reach
-    centred = centred + torch.randint(0, 2 * centred_reach + 1, (n, 3), generator=generator)
+    centred = _starts_within(centred_reach, room, n, generator)
     if centred_reach == reach:  # the same reach: the nodule cubes share the others' draw
         centred = other
     start = other
@@ -134,6 +133,12 @@ def draw_augmentation(
         rot90 = torch.zeros_like(rot90)
     offset = torch.where(applied, offset, 0.0) if config.hu_jitter > 0 else torch.zeros(n)
     return AugmentDraws(start, flip, rot90, offset.float(), shift, crop)
+
+
+def _starts_within(reach: int, room: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, 3) crop starts in [0, room] whose centres lie within ``reach`` voxels of the
+    cube's centre along each axis, uniformly."""
+    return room // 2 - reach + torch.randint(0, 2 * reach + 1, (n, 3), generator=generator)
 
 
 def augment_batch(x: torch.Tensor, draws: AugmentDraws, intensity: bool = True) -> torch.Tensor:
