@@ -556,6 +556,13 @@ class DetectConfig(Section):
             per scan (0: all): the parts whose blended peaks could score highest (``score``
             with the cube's detection probability at its largest, 1); the scan's notes
             count the others. 300 is the cube detector's candidate budget.
+        malignancy_cube: voxels per side of the cube centred on each dense finding in
+            which the network's heads read its malignancy and the readers' attributes; 0:
+            the cube its detection probability and peaks are read in (the size the heads
+            learnt on, ``train.augment.crop_size``, else the dataset's cubes). The heads
+            pool their whole cube, so a network trained on crops with the nodule anywhere
+            in them rates a centred nodule differently at each size; the dense profile
+            reads the rating in the cube protocol's 64 mm cubes (BENCHMARKS.md).
         amp: the dense pass's precision: ``auto`` is bf16 on a CPU with native bf16 and AMP
             on CUDA, else fp32; ``off``: fp32. The heads read the findings' cubes in the
             same precision.
@@ -574,6 +581,7 @@ class DetectConfig(Section):
     score: Literal["peak", "centre", "cube", "mean", "combined"] = "peak"
     peaks: Literal["map", "cube"] = "map"
     max_findings: Annotated[Int, Field(ge=0)] = 0
+    malignancy_cube: Annotated[Int, Field(ge=0)] = 0
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     bootstrap: Annotated[Int, Field(ge=0)] = 1000
     seed: Seed = 0

@@ -20,7 +20,8 @@ probability (``detect.score: centre``).
 The network's heads then read the one cube centred on each finding (a block of the grid,
 which is resampled half a cube wider for them), of the size they learnt on
 (``LoadedModel.head_cube``: 64 mm, or a profile's training crops): its malignancy and the
-readers' attributes; its probability is its map peak, its centre peak, the detection
+readers' attributes (in a cube of ``detect.malignancy_cube`` voxels instead, when set); its
+probability is its map peak, its centre peak, the detection
 head's on that cube, or a blend of them (``detect.score``). With ``detect.peaks: cube`` the
 decoder runs over that cube too, and the finding's map and centre peaks are read from the
 cube's maps, where the finding always sits at the centre, rather than from the blended
@@ -321,8 +322,10 @@ def detect_volume_dense(
     # One resample serves the dense pass and the heads' cubes: the grid widened by half a
     # cube, so every finding's cube is a slice of it; the dense pass reads the grid inside.
     spacing = detector.spacing_mm
-    pad = int(np.ceil(loaded.head_cube / 2))
-    mirror = max(GRID_MARGIN_MM, loaded.head_cube * spacing / 2)
+    size = loaded.head_cube
+    rating = config.malignancy_cube or size
+    pad = int(np.ceil(max(size, rating) / 2))
+    mirror = max(GRID_MARGIN_MM, max(size, rating) * spacing / 2)
     wide = region_grid(volume, lungs, spacing, GRID_MARGIN_MM + pad * spacing, mirror)
     inner = tuple(slice(pad, max(pad, n - pad)) for n in wide.hu.shape)
     grid = DenseGrid(wide.origin_mm + pad * spacing, spacing, wide.hu[inner], wide.region[inner])
@@ -368,7 +371,6 @@ def detect_volume_dense(
             }
         )
     if rows:
-        size = loaded.head_cube
         centres = np.array([[r["coordX"], r["coordY"], r["coordZ"]] for r in rows])
         cubes = np.stack([grid_cube(wide, c, size) for c in centres])
         # The heads in the dense pass's precision: bf16 on a CPU with native bf16 (1.7 ms a
@@ -390,6 +392,8 @@ def detect_volume_dense(
                 named_outputs=True,
                 head_only=True,
             )
+        if rating != size:
+            mal, attrs = _ratings(loaded, wide, centres, rating, detector.batch_size, device, amp)
         for i, row in enumerate(rows):
             row["malignancy"] = float(np.clip(mal[i], 1.0, 5.0))
             row["cube_probability"] = float(cube_p[i])
@@ -446,6 +450,35 @@ def _cube_peaks(
                 if len(maps[i]) > 1:
                     row["centre_peak"] = float(maps[i, 1][at].max())
     return tuple(np.concatenate(r) for r in zip(*readings))
+
+
+def _ratings(
+    loaded: LoadedModel,
+    grid: DenseGrid,
+    centres: np.ndarray,
+    size: int,
+    batch_size: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The heads' malignancy and attributes (``predict_hu_cubes``) of the ``size``³ cubes of
+    the grid centred on ``centres`` (patient mm), a batch of cubes cut at a time."""
+    readings = []
+    for first in range(0, len(centres), batch_size):
+        cubes = np.stack([grid_cube(grid, c, size) for c in centres[first : first + batch_size]])
+        _, mal, attrs = predict_hu_cubes(
+            loaded.network,
+            cubes,
+            loaded.window,
+            device,
+            batch_size,
+            amp,
+            named_outputs=True,
+            head_only=True,
+        )
+        readings.append((mal, attrs))
+    mal, attrs = zip(*readings)
+    return np.concatenate(mal), np.concatenate(attrs)
 
 
 def grid_cube(grid: DenseGrid, centre_mm: np.ndarray, size: int) -> np.ndarray:

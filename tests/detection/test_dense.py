@@ -274,6 +274,39 @@ def test_the_combined_score_lets_the_cube_head_vouch_for_what_the_heatmap_doubts
     )
 
 
+class RateNet(SizeNet):
+    """SizeNet, whose malignancy also grows with the dense voxels in its cube."""
+
+    def forward(self, x: torch.Tensor, with_mask: bool = False, mask_rows=None):
+        cut = (200.0 - WINDOW[0]) / (WINDOW[1] - WINDOW[0])
+        dense = (x > cut).float().mean(dim=(1, 2, 3, 4))
+        logit, _, *rest = super().forward(x, with_mask, mask_rows)
+        return (logit, 1.0 + 100.0 * dense, *rest)
+
+
+def test_malignancy_cube_rates_each_finding_in_a_cube_of_its_own_size(chest) -> None:
+    loaded = LoadedModel(RateNet(), BAND.config, BAND.cut)
+    assert loaded.head_cube == 64  # no training crops: the dataset's cubes
+    settings = {"patch": 64, "score": "cube"}
+    default = detect_volume_dense(chest, loaded, _detector(), DetectConfig(**settings))
+    small = detect_volume_dense(
+        chest, loaded, _detector(), DetectConfig(**settings, malignancy_cube=32)
+    )
+    # detected, placed, scored and outlined as before: only the rating is read elsewhere
+    rated = ["malignancy"]
+    pd.testing.assert_frame_equal(
+        default.candidates.drop(columns=rated), small.candidates.drop(columns=rated)
+    )
+    # The heads pool their whole cube: the 8 mm ball's dense voxels (nothing else dense lies
+    # within 32 mm of it; the 18 mm ball lies inside the 12 mm one's 64 mm cube), now in
+    # an eighth of the voxels.
+    key = ["coordX", "coordY", "coordZ"]
+    at = np.linalg.norm(default.candidates[key].to_numpy() - BALLS[0][0], axis=1).argmin()
+    rating = small.candidates["malignancy"].iloc[at] - 1.0
+    assert rating == pytest.approx(8.0 * (default.candidates["malignancy"].iloc[at] - 1.0))
+    assert rating > 0.1
+
+
 class GreyNet(BandNet):
     """The band's mask and a centre heatmap that rises with the HU: the denser a ball, the
     surer its centre."""
