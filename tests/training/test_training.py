@@ -361,6 +361,8 @@ def test_the_dense_profile_trains_and_detects_for_the_sliding_window() -> None:
     # a finding's peaks read from its own cube: they do not depend on where the patches fall
     assert params.detect.peaks == "cube" and params.detect.overlap == 0.25
     assert params.detect.max_findings == 300  # the cube detector's candidate budget
+    # each finding rated in the cube protocol's cubes, not the training crops
+    assert params.detect.malignancy_cube == params.preprocess.cube_size == 64
     assert params.detect.patch == 96
 
 
