@@ -6,8 +6,13 @@ scored on the validation split's nodules (MAE and Pearson by
 ``lungcad.core.metrics.malignancy_metrics``), beside the network's own malignancy head on
 the same cubes: a probe that beats the head says the head, not the features, falls short.
 
+The heads pool their whole cube, so ``--sizes`` also reads the head on the central S³ of
+each nodule cube of both splits, for each S: its mean error (bias), MAE and Pearson against
+the readers' rating, what a detector reading its findings in cubes of that size gets.
+
 Usage:
-    python bench/malignancy_probe.py --model models/dense/best.pt [--model models/best.pt]
+    python bench/malignancy_probe.py --model models/dense/best.pt [--model models/best.pt] \
+        [--sizes 64 56 48 40]
 """
 
 from __future__ import annotations
@@ -39,11 +44,22 @@ def pooled_features(loaded, cubes: np.ndarray) -> np.ndarray:
     return torch.cat(pooled).numpy()
 
 
+def by_size(net, window, cubes: np.ndarray, truth, size: int) -> dict:
+    """The malignancy head on the central ``size``³ of each cube against ``truth``."""
+    lo = (cubes.shape[-1] - size) // 2
+    centre = np.ascontiguousarray(cubes[:, lo : lo + size, lo : lo + size, lo : lo + size])
+    _, head = predict_hu_cubes(net, centre, window, "cpu", 32, head_only=True)
+    truth = np.asarray(truth, float)
+    metrics = malignancy_metrics(truth, head)
+    return {"bias": float(np.mean(head - truth)), "mae": metrics["mae"], "r": metrics["pearson"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", action="append", required=True)
     parser.add_argument("--dataset", default="data/processed")
     parser.add_argument("--splits", default="data/splits.json")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[64, 56, 48, 40])
     args = parser.parse_args()
     data = load_cube_data(args.dataset, args.splits)
 
@@ -68,6 +84,13 @@ def main() -> None:
             "probe": {k: malignancy_metrics(truth, guess)[k] for k in ("mae", "pearson")},
             "head": {k: malignancy_metrics(truth, head)[k] for k in ("mae", "pearson")},
             "alpha": float(probe.alpha_),
+            "head_by_cube": {
+                split: {
+                    size: by_size(net, loaded.window, cubes, rows["malignancy_mean"], size)
+                    for size in args.sizes
+                }
+                for split, cubes, rows in (("train", train_cubes, train), ("val", val_cubes, val))
+            },
         }
     print(json.dumps(out, indent=1))
 
