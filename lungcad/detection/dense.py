@@ -372,28 +372,21 @@ def detect_volume_dense(
         )
     if rows:
         centres = np.array([[r["coordX"], r["coordY"], r["coordZ"]] for r in rows])
-        cubes = np.stack([grid_cube(wide, c, size) for c in centres])
         # The heads in the dense pass's precision: bf16 on a CPU with native bf16 (1.7 ms a
         # cube against 2.7 ms in fp32; on the validation split a finding's probability
         # moves by at most 0.0014 and its malignancy by 0.017 from fp32, BENCHMARKS.md).
         if config.peaks == "cube":
+            cubes = np.stack([grid_cube(wide, c, size) for c in centres])
             starts = np.stack([cube_start(wide, c, size) for c in centres]) - pad
             cube_p, mal, attrs = _cube_peaks(
                 loaded, cubes, starts, rows, parts, detector.batch_size, device, amp
             )
         else:
-            cube_p, mal, attrs = predict_hu_cubes(
-                model,
-                cubes,
-                window,
-                device,
-                detector.batch_size,
-                amp,
-                named_outputs=True,
-                head_only=True,
+            cube_p, mal, attrs = _heads(
+                loaded, wide, centres, size, detector.batch_size, device, amp
             )
         if rating != size:
-            mal, attrs = _ratings(loaded, wide, centres, rating, detector.batch_size, device, amp)
+            _, mal, attrs = _heads(loaded, wide, centres, rating, detector.batch_size, device, amp)
         for i, row in enumerate(rows):
             row["malignancy"] = float(np.clip(mal[i], 1.0, 5.0))
             row["cube_probability"] = float(cube_p[i])
@@ -452,7 +445,7 @@ def _cube_peaks(
     return tuple(np.concatenate(r) for r in zip(*readings))
 
 
-def _ratings(
+def _heads(
     loaded: LoadedModel,
     grid: DenseGrid,
     centres: np.ndarray,
@@ -460,25 +453,26 @@ def _ratings(
     batch_size: int,
     device: torch.device,
     amp: torch.dtype | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The heads' malignancy and attributes (``predict_hu_cubes``) of the ``size``³ cubes of
-    the grid centred on ``centres`` (patient mm), a batch of cubes cut at a time."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The heads' detection probability, malignancy and attributes (``predict_hu_cubes``)
+    of the ``size``³ cubes of the grid centred on ``centres`` (patient mm), a batch of
+    cubes cut at a time."""
     readings = []
     for first in range(0, len(centres), batch_size):
         cubes = np.stack([grid_cube(grid, c, size) for c in centres[first : first + batch_size]])
-        _, mal, attrs = predict_hu_cubes(
-            loaded.network,
-            cubes,
-            loaded.window,
-            device,
-            batch_size,
-            amp,
-            named_outputs=True,
-            head_only=True,
+        readings.append(
+            predict_hu_cubes(
+                loaded.network,
+                cubes,
+                loaded.window,
+                device,
+                batch_size,
+                amp,
+                named_outputs=True,
+                head_only=True,
+            )
         )
-        readings.append((mal, attrs))
-    mal, attrs = zip(*readings)
-    return np.concatenate(mal), np.concatenate(attrs)
+    return tuple(np.concatenate(r) for r in zip(*readings))
 
 
 def grid_cube(grid: DenseGrid, centre_mm: np.ndarray, size: int) -> np.ndarray:
