@@ -16,10 +16,10 @@ first run's with a 95 % CI from resampling patients (the same nodules, paired).
 Writes ``--out`` (JSON, every figure) when given.
 
 Usage (after ``dvc repro benchmark/dvc.yaml``, which scores the pipeline's model):
-    lungcad benchmark score --model models/dense/best.pt --params configs/dense.yaml \\
-        --out reports/benchmark-dense
-    python bench/benchmark_side_by_side.py cube=reports/benchmark \\
-        dense=reports/benchmark-dense --out reports/benchmark-dense/side_by_side.json
+    lungcad benchmark score --model models/cubes/best.pt --params configs/cubes.yaml \\
+        --out reports/benchmark-dense/cube
+    python bench/benchmark_side_by_side.py cube=reports/benchmark-dense/cube \\
+        dense=reports/benchmark --out reports/benchmark-dense/side_by_side.json
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ in fp32 and in bf16. The network is the given checkpoint's (``--model``) or an u
 one of ``--params``' architecture (``--random-model``: the same cost).
 
 Usage:
-    python bench/dense_network_speed.py --model models/dense/best.pt [--json out.json]
+    python bench/dense_network_speed.py --model models/best.pt [--json out.json]
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ def _ms(fn, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="models/dense/best.pt")
+    parser.add_argument("--model", default="models/best.pt")
     parser.add_argument("--random-model", action="store_true")
-    parser.add_argument("--params", default="configs/dense.yaml")
+    parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--patches", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", default="")
@@ -68,7 +68,7 @@ def main() -> None:
         network, window = loaded.network, loaded.window
     network.eval()
     if not network.centres:
-        raise SystemExit(f"{args.model}: no centre head; use a model of configs/dense.yaml")
+        raise SystemExit(f"{args.model}: no centre head; use a model trained by the defaults (params.yaml)")
     amp = dense_amp("auto", torch.device("cpu"))
     if amp is not None:
         network.to_channels_last()

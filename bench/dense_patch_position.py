@@ -11,8 +11,8 @@ probability in each run; then the sensitivity at the threshold and the CPM per r
 much a nodule's probability moves from one patch position to another.
 
 Usage:
-    python bench/dense_patch_position.py --model models/dense/best.pt \
-        --params configs/dense.yaml --split test --out /tmp/patch-position
+    python bench/dense_patch_position.py --model models/best.pt \
+        --params params.yaml --split test --out /tmp/patch-position
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ MARGINS_MM = (16.0, 40.0, 64.0)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="models/dense/best.pt")
-    parser.add_argument("--params", default="configs/dense.yaml")
+    parser.add_argument("--model", default="models/best.pt")
+    parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--scans", default="data/raw/LIDC-IDRI")
     parser.add_argument("--splits", default="data/splits.json")
     parser.add_argument("--split", default="test")

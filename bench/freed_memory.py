@@ -10,7 +10,7 @@ comparison.
 
 Usage:
     python bench/freed_memory.py --scans 3 --repeats 2 --full-root /tmp/fullbench \\
-        --model models/dense/best.pt --params configs/dense.yaml
+        --model models/best.pt --params params.yaml
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ each nodule cube of both splits, for each S: its mean error (bias), MAE and Pear
 the readers' rating, what a detector reading its findings in cubes of that size gets.
 
 Usage:
-    python bench/malignancy_probe.py --model models/dense/best.pt [--model models/best.pt] \
+    python bench/malignancy_probe.py --model models/best.pt [--model models/cubes/best.pt] \
         [--sizes 64 56 48 40]
 """
 

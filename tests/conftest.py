@@ -212,6 +212,12 @@ def tiny_train_config(**changes):
         {
             "epochs": 3,
             "lambda_attr": 0.0,
+            # the cube network's losses (configs/cubes.yaml)
+            "lambda_mal": 0.5,
+            "lambda_seg": 1.0,
+            "lambda_centre": 1.0,
+            "seg_cubes": 8,
+            "seg_dice": "pooled",
             "channels_last": False,
             "batch_size": 4,
             "lr": 3e-3,
@@ -222,12 +228,18 @@ def tiny_train_config(**changes):
                 "feature_dim": 16,
                 "dropout": 0.0,
                 "attributes": False,
+                "centre_head": False,
             },
-            # No synthetic lesions: these tests learn known functions of tiny synthetic cubes.
+            # No synthetic lesions: these tests learn known functions of tiny synthetic cubes,
+            # whole and near their centres.
             "augment": {
                 "flip": True,
                 "rot90": True,
+                "crop_size": 0,
                 "shift_mm": 2,
+                "offcentre_margin_mm": 3.0,
+                "offcentre_share": 0.5,
+                "negative_shift_mm": 4,
                 "hu_jitter": 10.0,
                 "lesion_share": 0.0,
             },
@@ -245,7 +257,15 @@ def write_tiny_checkpoint(path: Path) -> Path:
 
     torch.manual_seed(0)
     config = TrainConfig.model_validate(
-        {"model": {"widths": [4, 8, 8, 16], "blocks": [1, 1, 1, 1], "feature_dim": 16}}
+        {
+            "model": {
+                "widths": [4, 8, 8, 16],
+                "blocks": [1, 1, 1, 1],
+                "feature_dim": 16,
+                "centre_head": False,
+            },
+            "augment": {"crop_size": 0},
+        }
     )
     torch.save({"model": NoduleNet(config.model).state_dict(), "config": config.to_dict()}, path)
     return path
@@ -261,8 +281,8 @@ def postgres(tmp_path_factory):
     server.cleanup()
 
 
-#: The settings the tests run with (tests/params-small.yaml: params.yaml with fewer negatives
-#: and a lower reporting threshold).
+#: The settings the tests of the shared machinery run with (tests/params-small.yaml: the cube
+#: detector's profile with fewer negatives and a lower reporting threshold).
 TEST_PARAMS = Path(__file__).resolve().parent / "params-small.yaml"
 
 

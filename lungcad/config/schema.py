@@ -301,7 +301,7 @@ class ModelConfig(Section):
     spread: Bool = False
     segmentation: Bool = True
     decoder_widths: tuple[Annotated[Int, Field(ge=1)], ...] = (32, 16, 8, 8)
-    centre_head: Bool = False
+    centre_head: Bool = True
 
     @model_validator(mode="after")
     def _shape(self) -> ModelConfig:
@@ -357,12 +357,12 @@ class AugmentConfig(Section):
 
     flip: Bool = True
     rot90: Bool = True
-    crop_size: Annotated[Int, Field(ge=0)] = 0
-    shift_mm: Annotated[Int, Field(ge=0)] = 4
-    offcentre_margin_mm: NonNegativeFloat = 3.0
-    offcentre_share: Probability = 0.5
+    crop_size: Annotated[Int, Field(ge=0)] = 48
+    shift_mm: Annotated[Int, Field(ge=0)] = 8
+    offcentre_margin_mm: NonNegativeFloat = 16.0
+    offcentre_share: Probability = 1.0
     centred_shift_mm: Annotated[Int, Field(ge=0)] = 4
-    negative_shift_mm: Annotated[Int, Field(ge=0)] = 4
+    negative_shift_mm: Annotated[Int, Field(ge=0)] = 16
     hu_jitter: NonNegativeFloat = 20.0
     lesion_share: Probability = 0.15
 
@@ -424,17 +424,17 @@ class TrainConfig(Section):
 
     experiment: str = "lungcad"
     seed: Seed = 0
-    epochs: Annotated[Int, Field(ge=1)] = 25
+    epochs: Annotated[Int, Field(ge=1)] = 40
     batch_size: Annotated[Int, Field(ge=1)] = 16
     lr: PositiveFloat = 2e-3
     weight_decay: NonNegativeFloat = 1e-4
     lambda_det: NonNegativeFloat = 1.0
-    lambda_mal: NonNegativeFloat = 0.5
+    lambda_mal: NonNegativeFloat = 2.0
     lambda_attr: NonNegativeFloat = 0.5
-    lambda_seg: NonNegativeFloat = 1.0
-    lambda_centre: NonNegativeFloat = 1.0
-    seg_cubes: Annotated[Int, Field(ge=0)] = 8
-    seg_dice: Literal["pooled", "per_cube"] = "pooled"
+    lambda_seg: NonNegativeFloat = 2.0
+    lambda_centre: NonNegativeFloat = 0.25
+    seg_cubes: Annotated[Int, Field(ge=0)] = 0
+    seg_dice: Literal["pooled", "per_cube"] = "per_cube"
     det_loss: Literal["bce", "focal"] = "bce"
     focal_gamma: NonNegativeFloat = 2.0
     mal_on: Literal["nodules", "all"] = "nodules"
@@ -571,17 +571,17 @@ class DetectConfig(Section):
     """
 
     split: Literal["train", "val", "test"] = "test"
-    threshold: Probability = 0.9
+    threshold: Probability = 0.41
     batch_size: Annotated[Int, Field(ge=1)] = 16
     tta_flips: tuple[Literal[0, 1, 2], ...] = ()
     nms_overlap: Probability = 0.5
-    detector: Literal["dense", "cubes"] = "cubes"
+    detector: Literal["dense", "cubes"] = "dense"
     patch: Annotated[Int, Field(ge=16)] = 96
     overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
-    score: Literal["peak", "centre", "cube", "mean", "combined"] = "peak"
-    peaks: Literal["map", "cube"] = "map"
-    max_findings: Annotated[Int, Field(ge=0)] = 0
-    malignancy_cube: Annotated[Int, Field(ge=0)] = 0
+    score: Literal["peak", "centre", "cube", "mean", "combined"] = "combined"
+    peaks: Literal["map", "cube"] = "cube"
+    max_findings: Annotated[Int, Field(ge=0)] = 300
+    malignancy_cube: Annotated[Int, Field(ge=0)] = 64
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     bootstrap: Annotated[Int, Field(ge=0)] = 1000
     seed: Seed = 0

@@ -156,9 +156,16 @@ def test_the_fold_ensemble_is_one_model_that_detects_like_any_other(project, tmp
     # Its folds covered every patient (cv.holdout: none): not a promotion candidate.
     assert "lungcad.has_model" not in run.data.tags and not info["promotion_candidate"]
     out = tmp_path / "detect"
+    # The cube detector: the candidates give the untrained members findings to explain,
+    # where their maps hold none for the dense detector.
+    params = tmp_path / "cubes.yaml"
+    params.write_text(
+        f"extends: {project / 'params.yaml'}\n"
+        "detect: {detector: cubes, score: peak, peaks: map, max_findings: 0, malignancy_cube: 0}\n"
+    )
     args = ["detect", str(project / "data/raw/LIDC-IDRI"), "--model", str(checkpoint)]
     args += ["--out", str(out), "--splits", str(project / "data/cv/fold0.json"), "--split"]
-    args += ["test", "--params", str(project / "params.yaml"), "--workers", "0", "--quiet"]
+    args += ["test", "--params", str(params), "--workers", "0", "--quiet"]
     args += ["--threshold", "0"]  # every finding reported, and explained (the members' maps)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -55,7 +55,9 @@ class BandNet(nn.Module):
 
 #: The stand-in as a loaded model: the network, its window and the default cube settings.
 BAND = LoadedModel(
-    BandNet(), TrainConfig(window_hu=WINDOW), CubeCut(PreprocessConfig(), CandidatesConfig())
+    BandNet(),
+    TrainConfig(window_hu=WINDOW, augment={"crop_size": 0}),
+    CubeCut(PreprocessConfig(), CandidatesConfig()),
 )
 
 
@@ -69,6 +71,13 @@ def _chest(**kwargs) -> CtVolume:
     return CtVolume(hu, geometry, "1.2.3", "1.2", "P", z_mm)
 
 
+def plain_detect(**settings) -> DetectConfig:
+    """The stand-in networks' settings: the map's peaks, every part, each read in the cube
+    the heads learnt on; a test names what it changes."""
+    plain = {"score": "peak", "peaks": "map", "max_findings": 0, "malignancy_cube": 0}
+    return DetectConfig(**{**plain, **settings})
+
+
 def _detector():
     return detector_config(CubeCut(PreprocessConfig(), CandidatesConfig()), DetectConfig())
 
@@ -79,7 +88,7 @@ def chest() -> CtVolume:
 
 
 def test_each_ball_is_one_finding_at_its_patient_position_and_size(chest) -> None:
-    det = detect_volume_dense(chest, BAND, _detector(), DetectConfig(patch=64))
+    det = detect_volume_dense(chest, BAND, _detector(), plain_detect(patch=64))
     found = det.findings
     assert list(found.columns) == FINDING_COLUMNS
     assert len(found) == len(BALLS), found
@@ -259,9 +268,9 @@ class SizeNet(BandNet):
 
 def test_the_combined_score_lets_the_cube_head_vouch_for_what_the_heatmap_doubts(chest) -> None:
     loaded = LoadedModel(SizeNet(), BAND.config, BAND.cut)
-    centre = detect_volume_dense(chest, loaded, _detector(), DetectConfig(patch=64, score="centre"))
+    centre = detect_volume_dense(chest, loaded, _detector(), plain_detect(patch=64, score="centre"))
     combined = detect_volume_dense(
-        chest, loaded, _detector(), DetectConfig(patch=64, score="combined")
+        chest, loaded, _detector(), plain_detect(patch=64, score="combined")
     )
     assert centre.findings["probability"].round(3).tolist() == [0.1] * len(BALLS)
     c = combined.candidates
@@ -288,9 +297,9 @@ def test_malignancy_cube_rates_each_finding_in_a_cube_of_its_own_size(chest) -> 
     loaded = LoadedModel(RateNet(), BAND.config, BAND.cut)
     assert loaded.head_cube == 64  # no training crops: the dataset's cubes
     settings = {"patch": 64, "score": "cube"}
-    default = detect_volume_dense(chest, loaded, _detector(), DetectConfig(**settings))
+    default = detect_volume_dense(chest, loaded, _detector(), plain_detect(**settings))
     small = detect_volume_dense(
-        chest, loaded, _detector(), DetectConfig(**settings, malignancy_cube=32)
+        chest, loaded, _detector(), plain_detect(**settings, malignancy_cube=32)
     )
     # detected, placed, scored and outlined as before: only the rating is read elsewhere
     rated = ["malignancy"]
@@ -333,10 +342,10 @@ def test_past_max_findings_the_least_likely_parts_go_unscored_and_are_counted() 
     volume = CtVolume(hu, g, "1.2.3", "1.2", "P", volume.z_positions_mm)
     loaded = LoadedModel(GreyNet(), BAND.config, BAND.cut)
     settings = {"patch": 64, "score": "centre"}
-    every = detect_volume_dense(volume, loaded, _detector(), DetectConfig(**settings))
+    every = detect_volume_dense(volume, loaded, _detector(), plain_detect(**settings))
     assert len(every.findings) == len(BALLS) and not any("max_findings" in n for n in every.notes)
     capped = detect_volume_dense(
-        volume, loaded, _detector(), DetectConfig(**settings, max_findings=2)
+        volume, loaded, _detector(), plain_detect(**settings, max_findings=2)
     )
     # The 250 HU ball's centre is the least sure: it goes, the others are scored as without
     # the cap.
@@ -397,7 +406,7 @@ def test_peaks_read_from_the_findings_cubes_do_not_move_with_the_patches(
     for how in ("map", "cube"):
         for margin in (16.0, 27.0):  # the balls 11 voxels further into the patches
             monkeypatch.setattr(dense, "GRID_MARGIN_MM", margin)
-            config = DetectConfig(patch=64, peaks=how, score="combined")
+            config = plain_detect(patch=64, peaks=how, score="combined")
             found = detect_volume_dense(chest, loaded, _detector(), config).candidates
             assert len(found) == len(BALLS)
             read[how, margin] = found.sort_values("coordX")[columns].to_numpy()
@@ -432,7 +441,7 @@ def test_the_decoders_maps_of_cubes_are_its_mask_and_centre_probabilities() -> N
     np.testing.assert_allclose(protocol, expected, atol=1e-6)
     np.testing.assert_allclose(maps[:, 0], mask[:, 0].sigmoid().numpy(), atol=1e-6)
     np.testing.assert_allclose(maps[:, 1], centre[:, 0].sigmoid().numpy(), atol=1e-6)
-    plain = NoduleNet(ModelConfig(segmentation=False)).eval()
+    plain = NoduleNet(ModelConfig(segmentation=False, centre_head=False)).eval()
     with pytest.raises(ValueError, match="no segmentation decoder"):
         predict_hu_cubes(plain, cubes, WINDOW, "cpu", maps=True)
 
@@ -499,7 +508,7 @@ def test_a_finding_lies_where_the_heatmap_puts_the_lesions_centre_not_its_masks(
     z_mm = geometry.origin_mm[2] + geometry.spacing_mm[2] * np.arange(hu.shape[0])
     volume = CtVolume(hu, geometry, "1.2.3", "1.2", "P", z_mm)
     loaded = LoadedModel(CoreNet(), BAND.config, BAND.cut)
-    det = detect_volume_dense(volume, loaded, _detector(), DetectConfig(patch=64, score="centre"))
+    det = detect_volume_dense(volume, loaded, _detector(), plain_detect(patch=64, score="centre"))
     found = det.findings
     assert len(found) == 1
     at = found[["coordX", "coordY", "coordZ"]].to_numpy()[0]
@@ -517,9 +526,11 @@ def test_a_model_that_cannot_run_the_dense_detector_is_refused_in_one_line() -> 
     check_dense_model(NoduleNet(ModelConfig(centre_head=True)), DetectConfig(score="centre"))
     for score in ("centre", "combined"):
         with pytest.raises(ValueError, match="needs a model with the centre head"):
-            check_dense_model(NoduleNet(ModelConfig()), DetectConfig(score=score))
+            check_dense_model(NoduleNet(ModelConfig(centre_head=False)), DetectConfig(score=score))
     with pytest.raises(ValueError, match="needs a model with a segmentation decoder"):
-        check_dense_model(NoduleNet(ModelConfig(segmentation=False)), DetectConfig())
+        check_dense_model(
+            NoduleNet(ModelConfig(segmentation=False, centre_head=False)), DetectConfig()
+        )
 
 
 @pytest.mark.parametrize(
@@ -533,7 +544,7 @@ def test_a_model_that_cannot_run_the_dense_detector_is_refused_in_one_line() -> 
 def test_scans_without_a_lung_or_with_one_slice_are_processed(hu) -> None:
     geometry = VolumeGeometry(np.zeros(3), np.array([1.0, 1.0, 2.0]), np.eye(3), hu.shape)
     volume = CtVolume(hu, geometry, "1", "1", "P", np.arange(len(hu)) * 2.0)
-    det = detect_volume_dense(volume, BAND, _detector(), DetectConfig())
+    det = detect_volume_dense(volume, BAND, _detector(), plain_detect())
     assert list(det.findings.columns) == FINDING_COLUMNS and det.findings.empty
 
 
@@ -541,7 +552,7 @@ def test_a_scan_smaller_than_a_patch_is_searched_whole() -> None:
     # 24 slices from z = -20 mm: the first two balls, not the third; every side of the
     # lung region's grid is shorter than the patch.
     volume = _chest(shape=(24, 200, 250), origin=np.array([ORIGIN[0], ORIGIN[1], -20.0]))
-    det = detect_volume_dense(volume, BAND, _detector(), DetectConfig(patch=256))
+    det = detect_volume_dense(volume, BAND, _detector(), plain_detect(patch=256))
     centres = det.findings[["coordX", "coordY", "coordZ"]].to_numpy()
     assert len(centres) == 2
     for centre, _ in BALLS[:2]:

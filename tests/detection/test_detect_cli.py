@@ -229,13 +229,21 @@ def test_a_model_from_before_the_decoder_still_detects_and_says_how_it_sized(
     config = TrainConfig.model_validate(
         {
             "lambda_seg": 0.0,
-            "model": {"widths": [4, 8, 8, 16], "feature_dim": 16, "segmentation": False},
+            "model": {
+                "widths": [4, 8, 8, 16],
+                "feature_dim": 16,
+                "segmentation": False,
+                "centre_head": False,
+            },
+            "augment": {"crop_size": 0},
         }
     )
     saved = config.to_dict()
-    for key in ("segmentation", "decoder_widths"):  # written before these settings existed
+    # written before these settings existed: read as every network was then, whatever
+    # today's defaults are (no decoder, no centre heatmap, whole 64^3 cubes)
+    for key in ("segmentation", "decoder_widths", "centre_head"):
         del saved["model"][key]
-    del saved["lambda_seg"]
+    del saved["lambda_seg"], saved["augment"]["crop_size"]
     path = tmp_path / "old.pt"
     torch.save({"model": NoduleNet(config.model).state_dict(), "config": saved}, path)
     result = _detect(scans["dicom"] / "P1", tmp_path / "out", path)

@@ -99,7 +99,7 @@ def test_the_network_gives_a_centre_map_beside_the_mask_only_when_asked() -> Non
     # the dense path's mask channel is the mask the heads' forward gives
     with_head.eval()
     torch.testing.assert_close(with_head.dense_logits(x)[:, :1], with_head(x, with_mask=True)[4])
-    without = NoduleNet(ModelConfig())
+    without = NoduleNet(ModelConfig(centre_head=False))
     assert len(without(x, with_mask=True)) == 5 and without.dense_logits(x).shape[1] == 1
     with pytest.raises(ValueError, match="centre_head: true needs segmentation"):
         ModelConfig(centre_head=True, segmentation=False)
@@ -120,7 +120,7 @@ def test_an_ensemble_averages_both_maps_and_refuses_members_that_differ() -> Non
         assert len(ensemble(x, with_mask=True)) == 6
     torch.testing.assert_close(averaged, mean, atol=1e-5, rtol=1e-4)
     with pytest.raises(EnsembleError, match="centre heatmap"):
-        EnsembleNet([members[0], NoduleNet(ModelConfig())])
+        EnsembleNet([members[0], NoduleNet(ModelConfig(centre_head=False))])
 
 
 def test_the_centre_head_learns_where_the_nodules_are(tmp_path) -> None:

@@ -348,15 +348,16 @@ def test_gpu_profiles_are_valid_train_settings(profile) -> None:
     assert config.data_on_device == "auto" and not config.deterministic
 
 
-def test_the_dense_profile_trains_and_detects_for_the_sliding_window() -> None:
+def test_the_defaults_train_and_detect_for_the_sliding_window() -> None:
     from pathlib import Path
 
-    params = load_params(Path(__file__).parents[2] / "configs" / "dense.yaml")
+    repo = Path(__file__).parents[2]
+    params = load_params(repo / "params.yaml")
     assert params.detect.detector == "dense" and params.train.seg_dice == "per_cube"
     assert params.train.augment.crop_size == 48 and params.train.seg_cubes == 0
     assert params.train.lambda_mal == 2.0 and params.train.lambda_seg == 2.0
-    # findings scored by the centre heatmap (which the profile's network draws) with the
-    # cube's detection head
+    # findings scored by the centre heatmap (which the network draws) with the cube's
+    # detection head
     assert params.train.model.centre_head and params.detect.score == "combined"
     # a finding's peaks read from its own cube: they do not depend on where the patches fall
     assert params.detect.peaks == "cube" and params.detect.overlap == 0.25
@@ -364,6 +365,22 @@ def test_the_dense_profile_trains_and_detects_for_the_sliding_window() -> None:
     # each finding rated in the cube protocol's cubes, not the training crops
     assert params.detect.malignancy_cube == params.preprocess.cube_size == 64
     assert params.detect.patch == 96
+
+
+def test_the_cubes_profile_trains_on_whole_cubes_for_the_cube_detector() -> None:
+    from pathlib import Path
+
+    params = load_params(Path(__file__).parents[2] / "configs" / "cubes.yaml")
+    assert params.detect.detector == "cubes" and params.detect.threshold == 0.9
+    # its detector scores whole cubes centred on candidates: it learns on whole cubes with
+    # the nodule near the centre, and has no centre heatmap to score by
+    assert params.train.augment.crop_size == 0 and params.train.augment.offcentre_share == 0.5
+    assert not params.train.model.centre_head and params.detect.score == "peak"
+    assert params.detect.max_findings == 0 and params.detect.malignancy_cube == 0
+    assert (
+        params.train.experiment
+        != load_params(Path(__file__).parents[2] / "params.yaml").train.experiment
+    )
 
 
 def test_agreement_weighting_counts_nodules_the_readers_agree_on_more(tiny_dataset) -> None:

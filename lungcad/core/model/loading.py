@@ -102,15 +102,23 @@ def _build_loaded(state: dict, source: str, device: torch.device | str) -> Nodul
 
 
 def checkpoint_train_config(state: dict, source: str) -> TrainConfig:
-    """The validated train settings of a loaded checkpoint. One written before the
-    segmentation decoder existed has none: its network is rebuilt without it (``detect``
-    then sizes findings from the cube's centre)."""
+    """The validated train settings of a loaded checkpoint. A setting that shapes the
+    network or its input and that a checkpoint written before it existed does not hold takes
+    the value every network had then, not today's default: no segmentation decoder (``detect``
+    then sizes findings from the cube's centre), no centre heatmap, whole cubes (no training
+    crops)."""
     config = state.get("config") if isinstance(state, dict) else None
     if not isinstance(config, dict):
         raise CheckpointContentError(f"{source}: its train settings are not a mapping")
     model = config.get("model", {})
-    if isinstance(model, dict) and "segmentation" not in model:
-        config = {**config, "lambda_seg": 0.0, "model": {**model, "segmentation": False}}
+    if isinstance(model, dict):
+        if "segmentation" not in model:
+            config = {**config, "lambda_seg": 0.0}
+            model = {**model, "segmentation": False}
+        config = {**config, "model": {"centre_head": False, **model}}
+    augment = config.get("augment", {})
+    if isinstance(augment, dict):
+        config = {**config, "augment": {"crop_size": 0, **augment}}
     return validate_section(TrainConfig, config, source, "train")
 
 
