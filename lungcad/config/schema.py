@@ -561,8 +561,8 @@ class DetectConfig(Section):
             the cube its detection probability and peaks are read in (the size the heads
             learnt on, ``train.augment.crop_size``, else the dataset's cubes). The heads
             pool their whole cube, so a network trained on crops with the nodule anywhere
-            in them rates a centred nodule differently at each size; the dense profile
-            reads the rating in the cube protocol's 64 mm cubes (BENCHMARKS.md).
+            in them rates a centred nodule differently at each size; the default reads
+            the rating in the cube protocol's 64 mm cubes (BENCHMARKS.md).
         amp: the dense pass's precision: ``auto`` is bf16 on a CPU with native bf16 and AMP
             on CUDA, else fp32; ``off``: fp32. The heads read the findings' cubes in the
             same precision.

@@ -55,7 +55,7 @@ def predict_batches(
     (``masks`` is then ignored), float32 (N, 1 or 2, S, S, S): the mask, then the centre
     heatmap with the centre head; a model without the decoder is refused.
     The nodule probability of a network with the centre heatmap (``model.centres``, the
-    dense profile's) is ``centre_probability``: its dense detection output over the cube's
+    default network's) is ``centre_probability``: its dense detection output over the cube's
     centre; ``head_only`` gives its detection head's instead (the dense detector combines
     the head with peaks of its own)."""
     device = torch.device(device)
