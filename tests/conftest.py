@@ -248,8 +248,9 @@ def tiny_train_config(**changes):
     )
 
 
-def write_tiny_checkpoint(path: Path) -> Path:
-    """A small seeded untrained network: for tests about geometry and I/O, not accuracy."""
+def write_tiny_checkpoint(path: Path, centre_head: bool = False) -> Path:
+    """A small seeded untrained network: for tests about geometry and I/O, not accuracy
+    (``centre_head``: one the dense detector's default score can read)."""
     import torch
 
     from lungcad.config import TrainConfig
@@ -262,7 +263,7 @@ def write_tiny_checkpoint(path: Path) -> Path:
                 "widths": [4, 8, 8, 16],
                 "blocks": [1, 1, 1, 1],
                 "feature_dim": 16,
-                "centre_head": False,
+                "centre_head": centre_head,
             },
             "augment": {"crop_size": 0},
         }

@@ -44,7 +44,7 @@ def test_build_and_score_two_short_scans(tmp_path) -> None:
     pd.DataFrame({"patient_id": ["LIDC-IDRI-0078"], "label": [1]}).to_csv(
         tmp_path / "index.csv", index=False
     )
-    model = write_tiny_checkpoint(tmp_path / "tiny.pt")
+    model = write_tiny_checkpoint(tmp_path / "tiny.pt", centre_head=True)  # the dense detector
 
     def lungcad(*args: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "lungcad.cli.main", *args]
