@@ -68,7 +68,7 @@ def main() -> None:
         network, window = loaded.network, loaded.window
     network.eval()
     if not network.centres:
-        raise SystemExit(f"{args.model}: no centre head; use a model trained by the defaults (params.yaml)")
+        raise SystemExit(f"{args.model}: no centre head; use a model of the defaults (params.yaml)")
     amp = dense_amp("auto", torch.device("cpu"))
     if amp is not None:
         network.to_channels_last()

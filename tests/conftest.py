@@ -205,19 +205,36 @@ def tiny_dataset(tmp_path) -> tuple[Path, Path]:
     return make_tiny_dataset(tmp_path / "dataset")
 
 
-def tiny_train_config(**changes):
-    from lungcad.config import TrainConfig
+#: The cube detector's profile: what the tests' tiny networks learn like, and the detector
+#: that finds something with an untrained one (its candidates always give findings).
+CUBES_PROFILE = REPO / "configs" / "cubes.yaml"
 
-    return TrainConfig.model_validate(
+
+def cube_train_config(settings: dict):
+    """Train settings where every key the tests do not name, in ``model`` and ``augment``
+    too, is the cube profile's (whole centred cubes, no centre heatmap, its losses)."""
+    from lungcad.config import TrainConfig, load_params
+
+    base = load_params(CUBES_PROFILE).train.model_dump()
+    del base["experiment"]
+    merged = {**base, **settings}
+    for section in ("model", "augment"):
+        merged[section] = {**base[section], **merged.get(section, {})}
+    return TrainConfig.model_validate(merged)
+
+
+def cube_detect_settings() -> dict:
+    """The cube profile's own detect settings (what it changes in params.yaml)."""
+    import yaml
+
+    return yaml.safe_load(CUBES_PROFILE.read_text())["detect"]
+
+
+def tiny_train_config(**changes):
+    return cube_train_config(
         {
             "epochs": 3,
             "lambda_attr": 0.0,
-            # the cube network's losses (configs/cubes.yaml)
-            "lambda_mal": 0.5,
-            "lambda_seg": 1.0,
-            "lambda_centre": 1.0,
-            "seg_cubes": 8,
-            "seg_dice": "pooled",
             "channels_last": False,
             "batch_size": 4,
             "lr": 3e-3,
@@ -228,18 +245,12 @@ def tiny_train_config(**changes):
                 "feature_dim": 16,
                 "dropout": 0.0,
                 "attributes": False,
-                "centre_head": False,
             },
-            # No synthetic lesions: these tests learn known functions of tiny synthetic cubes,
-            # whole and near their centres.
+            # No synthetic lesions: these tests learn known functions of tiny synthetic cubes.
             "augment": {
                 "flip": True,
                 "rot90": True,
-                "crop_size": 0,
                 "shift_mm": 2,
-                "offcentre_margin_mm": 3.0,
-                "offcentre_share": 0.5,
-                "negative_shift_mm": 4,
                 "hu_jitter": 10.0,
                 "lesion_share": 0.0,
             },
@@ -253,19 +264,17 @@ def write_tiny_checkpoint(path: Path, centre_head: bool = False) -> Path:
     (``centre_head``: one the dense detector's default score can read)."""
     import torch
 
-    from lungcad.config import TrainConfig
     from lungcad.core.model.network import NoduleNet
 
     torch.manual_seed(0)
-    config = TrainConfig.model_validate(
+    config = cube_train_config(
         {
             "model": {
                 "widths": [4, 8, 8, 16],
                 "blocks": [1, 1, 1, 1],
                 "feature_dim": 16,
                 "centre_head": centre_head,
-            },
-            "augment": {"crop_size": 0},
+            }
         }
     )
     torch.save({"model": NoduleNet(config.model).state_dict(), "config": config.to_dict()}, path)

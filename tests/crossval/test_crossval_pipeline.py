@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, cube_detect_settings
 
 pytestmark = pytest.mark.slow  # a DVC pipeline: phantom, preprocess, 2 x (train, evaluate, detect)
 
@@ -159,10 +159,8 @@ def test_the_fold_ensemble_is_one_model_that_detects_like_any_other(project, tmp
     # The cube detector: the candidates give the untrained members findings to explain,
     # where their maps hold none for the dense detector.
     params = tmp_path / "cubes.yaml"
-    params.write_text(
-        f"extends: {project / 'params.yaml'}\n"
-        "detect: {detector: cubes, score: peak, peaks: map, max_findings: 0, malignancy_cube: 0}\n"
-    )
+    overlay = {"extends": str(project / "params.yaml"), "detect": cube_detect_settings()}
+    params.write_text(yaml.safe_dump(overlay))
     args = ["detect", str(project / "data/raw/LIDC-IDRI"), "--model", str(checkpoint)]
     args += ["--out", str(out), "--splits", str(project / "data/cv/fold0.json"), "--split"]
     args += ["test", "--params", str(params), "--workers", "0", "--quiet"]

@@ -27,7 +27,7 @@ import yaml
 
 from lungcad.registry.client import encode_cubes
 from lungcad.registry.serve_command import serve_command
-from tests.conftest import REPO, tiny_train_config
+from tests.conftest import REPO, cube_detect_settings, tiny_train_config
 from tests.tools.serving import wait_until_serving
 
 MARKERS = {
@@ -110,9 +110,7 @@ def test_phi_markers_in_the_dicom_headers_appear_nowhere(tmp_path, slab_root, ph
     # negatives in the build, and the detector's 30 best candidates per scan.
     params["preprocess"]["candidate_negative_fraction"] = 0.0
     params["candidates"]["max_candidates"] = 30
-    params["detect"].update(  # the cube detector: an untrained network's maps hold no finding
-        detector="cubes", score="peak", peaks="map", max_findings=0, malignancy_cube=0
-    )
+    params["detect"].update(cube_detect_settings())  # an untrained network's maps hold none
     params["train"] = tiny_train_config(epochs=1, batch_size=8).to_dict()
     params["evaluate"]["bootstrap"] = 20
     params["promote"]["bootstrap"] = 20
